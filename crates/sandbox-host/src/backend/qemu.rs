@@ -1,0 +1,161 @@
+//! QEMU backend: Debian's qemu-system-x86_64 as a child of the helper,
+//! KVM when the host really has hardware virtualization, TCG otherwise.
+
+use super::RunningVm;
+use crate::console::ConsoleTail;
+use crate::error::HostError;
+use crate::lifeline;
+use sandbox_protocol::{Launch, CONTROL_PORT_NAME};
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+
+/// The control-port socket's descriptor number inside the QEMU process.
+const QEMU_CONTROL_FD: i32 = 3;
+
+/// Builds QEMU's argument list; pure so it can be unit-tested.
+pub fn args(l: &Launch) -> Result<Vec<String>, HostError> {
+    let accel = l.accel.as_deref().unwrap_or("tcg");
+    if !matches!(accel, "tcg" | "kvm") {
+        return Err(HostError::InvalidLaunch(format!("accel must be tcg or kvm, got {accel:?}")));
+    }
+    let initrd = l.initrd.as_deref().ok_or_else(|| HostError::InvalidLaunch("qemu needs an initrd".into()))?;
+    let mut cmdline = vec!["console=ttyS0", "quiet", "panic=-1", "rdinit=/init"]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+    cmdline.extend(l.cmdline.iter().cloned());
+    let mut a: Vec<String> = vec![
+        "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+        "-M", "q35",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    a.push("-accel".into());
+    a.push(if accel == "tcg" { "tcg,thread=multi".into() } else { "kvm".into() });
+    a.extend(["-cpu".into(), if accel == "kvm" { "host".into() } else { "max".into() }]);
+    a.extend(["-smp".into(), l.cpus.to_string(), "-m".into(), l.memory_mib.to_string()]);
+    a.extend(["-kernel".into(), l.kernel.clone(), "-initrd".into(), initrd.to_string()]);
+    a.extend(["-append".into(), cmdline.join(" ")]);
+    a.extend(["-serial".into(), "stdio".into()]);
+    a.extend(["-device".into(), "virtio-serial-pci,max_ports=2".into()]);
+    a.extend(["-chardev".into(), format!("socket,id=ctl,fd={QEMU_CONTROL_FD}")]);
+    a.extend(["-device".into(), format!("virtserialport,chardev=ctl,name={CONTROL_PORT_NAME}")]);
+    for (i, d) in l.disks.iter().enumerate() {
+        let ro = if d.read_only { "on" } else { "off" };
+        a.extend([
+            "-drive".into(),
+            format!("file={},if=none,id=disk{i},format={},readonly={ro},cache=unsafe,aio=threads", d.path, d.format),
+            "-device".into(),
+            format!("virtio-blk-pci,drive=disk{i}"),
+        ]);
+    }
+    Ok(a)
+}
+
+pub fn spawn(l: &Launch) -> Result<RunningVm, HostError> {
+    let argv = args(l)?;
+    let qemu = l.qemu.clone().unwrap_or_else(|| "qemu-system-x86_64".into());
+    let (host_end, guest_end) =
+        UnixStream::pair().map_err(|e| HostError::Setup(format!("socketpair: {e}")))?;
+    let guest_fd = guest_end.as_raw_fd();
+    let mut cmd = Command::new(&qemu);
+    cmd.args(&argv).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    unsafe {
+        cmd.pre_exec(move || {
+            lifeline::vmm_pre_exec()?;
+            // dup2 clears close-on-exec on the new descriptor.
+            if libc::dup2(guest_fd, QEMU_CONTROL_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|e| HostError::Launch {
+        backend: "qemu",
+        message: format!("{qemu}: {e} (install Debian's qemu-system-x86 package)"),
+    })?;
+    drop(guest_end);
+    let console = ConsoleTail::default();
+    for pipe in [child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>), child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>)].into_iter().flatten() {
+        let tail = console.clone();
+        std::thread::spawn(move || pump_console(pipe, tail));
+    }
+    Ok(RunningVm { child, control: host_end, console, accel: l.accel.clone().unwrap_or_else(|| "tcg".into()) })
+}
+
+fn pump_console(mut pipe: Box<dyn Read + Send>, tail: ConsoleTail) {
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = pipe.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        tail.push(&buf[..n]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sandbox_protocol::{BackendKind, Disk};
+
+    fn launch() -> Launch {
+        Launch {
+            backend: BackendKind::Qemu,
+            cpus: 2,
+            memory_mib: 512,
+            kernel: "/k/vmlinuz".into(),
+            initrd: Some("/k/initrd".into()),
+            krunfw: None,
+            init_root: None,
+            cmdline: vec!["sandbox.x=1".into()],
+            disks: vec![Disk { path: "/img/root.qcow2".into(), format: "qcow2".into(), read_only: true }],
+            qemu: None,
+            accel: Some("tcg".into()),
+        }
+    }
+
+    #[test]
+    fn builds_tcg_command_line() {
+        let a = args(&launch()).unwrap().join(" ");
+        assert!(a.contains("-accel tcg,thread=multi -cpu max -smp 2 -m 512"));
+        assert!(a.contains("-chardev socket,id=ctl,fd=3"));
+        assert!(a.contains("virtserialport,chardev=ctl,name=sandbox.control"));
+        assert!(a.contains("file=/img/root.qcow2,if=none,id=disk0,format=qcow2,readonly=on"));
+        assert!(a.contains("panic=-1 rdinit=/init sandbox.x=1"));
+    }
+
+    #[test]
+    fn kvm_uses_host_cpu() {
+        let mut l = launch();
+        l.accel = Some("kvm".into());
+        let a = args(&l).unwrap().join(" ");
+        assert!(a.contains("-accel kvm -cpu host"));
+    }
+
+    #[test]
+    fn rejects_unknown_accel_and_missing_initrd() {
+        let mut l = launch();
+        l.accel = Some("hvf".into());
+        assert!(matches!(args(&l), Err(HostError::InvalidLaunch(_))));
+        let mut l = launch();
+        l.initrd = None;
+        assert!(matches!(args(&l), Err(HostError::InvalidLaunch(_))));
+    }
+
+    #[test]
+    fn validation_rejects_bad_resources_and_paths() {
+        let mut l = launch();
+        l.cpus = 0;
+        assert!(super::super::validate(&l).is_err());
+        let mut l = launch();
+        l.disks[0].path = "/a,b".into();
+        assert!(super::super::validate(&l).is_err());
+        let mut l = launch();
+        l.cmdline = vec!["a b".into()];
+        assert!(super::super::validate(&l).is_err());
+    }
+}

@@ -1,0 +1,172 @@
+//! Moves frames between Node and the guest control port.
+//!
+//! Guest frames are forwarded verbatim after validation (length bound, known
+//! guest-side kind); helper-only kinds coming from the guest end the VM,
+//! because only a hostile or broken guest would send them.
+
+use crate::backend::RunningVm;
+use crate::error::HostError;
+use sandbox_protocol::{self as proto, FrameDecoder, Kind};
+use std::os::unix::net::UnixStream as StdUnixStream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::UnixStream;
+use tokio::sync::oneshot;
+
+const CHUNK: usize = 64 * 1024;
+
+enum End {
+    NodeGone,
+    NodeError(HostError),
+    GuestError(HostError),
+}
+
+pub fn run(node: StdUnixStream, leftover: FrameDecoder, vm: RunningVm) -> Result<(), HostError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| HostError::Setup(format!("tokio runtime: {e}")))?;
+    rt.block_on(relay(node, leftover, vm))
+}
+
+async fn relay(node: StdUnixStream, leftover: FrameDecoder, vm: RunningVm) -> Result<(), HostError> {
+    let RunningVm { mut child, control, console, .. } = vm;
+    let node = to_tokio(node)?;
+    let guest = to_tokio(control)?;
+    let (node_rx, mut node_tx) = node.into_split();
+    let (guest_rx, guest_tx) = guest.into_split();
+
+    // The VMM is waited for on a plain thread: Child::wait blocks.
+    let (exit_tx, exit_rx) = oneshot::channel();
+    let pid = child.id() as i32;
+    std::thread::spawn(move || {
+        let _ = exit_tx.send(child.wait());
+    });
+
+    let (ended_tx, mut ended_rx) = tokio::sync::mpsc::channel::<End>(2);
+    let node_pump = tokio::spawn(node_to_guest(node_rx, leftover, guest_tx, ended_tx.clone()));
+    let (fwd_tx, mut fwd_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
+    let guest_pump = tokio::spawn(guest_to_node(guest_rx, fwd_tx, ended_tx));
+
+    let mut exit_rx = exit_rx;
+    let mut fatal: Option<HostError> = None;
+    let status = loop {
+        tokio::select! {
+            Some(bytes) = fwd_rx.recv() => {
+                if node_tx.write_all(&bytes).await.is_err() {
+                    kill(pid);
+                    return Ok(());
+                }
+            }
+            Some(end) = ended_rx.recv() => match end {
+                End::NodeGone => { kill(pid); return Ok(()); }
+                End::NodeError(e) => { kill(pid); return Err(e); }
+                End::GuestError(e) => { kill(pid); fatal = Some(e); }
+            },
+            status = &mut exit_rx => break status.ok().and_then(|s| s.ok()),
+        }
+    };
+    node_pump.abort();
+    // Deliver what the guest wrote before the VMM ended.
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(500), async {
+        while let Some(bytes) = fwd_rx.recv().await {
+            if node_tx.write_all(&bytes).await.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    guest_pump.abort();
+    if let Some(e) = fatal {
+        return Err(e);
+    }
+    use std::os::unix::process::ExitStatusExt;
+    let exited = proto::VmExited {
+        exit_code: status.and_then(|s| s.code()),
+        signal: status.and_then(|s| s.signal()),
+        console_tail: console.text(),
+    };
+    let mut out = Vec::new();
+    proto::frame_into(&mut out, Kind::VmExited, 0, &proto::encode(&exited));
+    let _ = node_tx.write_all(&out).await;
+    Ok(())
+}
+
+async fn node_to_guest(
+    mut rx: OwnedReadHalf,
+    mut dec: FrameDecoder,
+    mut guest: OwnedWriteHalf,
+    ended: tokio::sync::mpsc::Sender<End>,
+) {
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        loop {
+            match dec.next_raw() {
+                Ok(Some((kind, raw))) => {
+                    // Helper-only kinds are never relayed to the guest.
+                    if kind < 0x80 && guest.write_all(&raw).await.is_err() {
+                        // The VMM is going away; its exit is reported separately.
+                        std::future::pending::<()>().await;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = ended.send(End::NodeError(HostError::Protocol(e.to_string()))).await;
+                    return;
+                }
+            }
+        }
+        match rx.read(&mut buf).await {
+            Ok(0) | Err(_) => {
+                let _ = ended.send(End::NodeGone).await;
+                return;
+            }
+            Ok(n) => dec.push(&buf[..n]),
+        }
+    }
+}
+
+async fn guest_to_node(
+    mut rx: OwnedReadHalf,
+    fwd: tokio::sync::mpsc::Sender<Vec<u8>>,
+    ended: tokio::sync::mpsc::Sender<End>,
+) {
+    let mut dec = FrameDecoder::new();
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        match rx.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => dec.push(&buf[..n]),
+        }
+        let mut batch = Vec::new();
+        loop {
+            match dec.next_raw() {
+                Ok(Some((kind, raw))) => match Kind::try_from(kind) {
+                    Ok(k) if k.is_guest() => batch.extend_from_slice(&raw),
+                    _ => {
+                        let e = HostError::GuestProtocol(format!("frame kind 0x{kind:02x} is not allowed from the guest"));
+                        let _ = ended.send(End::GuestError(e)).await;
+                        return;
+                    }
+                },
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = ended.send(End::GuestError(HostError::GuestProtocol(e.to_string()))).await;
+                    return;
+                }
+            }
+        }
+        if !batch.is_empty() && fwd.send(batch).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn to_tokio(s: StdUnixStream) -> Result<UnixStream, HostError> {
+    s.set_nonblocking(true).map_err(|e| HostError::Setup(format!("nonblocking socket: {e}")))?;
+    UnixStream::from_std(s).map_err(|e| HostError::Setup(format!("tokio socket: {e}")))
+}
+
+fn kill(pid: i32) {
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+}

@@ -1,0 +1,154 @@
+//! Boot steps that turn the initramfs into the sandbox's root: early mounts,
+//! kernel modules, the control port and the switch into the block rootfs.
+
+use crate::sys;
+use sandbox_protocol::{Configure, CONTROL_PORT_NAME};
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// A boot step that failed, with the step name reported to the host.
+#[derive(Debug)]
+pub struct BootError {
+    pub stage: &'static str,
+    pub message: String,
+}
+
+impl fmt::Display for BootError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.stage, self.message)
+    }
+}
+
+fn fail(stage: &'static str, message: impl Into<String>) -> BootError {
+    BootError { stage, message: message.into() }
+}
+
+const MODULE_LIST: &str = "/etc/sandbox/modules";
+const NEW_ROOT: &str = "/newroot";
+
+/// /dev, /proc and /sys, needed before anything else can be found.
+pub fn early_mounts() -> Result<(), BootError> {
+    for (src, dir, fstype) in [("devtmpfs", "/dev", "devtmpfs"), ("proc", "/proc", "proc"), ("sysfs", "/sys", "sysfs")] {
+        let _ = fs::create_dir_all(dir);
+        sys::mount(src, Path::new(dir), fstype, libc::MS_NOSUID, None)
+            .map_err(|e| fail("early-mounts", format!("mount {fstype} on {dir}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Loads the modules listed (in dependency order) by the initramfs builder.
+pub fn load_modules() -> Result<(), BootError> {
+    let list = match fs::read_to_string(MODULE_LIST) {
+        Ok(list) => list,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(fail("modules", format!("{MODULE_LIST}: {e}"))),
+    };
+    for line in list.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        sys::finit_module(Path::new(line)).map_err(|e| fail("modules", format!("load {line}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Finds and opens the virtio-console port named [`CONTROL_PORT_NAME`].
+/// Device probing is asynchronous, so poll sysfs for a bounded time.
+pub fn open_control_port() -> Result<File, BootError> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(dev) = find_port(CONTROL_PORT_NAME) {
+            if let Ok(f) = OpenOptions::new().read(true).write(true).open(&dev) {
+                return Ok(f);
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(fail(
+                "control-port",
+                format!("no virtio-console port named {CONTROL_PORT_NAME} appeared within 20 s"),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn find_port(wanted: &str) -> Option<PathBuf> {
+    for entry in fs::read_dir("/sys/class/virtio-ports").ok()?.flatten() {
+        let name = fs::read_to_string(entry.path().join("name")).unwrap_or_default();
+        if name.trim() == wanted {
+            return Some(Path::new("/dev").join(entry.file_name()));
+        }
+    }
+    None
+}
+
+/// Mounts the block rootfs, moves the kernel filesystems into it and makes it `/`.
+pub fn switch_root(cfg: &Configure) -> Result<(), BootError> {
+    let root = &cfg.root;
+    let dev = Path::new(&root.device);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !dev.exists() {
+        if Instant::now() > deadline {
+            return Err(fail("root", format!("block device {} did not appear within 10 s", root.device)));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let new_root = Path::new(NEW_ROOT);
+    let _ = fs::create_dir_all(new_root);
+    let mut flags = libc::MS_NOATIME;
+    if root.read_only {
+        flags |= libc::MS_RDONLY;
+    }
+    // A read-only ext4 with a dirty journal refuses to mount unless told not to replay it.
+    let data = if root.read_only && root.fstype == "ext4" { Some("noload") } else { None };
+    sys::mount(&root.device, new_root, &root.fstype, flags, data)
+        .map_err(|e| fail("root", format!("mount {} ({}) on /: {e}", root.device, root.fstype)))?;
+
+    for dir in ["/dev", "/proc", "/sys"] {
+        let target = new_root.join(&dir[1..]);
+        if !target.is_dir() {
+            return Err(fail("root", format!("the root filesystem has no {dir} directory to mount on")));
+        }
+        sys::move_mount(Path::new(dir), &target)
+            .map_err(|e| fail("root", format!("move {dir} into the root filesystem: {e}")))?;
+    }
+    // Scratch space owned by init; on a read-only root also /tmp so tools work.
+    let mut scratch = vec![("run", "mode=0755")];
+    if root.read_only {
+        scratch.push(("tmp", "mode=1777"));
+        scratch.push(("var/tmp", "mode=1777"));
+    }
+    for (dir, opts) in scratch {
+        let target = new_root.join(dir);
+        if target.is_dir() {
+            sys::mount("tmpfs", &target, "tmpfs", libc::MS_NOSUID | libc::MS_NODEV, Some(opts))
+                .map_err(|e| fail("root", format!("mount tmpfs on /{dir}: {e}")))?;
+        }
+    }
+    let pts = new_root.join("dev/pts");
+    let _ = fs::create_dir_all(&pts);
+    sys::mount("devpts", &pts, "devpts", libc::MS_NOSUID | libc::MS_NOEXEC, Some("newinstance,ptmxmode=0666,mode=0620"))
+        .map_err(|e| fail("root", format!("mount devpts: {e}")))?;
+    let shm = new_root.join("dev/shm");
+    let _ = fs::create_dir_all(&shm);
+    let _ = sys::mount("tmpfs", &shm, "tmpfs", libc::MS_NOSUID | libc::MS_NODEV, Some("mode=1777"));
+
+    std::env::set_current_dir(new_root).map_err(|e| fail("root", format!("chdir {NEW_ROOT}: {e}")))?;
+    sys::move_mount(Path::new("."), Path::new("/")).map_err(|e| fail("root", format!("move root: {e}")))?;
+    sys::chroot(Path::new(".")).map_err(|e| fail("root", format!("chroot: {e}")))?;
+    std::env::set_current_dir("/").map_err(|e| fail("root", format!("chdir /: {e}")))?;
+    Ok(())
+}
+
+/// Hostname and the default working directory, checked after the switch.
+pub fn finish(cfg: &Configure) -> Result<(), BootError> {
+    sys::sethostname(&cfg.hostname).map_err(|e| fail("hostname", format!("sethostname {:?}: {e}", cfg.hostname)))?;
+    match fs::metadata(&cfg.cwd) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(fail("cwd", format!("working directory {} is not a directory", cfg.cwd))),
+        Err(e) => Err(fail("cwd", format!("working directory {}: {e}", cfg.cwd))),
+    }
+}
+
+pub fn kernel_release() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default()
+}

@@ -1,0 +1,124 @@
+//! `sandbox-init`: PID 1 of every sandbox guest.
+//!
+//! Runs from the initramfs: mounts the kernel filesystems, loads the virtio
+//! modules, opens the control port, says hello, receives its configuration,
+//! switches into the block rootfs and then supervises processes until the
+//! host asks it to power off. Every failure is reported to the host when the
+//! control port is up, and printed on the console otherwise.
+
+mod boot;
+mod process;
+mod server;
+mod sys;
+
+use sandbox_protocol::{self as proto, FrameDecoder, Kind};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{Read, Write};
+
+fn main() {
+    if std::process::id() != 1 {
+        eprintln!("sandbox-init {}: the sandbox guest's PID 1; it only runs inside a sandbox VM", env!("CARGO_PKG_VERSION"));
+        std::process::exit(2);
+    }
+    if let Err(e) = boot::early_mounts().and_then(|_| boot::load_modules()) {
+        console_fatal(&e.to_string());
+    }
+    let port = match boot::open_control_port() {
+        Ok(p) => p,
+        Err(e) => console_fatal(&e.to_string()),
+    };
+    let mut link = Link { port, decoder: FrameDecoder::new() };
+    let hello = proto::Hello { protocol: proto::PROTOCOL_VERSION, uptime_ms: sys::uptime_ms() };
+    if link.send(Kind::Hello, &proto::encode(&hello)).is_err() {
+        console_fatal("cannot write to the control port");
+    }
+    let cfg: proto::Configure = match link.wait_for(Kind::Configure) {
+        Some(payload) => match proto::decode(&payload) {
+            Ok(cfg) => cfg,
+            Err(e) => link.fail("configure", &format!("bad configuration from host: {e}")),
+        },
+        None => power_off(),
+    };
+    if let Err(e) = boot::switch_root(&cfg).and_then(|_| boot::finish(&cfg)) {
+        link.fail(e.stage, &e.message);
+    }
+    let ready = proto::Ready { uptime_ms: sys::uptime_ms(), kernel: boot::kernel_release() };
+    if link.send(Kind::Ready, &proto::encode(&ready)).is_err() {
+        power_off();
+    }
+    let mut env = BTreeMap::from([
+        ("PATH".to_string(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()),
+        ("HOME".to_string(), "/root".to_string()),
+        ("HOSTNAME".to_string(), cfg.hostname.clone()),
+    ]);
+    env.extend(cfg.env.clone());
+    let server = match server::Server::new(link.port, link.decoder, env, cfg.cwd.clone()) {
+        Ok(s) => s,
+        Err(e) => console_fatal(&format!("control loop: {e}")),
+    };
+    if let Err(e) = server.run() {
+        eprintln!("sandbox-init: control loop ended: {e}");
+    }
+    let _ = sys::kill(-1, libc::SIGKILL);
+    power_off();
+}
+
+/// The control port before the process server takes it over.
+struct Link {
+    port: File,
+    decoder: FrameDecoder,
+}
+
+impl Link {
+    fn send(&mut self, kind: Kind, payload: &[u8]) -> std::io::Result<()> {
+        let mut out = Vec::new();
+        proto::frame_into(&mut out, kind, 0, payload);
+        self.port.write_all(&out)
+    }
+
+    /// Blocks until a frame of `kind` arrives; `None` on EOF, Shutdown or a corrupt stream.
+    fn wait_for(&mut self, kind: Kind) -> Option<Vec<u8>> {
+        let mut buf = [0u8; 8192];
+        loop {
+            match self.decoder.next_frame() {
+                Ok(Some(f)) if f.kind == kind => return Some(f.payload),
+                Ok(Some(f)) if f.kind == Kind::Shutdown => return None,
+                Ok(Some(_)) => continue,
+                Ok(None) => {}
+                Err(_) => return None,
+            }
+            match self.port.read(&mut buf) {
+                Ok(0) => return None,
+                Ok(n) => self.decoder.push(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Reports a boot failure to the host, then waits to be shut down.
+    fn fail(&mut self, stage: &str, message: &str) -> ! {
+        eprintln!("sandbox-init: {stage}: {message}");
+        let err = proto::InitError { stage: stage.to_string(), message: message.to_string() };
+        let _ = self.send(Kind::InitError, &proto::encode(&err));
+        while self.wait_for(Kind::Shutdown).is_some() {}
+        power_off()
+    }
+}
+
+fn console_fatal(message: &str) -> ! {
+    eprintln!("sandbox-init: fatal: {message}");
+    power_off()
+}
+
+fn power_off() -> ! {
+    unsafe {
+        libc::sync();
+        libc::reboot(libc::RB_POWER_OFF);
+    }
+    // reboot() only returns on failure; PID 1 must never exit.
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+}

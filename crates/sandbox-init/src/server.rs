@@ -1,0 +1,327 @@
+//! The control loop: one poll(2) over the control port, SIGCHLD and every
+//! process pipe. Single-threaded on purpose: PID 1 must stay simple.
+
+use crate::process::Process;
+use crate::sys;
+use sandbox_protocol::{self as proto, Frame, FrameDecoder, Kind};
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::Instant;
+
+const READ_CHUNK: usize = 64 * 1024;
+
+pub struct Server {
+    port: File,
+    decoder: FrameDecoder,
+    sigchld: OwnedFd,
+    procs: HashMap<u32, Process>,
+    by_pid: HashMap<i32, u32>,
+    base_env: BTreeMap<String, String>,
+    default_cwd: String,
+    out: Vec<u8>,
+}
+
+/// What the loop should do after handling input.
+enum Flow {
+    Continue,
+    Shutdown,
+}
+
+impl Server {
+    pub fn new(port: File, decoder: FrameDecoder, base_env: BTreeMap<String, String>, default_cwd: String) -> io::Result<Self> {
+        Ok(Server {
+            port,
+            decoder,
+            sigchld: sigchld_fd()?,
+            procs: HashMap::new(),
+            by_pid: HashMap::new(),
+            base_env,
+            default_cwd,
+            out: Vec::with_capacity(READ_CHUNK + 64),
+        })
+    }
+
+    pub fn send(&mut self, kind: Kind, channel: u32, payload: &[u8]) -> io::Result<()> {
+        self.out.clear();
+        proto::frame_into(&mut self.out, kind, channel, payload);
+        self.port.write_all(&self.out)
+    }
+
+    pub fn run(mut self) -> io::Result<()> {
+        // Frames that arrived together with Configure.
+        if let Flow::Shutdown = self.dispatch_buffered()? {
+            return Ok(());
+        }
+        let mut buf = vec![0u8; READ_CHUNK];
+        loop {
+            let mut fds = vec![
+                pollfd(self.port.as_raw_fd(), libc::POLLIN),
+                pollfd(self.sigchld.as_raw_fd(), libc::POLLIN),
+            ];
+            // (channel, which) for every pipe entry after the first two.
+            let mut owners: Vec<(u32, u8)> = Vec::new();
+            for (&ch, p) in &self.procs {
+                if let Some(f) = &p.stdout {
+                    fds.push(pollfd(f.as_raw_fd(), libc::POLLIN));
+                    owners.push((ch, 1));
+                }
+                if let Some(f) = &p.stderr {
+                    fds.push(pollfd(f.as_raw_fd(), libc::POLLIN));
+                    owners.push((ch, 2));
+                }
+                if let (Some(f), false) = (&p.stdin, p.stdin_queue.is_empty()) {
+                    fds.push(pollfd(f.as_raw_fd(), libc::POLLOUT));
+                    owners.push((ch, 0));
+                }
+            }
+            let timeout = self.next_timeout_ms();
+            let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+            if rc < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            self.expire_deadlines();
+            for (i, &(ch, which)) in owners.iter().enumerate() {
+                let revents = fds[i + 2].revents;
+                if revents == 0 {
+                    continue;
+                }
+                if which == 0 {
+                    if let Some(p) = self.procs.get_mut(&ch) {
+                        p.pump_stdin();
+                    }
+                } else {
+                    self.read_pipe(ch, which, &mut buf)?;
+                }
+            }
+            if fds[1].revents != 0 {
+                self.drain_sigchld();
+                self.reap(&mut buf)?;
+            }
+            if fds[0].revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+                let n = match self.port.read(&mut buf) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted || e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e),
+                };
+                if n == 0 {
+                    // The host end is gone: nobody can ever talk to this guest again.
+                    return Ok(());
+                }
+                self.decoder.push(&buf[..n]);
+                if let Flow::Shutdown = self.dispatch_buffered()? {
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn dispatch_buffered(&mut self) -> io::Result<Flow> {
+        loop {
+            let frame = match self.decoder.next_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => return Ok(Flow::Continue),
+                Err(e) => {
+                    // A corrupt stream cannot be resynchronised; the host ends the VM.
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
+                }
+            };
+            if let Flow::Shutdown = self.dispatch(frame)? {
+                return Ok(Flow::Shutdown);
+            }
+        }
+    }
+
+    fn dispatch(&mut self, frame: Frame) -> io::Result<Flow> {
+        let ch = frame.channel;
+        match frame.kind {
+            Kind::Start => {
+                let start: proto::Start = match proto::decode(&frame.payload) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let failed = proto::StartFailed { code: "EINVAL".into(), errno: libc::EINVAL, message: format!("bad start request: {e}") };
+                        return self.send(Kind::StartFailed, ch, &proto::encode(&failed)).map(|_| Flow::Continue);
+                    }
+                };
+                if self.procs.contains_key(&ch) {
+                    let failed = proto::StartFailed { code: "EEXIST".into(), errno: libc::EEXIST, message: format!("channel {ch} is already in use") };
+                    return self.send(Kind::StartFailed, ch, &proto::encode(&failed)).map(|_| Flow::Continue);
+                }
+                match Process::spawn(&start, &self.base_env, &self.default_cwd) {
+                    Ok(p) => {
+                        let started = proto::Started { pid: p.pid };
+                        self.by_pid.insert(p.pid, ch);
+                        self.procs.insert(ch, p);
+                        self.send(Kind::Started, ch, &proto::encode(&started))?;
+                    }
+                    Err(failed) => self.send(Kind::StartFailed, ch, &proto::encode(&failed))?,
+                }
+            }
+            Kind::Stdin => {
+                if let Some(p) = self.procs.get_mut(&ch) {
+                    if p.stdin.is_some() && !frame.payload.is_empty() {
+                        p.stdin_queue.push_back(frame.payload);
+                        p.pump_stdin();
+                    }
+                }
+            }
+            Kind::StdinEof => {
+                if let Some(p) = self.procs.get_mut(&ch) {
+                    p.stdin_eof = true;
+                    p.pump_stdin();
+                }
+            }
+            Kind::Signal => {
+                if let (Some(p), Ok(sig)) = (self.procs.get(&ch), proto::decode::<proto::Signal>(&frame.payload)) {
+                    if (1..=64).contains(&sig.signal) {
+                        p.kill_group(sig.signal);
+                    }
+                }
+            }
+            Kind::Shutdown => return Ok(Flow::Shutdown),
+            // Anything else is not meant for the guest; ignore it rather than trust it.
+            _ => {}
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn read_pipe(&mut self, ch: u32, which: u8, buf: &mut [u8]) -> io::Result<()> {
+        let Some(p) = self.procs.get_mut(&ch) else { return Ok(()) };
+        let slot = if which == 1 { &mut p.stdout } else { &mut p.stderr };
+        let Some(pipe) = slot.as_mut() else { return Ok(()) };
+        let kind = if which == 1 { Kind::Stdout } else { Kind::Stderr };
+        match pipe.read(buf) {
+            Ok(0) => *slot = None,
+            Ok(n) => self.send(kind, ch, &buf[..n])?,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => *slot = None,
+        }
+        Ok(())
+    }
+
+    fn drain_sigchld(&mut self) {
+        let mut info = [0u8; 128];
+        loop {
+            let n = unsafe { libc::read(self.sigchld.as_raw_fd(), info.as_mut_ptr().cast(), info.len()) };
+            if n <= 0 {
+                break;
+            }
+        }
+    }
+
+    /// Reaps every exited child; PID 1 also inherits orphans, reaped here too.
+    fn reap(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        loop {
+            let mut status = 0;
+            let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+            if pid <= 0 {
+                return Ok(());
+            }
+            let Some(ch) = self.by_pid.remove(&pid) else { continue };
+            // Output written before exit is still in the pipes: deliver it first.
+            for which in [1u8, 2u8] {
+                loop {
+                    let before = self.pipe_open(ch, which);
+                    if !before {
+                        break;
+                    }
+                    let Some(p) = self.procs.get_mut(&ch) else { break };
+                    let slot = if which == 1 { &mut p.stdout } else { &mut p.stderr };
+                    let Some(pipe) = slot.as_mut() else { break };
+                    match pipe.read(buf) {
+                        Ok(0) => {
+                            *slot = None;
+                            break;
+                        }
+                        Ok(n) => {
+                            let kind = if which == 1 { Kind::Stdout } else { Kind::Stderr };
+                            self.send(kind, ch, &buf[..n])?;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        // WouldBlock: a surviving group member still holds the pipe open.
+                        Err(_) => break,
+                    }
+                }
+            }
+            let Some(p) = self.procs.remove(&ch) else { continue };
+            let exit = exit_of(status, p.timed_out);
+            self.send(Kind::Exit, ch, &proto::encode(&exit))?;
+        }
+    }
+
+    fn pipe_open(&self, ch: u32, which: u8) -> bool {
+        self.procs.get(&ch).is_some_and(|p| if which == 1 { p.stdout.is_some() } else { p.stderr.is_some() })
+    }
+
+    fn next_timeout_ms(&self) -> i32 {
+        let now = Instant::now();
+        self.procs
+            .values()
+            .filter_map(|p| p.deadline)
+            .map(|d| d.saturating_duration_since(now).as_millis().min(i32::MAX as u128) as i32)
+            .min()
+            .unwrap_or(-1)
+    }
+
+    fn expire_deadlines(&mut self) {
+        let now = Instant::now();
+        for p in self.procs.values_mut() {
+            if p.deadline.is_some_and(|d| d <= now) {
+                p.deadline = None;
+                p.timed_out = true;
+                p.kill_group(libc::SIGKILL);
+            }
+        }
+    }
+
+    /// Ends every process, flushes filesystems and powers the VM off.
+    pub fn shutdown(&mut self) {
+        for p in self.procs.values() {
+            p.kill_group(libc::SIGKILL);
+        }
+        let _ = sys::kill(-1, libc::SIGKILL);
+        unsafe { libc::sync() };
+    }
+}
+
+fn exit_of(status: i32, timed_out: bool) -> proto::Exit {
+    let (code, signal) = if libc::WIFEXITED(status) {
+        (libc::WEXITSTATUS(status), None)
+    } else if libc::WIFSIGNALED(status) {
+        let sig = libc::WTERMSIG(status);
+        (128 + sig, Some(sig))
+    } else {
+        (255, None)
+    };
+    if timed_out {
+        proto::Exit { exit_code: 124, signal, timed_out: true }
+    } else {
+        proto::Exit { exit_code: code, signal, timed_out: false }
+    }
+}
+
+fn pollfd(fd: i32, events: i16) -> libc::pollfd {
+    libc::pollfd { fd, events, revents: 0 }
+}
+
+/// Blocks SIGCHLD and returns a signalfd for it, so reaping happens in the loop.
+fn sigchld_fd() -> io::Result<OwnedFd> {
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+        if libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let fd = libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
+}

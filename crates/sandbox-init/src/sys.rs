@@ -1,0 +1,110 @@
+//! Thin, checked wrappers over the few syscalls init needs.
+
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+pub fn cstr(s: impl AsRef<std::ffi::OsStr>) -> io::Result<CString> {
+    CString::new(s.as_ref().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+}
+
+fn check(rc: libc::c_int) -> io::Result<()> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+pub fn mount(
+    source: &str,
+    target: &Path,
+    fstype: &str,
+    flags: libc::c_ulong,
+    data: Option<&str>,
+) -> io::Result<()> {
+    let src = cstr(source)?;
+    let tgt = cstr(target.as_os_str())?;
+    let fst = cstr(fstype)?;
+    let dat = data.map(cstr).transpose()?;
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            tgt.as_ptr(),
+            fst.as_ptr(),
+            flags,
+            dat.as_ref().map_or(std::ptr::null(), |d| d.as_ptr().cast()),
+        )
+    };
+    check(rc)
+}
+
+pub fn move_mount(from: &Path, to: &Path) -> io::Result<()> {
+    let f = cstr(from.as_os_str())?;
+    let t = cstr(to.as_os_str())?;
+    check(unsafe {
+        libc::mount(f.as_ptr(), t.as_ptr(), std::ptr::null(), libc::MS_MOVE, std::ptr::null())
+    })
+}
+
+pub fn chroot(path: &Path) -> io::Result<()> {
+    let p = cstr(path.as_os_str())?;
+    check(unsafe { libc::chroot(p.as_ptr()) })
+}
+
+pub fn sethostname(name: &str) -> io::Result<()> {
+    check(unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) })
+}
+
+pub fn kill(pid: i32, sig: i32) -> io::Result<()> {
+    check(unsafe { libc::kill(pid, sig) })
+}
+
+/// Loads a kernel module from an open file (finit_module). EEXIST counts as loaded.
+pub fn finit_module(path: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(path)?;
+    let empty = c"";
+    let rc = unsafe {
+        libc::syscall(libc::SYS_finit_module, file.as_raw_fd(), empty.as_ptr(), 0) as libc::c_int
+    };
+    match check(rc) {
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        other => other,
+    }
+}
+
+pub fn uptime_ms() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
+pub fn errno_name(errno: i32) -> &'static str {
+    match errno {
+        libc::ENOENT => "ENOENT",
+        libc::EACCES => "EACCES",
+        libc::EPERM => "EPERM",
+        libc::ENOTDIR => "ENOTDIR",
+        libc::EISDIR => "EISDIR",
+        libc::ENOEXEC => "ENOEXEC",
+        libc::E2BIG => "E2BIG",
+        libc::ENOMEM => "ENOMEM",
+        libc::ELOOP => "ELOOP",
+        libc::ENAMETOOLONG => "ENAMETOOLONG",
+        libc::ETXTBSY => "ETXTBSY",
+        libc::EMFILE => "EMFILE",
+        libc::EAGAIN => "EAGAIN",
+        libc::EINVAL => "EINVAL",
+        _ => "EIO",
+    }
+}
+
+/// Marks a descriptor non-blocking.
+pub fn set_nonblocking(fd: i32) -> io::Result<()> {
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    check(flags)?;
+    check(unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) })
+}

@@ -1,0 +1,83 @@
+/// Frame kinds. Values below 0x80 travel between host and guest; values from
+/// 0x80 are spoken only between Node and the helper and are never relayed to
+/// the guest (the helper drops any such frame coming from the guest).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Kind {
+    // --- guest lifecycle ---
+    /// guest → host, JSON [`crate::Hello`]: init is up and listening.
+    Hello = 0x01,
+    /// host → guest, JSON [`crate::Configure`]: how to finish booting.
+    Configure = 0x02,
+    /// guest → host, JSON [`crate::Ready`]: the guest accepts processes.
+    Ready = 0x03,
+    /// guest → host, JSON [`crate::InitError`]: boot failed in the guest.
+    InitError = 0x04,
+    /// host → guest: sync filesystems and power off.
+    Shutdown = 0x05,
+
+    // --- processes (channel = process id chosen by the host) ---
+    /// host → guest, JSON [`crate::Start`].
+    Start = 0x10,
+    /// guest → host, JSON [`crate::Started`].
+    Started = 0x11,
+    /// guest → host, JSON [`crate::StartFailed`].
+    StartFailed = 0x12,
+    /// host → guest, raw bytes for the process' stdin.
+    Stdin = 0x13,
+    /// host → guest, empty: close the process' stdin.
+    StdinEof = 0x14,
+    /// guest → host, raw bytes.
+    Stdout = 0x15,
+    /// guest → host, raw bytes.
+    Stderr = 0x16,
+    /// guest → host, JSON [`crate::Exit`]; the channel is finished after it.
+    Exit = 0x17,
+    /// host → guest, JSON [`crate::Signal`]: signal the whole process group.
+    Signal = 0x18,
+
+    // --- Node ⇄ helper only ---
+    /// Node → helper, JSON launch spec.
+    Launch = 0x80,
+    /// helper → Node, JSON: the VMM is running.
+    Launched = 0x81,
+    /// helper → Node, JSON: the VMM process ended.
+    VmExited = 0x82,
+    /// helper → Node, JSON: the helper failed.
+    HelperError = 0x83,
+}
+
+impl Kind {
+    /// Whether the helper may relay this kind between Node and the guest.
+    pub fn is_guest(self) -> bool {
+        (self as u8) < 0x80
+    }
+}
+
+impl TryFrom<u8> for Kind {
+    type Error = u8;
+    fn try_from(v: u8) -> Result<Self, u8> {
+        use Kind::*;
+        Ok(match v {
+            0x01 => Hello,
+            0x02 => Configure,
+            0x03 => Ready,
+            0x04 => InitError,
+            0x05 => Shutdown,
+            0x10 => Start,
+            0x11 => Started,
+            0x12 => StartFailed,
+            0x13 => Stdin,
+            0x14 => StdinEof,
+            0x15 => Stdout,
+            0x16 => Stderr,
+            0x17 => Exit,
+            0x18 => Signal,
+            0x80 => Launch,
+            0x81 => Launched,
+            0x82 => VmExited,
+            0x83 => HelperError,
+            other => return Err(other),
+        })
+    }
+}

@@ -1,0 +1,172 @@
+//! JSON payloads of the control frames. Field names are camelCase so the
+//! TypeScript side can use them as-is.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Hello {
+    pub protocol: u32,
+    /// Guest uptime when init sent this, from CLOCK_BOOTTIME.
+    pub uptime_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RootSpec {
+    /// Guest block device holding the root filesystem, e.g. `/dev/vda`.
+    pub device: String,
+    pub fstype: String,
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Configure {
+    pub hostname: String,
+    pub root: RootSpec,
+    /// Default working directory; boot fails in the guest if it does not exist.
+    pub cwd: String,
+    /// Environment every process starts with (before per-process overrides).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Ready {
+    pub uptime_ms: u64,
+    pub kernel: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct InitError {
+    /// Which boot step failed (`modules`, `control-port`, `root`, `cwd`…).
+    pub stage: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Start {
+    pub argv: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// Whether the host will send stdin; otherwise stdin is /dev/null.
+    #[serde(default)]
+    pub stdin: bool,
+    /// Kill the process group and report exit code 124 after this long.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Started {
+    pub pid: i32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StartFailed {
+    /// errno name, e.g. `ENOENT`.
+    pub code: String,
+    pub errno: i32,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Exit {
+    /// Exit status; 128+signal when killed by a signal; 124 on timeout.
+    pub exit_code: i32,
+    pub signal: Option<i32>,
+    pub timed_out: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Signal {
+    pub signal: i32,
+}
+
+/// Node → helper: everything needed to start the VMM.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Launch {
+    pub backend: BackendKind,
+    pub cpus: u8,
+    pub memory_mib: u32,
+    pub kernel: String,
+    /// initramfs (qemu) — holds the init and kernel modules.
+    #[serde(default)]
+    pub initrd: Option<String>,
+    /// libkrunfw shared object (krun).
+    #[serde(default)]
+    pub krunfw: Option<String>,
+    /// Directory served as the virtio-fs root holding the init (krun).
+    #[serde(default)]
+    pub init_root: Option<String>,
+    #[serde(default)]
+    pub cmdline: Vec<String>,
+    pub disks: Vec<Disk>,
+    /// qemu only: path of qemu-system-x86_64.
+    #[serde(default)]
+    pub qemu: Option<String>,
+    /// qemu only: accelerator ("kvm" or "tcg").
+    #[serde(default)]
+    pub accel: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    Qemu,
+    Krun,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Disk {
+    pub path: String,
+    pub format: String,
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Launched {
+    pub vmm_pid: i32,
+    pub backend: BackendKind,
+    pub accel: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VmExited {
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    /// Last lines the VMM and the guest console printed (kernel panics land here).
+    pub console_tail: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HelperError {
+    pub message: String,
+}
+
+/// Decodes a JSON control payload into its message type.
+pub fn decode<T: for<'de> Deserialize<'de>>(payload: &[u8]) -> Result<T, serde_json::Error> {
+    serde_json::from_slice(payload)
+}
+
+/// Encodes a control message as a JSON payload.
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    // Serialising these plain structs cannot fail (no maps with non-string keys).
+    serde_json::to_vec(msg).unwrap_or_default()
+}

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Packs the guest initramfs: the static sandbox-init as /init plus the kernel
+# modules from build-kernel.sh. Uncompressed on purpose: decompressing costs
+# more boot time under emulation than reading a few extra megabytes.
+# Usage: build-initramfs.sh PATH/TO/sandbox-init
+source "$(dirname "$0")/lib.sh"
+init_bin="$1"
+kdir="$ARTIFACTS_DIR/kernel/qemu"
+[ -f "$kdir/modules.boot" ] || { echo "run scripts/build-kernel.sh first" >&2; exit 1; }
+stage=$(mktemp -d)
+trap 'rm -rf "$stage"' EXIT
+mkdir -p "$stage"/{dev,proc,sys,newroot,etc/sandbox,lib/modules}
+cp "$init_bin" "$stage/init"
+for m in $(cat "$kdir/modules.boot" "$kdir/modules.extra"); do cp "$kdir/modules/$m" "$stage/lib/modules/"; done
+sed 's#^#/lib/modules/#' "$kdir/modules.boot" > "$stage/etc/sandbox/modules"
+sed 's#^#/lib/modules/#' "$kdir/modules.extra" > "$stage/etc/sandbox/modules.extra"
+out="$ARTIFACTS_DIR/kernel/qemu/initramfs.cpio"
+# Fixed mtimes and sorted names keep the archive reproducible.
+(cd "$stage" && find . -mindepth 1 -exec touch -h -d @0 {} + && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc --reproducible -R 0:0 --quiet) > "$out.tmp"
+mv "$out.tmp" "$out"
+log initramfs "ready: $out ($(du -k "$out" | cut -f1) KiB)"

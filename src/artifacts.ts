@@ -1,0 +1,89 @@
+/**
+ * Finds the current platform's native artifacts: the optional dependency
+ * `@torkbot/sandbox-<platform>` (materialised under node_modules in a clone by
+ * `npm run artifacts:link-current`), or SANDBOX_ARTIFACTS_DIR when set.
+ */
+import { existsSync, readFileSync } from "node:fs";
+import { createRequire } from "node:module";
+import { dirname, join } from "node:path";
+import { SandboxArtifactError } from "./errors.js";
+
+export interface ImageEntry {
+  name: string;
+  file: string;
+  format: "qcow2" | "raw";
+  filesystem: string;
+  virtualSizeBytes: number;
+  fileSizeBytes: number;
+  sha256: string;
+  description?: string;
+}
+
+export interface Artifacts {
+  dir: string;
+  helper: string;
+  addon: string;
+  qemuKernel: string;
+  qemuInitrd: string;
+  krunfw: string;
+  imagesDir: string;
+}
+
+export function platformPackageName(platform = process.platform, arch = process.arch): string {
+  const suffix = platform === "linux" ? "-gnu" : "";
+  return `@torkbot/sandbox-${platform}-${arch}${suffix}`;
+}
+
+let cached: Artifacts | undefined;
+
+export function resolveArtifacts(): Artifacts {
+  if (cached) return cached;
+  const dir = process.env.SANDBOX_ARTIFACTS_DIR ?? findPackageArtifacts();
+  const a: Artifacts = {
+    dir,
+    helper: join(dir, "bin", "sandbox-host"),
+    addon: join(dir, `sandbox.${process.platform}-${process.arch}${process.platform === "linux" ? "-gnu" : ""}.node`),
+    qemuKernel: join(dir, "kernel", "qemu", "vmlinuz"),
+    qemuInitrd: join(dir, "kernel", "qemu", "initramfs.cpio"),
+    krunfw: join(dir, "kernel", "krun", "libkrunfw.so.5"),
+    imagesDir: join(dir, "images"),
+  };
+  for (const [what, path] of [
+    ["sandbox-host helper", a.helper],
+    ["native addon", a.addon],
+    ["guest kernel", a.qemuKernel],
+    ["guest initramfs", a.qemuInitrd],
+  ] as const) {
+    if (!existsSync(path)) {
+      throw new SandboxArtifactError(
+        `the ${what} is missing at ${path}; reinstall ${platformPackageName()} (or, in a clone, run \`npm run setup\`)`,
+      );
+    }
+  }
+  cached = a;
+  return a;
+}
+
+function findPackageArtifacts(): string {
+  const pkg = platformPackageName();
+  const require = createRequire(import.meta.url);
+  try {
+    return join(dirname(require.resolve(`${pkg}/package.json`)), "artifacts");
+  } catch {
+    throw new SandboxArtifactError(
+      `the platform package ${pkg} is not installed; install it with \`npm install ${pkg}\` ` +
+        `(in a clone of the repository, run \`npm run setup\`). Supported platforms: linux-x64-gnu, darwin-arm64`,
+    );
+  }
+}
+
+export function readCatalog(a: Artifacts = resolveArtifacts()): ImageEntry[] {
+  const file = join(a.imagesDir, "catalog.json");
+  if (!existsSync(file)) {
+    throw new SandboxArtifactError(
+      `no built-in image catalog at ${file}; reinstall ${platformPackageName()} (in a clone: \`npm run setup\`)`,
+    );
+  }
+  const parsed = JSON.parse(readFileSync(file, "utf8")) as { images: ImageEntry[] };
+  return parsed.images;
+}

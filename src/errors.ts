@@ -1,0 +1,97 @@
+/**
+ * Every error the library throws on purpose is a SandboxError with a stable
+ * `code`, and a message that says what was wrong and how to fix it.
+ */
+export class SandboxError extends Error {
+  readonly code: string;
+  constructor(code: string, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.code = code;
+    this.name = new.target.name;
+  }
+}
+
+/** A definition, boot option or call argument is invalid. */
+export class SandboxConfigError extends SandboxError {
+  constructor(message: string) {
+    super("ERR_SANDBOX_CONFIG", message);
+  }
+}
+
+/** `rootfs.builtIn(name)` names no image in the installed catalog. */
+export class UnknownImageError extends SandboxError {
+  readonly image: string;
+  readonly available: readonly string[];
+  constructor(image: string, available: readonly string[]) {
+    super(
+      "ERR_SANDBOX_UNKNOWN_IMAGE",
+      `no built-in rootfs image named ${JSON.stringify(image)}; available: ${available.join(", ") || "(none installed)"}`,
+    );
+    this.image = image;
+    this.available = available;
+  }
+}
+
+/** Native artifacts (helper, kernel, images) are missing or unusable. */
+export class SandboxArtifactError extends SandboxError {
+  constructor(message: string) {
+    super("ERR_SANDBOX_ARTIFACTS", message);
+  }
+}
+
+/** The VM did not come up. `guestMessage` holds the guest init's own words. */
+export class SandboxBootError extends SandboxError {
+  readonly stage: string | undefined;
+  readonly guestMessage: string | undefined;
+  readonly consoleTail: string | undefined;
+  constructor(message: string, details: { stage?: string; guestMessage?: string; consoleTail?: string } = {}) {
+    super("ERR_SANDBOX_BOOT", message);
+    this.stage = details.stage;
+    this.guestMessage = details.guestMessage;
+    this.consoleTail = details.consoleTail;
+  }
+}
+
+/** The lane was closed (or its VM ended) before or during the call. */
+export class LaneClosedError extends SandboxError {
+  constructor(message = "the sandbox lane is closed; boot a new lane to run more commands") {
+    super("ERR_SANDBOX_CLOSED", message);
+  }
+}
+
+/** The VM or its helper ended unexpectedly. */
+export class SandboxCrashedError extends SandboxError {
+  readonly consoleTail: string | undefined;
+  constructor(message: string, consoleTail?: string) {
+    super("ERR_SANDBOX_CRASHED", message);
+    this.consoleTail = consoleTail;
+  }
+}
+
+/** The guest could not start the process (ENOENT, EACCES, bad cwd…). */
+export class ProcessStartError extends SandboxError {
+  readonly errno: string;
+  constructor(errno: string, message: string) {
+    super("ERR_SANDBOX_PROCESS_START", message);
+    this.errno = errno;
+  }
+}
+
+/** Buffered output passed `maxOutputBytes`; the process group was killed. */
+export class OutputLimitError extends SandboxError {
+  readonly limit: number;
+  constructor(limit: number) {
+    super(
+      "ERR_SANDBOX_OUTPUT_LIMIT",
+      `process output exceeded maxOutputBytes (${limit}); the process group was killed. Raise maxOutputBytes or use spawn() to stream output`,
+    );
+    this.limit = limit;
+  }
+}
+
+/** The standard abort rejection, as fetch and Node streams use it. */
+export function abortError(signal: AbortSignal): Error {
+  const err = new DOMException("the operation was aborted", "AbortError");
+  if (signal.reason !== undefined) (err as { cause?: unknown }).cause = signal.reason;
+  return err;
+}

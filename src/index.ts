@@ -1,0 +1,19 @@
+export { defineSandbox, listBuiltInImages } from "./sandbox.js";
+export type { Sandbox, SandboxDefinition, SandboxResources, BootOptions } from "./sandbox.js";
+export { Lane } from "./lane.js";
+export type { ExecOptions, ExecResult, LaneInfo } from "./lane.js";
+export { rootfs } from "./rootfs.js";
+export type { RootfsSpec, BuiltInRootfs } from "./rootfs.js";
+export type { BackendName, BackendChoice } from "./backend.js";
+export type { ImageEntry } from "./artifacts.js";
+export {
+  SandboxError,
+  SandboxConfigError,
+  UnknownImageError,
+  SandboxArtifactError,
+  SandboxBootError,
+  SandboxCrashedError,
+  LaneClosedError,
+  ProcessStartError,
+  OutputLimitError,
+} from "./errors.js";

@@ -1,0 +1,213 @@
+/** `defineSandbox` and boot: from a description to a running lane. */
+import { join } from "node:path";
+import { readCatalog, resolveArtifacts, type ImageEntry } from "./artifacts.js";
+import { chooseBackend, findQemu, type BackendName } from "./backend.js";
+import { SandboxBootError, SandboxConfigError, UnknownImageError } from "./errors.js";
+import { HelperConnection } from "./helper-connection.js";
+import { Lane } from "./lane.js";
+import { loadNative } from "./native.js";
+import { Kind, type Frame } from "./protocol/frames.js";
+import { isRootfsSpec, rootfs as rootfsApi, type RootfsSpec } from "./rootfs.js";
+import { checkAbsolutePath, checkEnv, checkHostname, checkInteger } from "./validate.js";
+
+export interface SandboxResources {
+  /** Virtual CPUs (1-64). Default 1. */
+  cpus?: number;
+  /** Guest memory in MiB (128-1048576). Default 512. */
+  memoryMiB?: number;
+  /** VMM backend. Default `auto`: krun where hardware virtualization works, else qemu. */
+  backend?: BackendName;
+}
+
+export interface SandboxDefinition {
+  /** Root filesystem. Default `rootfs.builtIn("debian:12")`. */
+  rootfs?: RootfsSpec;
+  resources?: SandboxResources;
+}
+
+export interface BootOptions {
+  /** Kernel hostname. Default `sandbox`. */
+  hostname?: string;
+  /** Default working directory for processes; must exist in the guest. Default `/`. */
+  cwd?: string;
+  /** Environment every process of this lane starts with. */
+  env?: Record<string, string>;
+  /** How long to wait for the guest to be ready. Default 120000 (software emulation is slow). */
+  timeoutMs?: number;
+  /** Aborts the boot; the VM is torn down and the promise rejects with an AbortError. */
+  signal?: AbortSignal;
+}
+
+export interface Sandbox {
+  readonly definition: Readonly<Required<Pick<SandboxDefinition, "rootfs">>> & { resources: Required<SandboxResources> };
+  boot(options?: BootOptions): Promise<Lane>;
+}
+
+export function defineSandbox(definition: SandboxDefinition = {}): Sandbox {
+  if (typeof definition !== "object" || definition === null) {
+    throw new SandboxConfigError("defineSandbox(definition) needs an object");
+  }
+  const root = definition.rootfs ?? rootfsApi.builtIn("debian:12");
+  if (!isRootfsSpec(root)) {
+    throw new SandboxConfigError("definition.rootfs must come from rootfs.builtIn(...)");
+  }
+  const r = definition.resources ?? {};
+  const resources: Required<SandboxResources> = {
+    cpus: checkInteger("resources.cpus", r.cpus ?? 1, 1, 64),
+    memoryMiB: checkInteger("resources.memoryMiB", r.memoryMiB ?? 512, 128, 1 << 20),
+    backend: r.backend ?? "auto",
+  };
+  if (!["auto", "qemu", "krun"].includes(resources.backend)) {
+    throw new SandboxConfigError(`resources.backend must be "auto", "qemu" or "krun", got ${JSON.stringify(resources.backend)}`);
+  }
+  const frozen = Object.freeze({ rootfs: root, resources: Object.freeze(resources) });
+  return {
+    definition: frozen,
+    boot: (options) => bootLane(frozen.rootfs, frozen.resources, options ?? {}),
+  };
+}
+
+/** Lists the installed built-in images. */
+export function listBuiltInImages(): ImageEntry[] {
+  return readCatalog();
+}
+
+function findImage(name: string): ImageEntry {
+  const catalog = readCatalog();
+  const hit = catalog.find((i) => i.name === name);
+  if (!hit) throw new UnknownImageError(name, catalog.map((i) => i.name));
+  return hit;
+}
+
+async function bootLane(root: RootfsSpec, resources: Required<SandboxResources>, options: BootOptions): Promise<Lane> {
+  const started = performance.now();
+  const hostname = checkHostname(options.hostname ?? "sandbox");
+  const cwd = checkAbsolutePath("cwd", options.cwd ?? "/");
+  const env = checkEnv("env", options.env);
+  const timeoutMs = checkInteger("timeoutMs", options.timeoutMs ?? 120_000, 1, 3_600_000);
+  options.signal?.throwIfAborted();
+
+  const artifacts = resolveArtifacts();
+  const image = findImage(root.name);
+  const choice = chooseBackend(resources.backend, artifacts.helper);
+  const native = loadNative(artifacts);
+  const conn = new HelperConnection(native, artifacts.helper);
+
+  const launch = {
+    backend: choice.backend,
+    cpus: resources.cpus,
+    memoryMib: resources.memoryMiB,
+    kernel: artifacts.qemuKernel,
+    initrd: artifacts.qemuInitrd,
+    krunfw: artifacts.krunfw,
+    cmdline: [],
+    disks: [{ path: join(artifacts.imagesDir, image.file), format: image.format, readOnly: true }],
+    qemu: choice.backend === "qemu" ? findQemu() : undefined,
+    accel: choice.accel,
+  };
+
+  const configure = {
+    hostname,
+    cwd,
+    env,
+    root: { device: "/dev/vda", fstype: image.filesystem, readOnly: true },
+  };
+
+  try {
+    const { launched, ready } = await handshake(conn, launch, configure, timeoutMs, options.signal);
+    return new Lane(conn, {
+      backend: choice.backend,
+      accel: choice.accel,
+      backendReason: choice.reason,
+      image: image.name,
+      hostname,
+      cwd,
+      kernel: ready.kernel,
+      helperPid: conn.pid,
+      vmmPid: launched.vmmPid,
+      bootMs: performance.now() - started,
+      guestBootMs: ready.uptimeMs,
+    });
+  } catch (err) {
+    conn.kill();
+    throw err;
+  }
+}
+
+interface Launched {
+  vmmPid: number;
+  accel: string;
+}
+interface Ready {
+  uptimeMs: number;
+  kernel: string;
+}
+
+/** Launch → Launched → Hello → Configure → Ready, failing on any exit, error or deadline. */
+function handshake(
+  conn: HelperConnection,
+  launch: unknown,
+  configure: unknown,
+  timeoutMs: number,
+  signal: AbortSignal | undefined,
+): Promise<{ launched: Launched; ready: Ready }> {
+  return new Promise((resolve, reject) => {
+    let launched: Launched | undefined;
+    const cleanup = () => {
+      clearTimeout(timer);
+      conn.off("control", onControl);
+      conn.off("exit", onExit);
+      signal?.removeEventListener("abort", onAbort);
+    };
+    const fail = (err: Error) => {
+      cleanup();
+      reject(err);
+    };
+    const timer = setTimeout(
+      () => fail(new SandboxBootError(`the guest was not ready within ${timeoutMs} ms; raise boot({ timeoutMs }) on slow hosts`)),
+      timeoutMs,
+    );
+    const onAbort = () => {
+      const err = new DOMException("boot was aborted", "AbortError");
+      fail(err);
+    };
+    const onExit = () => {
+      const tail = conn.vmExit?.consoleTail?.trim();
+      const why = conn.helperError ?? (conn.vmExit ? "the VM exited during boot" : "the sandbox helper exited during boot");
+      fail(
+        new SandboxBootError(`${why}${tail ? `; console output:\n${lastLines(tail, 20)}` : ""}`, {
+          consoleTail: conn.vmExit?.consoleTail,
+        }),
+      );
+    };
+    const onControl = (frame: Frame) => {
+      const body = frame.payload.length ? JSON.parse(frame.payload.toString("utf8")) : {};
+      switch (frame.kind) {
+        case Kind.Launched:
+          launched = body as Launched;
+          break;
+        case Kind.Hello:
+          conn.sendJson(Kind.Configure, 0, configure);
+          break;
+        case Kind.InitError: {
+          const e = body as { stage: string; message: string };
+          conn.send(Kind.Shutdown, 0);
+          fail(new SandboxBootError(`guest init failed at ${e.stage}: ${e.message}`, { stage: e.stage, guestMessage: e.message }));
+          break;
+        }
+        case Kind.Ready:
+          cleanup();
+          resolve({ launched: launched ?? { vmmPid: -1, accel: "unknown" }, ready: body as Ready });
+          break;
+      }
+    };
+    conn.on("control", onControl);
+    conn.on("exit", onExit);
+    signal?.addEventListener("abort", onAbort, { once: true });
+    conn.sendJson(Kind.Launch, 0, launch);
+  });
+}
+
+function lastLines(text: string, n: number): string {
+  return text.split("\n").slice(-n).join("\n");
+}
