@@ -1,0 +1,40 @@
+import { describe, expect, it } from "vitest";
+import { resolveArtifacts } from "../../src/artifacts.js";
+import { chooseBackend, probeKrun } from "../../src/backend.js";
+
+describe("backend choice on this host", () => {
+  it("probes krun quickly and falls back to qemu with the reason", () => {
+    const { helper } = resolveArtifacts();
+    const t0 = performance.now();
+    const probe = probeKrun(helper);
+    const elapsed = performance.now() - t0;
+    expect(elapsed).toBeLessThan(1000);
+    expect(typeof probe.reason).toBe("string");
+    expect(probe.reason.length).toBeGreaterThan(10);
+    const choice = chooseBackend("auto", helper);
+    if (probe.usable) {
+      expect(choice.backend).toBe("krun");
+    } else {
+      expect(choice.backend).toBe("qemu");
+      expect(choice.reason).toContain("krun not usable here");
+      expect(choice.reason).toContain(probe.reason);
+      expect(() => chooseBackend("krun", helper)).toThrow(/krun cannot run here/);
+    }
+  });
+});
+
+describe("krun probe against this machine's facts", () => {
+  it("says no where there is no hardware virtualization or KVM is PVM", async () => {
+    const { existsSync, readFileSync } = await import("node:fs");
+    const flags = readFileSync("/proc/cpuinfo", "utf8");
+    const noHw = !/\b(vmx|svm)\b/.test(flags) || existsSync("/sys/module/kvm_pvm") || !existsSync("/dev/kvm");
+    const probe = probeKrun(resolveArtifacts().helper);
+    if (noHw) {
+      expect(probe.usable).toBe(false);
+      expect(probe.hardwareVirtualization).toBe(false);
+      expect(chooseBackend("auto", resolveArtifacts().helper)).toMatchObject({ backend: "qemu", accel: "tcg" });
+    } else {
+      expect(probe.hardwareVirtualization).toBe(true);
+    }
+  });
+});

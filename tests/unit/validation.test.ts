@@ -1,0 +1,32 @@
+import { describe, expect, it } from "vitest";
+import { defineSandbox, rootfs, SandboxConfigError } from "../../src/index.js";
+import { checkArgv, checkEnv, checkHostname } from "../../src/validate.js";
+
+describe("input validation", () => {
+  it("rejects bad resources with a message naming the field and the range", () => {
+    expect(() => defineSandbox({ resources: { cpus: 0 } })).toThrow(/resources.cpus must be an integer from 1 to 64, got 0/);
+    expect(() => defineSandbox({ resources: { memoryMiB: 1.5 } })).toThrow(SandboxConfigError);
+    expect(() => defineSandbox({ resources: { backend: "firecracker" as never } })).toThrow(/"auto", "qemu" or "krun"/);
+    expect(() => defineSandbox({ rootfs: { kind: "docker" } as never })).toThrow(/rootfs.builtIn/);
+  });
+
+  it("accepts a plain definition and applies documented defaults", () => {
+    const sb = defineSandbox({ rootfs: rootfs.builtIn("busybox") });
+    expect(sb.definition.resources).toEqual({ cpus: 1, memoryMiB: 512, backend: "auto" });
+  });
+
+  it("checks hostnames, env and argv", () => {
+    expect(checkHostname("agent-42")).toBe("agent-42");
+    expect(() => checkHostname("-bad")).toThrow(SandboxConfigError);
+    expect(() => checkHostname("a".repeat(65))).toThrow(SandboxConfigError);
+    expect(() => checkEnv("env", { "A=B": "x" })).toThrow(/contains '='/);
+    expect(() => checkEnv("env", { A: 1 as never })).toThrow(/env.A must be a string/);
+    expect(() => checkArgv("", [])).toThrow(/non-empty/);
+    expect(() => checkArgv("ls", ["a\0b"])).toThrow(/NUL/);
+    expect(checkArgv("ls", ["-l"])).toEqual(["ls", "-l"]);
+  });
+
+  it("rejects an empty built-in image name", () => {
+    expect(() => rootfs.builtIn("")).toThrow(SandboxConfigError);
+  });
+});

@@ -1,0 +1,14 @@
+import { defineConfig } from "vitest/config";
+
+export default defineConfig({
+  test: {
+    include: ["tests/**/*.test.ts"],
+    // e2e files boot real VMs under software emulation on a 2-core machine:
+    // running them one file at a time keeps timings honest and avoids starving guests.
+    fileParallelism: false,
+    pool: "forks",
+    testTimeout: 180_000,
+    hookTimeout: 180_000,
+    reporters: ["default"],
+  },
+});
