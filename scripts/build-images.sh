@@ -63,9 +63,22 @@ remove_tree() {
   rm -rf --one-file-system "$d"
 }
 
+# Stops a process and its descendants (a step's job runs mmdebstrap, apt…).
+kill_tree() {
+  local pid="$1" child
+  kill -STOP "$pid" 2>/dev/null || return 0
+  for child in $(pgrep -P "$pid"); do kill_tree "$child"; done
+  kill -TERM "$pid" 2>/dev/null
+  kill -CONT "$pid" 2>/dev/null
+}
+
 on_exit() {
   [ -n "$HEARTBEAT_PID" ] && kill "$HEARTBEAT_PID" 2>/dev/null
-  if [ -n "$STEP_PID" ]; then kill "$STEP_PID" 2>/dev/null; wait "$STEP_PID" 2>/dev/null; fi
+  if [ -n "$STEP_PID" ]; then
+    log images "interrupted: stopping the running step"
+    kill_tree "$STEP_PID"
+    wait "$STEP_PID" 2>/dev/null
+  fi
   [ -n "$TMP_ENTRY" ] && remove_tree "$TMP_ENTRY"
   return 0
 }
@@ -116,7 +129,8 @@ image_skeleton() {
   chmod 0700 "$root"/root
   printf '127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' > "$root/etc/hosts"
   # Present (empty) so the init can bind-mount its own over a read-only root.
-  : > "$root/etc/resolv.conf"
+  rm -f "$root/etc/resolv.conf"
+  install -m 0644 /dev/null "$root/etc/resolv.conf"
   rm -f "$root/etc/hostname"
   [ -e "$root/etc/mtab" ] || [ -L "$root/etc/mtab" ] || ln -s ../proc/self/mounts "$root/etc/mtab"
   grep -q '^root:' "$root/etc/passwd"
@@ -167,14 +181,16 @@ recipe_debian_12() {
   rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin "$root"/var/cache/apt/archives/*.deb
   rm -f "$root"/var/cache/debconf/*-old "$root"/var/lib/dpkg/*-old
   find "$root/var/log" -type f -delete
-  image_skeleton "$root"
   # Smoke test inside the tree (absolute symlinks such as alternatives only
-  # resolve there).
+  # resolve there), before image_skeleton empties /dev.
   chroot "$root" /bin/sh -ec '
-    for c in sh ls cat curl git python3 ps ip nc dig openssl xz; do command -v "$c" >/dev/null; done
+    for c in sh ls cat curl git python3 ps ip nc dig openssl xz; do
+      command -v "$c" >/dev/null || { echo "debian:12: $c is missing" >&2; exit 1; }
+    done
     test -s /etc/ssl/certs/ca-certificates.crt
-    python3 -c "import ssl, json, sqlite3" 2>/dev/null || python3 -c "import ssl, json"
+    python3 -c "import ssl, json, sqlite3"
     curl --version >/dev/null'
+  image_skeleton "$root"
 }
 
 recipe_busybox() {

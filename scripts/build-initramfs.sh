@@ -11,6 +11,8 @@ stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage"/{dev,proc,sys,newroot,etc/sandbox,lib/modules}
 cp "$init_bin" "$stage/init"
+# The kernel opens /dev/console for init's stdio before devtmpfs is mounted.
+mknod -m 600 "$stage/dev/console" c 5 1 2>/dev/null || log initramfs "warning: cannot mknod /dev/console (not root); init messages before the control port will be lost"
 for m in $(cat "$kdir/modules.boot" "$kdir/modules.extra"); do cp "$kdir/modules/$m" "$stage/lib/modules/"; done
 sed 's#^#/lib/modules/#' "$kdir/modules.boot" > "$stage/etc/sandbox/modules"
 sed 's#^#/lib/modules/#' "$kdir/modules.extra" > "$stage/etc/sandbox/modules.extra"

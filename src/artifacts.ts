@@ -26,6 +26,8 @@ export interface Artifacts {
   qemuKernel: string;
   qemuInitrd: string;
   krunfw: string;
+  /** Directory served as the virtio-fs root holding the guest init (krun). */
+  krunInitRoot: string;
   imagesDir: string;
 }
 
@@ -46,6 +48,7 @@ export function resolveArtifacts(): Artifacts {
     qemuKernel: join(dir, "kernel", "qemu", "vmlinuz"),
     qemuInitrd: join(dir, "kernel", "qemu", "initramfs.cpio"),
     krunfw: join(dir, "kernel", "krun", "libkrunfw.so.5"),
+    krunInitRoot: join(dir, "kernel", "krun", "root"),
     imagesDir: join(dir, "images"),
   };
   for (const [what, path] of [

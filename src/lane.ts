@@ -19,6 +19,8 @@ export interface LaneInfo {
   bootMs: number;
   /** Guest uptime when init reported ready. */
   guestBootMs: number;
+  /** Guest uptime (ms) at each boot milestone: init start, modules loaded, control port up, ready. */
+  guestTimings: { initStartedMs: number; modulesLoadedMs: number; helloMs: number; readyMs: number };
 }
 
 export interface ExecOptions {

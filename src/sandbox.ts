@@ -1,7 +1,7 @@
 /** `defineSandbox` and boot: from a description to a running lane. */
 import { join } from "node:path";
-import { readCatalog, resolveArtifacts, type ImageEntry } from "./artifacts.js";
-import { chooseBackend, findQemu, type BackendName } from "./backend.js";
+import { readCatalog, resolveArtifacts, type Artifacts, type ImageEntry } from "./artifacts.js";
+import { chooseBackend, findQemu, type BackendChoice, type BackendName } from "./backend.js";
 import { SandboxBootError, SandboxConfigError, UnknownImageError } from "./errors.js";
 import { HelperConnection } from "./helper-connection.js";
 import { Lane } from "./lane.js";
@@ -72,11 +72,33 @@ export function listBuiltInImages(): ImageEntry[] {
   return readCatalog();
 }
 
-function findImage(name: string): ImageEntry {
+export function findImage(name: string): ImageEntry {
   const catalog = readCatalog();
   const hit = catalog.find((i) => i.name === name);
   if (!hit) throw new UnknownImageError(name, catalog.map((i) => i.name));
   return hit;
+}
+
+/** The helper's Launch request for one boot (exported for benchmarks). */
+export function launchSpec(
+  artifacts: Artifacts,
+  image: ImageEntry,
+  resources: Required<SandboxResources>,
+  choice: BackendChoice,
+) {
+  return {
+    backend: choice.backend,
+    cpus: resources.cpus,
+    memoryMib: resources.memoryMiB,
+    kernel: artifacts.qemuKernel,
+    initrd: artifacts.qemuInitrd,
+    krunfw: artifacts.krunfw,
+    initRoot: artifacts.krunInitRoot,
+    cmdline: [] as string[],
+    disks: [{ path: join(artifacts.imagesDir, image.file), format: image.format, readOnly: true }],
+    qemu: choice.backend === "qemu" ? findQemu() : undefined,
+    accel: choice.accel,
+  };
 }
 
 async function bootLane(root: RootfsSpec, resources: Required<SandboxResources>, options: BootOptions): Promise<Lane> {
@@ -93,19 +115,7 @@ async function bootLane(root: RootfsSpec, resources: Required<SandboxResources>,
   const native = loadNative(artifacts);
   const conn = new HelperConnection(native, artifacts.helper);
 
-  const launch = {
-    backend: choice.backend,
-    cpus: resources.cpus,
-    memoryMib: resources.memoryMiB,
-    kernel: artifacts.qemuKernel,
-    initrd: artifacts.qemuInitrd,
-    krunfw: artifacts.krunfw,
-    cmdline: [],
-    disks: [{ path: join(artifacts.imagesDir, image.file), format: image.format, readOnly: true }],
-    qemu: choice.backend === "qemu" ? findQemu() : undefined,
-    accel: choice.accel,
-  };
-
+  const launch = launchSpec(artifacts, image, resources, choice);
   const configure = {
     hostname,
     cwd,
@@ -114,7 +124,7 @@ async function bootLane(root: RootfsSpec, resources: Required<SandboxResources>,
   };
 
   try {
-    const { launched, ready } = await handshake(conn, launch, configure, timeoutMs, options.signal);
+    const { launched, hello, ready } = await handshake(conn, launch, configure, timeoutMs, options.signal);
     return new Lane(conn, {
       backend: choice.backend,
       accel: choice.accel,
@@ -127,6 +137,12 @@ async function bootLane(root: RootfsSpec, resources: Required<SandboxResources>,
       vmmPid: launched.vmmPid,
       bootMs: performance.now() - started,
       guestBootMs: ready.uptimeMs,
+      guestTimings: {
+        initStartedMs: hello?.initStartedMs ?? 0,
+        modulesLoadedMs: hello?.modulesLoadedMs ?? 0,
+        helloMs: hello?.uptimeMs ?? 0,
+        readyMs: ready.uptimeMs,
+      },
     });
   } catch (err) {
     conn.kill();
@@ -137,6 +153,11 @@ async function bootLane(root: RootfsSpec, resources: Required<SandboxResources>,
 interface Launched {
   vmmPid: number;
   accel: string;
+}
+interface Hello {
+  uptimeMs: number;
+  initStartedMs?: number;
+  modulesLoadedMs?: number;
 }
 interface Ready {
   uptimeMs: number;
@@ -150,9 +171,10 @@ function handshake(
   configure: unknown,
   timeoutMs: number,
   signal: AbortSignal | undefined,
-): Promise<{ launched: Launched; ready: Ready }> {
+): Promise<{ launched: Launched; hello: Hello | undefined; ready: Ready }> {
   return new Promise((resolve, reject) => {
     let launched: Launched | undefined;
+    let hello: Hello | undefined;
     const cleanup = () => {
       clearTimeout(timer);
       conn.off("control", onControl);
@@ -187,6 +209,7 @@ function handshake(
           launched = body as Launched;
           break;
         case Kind.Hello:
+          hello = body as Hello;
           conn.sendJson(Kind.Configure, 0, configure);
           break;
         case Kind.InitError: {
@@ -197,7 +220,7 @@ function handshake(
         }
         case Kind.Ready:
           cleanup();
-          resolve({ launched: launched ?? { vmmPid: -1, accel: "unknown" }, ready: body as Ready });
+          resolve({ launched: launched ?? { vmmPid: -1, accel: "unknown" }, hello, ready: body as Ready });
           break;
       }
     };

@@ -33,6 +33,20 @@ fn main() {
             println!("{}", serde_json::json!({ "usable": p.usable, "reason": p.reason, "hardwareVirtualization": p.hardware_virtualization }));
             return;
         }
+        Some("--qemu-args") => {
+            // Prints the QEMU argv for a Launch read from stdin, so benchmarks
+            // can measure the very same machine without the project's stack.
+            let mut input = String::new();
+            let _ = std::io::stdin().read_to_string(&mut input);
+            match serde_json::from_str::<proto::Launch>(&input).map_err(|e| e.to_string()).and_then(|l| backend::qemu_args(&l).map_err(|e| e.to_string())) {
+                Ok(args) => println!("{}", serde_json::json!(args)),
+                Err(e) => {
+                    eprintln!("sandbox-host: {e}");
+                    std::process::exit(2);
+                }
+            }
+            return;
+        }
         Some(other) => {
             eprintln!("sandbox-host: unknown argument {other:?}; this helper is started by @torkbot/sandbox");
             std::process::exit(2);

@@ -30,7 +30,7 @@ pub fn run(node: StdUnixStream, leftover: FrameDecoder, vm: RunningVm) -> Result
 }
 
 async fn relay(node: StdUnixStream, leftover: FrameDecoder, vm: RunningVm) -> Result<(), HostError> {
-    let RunningVm { mut child, control, console, .. } = vm;
+    let RunningVm { pid, wait, control, console, .. } = vm;
     let node = to_tokio(node)?;
     let guest = to_tokio(control)?;
     let (node_rx, mut node_tx) = node.into_split();
@@ -38,9 +38,8 @@ async fn relay(node: StdUnixStream, leftover: FrameDecoder, vm: RunningVm) -> Re
 
     // The VMM is waited for on a plain thread: Child::wait blocks.
     let (exit_tx, exit_rx) = oneshot::channel();
-    let pid = child.id() as i32;
     std::thread::spawn(move || {
-        let _ = exit_tx.send(child.wait());
+        let _ = exit_tx.send(wait());
     });
 
     let (ended_tx, mut ended_rx) = tokio::sync::mpsc::channel::<End>(2);
@@ -63,7 +62,7 @@ async fn relay(node: StdUnixStream, leftover: FrameDecoder, vm: RunningVm) -> Re
                 End::NodeError(e) => { kill(pid); return Err(e); }
                 End::GuestError(e) => { kill(pid); fatal = Some(e); }
             },
-            status = &mut exit_rx => break status.ok().and_then(|s| s.ok()),
+            status = &mut exit_rx => break status.ok().flatten(),
         }
     };
     node_pump.abort();

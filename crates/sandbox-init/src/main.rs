@@ -21,15 +21,22 @@ fn main() {
         eprintln!("sandbox-init {}: the sandbox guest's PID 1; it only runs inside a sandbox VM", env!("CARGO_PKG_VERSION"));
         std::process::exit(2);
     }
+    let init_started_ms = sys::uptime_ms();
     if let Err(e) = boot::early_mounts().and_then(|_| boot::load_modules()) {
         console_fatal(&e.to_string());
     }
+    let modules_loaded_ms = sys::uptime_ms();
     let port = match boot::open_control_port() {
         Ok(p) => p,
         Err(e) => console_fatal(&e.to_string()),
     };
     let mut link = Link { port, decoder: FrameDecoder::new() };
-    let hello = proto::Hello { protocol: proto::PROTOCOL_VERSION, uptime_ms: sys::uptime_ms() };
+    let hello = proto::Hello {
+        protocol: proto::PROTOCOL_VERSION,
+        uptime_ms: sys::uptime_ms(),
+        init_started_ms,
+        modules_loaded_ms,
+    };
     if link.send(Kind::Hello, &proto::encode(&hello)).is_err() {
         console_fatal("cannot write to the control port");
     }

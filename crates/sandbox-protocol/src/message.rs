@@ -10,6 +10,12 @@ pub struct Hello {
     pub protocol: u32,
     /// Guest uptime when init sent this, from CLOCK_BOOTTIME.
     pub uptime_ms: u64,
+    /// Guest uptime when init started (the kernel's share of boot).
+    #[serde(default)]
+    pub init_started_ms: u64,
+    /// Guest uptime once the boot modules were loaded.
+    #[serde(default)]
+    pub modules_loaded_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

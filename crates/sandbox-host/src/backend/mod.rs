@@ -1,18 +1,23 @@
 //! VMM backends. Both present the same guest-visible devices (control port,
 //! block disks), so the guest init and protocol do not care which one runs.
 
+mod krun;
 mod qemu;
 
 use crate::console::ConsoleTail;
 use crate::error::HostError;
 use sandbox_protocol::{BackendKind, Launch};
 use std::os::unix::net::UnixStream;
-use std::process::Child;
+use std::process::ExitStatus;
+
+/// Blocks until the VMM process ends.
+pub type Waiter = Box<dyn FnOnce() -> Option<ExitStatus> + Send>;
 
 /// A started VMM: its process, the host end of the guest control port and
 /// the console tail used in error reports.
 pub struct RunningVm {
-    pub child: Child,
+    pub pid: i32,
+    pub wait: Waiter,
     pub control: UnixStream,
     pub console: ConsoleTail,
     pub accel: String,
@@ -20,21 +25,24 @@ pub struct RunningVm {
 
 impl RunningVm {
     pub fn pid(&self) -> i32 {
-        self.child.id() as i32
+        self.pid
     }
     pub fn accel(&self) -> &str {
         &self.accel
     }
 }
 
+/// QEMU's argument list for `launch` (used by benchmarks for the floor run).
+pub fn qemu_args(launch: &Launch) -> Result<Vec<String>, HostError> {
+    validate(launch)?;
+    qemu::args(launch)
+}
+
 pub fn launch(launch: &Launch) -> Result<RunningVm, HostError> {
     validate(launch)?;
     match launch.backend {
         BackendKind::Qemu => qemu::spawn(launch),
-        BackendKind::Krun => Err(HostError::Launch {
-            backend: "krun",
-            message: probe_krun().reason,
-        }),
+        BackendKind::Krun => krun::spawn(launch),
     }
 }
 
@@ -69,12 +77,10 @@ pub struct KrunProbe {
     pub hardware_virtualization: bool,
 }
 
-/// Whether a libkrun guest can run on this host (no VM is booted).
+/// Whether a libkrun guest can run on this host (no VM is booted). The same
+/// facts decide whether QEMU may use KVM: a libkrun guest and an ordinary
+/// kernel under QEMU/KVM need the same thing, real hardware virtualization.
 pub fn probe_krun() -> KrunProbe {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let hw = cpuinfo.lines().filter(|l| l.starts_with("flags")).any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
-    let pvm = std::path::Path::new("/sys/module/kvm_pvm").exists();
-    let kvm = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
-    let hardware_virtualization = hw && kvm && !pvm;
-    KrunProbe { usable: false, reason: "the krun backend is not built into this helper".into(), hardware_virtualization }
+    let p = sandbox_krun::probe_host();
+    KrunProbe { usable: p.usable, reason: p.reason, hardware_virtualization: p.usable }
 }

@@ -22,7 +22,14 @@ pub fn args(l: &Launch) -> Result<Vec<String>, HostError> {
         return Err(HostError::InvalidLaunch(format!("accel must be tcg or kvm, got {accel:?}")));
     }
     let initrd = l.initrd.as_deref().ok_or_else(|| HostError::InvalidLaunch("qemu needs an initrd".into()))?;
-    let mut cmdline = vec!["console=ttyS0", "quiet", "panic=-1", "rdinit=/init"]
+    // Boot-time trims: no legacy keyboard/mouse probing, one UART, trusted TSC,
+    // no crypto self-tests, no speculative-execution mitigations (the VM
+    // boundary, not the guest kernel, isolates the sandbox from the host).
+    let mut cmdline = vec![
+        "console=ttyS0", "quiet", "panic=-1", "rdinit=/init",
+        "mitigations=off", "i8042.noaux", "i8042.nokbd", "i8042.nopnp", "8250.nr_uarts=1",
+        "tsc=reliable", "no_timer_check", "cryptomgr.notests",
+    ]
         .into_iter()
         .map(String::from)
         .collect::<Vec<_>>();
@@ -84,7 +91,13 @@ pub fn spawn(l: &Launch) -> Result<RunningVm, HostError> {
         let tail = console.clone();
         std::thread::spawn(move || pump_console(pipe, tail));
     }
-    Ok(RunningVm { child, control: host_end, console, accel: l.accel.clone().unwrap_or_else(|| "tcg".into()) })
+    Ok(RunningVm {
+        pid: child.id() as i32,
+        wait: Box::new(move || child.wait().ok()),
+        control: host_end,
+        console,
+        accel: l.accel.clone().unwrap_or_else(|| "tcg".into()),
+    })
 }
 
 fn pump_console(mut pipe: Box<dyn Read + Send>, tail: ConsoleTail) {

@@ -1,0 +1,120 @@
+//! krun backend: libkrun (msb_krun) in a forked child of the helper.
+//!
+//! `Vm::enter()` takes over its process and `_exit`s at guest shutdown, so the
+//! helper forks first: the child becomes the VMM, the helper stays the
+//! supervisor and relay, exactly as with QEMU.
+
+use super::RunningVm;
+use crate::console::ConsoleTail;
+use crate::error::HostError;
+use sandbox_krun::{ControlPort, DiskFormat, KrunDisk, KrunLaunch};
+use sandbox_protocol::{Launch, CONTROL_PORT_NAME};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::ExitStatus;
+
+/// Translates the backend-neutral launch request into libkrun's terms.
+pub fn to_krun(l: &Launch, control: OwnedFd) -> Result<KrunLaunch, HostError> {
+    let missing = |what: &str| HostError::InvalidLaunch(format!("krun needs {what}"));
+    let disks = l
+        .disks
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            Ok(KrunDisk {
+                id: format!("disk{i}"),
+                path: PathBuf::from(&d.path),
+                read_only: d.read_only,
+                format: match d.format.as_str() {
+                    "qcow2" => DiskFormat::Qcow2,
+                    "raw" => DiskFormat::Raw,
+                    other => return Err(HostError::InvalidLaunch(format!("disk format {other:?}"))),
+                },
+            })
+        })
+        .collect::<Result<Vec<_>, HostError>>()?;
+    let launch = KrunLaunch {
+        libkrunfw_path: PathBuf::from(l.krunfw.as_deref().ok_or_else(|| missing("a libkrunfw path"))?),
+        cpus: l.cpus,
+        memory_mib: l.memory_mib,
+        root_fs_dir: PathBuf::from(l.init_root.as_deref().ok_or_else(|| missing("an init root directory"))?),
+        disks,
+        control_port: ControlPort { name: CONTROL_PORT_NAME.to_string(), fd: control },
+        net_fd: None,
+        net_mac: None,
+        init_path: "/init".to_string(),
+        kernel_cmdline_extra: l.cmdline.clone(),
+        console_log: None,
+    };
+    sandbox_krun::validate(&launch).map_err(|e| HostError::InvalidLaunch(e.to_string()))?;
+    Ok(launch)
+}
+
+pub fn spawn(l: &Launch) -> Result<RunningVm, HostError> {
+    let (host_end, guest_end) =
+        UnixStream::pair().map_err(|e| HostError::Setup(format!("socketpair: {e}")))?;
+    let launch = to_krun(l, OwnedFd::from(guest_end))?;
+    // SAFETY: the helper is still single-threaded here (no runtime, no console
+    // threads), so the child may run arbitrary code after fork.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(HostError::Setup(format!("fork: {}", std::io::Error::last_os_error())));
+    }
+    if pid == 0 {
+        drop(host_end);
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+        let err = match sandbox_krun::enter(launch) {
+            Ok(never) => match never {},
+            Err(e) => e,
+        };
+        eprintln!("sandbox-host: krun: {err}");
+        unsafe { libc::_exit(1) };
+    }
+    drop(launch);
+    Ok(RunningVm {
+        pid,
+        wait: Box::new(move || {
+            let mut status = 0;
+            loop {
+                let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+                if r == pid {
+                    return Some(ExitStatus::from_raw(status));
+                }
+                if r < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                    return None;
+                }
+            }
+        }),
+        control: host_end,
+        console: ConsoleTail::default(),
+        accel: if cfg!(target_os = "macos") { "hvf".into() } else { "kvm".into() },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sandbox_protocol::{BackendKind, Disk};
+
+    #[test]
+    fn translation_requires_krun_inputs() {
+        let (_a, b) = UnixStream::pair().unwrap();
+        let l = Launch {
+            backend: BackendKind::Krun,
+            cpus: 1,
+            memory_mib: 512,
+            kernel: String::new(),
+            initrd: None,
+            krunfw: None,
+            init_root: Some("/tmp".into()),
+            cmdline: vec![],
+            disks: vec![Disk { path: "/x.qcow2".into(), format: "qcow2".into(), read_only: true }],
+            qemu: None,
+            accel: None,
+        };
+        let err = to_krun(&l, OwnedFd::from(b)).err().unwrap().to_string();
+        assert!(err.contains("libkrunfw"), "{err}");
+    }
+}

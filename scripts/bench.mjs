@@ -1,0 +1,156 @@
+#!/usr/bin/env node
+// Benchmarks with their floors measured in the same run, printed as JSON.
+//
+//  - boot-to-first-exec (boot() until exec("true") resolves) vs the bare
+//    kernel-to-init floor: the same QEMU command line and kernel (asked from
+//    the helper itself) with a trivial static init that prints a marker;
+//  - exec round trip of `true` vs the guest's own fork+exec+wait of `true`;
+//  - peak RSS (VmHWM) of helper + VMM per sandbox.
+//
+// Env: BENCH_BOOTS (default 10), BENCH_EXECS (default 200), BENCH_IMAGE (default debian:12).
+import { execFileSync, spawn } from "node:child_process";
+import { mkdtempSync, mkdirSync, readFileSync, writeFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, dirname } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const root = join(dirname(fileURLToPath(import.meta.url)), "..");
+const { defineSandbox, rootfs } = await import(join(root, "dist/src/index.js"));
+const { launchSpec, findImage } = await import(join(root, "dist/src/sandbox.js"));
+const { resolveArtifacts } = await import(join(root, "dist/src/artifacts.js"));
+const { chooseBackend } = await import(join(root, "dist/src/backend.js"));
+
+const BOOTS = Number(process.env.BENCH_BOOTS ?? 10);
+const EXECS = Number(process.env.BENCH_EXECS ?? 200);
+const IMAGE = process.env.BENCH_IMAGE ?? "debian:12";
+const log = (m) => process.stderr.write(`[bench] ${m}\n`);
+
+const stats = (xs) => {
+  const s = [...xs].sort((a, b) => a - b);
+  const q = (p) => s[Math.min(s.length - 1, Math.floor(p * s.length))];
+  return { n: s.length, p50: round(q(0.5)), p95: round(q(0.95)), min: round(s[0]), max: round(s[s.length - 1]) };
+};
+const round = (x) => Math.round(x * 100) / 100;
+
+// --- floor: same QEMU argv and kernel, trivial init ---
+const artifacts = resolveArtifacts();
+const resources = { cpus: 1, memoryMiB: 512, backend: "auto" };
+const choice = chooseBackend("auto", artifacts.helper);
+const image = findImage(IMAGE);
+const work = mkdtempSync(join(tmpdir(), "sandbox-bench-"));
+const floorInit = join(work, "init");
+execFileSync("gcc", ["-static", "-O2", "-o", floorInit, join(root, "scripts/bench/floor-init.c")]);
+const stage = join(work, "stage");
+mkdirSync(join(stage, "dev"), { recursive: true });
+execFileSync("cp", [floorInit, join(stage, "init")]);
+execFileSync("mknod", ["-m", "600", join(stage, "dev/console"), "c", "5", "1"]);
+const floorCpio = join(work, "floor.cpio");
+execFileSync("sh", ["-c", `cd '${stage}' && find . -mindepth 1 | cpio -o -H newc --quiet > '${floorCpio}'`]);
+
+let floorArgs = null;
+if (choice.backend === "qemu") {
+  const spec = launchSpec(artifacts, image, resources, choice);
+  const args = JSON.parse(
+    execFileSync(artifacts.helper, ["--qemu-args"], { input: JSON.stringify({ ...spec, initrd: floorCpio }) }).toString(),
+  );
+  // Same devices; the control port's socket becomes a null chardev (nothing listens in the floor).
+  floorArgs = args.map((a) => (a.startsWith("socket,id=ctl,") ? "null,id=ctl" : a));
+}
+
+function floorBoot() {
+  return new Promise((resolve, reject) => {
+    const t0 = performance.now();
+    const p = spawn(spec().qemu, floorArgs, { stdio: ["ignore", "pipe", "pipe"] });
+    let out = "";
+    let done = false;
+    p.stdout.on("data", (d) => {
+      out += d;
+      if (!done && out.includes("FLOOR-INIT-UP")) {
+        done = true;
+        resolve(performance.now() - t0);
+        p.kill("SIGKILL");
+      }
+    });
+    p.on("exit", () => done || reject(new Error(`floor VM exited without the marker: ${out.slice(-500)}`)));
+  });
+}
+const spec = () => launchSpec(artifacts, image, resources, choice);
+
+const sandbox = defineSandbox({ rootfs: rootfs.builtIn(IMAGE), resources });
+const vmHwmKiB = (pid) => {
+  try {
+    return Number(/VmHWM:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? 0);
+  } catch {
+    return 0;
+  }
+};
+
+log(`backend ${choice.backend}/${choice.accel}: ${choice.reason}`);
+log(`${BOOTS} boots each, alternating floor and sandbox (${IMAGE})`);
+const floor = [];
+const ours = [];
+const rss = [];
+// Warm the page cache for both paths once, unmeasured.
+if (floorArgs) await floorBoot();
+{
+  const lane = await sandbox.boot();
+  await lane.exec("true");
+  await lane.close();
+}
+for (let i = 0; i < BOOTS; i++) {
+  if (floorArgs) floor.push(await floorBoot());
+  const t0 = performance.now();
+  const lane = await sandbox.boot();
+  await lane.exec("true");
+  ours.push(performance.now() - t0);
+  rss.push((vmHwmKiB(lane.info.helperPid) + vmHwmKiB(lane.info.vmmPid)) / 1024);
+  await lane.close();
+  log(`boot ${i + 1}/${BOOTS}: floor ${round(floor.at(-1) ?? NaN)} ms, sandbox ${round(ours.at(-1))} ms`);
+}
+
+log(`exec round trip: ${EXECS} × exec("true")`);
+const lane = await sandbox.boot();
+for (let i = 0; i < 20; i++) await lane.exec("true");
+const rtt = [];
+for (let i = 0; i < EXECS; i++) {
+  const t = performance.now();
+  await lane.exec("true");
+  rtt.push(performance.now() - t);
+}
+log("guest floor: the guest's own fork+exec+wait of true");
+const guestLoop = [];
+for (let i = 0; i < 5; i++) {
+  const r = await lane.exec("sh", [
+    "-c",
+    `s=$(date +%s%N); i=0; while [ $i -lt ${EXECS} ]; do /usr/bin/true; i=$((i+1)); done; e=$(date +%s%N); echo $(( (e-s)/${EXECS} ))`,
+  ]);
+  guestLoop.push(Number(r.stdout.trim()) / 1e6);
+}
+const peak = (vmHwmKiB(lane.info.helperPid) + vmHwmKiB(lane.info.vmmPid)) / 1024;
+const helperPeak = vmHwmKiB(lane.info.helperPid) / 1024;
+await lane.close();
+rmSync(work, { recursive: true, force: true });
+
+const boot = stats(ours);
+const floorStats = floor.length ? stats(floor) : null;
+const execStats = stats(rtt);
+const guestStats = stats(guestLoop);
+const result = {
+  date: new Date().toISOString(),
+  host: { cpus: (await import("node:os")).cpus().length, backend: choice.backend, accel: choice.accel, reason: choice.reason },
+  image: IMAGE,
+  bootToFirstExecMs: boot,
+  floorKernelToInitMs: floorStats,
+  bootRatio: floorStats ? round(boot.p50 / floorStats.p50) : null,
+  execRoundTripMs: execStats,
+  guestForkExecWaitMs: guestStats,
+  execRatio: round(execStats.p50 / guestStats.p50),
+  peakRssMiB: { helperPlusVmm: round(peak), helper: round(helperPeak), perBoot: stats(rss) },
+  targets: {
+    bootRatioMax: 1.3,
+    execRatioMax: 1.5,
+    bootOk: floorStats ? boot.p50 / floorStats.p50 <= 1.3 : null,
+    execOk: execStats.p50 / guestStats.p50 <= 1.5,
+  },
+};
+console.log(JSON.stringify(result, null, 2));
