@@ -64,20 +64,30 @@ remove_tree() {
 }
 
 # Stops a process and its descendants (a step's job runs mmdebstrap, apt…).
+KILLED=()
 kill_tree() {
   local pid="$1" child
   kill -STOP "$pid" 2>/dev/null || return 0
+  KILLED+=("$pid")
   for child in $(pgrep -P "$pid"); do kill_tree "$child"; done
   kill -TERM "$pid" 2>/dev/null
   kill -CONT "$pid" 2>/dev/null
 }
 
 on_exit() {
+  set +e
   [ -n "$HEARTBEAT_PID" ] && kill "$HEARTBEAT_PID" 2>/dev/null
   if [ -n "$STEP_PID" ]; then
     log images "interrupted: stopping the running step"
     kill_tree "$STEP_PID"
     wait "$STEP_PID" 2>/dev/null
+    # Let mmdebstrap finish its own unmounting (up to 20 s).
+    local i p
+    for i in $(seq 200); do
+      for p in "${KILLED[@]}"; do kill -0 "$p" 2>/dev/null && break; p=""; done
+      [ -z "$p" ] && break
+      sleep 0.1
+    done
   fi
   [ -n "$TMP_ENTRY" ] && remove_tree "$TMP_ENTRY"
   return 0

@@ -138,7 +138,8 @@ mod tests {
         assert!(a.contains("-chardev socket,id=ctl,fd=3"));
         assert!(a.contains("virtserialport,chardev=ctl,name=sandbox.control"));
         assert!(a.contains("file=/img/root.qcow2,if=none,id=disk0,format=qcow2,readonly=on"));
-        assert!(a.contains("panic=-1 rdinit=/init sandbox.x=1"));
+        assert!(a.contains("panic=-1 rdinit=/init"));
+        assert!(a.contains("cryptomgr.notests sandbox.x=1"), "extra arguments come last: {a}");
     }
 
     #[test]
