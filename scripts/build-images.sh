@@ -334,7 +334,7 @@ build_image() {
   log images "$name: rootfs $(du -sh --apparent-size "$root" | cut -f1), $(find "$root" | wc -l) entries"
   step "$name: mkfs.ext4 ($(( $(image_size "$name") / 1048576 )) MiB) + qemu-img convert -c + check" \
     make_qcow2 "$root" "$(image_size "$name")" "$TMP_ENTRY/image.qcow2"
-  remove_tree "$root"
+  step "$name: remove build tree" remove_tree "$root"
 
   local qcow="$TMP_ENTRY/image.qcow2" sha vsize fsize
   chmod 0444 "$qcow"
