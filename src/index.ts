@@ -1,7 +1,8 @@
 export { defineSandbox, listBuiltInImages } from "./sandbox.js";
 export type { Sandbox, SandboxDefinition, SandboxResources, BootOptions } from "./sandbox.js";
 export { Lane } from "./lane.js";
-export type { ExecOptions, ExecResult, LaneInfo } from "./lane.js";
+export type { ExecOptions, ExecResult, LaneInfo, SpawnOptions, PtyOptions, SandboxProcess, SandboxPty } from "./lane.js";
+export type { ProcessExit, TerminalSize } from "./process.js";
 export { rootfs } from "./rootfs.js";
 export type { RootfsSpec, BuiltInRootfs } from "./rootfs.js";
 export type { BackendName, BackendChoice } from "./backend.js";

@@ -1,7 +1,17 @@
 /** A running sandbox instance and the processes it runs. */
-import { abortError, LaneClosedError, OutputLimitError, ProcessStartError, SandboxCrashedError } from "./errors.js";
+import { abortError, LaneClosedError, OutputLimitError, SandboxCrashedError } from "./errors.js";
 import type { HelperConnection } from "./helper-connection.js";
-import { Kind, type Frame } from "./protocol/frames.js";
+import {
+  OutputStream,
+  ProcessChannel,
+  signalNumber,
+  stdinStream,
+  type ChannelHooks,
+  type ProcessExit,
+  type StartRequest,
+  type TerminalSize,
+} from "./process.js";
+import { Kind } from "./protocol/frames.js";
 import { checkAbsolutePath, checkArgv, checkEnv, checkInteger } from "./validate.js";
 
 export interface LaneInfo {
@@ -34,26 +44,83 @@ export interface ExecOptions {
   maxOutputBytes?: number;
 }
 
-export interface ExecResult {
-  exitCode: number;
+export interface ExecResult extends ProcessExit {
   stdout: string;
   stderr: string;
-  /** Signal number that ended the process, if any. */
-  signal: number | null;
-  timedOut: boolean;
 }
 
 const SIGKILL = 9;
 const DEFAULT_MAX_OUTPUT = 64 * 1024 * 1024;
 
-interface Pending {
-  fail(err: Error): void;
+/** Output window of exec: it drains into memory, so a larger window only saves round trips. */
+const EXEC_WINDOW = 1024 * 1024;
+
+export interface SpawnOptions {
+  cwd?: string;
+  env?: Record<string, string>;
+  timeoutMs?: number;
+  /** Abort: kills the process group; `exit` rejects with an AbortError. */
+  signal?: AbortSignal;
+}
+
+export interface PtyOptions extends SpawnOptions {
+  /** Initial terminal size. Default 24×80. */
+  size?: TerminalSize;
+}
+
+export interface SandboxProcess {
+  /** Guest stdin; `close()` delivers EOF. Writes after the process exited are discarded. */
+  readonly stdin: WritableStream<Uint8Array>;
+  readonly stdout: ReadableStream<Uint8Array>;
+  readonly stderr: ReadableStream<Uint8Array>;
+  /** Resolves once the guest started the process; rejects with ProcessStartError (ENOENT, EACCES, bad cwd…). */
+  readonly ready: Promise<{ pid: number }>;
+  readonly exit: Promise<ProcessExit>;
+  /** Signals the process group (default SIGTERM). */
+  kill(signal?: string | number): void;
+}
+
+export interface SandboxPty {
+  /** Bytes typed into the terminal (^C is 0x03). `close()` sends ^D. */
+  readonly input: WritableStream<Uint8Array>;
+  /** What the terminal displays. */
+  readonly output: ReadableStream<Uint8Array>;
+  resize(size: TerminalSize): void;
+  readonly ready: Promise<{ pid: number }>;
+  readonly exit: Promise<ProcessExit>;
+  /** Signals the terminal's session leader group (default SIGHUP). */
+  kill(signal?: string | number): void;
+}
+
+function startRequest(cmd: string, args: readonly string[], o: SpawnOptions, stdin: boolean): StartRequest {
+  return {
+    argv: checkArgv(cmd, args),
+    env: checkEnv("env", o.env),
+    cwd: o.cwd === undefined ? undefined : checkAbsolutePath("cwd", o.cwd),
+    timeoutMs: o.timeoutMs === undefined ? undefined : checkInteger("timeoutMs", o.timeoutMs, 1, 2 ** 31),
+    stdin,
+  };
+}
+
+function checkSize(size: TerminalSize): TerminalSize {
+  return {
+    rows: checkInteger("size.rows", size?.rows, 1, 65535),
+    cols: checkInteger("size.cols", size?.cols, 1, 65535),
+  };
+}
+
+/** Ends or errors the output streams when the process settles. */
+function settleStreams(ch: ProcessChannel, streams: readonly OutputStream[]): void {
+  ch.exit.then(
+    () => streams.forEach((s) => s.end()),
+    (err: Error) => streams.forEach((s) => (err.name === "AbortError" ? s.end() : s.error(err))),
+  );
 }
 
 export class Lane implements AsyncDisposable {
   readonly info: LaneInfo;
   readonly #conn: HelperConnection;
-  readonly #pending = new Set<Pending>();
+  readonly #pending = new Set<ProcessChannel>();
   #nextChannel = 1;
   #closing: Promise<void> | undefined;
   #exited: Promise<void>;
@@ -65,7 +132,7 @@ export class Lane implements AsyncDisposable {
       if (conn.closed) resolve();
       conn.once("exit", () => {
         const crashed = !this.#closing;
-        for (const p of this.#pending) {
+        for (const p of [...this.#pending]) {
           p.fail(
             crashed
               ? new SandboxCrashedError(
@@ -86,87 +153,80 @@ export class Lane implements AsyncDisposable {
   }
 
   /** Runs a command to completion and returns its buffered output. */
-  exec(cmd: string, args: readonly string[] = [], options: ExecOptions = {}): Promise<ExecResult> {
-    let argv: string[];
-    let start: Record<string, unknown>;
-    let maxOutput: number;
-    try {
-      argv = checkArgv(cmd, args);
-      start = {
-        argv,
-        env: checkEnv("env", options.env),
-        cwd: options.cwd === undefined ? undefined : checkAbsolutePath("cwd", options.cwd),
-        timeoutMs: options.timeoutMs === undefined ? undefined : checkInteger("timeoutMs", options.timeoutMs, 1, 2 ** 31),
-        stdin: false,
-      };
-      maxOutput = checkInteger("maxOutputBytes", options.maxOutputBytes ?? DEFAULT_MAX_OUTPUT, 0, 2 ** 32);
-    } catch (err) {
-      return Promise.reject(err);
-    }
-    if (this.closed) return Promise.reject(new LaneClosedError());
-    const signal = options.signal;
-    if (signal?.aborted) return Promise.reject(abortError(signal));
-
-    const channel = this.#allocChannel();
-    const conn = this.#conn;
-    return new Promise<ExecResult>((resolve, reject) => {
-      const out: Buffer[] = [];
-      const err: Buffer[] = [];
-      let total = 0;
-      let aborted = false;
-      let overLimit = false;
-      const finish = (fn: () => void) => {
-        conn.offChannel(channel);
-        signal?.removeEventListener("abort", onAbort);
-        this.#pending.delete(pending);
-        fn();
-      };
-      const pending: Pending = { fail: (e) => finish(() => reject(e)) };
-      const onAbort = () => {
-        aborted = true;
-        conn.sendJson(Kind.Signal, channel, { signal: SIGKILL });
-      };
-      conn.onChannel(channel, (frame: Frame) => {
-        switch (frame.kind) {
-          case Kind.Stdout:
-          case Kind.Stderr:
-            total += frame.payload.length;
-            if (total > maxOutput) {
-              if (!overLimit) {
-                overLimit = true;
-                conn.sendJson(Kind.Signal, channel, { signal: SIGKILL });
-              }
-              return;
-            }
-            (frame.kind === Kind.Stdout ? out : err).push(frame.payload);
-            return;
-          case Kind.StartFailed: {
-            const f = JSON.parse(frame.payload.toString("utf8")) as { code: string; message: string };
-            finish(() => reject(new ProcessStartError(f.code, f.message)));
-            return;
+  async exec(cmd: string, args: readonly string[] = [], options: ExecOptions = {}): Promise<ExecResult> {
+    const req = startRequest(cmd, args, options, false);
+    const maxOutput = checkInteger("maxOutputBytes", options.maxOutputBytes ?? DEFAULT_MAX_OUTPUT, 0, 2 ** 32);
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    let total = 0;
+    const ch = this.#open(options.signal, {
+      onOutput: (stream, chunk) => {
+        // exec buffers: credit goes back at once, the cap bounds memory instead.
+        ch.grant(stream, chunk.length);
+        total += chunk.length;
+        if (total > maxOutput) {
+          if (!ch.overrideError) {
+            ch.overrideError = new OutputLimitError(maxOutput);
+            ch.signal(SIGKILL);
           }
-          case Kind.Exit: {
-            const e = JSON.parse(frame.payload.toString("utf8")) as { exitCode: number; signal: number | null; timedOut: boolean };
-            finish(() => {
-              if (aborted && signal) reject(abortError(signal));
-              else if (overLimit) reject(new OutputLimitError(maxOutput));
-              else
-                resolve({
-                  exitCode: e.exitCode,
-                  signal: e.signal,
-                  timedOut: e.timedOut,
-                  stdout: Buffer.concat(out).toString("utf8"),
-                  stderr: Buffer.concat(err).toString("utf8"),
-                });
-            });
-            return;
-          }
+          return;
         }
-      });
-      this.#pending.add(pending);
-      signal?.addEventListener("abort", onAbort, { once: true });
-      conn.sendJson(Kind.Start, channel, start);
+        (stream === 0 ? out : err).push(chunk);
+      },
     });
+    ch.start({ ...req, window: EXEC_WINDOW }, options.signal);
+    const exit = await ch.exit;
+    return { ...exit, stdout: Buffer.concat(out).toString("utf8"), stderr: Buffer.concat(err).toString("utf8") };
+  }
+
+  /**
+   * Starts a long-lived process with streaming stdio. Output is flow-controlled:
+   * a stream nobody reads eventually blocks the guest process, never host memory.
+   * Read or cancel both `stdout` and `stderr`.
+   */
+  spawn(cmd: string, args: readonly string[] = [], options: SpawnOptions = {}): SandboxProcess {
+    const req = startRequest(cmd, args, options, true);
+    const streams = [new OutputStream((n) => ch.grant(0, n)), new OutputStream((n) => ch.grant(1, n))] as const;
+    const ch = this.#open(options.signal, { onOutput: (s, chunk) => streams[s].push(chunk) });
+    settleStreams(ch, streams);
+    ch.start(req, options.signal);
+    return {
+      stdin: stdinStream(ch),
+      stdout: streams[0].readable,
+      stderr: streams[1].readable,
+      ready: ch.ready,
+      exit: ch.exit,
+      kill: (signal = "SIGTERM") => ch.signal(signalNumber(signal)),
+    };
+  }
+
+  /** Starts a process on a new pseudo-terminal (isatty, job control, ^C, SIGWINCH). */
+  pty(cmd: string, args: readonly string[] = [], options: PtyOptions = {}): SandboxPty {
+    const size = checkSize(options.size ?? { rows: 24, cols: 80 });
+    const req = startRequest(cmd, args, { ...options, env: { TERM: "xterm-256color", ...options.env } }, true);
+    const output = new OutputStream((n) => ch.grant(0, n));
+    const ch = this.#open(options.signal, { onOutput: (_s, chunk) => output.push(chunk) });
+    settleStreams(ch, [output]);
+    ch.start({ ...req, pty: size }, options.signal);
+    return {
+      input: stdinStream(ch),
+      output: output.readable,
+      resize: (next) => ch.resize(checkSize(next)),
+      ready: ch.ready,
+      exit: ch.exit,
+      kill: (signal = "SIGHUP") => ch.signal(signalNumber(signal)),
+    };
+  }
+
+  #open(signal: AbortSignal | undefined, hooks: ChannelHooks): ProcessChannel {
+    if (this.closed) throw new LaneClosedError();
+    if (signal?.aborted) throw abortError(signal);
+    const ch = new ProcessChannel(this.#conn, this.#allocChannel(), {
+      ...hooks,
+      onSettled: () => this.#pending.delete(ch),
+    });
+    this.#pending.add(ch);
+    return ch;
   }
 
   /**

@@ -1,26 +1,53 @@
-//! One supervised guest process: its pipes, deadline and pending stdin.
+//! One supervised guest process: its pipes (or pty), output credit, deadline
+//! and pending stdin.
 
 use crate::sys;
-use sandbox_protocol::{Start, StartFailed};
+use sandbox_protocol::{PtySize, Start, StartFailed, DEFAULT_WINDOW};
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// One output stream (stdout, stderr, or a pty master) and its flow-control state.
+pub struct Output {
+    pub file: Option<File>,
+    /// Bytes the host still accepts on this stream.
+    pub credit: u64,
+    /// Set once a read after the process' exit found the stream empty (or closed).
+    pub drained: bool,
+}
+
+impl Output {
+    fn new(file: Option<File>, window: u32) -> Self {
+        let drained = file.is_none();
+        Output { file, credit: window as u64, drained }
+    }
+
+    /// Whether the control loop should poll this stream for input.
+    pub fn wants_read(&self) -> bool {
+        self.file.is_some() && self.credit > 0
+    }
+}
+
 pub struct Process {
     pub pid: i32,
     pub stdin: Option<File>,
-    /// Bytes the host sent that the process has not read yet.
+    /// Bytes the host sent that the process has not read yet (bounded by the host's stdin window).
     pub stdin_queue: VecDeque<Vec<u8>>,
     /// Close stdin once the queue drains.
     pub stdin_eof: bool,
-    pub stdout: Option<File>,
-    pub stderr: Option<File>,
+    /// Bytes written into the process since the last acknowledgement.
+    pub stdin_unacked: u64,
+    /// [stdout, stderr]; a pty process has its master in stdout and no stderr.
+    pub out: [Output; 2],
+    pub pty_master: Option<File>,
     pub deadline: Option<Instant>,
     pub timed_out: bool,
+    /// Raw wait status once reaped; the Exit frame waits until output is drained.
+    pub status: Option<i32>,
 }
 
 impl Process {
@@ -42,20 +69,52 @@ impl Process {
             }
         }
         let mut cmd = Command::new(program);
-        cmd.args(&start.argv[1..])
-            .env_clear()
-            .envs(base_env)
-            .envs(&start.env)
-            .current_dir(cwd)
-            // Own process group, so timeouts and aborts can take the whole tree.
-            .process_group(0)
+        cmd.args(&start.argv[1..]).env_clear().envs(base_env).envs(&start.env).current_dir(cwd);
+        let window = start.window.unwrap_or(DEFAULT_WINDOW);
+        let spawn_err = |e: io::Error| start_failed(e.raw_os_error().unwrap_or(libc::EIO), format!("{program}: {e}"));
+
+        if let Some(size) = start.pty {
+            let (master, slave) = open_pty(size).map_err(|e| start_failed(e.raw_os_error().unwrap_or(libc::EIO), format!("openpty: {e}")))?;
+            let slave_fd = slave.as_raw_fd();
+            let dup = |f: &File| f.try_clone().map(Stdio::from);
+            cmd.stdin(dup(&slave).map_err(spawn_err)?).stdout(dup(&slave).map_err(spawn_err)?).stderr(Stdio::from(slave));
+            unsafe {
+                // A new session whose controlling terminal is the pty: job
+                // control, ^C → SIGINT and SIGWINCH on resize then just work.
+                cmd.pre_exec(move || {
+                    if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    let _ = slave_fd;
+                    Ok(())
+                });
+            }
+            let child = cmd.spawn().map_err(spawn_err)?;
+            let pid = child.id() as i32;
+            drop(child);
+            let writer = master.try_clone().map_err(spawn_err)?;
+            let _ = sys::set_nonblocking(master.as_raw_fd());
+            let reader = master.try_clone().map_err(spawn_err)?;
+            return Ok(Process {
+                pid,
+                stdin: Some(writer),
+                stdin_queue: VecDeque::new(),
+                stdin_eof: false,
+                stdin_unacked: 0,
+                out: [Output::new(Some(reader), window), Output::new(None, window)],
+                pty_master: Some(master),
+                deadline: start.timeout_ms.map(|ms| Instant::now() + Duration::from_millis(ms)),
+                timed_out: false,
+                status: None,
+            });
+        }
+
+        // Own process group, so timeouts and aborts can take the whole tree.
+        cmd.process_group(0)
             .stdin(if start.stdin { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = cmd.spawn().map_err(|e| {
-            let errno = e.raw_os_error().unwrap_or(libc::EIO);
-            start_failed(errno, format!("{program}: {e}"))
-        })?;
+        let mut child = cmd.spawn().map_err(spawn_err)?;
         let pid = child.id() as i32;
         let stdin = child.stdin.take().map(|p| File::from(OwnedFd::from(p)));
         let stdout = child.stdout.take().map(|p| File::from(OwnedFd::from(p)));
@@ -69,16 +128,26 @@ impl Process {
             stdin,
             stdin_queue: VecDeque::new(),
             stdin_eof: false,
-            stdout,
-            stderr,
+            stdin_unacked: 0,
+            out: [Output::new(stdout, window), Output::new(stderr, window)],
+            pty_master: None,
             deadline: start.timeout_ms.map(|ms| Instant::now() + Duration::from_millis(ms)),
             timed_out: false,
+            status: None,
         })
     }
 
-    /// Kills the whole process group.
+    /// Signals the whole process group (a pty process leads its own session and group).
     pub fn kill_group(&self, signal: i32) {
         let _ = sys::kill(-self.pid, signal);
+    }
+
+    pub fn resize(&self, size: PtySize) {
+        if let Some(m) = &self.pty_master {
+            let ws = libc::winsize { ws_row: size.rows, ws_col: size.cols, ws_xpixel: 0, ws_ypixel: 0 };
+            // The kernel sends SIGWINCH to the terminal's foreground process group.
+            unsafe { libc::ioctl(m.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+        }
     }
 
     /// Writes queued stdin until the pipe is full; closes it after EOF was asked for.
@@ -89,24 +158,64 @@ impl Process {
                 break;
             };
             match pipe.write(front) {
-                Ok(n) if n == front.len() => {
-                    self.stdin_queue.pop_front();
-                }
                 Ok(n) => {
-                    front.drain(..n);
+                    self.stdin_unacked += n as u64;
+                    if n == front.len() {
+                        self.stdin_queue.pop_front();
+                    } else {
+                        front.drain(..n);
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
-                    // The reader went away (EPIPE): nothing more can be delivered.
+                    // The reader went away (EPIPE): what is left can never be delivered,
+                    // but acknowledge it so the host's writer does not wait forever.
+                    self.stdin_unacked += self.stdin_queue.iter().map(|b| b.len() as u64).sum::<u64>();
                     self.stdin = None;
                     self.stdin_queue.clear();
                 }
             }
         }
-        if self.stdin_eof {
+        if self.stdin_eof && self.pty_master.is_none() {
             self.stdin = None;
+        } else if self.stdin_eof {
+            // A terminal has no EOF of its own: ^D in canonical mode is what a shell expects.
+            if let Some(w) = self.stdin.as_mut() {
+                let _ = w.write(&[0x04]);
+            }
+            self.stdin_eof = false;
         }
+    }
+
+    /// Whether the Exit frame can go: reaped and every stream drained.
+    pub fn finished(&self) -> bool {
+        self.status.is_some() && self.out.iter().all(|o| o.drained)
+    }
+}
+
+fn open_pty(size: PtySize) -> io::Result<(File, File)> {
+    unsafe {
+        let master = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+        if master < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let master = File::from_raw_fd(master);
+        if libc::grantpt(master.as_raw_fd()) < 0 || libc::unlockpt(master.as_raw_fd()) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut name = [0 as libc::c_char; 128];
+        if libc::ptsname_r(master.as_raw_fd(), name.as_mut_ptr(), name.len()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let slave = libc::open(name.as_ptr(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+        if slave < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let slave = File::from_raw_fd(slave);
+        let ws = libc::winsize { ws_row: size.rows, ws_col: size.cols, ws_xpixel: 0, ws_ypixel: 0 };
+        libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws);
+        Ok((master, slave))
     }
 }
 

@@ -2,7 +2,6 @@
 //! process pipe. Single-threaded on purpose: PID 1 must stay simple.
 
 use crate::process::Process;
-use crate::sys;
 use sandbox_protocol::{self as proto, Frame, FrameDecoder, Kind};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -63,13 +62,13 @@ impl Server {
             // (channel, which) for every pipe entry after the first two.
             let mut owners: Vec<(u32, u8)> = Vec::new();
             for (&ch, p) in &self.procs {
-                if let Some(f) = &p.stdout {
-                    fds.push(pollfd(f.as_raw_fd(), libc::POLLIN));
-                    owners.push((ch, 1));
-                }
-                if let Some(f) = &p.stderr {
-                    fds.push(pollfd(f.as_raw_fd(), libc::POLLIN));
-                    owners.push((ch, 2));
+                // A stream without credit is not polled: the pipe fills and the
+                // writer blocks, which is the backpressure the host asked for.
+                for (i, o) in p.out.iter().enumerate() {
+                    if let (true, Some(f)) = (o.wants_read(), &o.file) {
+                        fds.push(pollfd(f.as_raw_fd(), libc::POLLIN));
+                        owners.push((ch, i as u8 + 1));
+                    }
                 }
                 if let (Some(f), false) = (&p.stdin, p.stdin_queue.is_empty()) {
                     fds.push(pollfd(f.as_raw_fd(), libc::POLLOUT));
@@ -95,8 +94,10 @@ impl Server {
                     if let Some(p) = self.procs.get_mut(&ch) {
                         p.pump_stdin();
                     }
+                    self.ack_stdin(ch)?;
                 } else {
-                    self.read_pipe(ch, which, &mut buf)?;
+                    self.read_output(ch, which as usize - 1, &mut buf)?;
+                    self.finish_if_done(ch)?;
                 }
             }
             if fds[1].revents != 0 {
@@ -167,13 +168,33 @@ impl Server {
                     if p.stdin.is_some() && !frame.payload.is_empty() {
                         p.stdin_queue.push_back(frame.payload);
                         p.pump_stdin();
+                    } else {
+                        // Nobody will read it: acknowledge so the host's writer is not stuck.
+                        p.stdin_unacked += frame.payload.len() as u64;
                     }
                 }
+                self.ack_stdin(ch)?;
             }
             Kind::StdinEof => {
                 if let Some(p) = self.procs.get_mut(&ch) {
                     p.stdin_eof = true;
                     p.pump_stdin();
+                }
+                self.ack_stdin(ch)?;
+            }
+            Kind::Credit => {
+                if let (Some(p), Ok(c)) = (self.procs.get_mut(&ch), proto::decode::<proto::Credit>(&frame.payload)) {
+                    p.out[0].credit = p.out[0].credit.saturating_add(c.stdout as u64);
+                    p.out[1].credit = p.out[1].credit.saturating_add(c.stderr as u64);
+                }
+                if self.procs.get(&ch).is_some_and(|p| p.status.is_some()) {
+                    let mut buf = vec![0u8; READ_CHUNK];
+                    self.drain_exited(ch, &mut buf)?;
+                }
+            }
+            Kind::Resize => {
+                if let (Some(p), Ok(size)) = (self.procs.get(&ch), proto::decode::<proto::Resize>(&frame.payload)) {
+                    p.resize(size);
                 }
             }
             Kind::Signal => {
@@ -190,18 +211,79 @@ impl Server {
         Ok(Flow::Continue)
     }
 
-    fn read_pipe(&mut self, ch: u32, which: u8, buf: &mut [u8]) -> io::Result<()> {
-        let Some(p) = self.procs.get_mut(&ch) else { return Ok(()) };
-        let slot = if which == 1 { &mut p.stdout } else { &mut p.stderr };
-        let Some(pipe) = slot.as_mut() else { return Ok(()) };
-        let kind = if which == 1 { Kind::Stdout } else { Kind::Stderr };
-        match pipe.read(buf) {
-            Ok(0) => *slot = None,
-            Ok(n) => self.send(kind, ch, &buf[..n])?,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => *slot = None,
+    /// Reads one chunk (bounded by the stream's credit) and forwards it.
+    /// Returns false when the stream had nothing to give (empty or closed).
+    fn read_output(&mut self, ch: u32, idx: usize, buf: &mut [u8]) -> io::Result<bool> {
+        let Some(p) = self.procs.get_mut(&ch) else { return Ok(false) };
+        let exited = p.status.is_some();
+        let o = &mut p.out[idx];
+        let Some(file) = o.file.as_mut() else {
+            o.drained = true;
+            return Ok(false);
+        };
+        let want = (o.credit.min(buf.len() as u64)) as usize;
+        if want == 0 {
+            return Ok(false);
         }
-        Ok(())
+        let kind = if idx == 0 { Kind::Stdout } else { Kind::Stderr };
+        match file.read(&mut buf[..want]) {
+            Ok(0) => {
+                o.file = None;
+                o.drained = true;
+                Ok(false)
+            }
+            Ok(n) => {
+                o.credit -= n as u64;
+                self.send(kind, ch, &buf[..n])?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // After exit, an empty stream is done even if a surviving group
+                // member still holds it open (its later output is not ours to wait for).
+                if exited {
+                    o.drained = true;
+                }
+                Ok(false)
+            }
+            Err(_) => {
+                // EIO is how a pty master says every slave closed.
+                o.file = None;
+                o.drained = true;
+                Ok(false)
+            }
+        }
+    }
+
+    /// After exit: forward what is left while credit lasts, then report Exit.
+    fn drain_exited(&mut self, ch: u32, buf: &mut [u8]) -> io::Result<()> {
+        for idx in 0..2 {
+            while self.procs.get(&ch).is_some_and(|p| !p.out[idx].drained && p.out[idx].credit > 0) {
+                if !self.read_output(ch, idx, buf)? {
+                    break;
+                }
+            }
+        }
+        self.finish_if_done(ch)
+    }
+
+    fn finish_if_done(&mut self, ch: u32) -> io::Result<()> {
+        if !self.procs.get(&ch).is_some_and(|p| p.finished()) {
+            return Ok(());
+        }
+        let Some(p) = self.procs.remove(&ch) else { return Ok(()) };
+        let exit = exit_of(p.status.unwrap_or(0), p.timed_out);
+        self.send(Kind::Exit, ch, &proto::encode(&exit))
+    }
+
+    fn ack_stdin(&mut self, ch: u32) -> io::Result<()> {
+        let Some(p) = self.procs.get_mut(&ch) else { return Ok(()) };
+        if p.stdin_unacked == 0 {
+            return Ok(());
+        }
+        let bytes = p.stdin_unacked.min(u32::MAX as u64) as u32;
+        p.stdin_unacked -= bytes as u64;
+        self.send(Kind::StdinAck, ch, &proto::encode(&proto::StdinAck { bytes }))
     }
 
     fn drain_sigchld(&mut self) {
@@ -223,39 +305,18 @@ impl Server {
                 return Ok(());
             }
             let Some(ch) = self.by_pid.remove(&pid) else { continue };
-            // Output written before exit is still in the pipes: deliver it first.
-            for which in [1u8, 2u8] {
-                loop {
-                    let before = self.pipe_open(ch, which);
-                    if !before {
-                        break;
-                    }
-                    let Some(p) = self.procs.get_mut(&ch) else { break };
-                    let slot = if which == 1 { &mut p.stdout } else { &mut p.stderr };
-                    let Some(pipe) = slot.as_mut() else { break };
-                    match pipe.read(buf) {
-                        Ok(0) => {
-                            *slot = None;
-                            break;
-                        }
-                        Ok(n) => {
-                            let kind = if which == 1 { Kind::Stdout } else { Kind::Stderr };
-                            self.send(kind, ch, &buf[..n])?;
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        // WouldBlock: a surviving group member still holds the pipe open.
-                        Err(_) => break,
-                    }
-                }
+            if let Some(p) = self.procs.get_mut(&ch) {
+                p.status = Some(status);
+                p.deadline = None;
+                // Nobody reads stdin any more; unblock the host's writer.
+                p.stdin_unacked += p.stdin_queue.iter().map(|b| b.len() as u64).sum::<u64>();
+                p.stdin_queue.clear();
+                p.stdin = None;
             }
-            let Some(p) = self.procs.remove(&ch) else { continue };
-            let exit = exit_of(status, p.timed_out);
-            self.send(Kind::Exit, ch, &proto::encode(&exit))?;
+            self.ack_stdin(ch)?;
+            // Output written before exit is still in the pipes: deliver it first.
+            self.drain_exited(ch, buf)?;
         }
-    }
-
-    fn pipe_open(&self, ch: u32, which: u8) -> bool {
-        self.procs.get(&ch).is_some_and(|p| if which == 1 { p.stdout.is_some() } else { p.stderr.is_some() })
     }
 
     fn next_timeout_ms(&self) -> i32 {
@@ -277,15 +338,6 @@ impl Server {
                 p.kill_group(libc::SIGKILL);
             }
         }
-    }
-
-    /// Ends every process, flushes filesystems and powers the VM off.
-    pub fn shutdown(&mut self) {
-        for p in self.procs.values() {
-            p.kill_group(libc::SIGKILL);
-        }
-        let _ = sys::kill(-1, libc::SIGKILL);
-        unsafe { libc::sync() };
     }
 }
 

@@ -35,6 +35,12 @@ pub enum Kind {
     Exit = 0x17,
     /// host → guest, JSON [`crate::Signal`]: signal the whole process group.
     Signal = 0x18,
+    /// host → guest, JSON [`crate::Credit`]: the host consumed output; the guest may send this much more.
+    Credit = 0x19,
+    /// guest → host, JSON [`crate::StdinAck`]: stdin bytes handed to the process; the host may send this much more.
+    StdinAck = 0x1a,
+    /// host → guest, JSON [`crate::Resize`]: new terminal size of a pty process.
+    Resize = 0x1b,
 
     // --- Node ⇄ helper only ---
     /// Node → helper, JSON launch spec.
@@ -73,6 +79,9 @@ impl TryFrom<u8> for Kind {
             0x16 => Stderr,
             0x17 => Exit,
             0x18 => Signal,
+            0x19 => Credit,
+            0x1a => StdinAck,
+            0x1b => Resize,
             0x80 => Launch,
             0x81 => Launched,
             0x82 => VmExited,

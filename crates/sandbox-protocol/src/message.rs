@@ -68,7 +68,43 @@ pub struct Start {
     /// Kill the process group and report exit code 124 after this long.
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// Run under a new pseudo-terminal of this size (stdout carries the terminal output).
+    #[serde(default)]
+    pub pty: Option<PtySize>,
+    /// Initial output window per stream in bytes; the host extends it with `Credit`.
+    #[serde(default)]
+    pub window: Option<u32>,
 }
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PtySize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+/// Flow control for process output: more bytes the guest may send per stream.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Credit {
+    #[serde(default)]
+    pub stdout: u32,
+    #[serde(default)]
+    pub stderr: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StdinAck {
+    pub bytes: u32,
+}
+
+pub type Resize = PtySize;
+
+/// Output window a process starts with when `Start.window` is absent.
+pub const DEFAULT_WINDOW: u32 = 256 * 1024;
+/// Stdin bytes the host may have in flight before an acknowledgement.
+pub const STDIN_WINDOW: u32 = 256 * 1024;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]

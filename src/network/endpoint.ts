@@ -1,0 +1,355 @@
+/**
+ * IP addresses for network policy: strict parsing, canonical text, and
+ * classification against the IANA special-purpose registries.
+ *
+ * Policy authors write addresses as strings, but the guest can only put binary
+ * addresses on the wire, and flows are classified from those bytes
+ * (`ipFromBytes`, `new Endpoint(bytes, port)`). Parsing is therefore strict on
+ * purpose: the inet_aton shorthands ("127.1", "0x7f.1", "0177.0.0.1",
+ * "2130706433") are rejected rather than guessed at, so an odd spelling in a
+ * policy fails loudly instead of silently meaning a different address, and no
+ * spelling can move a guest flow out of its class.
+ */
+
+export type IpFamily = 4 | 6;
+
+export interface ParsedIp {
+  readonly family: IpFamily;
+  /** 4 or 16 bytes, network order. A private copy: callers may not mutate it. */
+  readonly bytes: Uint8Array;
+  /** Canonical text: dotted quad, or RFC 5952 for IPv6. */
+  readonly text: string;
+}
+
+export interface HostPort {
+  readonly ip: ParsedIp;
+  readonly port: number;
+}
+
+/**
+ * Category names, one per address, for audit logs. Embedded-IPv4 forms
+ * (`::ffff:a.b.c.d`, `64:ff9b::a.b.c.d`, ...) take the embedded address's category.
+ */
+export type IpCategory =
+  | "unspecified"
+  | "loopback"
+  | "private"
+  | "link-local"
+  | "multicast"
+  | "broadcast"
+  | "documentation"
+  | "reserved"
+  | "public";
+
+// ---------------------------------------------------------------------------
+// Parsing and formatting
+
+/** Parses a dotted-quad IPv4 or any RFC 4291 IPv6 text form (no zone ids, no brackets). */
+export function parseIp(text: string): ParsedIp | undefined {
+  // 45 = "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255"; also bounds work on hostile input.
+  if (typeof text !== "string" || text.length > 45) return undefined;
+  const bytes = text.includes(":") ? parseIpv6(text) : parseIpv4(text);
+  return bytes && ipFromBytes(bytes);
+}
+
+/** Wraps a wire address (4 or 16 bytes); the bytes are copied. */
+export function ipFromBytes(bytes: Uint8Array): ParsedIp {
+  if (!(bytes instanceof Uint8Array) || (bytes.length !== 4 && bytes.length !== 16)) {
+    throw new TypeError("an IP address must be 4 or 16 bytes");
+  }
+  const copy = Uint8Array.from(bytes);
+  return { family: copy.length === 4 ? 4 : 6, bytes: copy, text: copy.length === 4 ? formatIpv4(copy) : formatIpv6(copy) };
+}
+
+/**
+ * Parses "203.0.113.10:5432" or "[2001:db8::1]:443" (IPv6 must be bracketed,
+ * otherwise the port is ambiguous). Port 1-65535, plain decimal.
+ */
+export function parseHostPort(text: string): HostPort | undefined {
+  if (typeof text !== "string") return undefined;
+  let host: string;
+  let portText: string;
+  if (text.startsWith("[")) {
+    const close = text.indexOf("]");
+    if (close < 0 || text[close + 1] !== ":") return undefined;
+    host = text.slice(1, close);
+    portText = text.slice(close + 2);
+  } else {
+    const colon = text.lastIndexOf(":");
+    if (colon < 0) return undefined;
+    host = text.slice(0, colon);
+    portText = text.slice(colon + 1);
+  }
+  const ip = parseIp(host);
+  // Brackets exactly when the address is IPv6.
+  if (!ip || (ip.family === 6) !== text.startsWith("[")) return undefined;
+  if (!/^[1-9][0-9]{0,4}$/.test(portText)) return undefined;
+  const port = Number(portText);
+  return port <= 65535 ? { ip, port } : undefined;
+}
+
+/**
+ * The IPv4 address inside an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`), else
+ * the address itself. A dual-stack guest socket connecting to a mapped address
+ * sends plain IPv4 on the wire, so both spellings name the same destination.
+ */
+export function unmapIpv4(ip: ParsedIp): ParsedIp {
+  return isMapped(ip.bytes) ? ipFromBytes(ip.bytes.subarray(12)) : ip;
+}
+
+// No leading zeros: "010" would be octal to inet_aton and decimal to others.
+const DEC_OCTET = /^(?:0|[1-9][0-9]{0,2})$/;
+const HEX_GROUP = /^[0-9a-fA-F]{1,4}$/;
+
+function parseIpv4(text: string): Uint8Array | undefined {
+  const parts = text.split(".");
+  if (parts.length !== 4) return undefined;
+  const out = new Uint8Array(4);
+  for (let i = 0; i < 4; i++) {
+    const part = parts[i]!;
+    if (!DEC_OCTET.test(part) || Number(part) > 255) return undefined;
+    out[i] = Number(part);
+  }
+  return out;
+}
+
+/** Colon-separated 16-bit groups; the final field may be a dotted quad (two groups). */
+function parseGroups(part: string, allowIpv4Tail: boolean): number[] | undefined {
+  if (part === "") return [];
+  const fields = part.split(":");
+  const words: number[] = [];
+  for (let i = 0; i < fields.length; i++) {
+    const field = fields[i]!;
+    if (allowIpv4Tail && i === fields.length - 1 && field.includes(".")) {
+      const v4 = parseIpv4(field);
+      if (!v4) return undefined;
+      words.push((v4[0]! << 8) | v4[1]!, (v4[2]! << 8) | v4[3]!);
+    } else if (HEX_GROUP.test(field)) {
+      words.push(parseInt(field, 16));
+    } else {
+      return undefined; // empty group, zone id ("%eth0"), junk
+    }
+  }
+  return words;
+}
+
+function parseIpv6(text: string): Uint8Array | undefined {
+  const halves = text.split("::");
+  if (halves.length > 2) return undefined;
+  const compressed = halves.length === 2;
+  const head = parseGroups(halves[0]!, !compressed);
+  const tail = compressed ? parseGroups(halves[1]!, true) : [];
+  if (!head || !tail) return undefined;
+  const missing = 8 - head.length - tail.length;
+  // "::" stands for at least one zero group; without it there must be exactly eight.
+  if (compressed ? missing < 1 : missing !== 0) return undefined;
+  const words = [...head, ...new Array<number>(missing).fill(0), ...tail];
+  const out = new Uint8Array(16);
+  words.forEach((w, i) => {
+    out[2 * i] = w >> 8;
+    out[2 * i + 1] = w & 0xff;
+  });
+  return out;
+}
+
+function formatIpv4(b: Uint8Array): string {
+  return `${b[0]}.${b[1]}.${b[2]}.${b[3]}`;
+}
+
+/** RFC 5952: lower-case, no leading zeros, "::" for the longest (first on ties) run of 2+ zero groups. */
+function formatIpv6(b: Uint8Array): string {
+  // RFC 5952 §5: mixed notation for IPv4-mapped addresses.
+  if (isMapped(b)) return `::ffff:${formatIpv4(b.subarray(12))}`;
+  const words = Array.from({ length: 8 }, (_, i) => (b[2 * i]! << 8) | b[2 * i + 1]!);
+  let bestStart = -1;
+  let bestLen = 1; // a single zero group is never compressed
+  for (let i = 0; i < 8; ) {
+    if (words[i] !== 0) {
+      i++;
+      continue;
+    }
+    let j = i;
+    while (j < 8 && words[j] === 0) j++;
+    if (j - i > bestLen) [bestStart, bestLen] = [i, j - i];
+    i = j;
+  }
+  const hex = (ws: number[]) => ws.map((w) => w.toString(16)).join(":");
+  if (bestStart < 0) return hex(words);
+  return `${hex(words.slice(0, bestStart))}::${hex(words.slice(bestStart + bestLen))}`;
+}
+
+function isMapped(b: Uint8Array): boolean {
+  return b.length === 16 && b.subarray(0, 10).every((x) => x === 0) && b[10] === 0xff && b[11] === 0xff;
+}
+
+// ---------------------------------------------------------------------------
+// Classification
+
+interface Range {
+  readonly net: Uint8Array;
+  readonly len: number;
+  readonly category: IpCategory;
+  /** Byte offset of an embedded IPv4 address that decides the class instead. */
+  readonly embedAt?: number;
+  /** Protected although its category is not (see isProtected). */
+  readonly protect?: boolean;
+}
+
+function range(cidr: string, category: IpCategory, extra: { embedAt?: number; protect?: boolean } = {}): Range {
+  const [addr, len] = cidr.split("/");
+  const ip = parseIp(addr!);
+  if (!ip) throw new Error(`bad range ${cidr}`);
+  return { net: ip.bytes, len: Number(len), category, ...extra };
+}
+const embedded = (cidr: string, embedAt: number) => range(cidr, "reserved", { embedAt });
+
+// First match wins, so exceptions precede their enclosing blocks.
+const V4_RANGES: readonly Range[] = [
+  range("255.255.255.255/32", "broadcast"), // limited broadcast, RFC 919 / RFC 8190
+  range("0.0.0.0/32", "unspecified"), // RFC 1122
+  // Linux routes 0.0.0.0 to the host itself; nothing else in the block is usable, so deny it all.
+  range("0.0.0.0/8", "reserved", { protect: true }), // "this network", RFC 791 / RFC 1122
+  range("10.0.0.0/8", "private"), // RFC 1918
+  range("100.64.0.0/10", "private"), // carrier-grade NAT shared space, RFC 6598
+  range("127.0.0.0/8", "loopback"), // RFC 1122
+  range("169.254.0.0/16", "link-local"), // RFC 3927 (incl. cloud metadata 169.254.169.254)
+  range("172.16.0.0/12", "private"), // RFC 1918
+  range("192.0.0.9/32", "public"), // PCP anycast, RFC 7723 (globally reachable exception)
+  range("192.0.0.10/32", "public"), // TURN anycast, RFC 8155 (globally reachable exception)
+  range("192.0.0.0/24", "reserved"), // IETF protocol assignments, RFC 6890
+  range("192.0.2.0/24", "documentation"), // TEST-NET-1, RFC 5737
+  range("192.88.99.0/24", "reserved"), // deprecated 6to4 relay anycast, RFC 7526
+  range("192.168.0.0/16", "private"), // RFC 1918
+  range("198.18.0.0/15", "reserved"), // benchmarking, RFC 2544
+  range("198.51.100.0/24", "documentation"), // TEST-NET-2, RFC 5737
+  range("203.0.113.0/24", "documentation"), // TEST-NET-3, RFC 5737
+  range("224.0.0.0/4", "multicast"), // RFC 5771
+  range("240.0.0.0/4", "reserved"), // future use, RFC 1112
+];
+
+const V6_RANGES: readonly Range[] = [
+  range("::/128", "unspecified"), // RFC 4291
+  range("::1/128", "loopback"), // RFC 4291
+  embedded("::ffff:0:0/96", 12), // IPv4-mapped, RFC 4291
+  embedded("::/96", 12), // IPv4-compatible (deprecated), RFC 4291
+  embedded("64:ff9b::/96", 12), // NAT64 well-known prefix, RFC 6052
+  // A local NAT64 may translate to any IPv4 (private too) at a site-chosen offset, so deny it.
+  range("64:ff9b:1::/48", "reserved", { protect: true }), // local-use IPv4/IPv6 translation, RFC 8215
+  range("100::/64", "reserved"), // discard-only, RFC 6666
+  range("2001:1::1/128", "public"), // PCP anycast, RFC 7723
+  range("2001:1::2/128", "public"), // TURN anycast, RFC 8155
+  range("2001:1::3/128", "public"), // DNS-SD SRP anycast, RFC 9665
+  range("2001:3::/32", "public"), // AMT, RFC 7450
+  range("2001:4:112::/48", "public"), // AS112-v6, RFC 7535
+  range("2001:20::/28", "public"), // ORCHIDv2, RFC 7343
+  range("2001:30::/28", "public"), // drone remote ID DETs, RFC 9374
+  range("2001::/23", "reserved"), // IETF protocol assignments (Teredo, benchmarking, ...), RFC 2928
+  range("2001:db8::/32", "documentation"), // RFC 3849
+  embedded("2002::/16", 2), // 6to4, RFC 3056
+  range("3fff::/20", "documentation"), // RFC 9637
+  range("2000::/3", "public"), // global unicast, RFC 4291 / IANA IPv6 address space
+  range("fc00::/7", "private"), // unique local, RFC 4193
+  range("fe80::/10", "link-local"), // RFC 4291
+  // Still routed like private space where it survives.
+  range("fec0::/10", "reserved", { protect: true }), // deprecated site-local, RFC 3879
+  range("ff00::/8", "multicast"), // RFC 4291
+  // Everything else in IPv6 is unassigned or reserved by the IETF (e.g. 5f00::/16 SRv6, RFC 9602).
+  range("::/0", "reserved"),
+];
+
+// The classes the architecture denies before the JavaScript policy runs.
+const PROTECTED = new Set<IpCategory>(["unspecified", "loopback", "private", "link-local", "multicast", "broadcast"]);
+
+function inRange(b: Uint8Array, r: Range): boolean {
+  const full = r.len >> 3;
+  for (let i = 0; i < full; i++) if (b[i] !== r.net[i]) return false;
+  const rest = r.len & 7;
+  if (rest === 0) return true;
+  const mask = (0xff << (8 - rest)) & 0xff;
+  return (b[full]! & mask) === (r.net[full]! & mask);
+}
+
+function lookup(b: Uint8Array): { category: IpCategory; protect: boolean } {
+  for (const r of b.length === 4 ? V4_RANGES : V6_RANGES) {
+    if (!inRange(b, r)) continue;
+    if (r.embedAt !== undefined) return lookup(b.subarray(r.embedAt, r.embedAt + 4));
+    return { category: r.category, protect: r.protect === true || PROTECTED.has(r.category) };
+  }
+  return { category: "public", protect: false }; // IPv4 not in any special block
+}
+
+function toParsed(ip: string | Uint8Array | ParsedIp): ParsedIp {
+  if (typeof ip === "string") {
+    const parsed = parseIp(ip);
+    if (!parsed) throw new TypeError(`not an IP address: ${JSON.stringify(ip)}`);
+    return parsed;
+  }
+  return ip instanceof Uint8Array ? ipFromBytes(ip) : ip;
+}
+
+/** The category of an address, for audit logs. Throws TypeError on a malformed string. */
+export function classify(ip: string | Uint8Array | ParsedIp): IpCategory {
+  return lookup(toParsed(ip).bytes).category;
+}
+
+/** One side of a flow, classified from its address without DNS, TLS or HTTP. */
+export class Endpoint {
+  readonly ip: string;
+  readonly port: number;
+  readonly family: IpFamily;
+  /** See classify(). */
+  readonly category: IpCategory;
+  readonly #protected: boolean;
+
+  constructor(ip: string | Uint8Array | ParsedIp, port: number) {
+    const parsed = toParsed(ip);
+    if (!Number.isInteger(port) || port < 0 || port > 65535) {
+      throw new RangeError(`port must be an integer from 0 to 65535, got ${String(port)}`);
+    }
+    const { category, protect } = lookup(parsed.bytes);
+    this.ip = parsed.text;
+    this.port = port;
+    this.family = parsed.family;
+    this.category = category;
+    this.#protected = protect;
+  }
+
+  isLoopback(): boolean {
+    return this.category === "loopback";
+  }
+  isPrivate(): boolean {
+    return this.category === "private";
+  }
+  isLinkLocal(): boolean {
+    return this.category === "link-local";
+  }
+  isMulticast(): boolean {
+    return this.category === "multicast";
+  }
+  isBroadcast(): boolean {
+    return this.category === "broadcast";
+  }
+  isDocumentation(): boolean {
+    return this.category === "documentation";
+  }
+  /** Special-purpose space not covered by the other predicates, including the unspecified address. */
+  isReserved(): boolean {
+    return this.category === "reserved" || this.category === "unspecified";
+  }
+  isPublicInternet(): boolean {
+    return this.category === "public";
+  }
+  /**
+   * Denied before the policy runs: loopback, unspecified (all of 0/8), private
+   * (RFC 1918, CGNAT, ULA), link-local, multicast, broadcast, deprecated
+   * site-local and local-use NAT64, and every embedded-IPv4 form of these.
+   * The host's own addresses are not knowable here; the network layer adds them.
+   */
+  isProtected(): boolean {
+    return this.#protected;
+  }
+
+  toString(): string {
+    return this.family === 6 ? `[${this.ip}]:${this.port}` : `${this.ip}:${this.port}`;
+  }
+}

@@ -1,0 +1,271 @@
+/**
+ * The per-process channel machinery shared by exec, spawn and pty: start
+ * handshake, flow-controlled output (the guest may only send what the host
+ * granted), acknowledged stdin, signals, resize and exit.
+ */
+import { abortError, ProcessStartError } from "./errors.js";
+import type { HelperConnection } from "./helper-connection.js";
+import { Kind, type Frame } from "./protocol/frames.js";
+
+export interface ProcessExit {
+  /** Exit status; 128+N when killed by signal N; 124 after a timeout. */
+  exitCode: number;
+  /** Signal number that ended the process, if any. */
+  signal: number | null;
+  timedOut: boolean;
+}
+
+export interface TerminalSize {
+  rows: number;
+  cols: number;
+}
+
+/** Output window per stream the guest starts with (matches the Rust default). */
+export const OUTPUT_WINDOW = 256 * 1024;
+/** Stdin bytes in flight before the guest acknowledges them. */
+export const STDIN_WINDOW = 256 * 1024;
+const STDIN_CHUNK = 64 * 1024;
+
+/** Linux signal numbers (the guest is always Linux, whatever the host is). */
+const SIGNALS: Record<string, number> = {
+  SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGILL: 4, SIGTRAP: 5, SIGABRT: 6, SIGBUS: 7, SIGFPE: 8,
+  SIGKILL: 9, SIGUSR1: 10, SIGSEGV: 11, SIGUSR2: 12, SIGPIPE: 13, SIGALRM: 14, SIGTERM: 15,
+  SIGCHLD: 17, SIGCONT: 18, SIGSTOP: 19, SIGTSTP: 20, SIGTTIN: 21, SIGTTOU: 22, SIGWINCH: 28,
+};
+
+export function signalNumber(signal: string | number): number {
+  if (typeof signal === "number" && Number.isInteger(signal) && signal >= 1 && signal <= 64) return signal;
+  const n = typeof signal === "string" ? SIGNALS[signal.toUpperCase()] : undefined;
+  if (n === undefined) throw new TypeError(`unknown signal ${String(signal)}; use a name like "SIGTERM" or a number 1-64`);
+  return n;
+}
+
+export interface StartRequest {
+  argv: string[];
+  env: Record<string, string>;
+  cwd: string | undefined;
+  timeoutMs: number | undefined;
+  stdin: boolean;
+  pty?: TerminalSize | undefined;
+  window?: number;
+}
+
+export interface ChannelHooks {
+  /** Output chunk; whoever consumes it returns credit with `grant`. */
+  onOutput(stream: 0 | 1, chunk: Buffer): void;
+  /** Called once with the final outcome (exit, start failure, lane failure). */
+  onSettled?(): void;
+}
+
+/** One guest process seen from the host. */
+export class ProcessChannel {
+  readonly ready: Promise<{ pid: number }>;
+  readonly exit: Promise<ProcessExit>;
+  readonly #conn: HelperConnection;
+  readonly #channel: number;
+  readonly #hooks: ChannelHooks;
+  #resolveReady!: (v: { pid: number }) => void;
+  #rejectReady!: (e: Error) => void;
+  #resolveExit!: (v: ProcessExit) => void;
+  #rejectExit!: (e: Error) => void;
+  #stdinCredit = STDIN_WINDOW;
+  #creditWaiters: Array<() => void> = [];
+  #settled = false;
+  #aborted: AbortSignal | undefined;
+  /** Set when output should be rejected instead of the normal exit (e.g. output limit). */
+  overrideError: Error | undefined;
+
+  constructor(conn: HelperConnection, channel: number, hooks: ChannelHooks) {
+    this.#conn = conn;
+    this.#channel = channel;
+    this.#hooks = hooks;
+    this.ready = new Promise((res, rej) => {
+      this.#resolveReady = res;
+      this.#rejectReady = rej;
+    });
+    this.exit = new Promise((res, rej) => {
+      this.#resolveExit = res;
+      this.#rejectExit = rej;
+    });
+    // Callers may await only one of the two; neither should crash the process.
+    this.ready.catch(() => {});
+    this.exit.catch(() => {});
+    conn.onChannel(channel, (f) => this.#onFrame(f));
+  }
+
+  get settled(): boolean {
+    return this.#settled;
+  }
+
+  start(req: StartRequest, signal?: AbortSignal): void {
+    if (signal) {
+      const onAbort = () => {
+        this.#aborted = signal;
+        this.signal(9);
+      };
+      signal.addEventListener("abort", onAbort, { once: true });
+      this.exit.finally(() => signal.removeEventListener("abort", onAbort)).catch(() => {});
+    }
+    this.#conn.sendJson(Kind.Start, this.#channel, req);
+  }
+
+  /** Returns output credit to the guest after the host consumed `bytes` of a stream. */
+  grant(stream: 0 | 1, bytes: number): void {
+    if (this.#settled || bytes <= 0) return;
+    this.#conn.sendJson(Kind.Credit, this.#channel, stream === 0 ? { stdout: bytes } : { stderr: bytes });
+  }
+
+  signal(sig: number): void {
+    if (!this.#settled) this.#conn.sendJson(Kind.Signal, this.#channel, { signal: sig });
+  }
+
+  resize(size: TerminalSize): void {
+    if (!this.#settled) this.#conn.sendJson(Kind.Resize, this.#channel, size);
+  }
+
+  /** Sends stdin respecting the guest's acknowledgement window. After exit, data is discarded. */
+  async writeStdin(bytes: Uint8Array): Promise<void> {
+    for (let off = 0; off < bytes.length; off += STDIN_CHUNK) {
+      const piece = bytes.subarray(off, Math.min(bytes.length, off + STDIN_CHUNK));
+      while (!this.#settled && this.#stdinCredit < piece.length) {
+        await new Promise<void>((r) => this.#creditWaiters.push(r));
+      }
+      if (this.#settled) return;
+      this.#stdinCredit -= piece.length;
+      this.#conn.send(Kind.Stdin, this.#channel, piece);
+    }
+  }
+
+  closeStdin(): void {
+    if (!this.#settled) this.#conn.send(Kind.StdinEof, this.#channel);
+  }
+
+  /** Ends the channel from the host side (lane closed or crashed). */
+  fail(err: Error): void {
+    if (this.#settled) return;
+    this.#settle();
+    this.#rejectReady(err);
+    this.#rejectExit(err);
+  }
+
+  #settle(): void {
+    this.#settled = true;
+    this.#conn.offChannel(this.#channel);
+    for (const w of this.#creditWaiters.splice(0)) w();
+    this.#hooks.onSettled?.();
+  }
+
+  #onFrame(frame: Frame): void {
+    switch (frame.kind) {
+      case Kind.Started:
+        this.#resolveReady(JSON.parse(frame.payload.toString("utf8")) as { pid: number });
+        return;
+      case Kind.StartFailed: {
+        const f = JSON.parse(frame.payload.toString("utf8")) as { code: string; message: string };
+        const err = new ProcessStartError(f.code, f.message);
+        this.#settle();
+        this.#rejectReady(err);
+        this.#rejectExit(err);
+        return;
+      }
+      case Kind.Stdout:
+      case Kind.Stderr:
+        this.#hooks.onOutput(frame.kind === Kind.Stdout ? 0 : 1, frame.payload);
+        return;
+      case Kind.StdinAck: {
+        const { bytes } = JSON.parse(frame.payload.toString("utf8")) as { bytes: number };
+        this.#stdinCredit = Math.min(STDIN_WINDOW, this.#stdinCredit + bytes);
+        for (const w of this.#creditWaiters.splice(0)) w();
+        return;
+      }
+      case Kind.Exit: {
+        const e = JSON.parse(frame.payload.toString("utf8")) as ProcessExit;
+        this.#settle();
+        this.#resolveReady({ pid: -1 }); // no-op if Started came first, as it always does
+        if (this.#aborted) this.#rejectExit(abortError(this.#aborted));
+        else if (this.overrideError) this.#rejectExit(this.overrideError);
+        else this.#resolveExit({ exitCode: e.exitCode, signal: e.signal ?? null, timedOut: e.timedOut });
+        return;
+      }
+    }
+  }
+}
+
+/**
+ * A ReadableStream fed by guest output. Chunks are handed to the reader one
+ * pull at a time and credit goes back to the guest only as the reader takes
+ * them, so a reader that stops reading stops the guest process (its pipe
+ * fills) instead of growing host memory. Cancelling discards output and keeps
+ * granting, so the process can finish.
+ */
+export class OutputStream {
+  readonly readable: ReadableStream<Uint8Array>;
+  readonly #queue: Buffer[] = [];
+  readonly #grant: (bytes: number) => void;
+  #ended = false;
+  #error: Error | undefined;
+  #discard = false;
+  #wake: (() => void) | undefined;
+
+  constructor(grant: (bytes: number) => void) {
+    this.#grant = grant;
+    this.readable = new ReadableStream<Uint8Array>(
+      {
+        pull: async (controller) => {
+          while (this.#queue.length === 0 && !this.#ended && !this.#error) {
+            await new Promise<void>((r) => (this.#wake = r));
+          }
+          const chunk = this.#queue.shift();
+          if (chunk) {
+            controller.enqueue(new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength));
+            this.#grant(chunk.length);
+          } else if (this.#error) controller.error(this.#error);
+          else controller.close();
+        },
+        cancel: () => {
+          this.#discard = true;
+          const pending = this.#queue.splice(0).reduce((n, c) => n + c.length, 0);
+          this.#grant(pending);
+        },
+      },
+      { highWaterMark: 0 },
+    );
+  }
+
+  push(chunk: Buffer): void {
+    if (this.#discard) {
+      this.#grant(chunk.length);
+      return;
+    }
+    this.#queue.push(chunk);
+    this.#wakeReader();
+  }
+
+  end(): void {
+    this.#ended = true;
+    this.#wakeReader();
+  }
+
+  error(err: Error): void {
+    this.#error = err;
+    this.#wakeReader();
+  }
+
+  #wakeReader(): void {
+    const w = this.#wake;
+    this.#wake = undefined;
+    w?.();
+  }
+}
+
+/** The stdin WritableStream of a process: chunks go out as the guest acknowledges room. */
+export function stdinStream(ch: ProcessChannel): WritableStream<Uint8Array> {
+  return new WritableStream<Uint8Array>({
+    write: (chunk) => {
+      if (!(chunk instanceof Uint8Array)) throw new TypeError("stdin accepts Uint8Array chunks");
+      return ch.writeStdin(chunk);
+    },
+    close: () => ch.closeStdin(),
+    abort: () => ch.closeStdin(),
+  });
+}
