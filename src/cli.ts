@@ -6,6 +6,8 @@ import { SandboxError } from "./errors.js";
 const USAGE = `usage:
   sandbox run [--image NAME] [--cpus N] [--memory MiB] [--hostname NAME] [--timeout MS] -- COMMAND [ARGS...]
       boots a sandbox, runs COMMAND, prints its output and timings, exits with its exit code
+  sandbox shell [--image NAME] [--cpus N] [--memory MiB] [--hostname NAME]
+      opens an interactive shell in a fresh sandbox; the VM is destroyed when the shell exits
   sandbox images
       lists the built-in rootfs images
 `;
@@ -80,6 +82,46 @@ async function run(argv: string[]): Promise<number> {
   return result.exitCode;
 }
 
+/** Interactive shell on a pty: raw mode, resizes forwarded, exit status propagated. */
+async function shell(argv: string[]): Promise<number> {
+  const { flags, command } = parseRun(argv);
+  if (command.length > 0) throw new UsageError("shell takes no command; use `sandbox run` for that");
+  const sandbox = defineSandbox({
+    rootfs: rootfs.builtIn(flags.image),
+    resources: { cpus: flags.cpus, memoryMiB: flags.memory },
+  });
+  process.stderr.write(`[sandbox] booting ${flags.image}…\n`);
+  await using lane = await sandbox.boot({ hostname: flags.hostname, cwd: "/root" });
+  const size = () => ({ rows: process.stdout.rows || 24, cols: process.stdout.columns || 80 });
+  const term = lane.pty("/bin/sh", ["-c", "if command -v bash >/dev/null; then exec bash -i; else exec sh -i; fi"], {
+    size: size(),
+    env: { TERM: process.env.TERM ?? "xterm-256color" },
+  });
+  const stdin = process.stdin;
+  const raw = stdin.isTTY === true;
+  if (raw) stdin.setRawMode(true);
+  const onResize = () => term.resize(size());
+  process.stdout.on("resize", onResize);
+  const writer = term.input.getWriter();
+  const onData = (d: Buffer) => void writer.write(new Uint8Array(d)).catch(() => {});
+  stdin.on("data", onData);
+  stdin.resume();
+  const pumping = (async () => {
+    const reader = term.output.getReader();
+    for (let r = await reader.read(); !r.done; r = await reader.read()) process.stdout.write(r.value);
+  })();
+  try {
+    const exit = await term.exit;
+    await pumping.catch(() => {});
+    return exit.exitCode;
+  } finally {
+    stdin.off("data", onData);
+    process.stdout.off("resize", onResize);
+    if (raw) stdin.setRawMode(false);
+    stdin.pause();
+  }
+}
+
 function images(): number {
   for (const img of listBuiltInImages()) {
     const mib = (img.fileSizeBytes / 1048576).toFixed(1);
@@ -96,6 +138,8 @@ export async function main(argv: string[]): Promise<number> {
         return await run(rest);
       case "images":
         return images();
+      case "shell":
+        return await shell(rest);
       case undefined:
       case "help":
       case "--help":

@@ -137,7 +137,9 @@ export async function writeQcow2(options: WriteQcow2Options): Promise<WriteQcow2
       `virtualSize ${virtualSize} needs an L1 table of ${l1Size * 8} bytes at clusterSize ${clusterSize}, above qemu's 32 MiB limit; use a larger clusterSize`,
     );
   }
-  const l1Clusters = Math.max(1, Math.ceil((l1Size * 8) / clusterSize));
+  // An empty disk has no L1 table at all (offset 0), as qemu-img creates it;
+  // an allocated but unreferenced L1 cluster would show up as a leak.
+  const l1Clusters = Math.ceil((l1Size * 8) / clusterSize);
   const l1 = new Uint8Array(l1Clusters * clusterSize);
   const l1View = new DataView(l1.buffer);
   const out = new ClusterAppender(dest, clusterSize, 1 + l1Clusters);
@@ -221,7 +223,7 @@ export async function writeQcow2(options: WriteQcow2Options): Promise<WriteQcow2
   }
   await out.flush();
 
-  await dest.write(clusterSize, l1);
+  if (l1Clusters > 0) await dest.write(clusterSize, l1);
   const header = new Uint8Array(clusterSize); // zeros after the header end the extension area
   const h = new DataView(header.buffer);
   h.setUint32(0, 0x514649fb); // "QFI\xfb"
@@ -229,7 +231,7 @@ export async function writeQcow2(options: WriteQcow2Options): Promise<WriteQcow2
   h.setUint32(20, clusterBits);
   h.setBigUint64(24, BigInt(virtualSize));
   h.setUint32(36, l1Size);
-  h.setBigUint64(40, BigInt(clusterSize));
+  h.setBigUint64(40, BigInt(l1Clusters > 0 ? clusterSize : 0));
   h.setBigUint64(48, BigInt(tableStart * clusterSize));
   h.setUint32(56, tableClusters);
   h.setUint32(96, 4); // refcount_order: 16-bit refcounts
