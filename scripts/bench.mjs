@@ -5,6 +5,8 @@
 //    kernel-to-init floor: the same QEMU command line and kernel (asked from
 //    the helper itself) with a trivial static init that prints a marker;
 //  - exec round trip of `true` vs the guest's own fork+exec+wait of `true`;
+//  - stdout throughput guest→host vs the guest's own dd to /dev/null;
+//  - spawn-to-ready latency;
 //  - peak RSS (VmHWM) of helper + VMM per sandbox.
 //
 // Env: BENCH_BOOTS (default 10), BENCH_EXECS (default 200), BENCH_IMAGE (default debian:12).
@@ -126,6 +128,37 @@ for (let i = 0; i < 5; i++) {
   ]);
   guestLoop.push(Number(r.stdout.trim()) / 1e6);
 }
+log("stdout throughput guest→host vs the guest's own dd to /dev/null");
+const MIB = Number(process.env.BENCH_THROUGHPUT_MIB ?? 200);
+const drain = async (stream) => {
+  let n = 0;
+  const reader = stream.getReader();
+  for (let r = await reader.read(); !r.done; r = await reader.read()) n += r.value.length;
+  return n;
+};
+const throughput = [];
+const ddFloor = [];
+for (let i = 0; i < 3; i++) {
+  const dd = lane.spawn("dd", ["if=/dev/zero", "bs=1M", `count=${MIB}`, "status=none"]);
+  await dd.ready;
+  const t = performance.now();
+  const [bytes] = await Promise.all([drain(dd.stdout), drain(dd.stderr), dd.exit]);
+  throughput.push(bytes / 1048576 / ((performance.now() - t) / 1000));
+  const f = await lane.exec("sh", [
+    "-c",
+    `s=$(date +%s%N); dd if=/dev/zero bs=1M count=${MIB} of=/dev/null status=none; e=$(date +%s%N); echo $((e-s))`,
+  ]);
+  ddFloor.push(MIB / (Number(f.stdout.trim()) / 1e9));
+}
+log("spawn-to-ready latency");
+const spawnReady = [];
+for (let i = 0; i < 50; i++) {
+  const t = performance.now();
+  const p = lane.spawn("true");
+  await p.ready;
+  spawnReady.push(performance.now() - t);
+  await Promise.all([drain(p.stdout), drain(p.stderr), p.exit]);
+}
 const peak = (vmHwmKiB(lane.info.helperPid) + vmHwmKiB(lane.info.vmmPid)) / 1024;
 const helperPeak = vmHwmKiB(lane.info.helperPid) / 1024;
 await lane.close();
@@ -145,12 +178,18 @@ const result = {
   execRoundTripMs: execStats,
   guestForkExecWaitMs: guestStats,
   execRatio: round(execStats.p50 / guestStats.p50),
+  stdoutThroughputMiBs: stats(throughput),
+  guestDdToDevNullMiBs: stats(ddFloor),
+  throughputRatio: round(stats(throughput).p50 / stats(ddFloor).p50),
+  spawnToReadyMs: stats(spawnReady),
   peakRssMiB: { helperPlusVmm: round(peak), helper: round(helperPeak), perBoot: stats(rss) },
   targets: {
     bootRatioMax: 1.3,
     execRatioMax: 1.5,
     bootOk: floorStats ? boot.p50 / floorStats.p50 <= 1.3 : null,
     execOk: execStats.p50 / guestStats.p50 <= 1.5,
+    throughputRatioMin: 0.5,
+    throughputOk: stats(throughput).p50 / stats(ddFloor).p50 >= 0.5,
   },
 };
 console.log(JSON.stringify(result, null, 2));

@@ -21,7 +21,7 @@ export interface TerminalSize {
 }
 
 /** Output window per stream the guest starts with (matches the Rust default). */
-export const OUTPUT_WINDOW = 256 * 1024;
+export const OUTPUT_WINDOW = 1024 * 1024;
 /** Stdin bytes in flight before the guest acknowledges them. */
 export const STDIN_WINDOW = 256 * 1024;
 const STDIN_CHUNK = 64 * 1024;

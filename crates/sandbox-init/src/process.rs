@@ -122,6 +122,10 @@ impl Process {
         for f in [&stdin, &stdout, &stderr].into_iter().flatten() {
             let _ = sys::set_nonblocking(f.as_raw_fd());
         }
+        // Bigger pipes mean fewer wakeups per megabyte under emulation.
+        for f in [&stdout, &stderr].into_iter().flatten() {
+            unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
+        }
         // `child` is dropped without waiting: init reaps every pid itself.
         Ok(Process {
             pid,

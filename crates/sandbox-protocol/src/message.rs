@@ -102,7 +102,7 @@ pub struct StdinAck {
 pub type Resize = PtySize;
 
 /// Output window a process starts with when `Start.window` is absent.
-pub const DEFAULT_WINDOW: u32 = 256 * 1024;
+pub const DEFAULT_WINDOW: u32 = 1024 * 1024;
 /// Stdin bytes the host may have in flight before an acknowledgement.
 pub const STDIN_WINDOW: u32 = 256 * 1024;
 

@@ -1,0 +1,64 @@
+//! Addresses and limits of one guest network.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use crate::addr::Cidr;
+
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// The host side's MAC (answers ARP for the gateway and resolver addresses).
+    pub gateway_mac: [u8; 6],
+    pub gateway_ip: Ipv4Addr,
+    /// The guest NIC's MAC (QEMU `virtio-net-pci,mac=`); frames from any other are dropped.
+    pub guest_mac: [u8; 6],
+    pub prefix_len: u8,
+    /// The only source address accepted from the guest.
+    pub guest_ip: Ipv4Addr,
+    /// UDP 53 here is the sandbox resolver.
+    pub dns_ip: Ipv4Addr,
+    /// The guest's MTU; UDP answers that do not fit are dropped (DNS: truncated).
+    pub mtu: usize,
+    /// Protected ranges opted in by the sandbox definition.
+    pub allow_protected: Vec<Cidr>,
+    /// The host's own addresses, denied like protected ranges.
+    pub host_addrs: Vec<IpAddr>,
+    /// Longest wait for a policy answer; past it the flow is denied.
+    pub policy_deadline: Duration,
+    /// Concurrent TCP + UDP flows; SYNs beyond it are reset, datagrams dropped.
+    pub max_flows: usize,
+    /// Concurrent DNS queries being decided or forwarded.
+    pub max_dns_inflight: usize,
+    /// From SYN to established (policy, upstream connect and handshake included).
+    pub handshake_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub udp_idle_timeout: Duration,
+    /// Per upstream resolver attempt.
+    pub dns_timeout: Duration,
+    /// smoltcp socket buffer per direction per TCP flow (bounds memory and the window).
+    pub tcp_buffer: usize,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        Self {
+            gateway_mac: [0x02, 0x53, 0x42, 0x00, 0x00, 0x02],
+            gateway_ip: Ipv4Addr::new(10, 0, 2, 2),
+            guest_mac: [0x02, 0x53, 0x42, 0x00, 0x00, 0x0f],
+            prefix_len: 24,
+            guest_ip: Ipv4Addr::new(10, 0, 2, 15),
+            dns_ip: Ipv4Addr::new(10, 0, 2, 3),
+            mtu: 1500,
+            allow_protected: Vec::new(),
+            host_addrs: Vec::new(),
+            policy_deadline: Duration::from_secs(5),
+            max_flows: 256,
+            max_dns_inflight: 64,
+            handshake_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            udp_idle_timeout: Duration::from_secs(60),
+            dns_timeout: Duration::from_secs(3),
+            tcp_buffer: 64 * 1024,
+        }
+    }
+}

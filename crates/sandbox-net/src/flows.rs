@@ -1,0 +1,151 @@
+//! The policy question asked for every new flow, and the checks made before asking it.
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::time::Duration;
+
+use crate::addr::{self, Category};
+use crate::config::NetConfig;
+
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// What the guest is opening.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Proto {
+    Tcp,
+    Udp,
+    /// A UDP query to the sandbox resolver address, port 53 (one question per query).
+    Dns,
+}
+
+/// The policy's view of a flow: IP-layer endpoints as the guest put them on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FlowInfo {
+    pub proto: Proto,
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+}
+
+impl FlowInfo {
+    pub fn new(proto: Proto, src: SocketAddr, dst: SocketAddr) -> Self {
+        Self { proto, src, dst }
+    }
+}
+
+/// The answer for one flow. Anything but the variant that fits the flow's protocol
+/// (`AcceptRaw` for TCP/UDP, `DnsForward` for DNS) is a denial.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Decision {
+    Deny,
+    /// Splice the flow to a real host socket connected to `dst`.
+    AcceptRaw,
+    /// Answer the query by forwarding it to these resolvers, in order.
+    DnsForward { resolvers: Vec<SocketAddr> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("policy error: {0}")]
+pub struct PolicyError(pub String);
+
+/// Decides flows. Implementations must not block: the stack awaits the future with a
+/// deadline on a separate task, and every other flow keeps running meanwhile.
+pub trait Policy: Send + Sync + 'static {
+    fn decide(&self, flow: FlowInfo) -> BoxFuture<Result<Decision, PolicyError>>;
+}
+
+impl<F> Policy for F
+where
+    F: Fn(FlowInfo) -> BoxFuture<Result<Decision, PolicyError>> + Send + Sync + 'static,
+{
+    fn decide(&self, flow: FlowInfo) -> BoxFuture<Result<Decision, PolicyError>> {
+        self(flow)
+    }
+}
+
+/// Why a flow was refused without asking the policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PreDeny {
+    /// Protected destination not opted in by `NetConfig::allow_protected`.
+    Protected(Category),
+    /// The stack's own addresses (gateway, resolver) or the host's, other than DNS.
+    OwnAddress,
+}
+
+/// Checks made before the policy: the guest never reaches protected space by default.
+pub fn pre_check(cfg: &NetConfig, proto: Proto, dst: SocketAddr) -> Option<PreDeny> {
+    let ip = dst.ip();
+    let own = ip == IpAddr::V4(cfg.gateway_ip) || ip == IpAddr::V4(cfg.dns_ip);
+    if own && proto != Proto::Dns {
+        return Some(PreDeny::OwnAddress);
+    }
+    if proto == Proto::Dns {
+        return None; // the resolvers chosen by the policy are checked instead
+    }
+    check_destination(cfg, ip)
+}
+
+/// The protected-range rule for one destination address (also applied to resolvers).
+pub fn check_destination(cfg: &NetConfig, ip: IpAddr) -> Option<PreDeny> {
+    if cfg.allow_protected.iter().any(|c| c.contains(ip)) {
+        return None;
+    }
+    // Cidr::contains compares IPv4-mapped spellings with plain IPv4.
+    let host = |h: &IpAddr| addr::Cidr::new(*h, if h.is_ipv4() { 32 } else { 128 }).is_ok_and(|c| c.contains(ip));
+    if cfg.host_addrs.iter().any(host) {
+        return Some(PreDeny::OwnAddress);
+    }
+    addr::is_protected(ip).then(|| PreDeny::Protected(addr::classify(ip)))
+}
+
+/// How asking the policy failed; every failure is a denial.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyFailure {
+    Error(String),
+    Timeout(Duration),
+}
+
+/// Asks the policy with a deadline. Runs the policy's future in its own task so a
+/// policy that panics is an error for this flow only.
+pub async fn ask(policy: &dyn Policy, flow: FlowInfo, deadline: Duration) -> Result<Decision, PolicyFailure> {
+    let fut = policy.decide(flow);
+    let task = tokio::spawn(fut);
+    let abort = task.abort_handle();
+    match tokio::time::timeout(deadline, task).await {
+        Ok(Ok(Ok(d))) => Ok(d),
+        Ok(Ok(Err(e))) => Err(PolicyFailure::Error(e.0)),
+        Ok(Err(join)) => Err(PolicyFailure::Error(format!("policy task failed: {join}"))),
+        Err(_) => {
+            abort.abort();
+            Err(PolicyFailure::Timeout(deadline))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn pre_check_rules() {
+        let mut cfg = NetConfig::default();
+        assert_eq!(pre_check(&cfg, Proto::Tcp, sa("203.0.113.1:443")), None);
+        assert_eq!(pre_check(&cfg, Proto::Tcp, sa("169.254.169.254:80")), Some(PreDeny::Protected(Category::LinkLocal)));
+        assert_eq!(pre_check(&cfg, Proto::Tcp, sa("[::ffff:127.0.0.1]:80")), Some(PreDeny::Protected(Category::Loopback)));
+        assert_eq!(pre_check(&cfg, Proto::Udp, sa("10.0.2.3:53")), Some(PreDeny::OwnAddress));
+        assert_eq!(pre_check(&cfg, Proto::Tcp, sa("10.0.2.2:22")), Some(PreDeny::OwnAddress));
+        assert_eq!(pre_check(&cfg, Proto::Dns, sa("10.0.2.3:53")), None);
+        cfg.allow_protected.push("127.0.0.0/8".parse().unwrap());
+        assert_eq!(pre_check(&cfg, Proto::Tcp, sa("127.0.0.1:80")), None);
+        assert_eq!(pre_check(&cfg, Proto::Tcp, sa("[::ffff:127.0.0.1]:80")), None);
+        cfg.host_addrs.push("198.51.100.9".parse().unwrap());
+        assert_eq!(pre_check(&cfg, Proto::Tcp, sa("198.51.100.9:80")), Some(PreDeny::OwnAddress));
+        assert_eq!(pre_check(&cfg, Proto::Tcp, sa("[::ffff:198.51.100.9]:80")), Some(PreDeny::OwnAddress));
+    }
+}

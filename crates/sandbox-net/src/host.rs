@@ -1,0 +1,174 @@
+//! Host-side tasks of accepted flows. Each reports to the stack through one channel;
+//! every producer is bounded by credits, so that channel never holds more than a few
+//! chunks per flow.
+
+use std::net::{SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::dns;
+use crate::flows::{Decision, PolicyFailure};
+
+pub(crate) type Key = (SocketAddrV4, SocketAddrV4);
+
+/// Largest chunk moved per read; also the unit of flow credit.
+pub(crate) const CHUNK: usize = 16 * 1024;
+/// Chunks in flight per direction outside smoltcp's own buffers.
+pub(crate) const CREDITS: usize = 4;
+
+pub(crate) enum Internal {
+    TcpDecided { key: Key, id: u64, result: Result<Decision, PolicyFailure> },
+    TcpConnected { key: Key, id: u64, result: Result<TcpStream, String> },
+    HostData { key: Key, id: u64, data: Vec<u8> },
+    HostEof { key: Key, id: u64 },
+    HostError { key: Key, id: u64 },
+    /// The writer took a chunk: the stack may pull more from the guest.
+    HostWritable,
+    UdpDecided { key: Key, id: u64, result: Result<Decision, PolicyFailure> },
+    UdpRecv { key: Key, id: u64, data: Vec<u8> },
+    DnsAnswer { guest: SocketAddrV4, resolver: SocketAddrV4, payload: Vec<u8> },
+}
+
+pub(crate) type Tx = mpsc::UnboundedSender<Internal>;
+
+pub(crate) async fn connect(dst: SocketAddr, limit: Duration) -> Result<TcpStream, String> {
+    match tokio::time::timeout(limit, TcpStream::connect(dst)).await {
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Ok(s)
+        }
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("connect timed out after {limit:?}")),
+    }
+}
+
+/// Host → guest: reads only while the stack has handed back credit.
+pub(crate) async fn tcp_reader(mut rd: OwnedReadHalf, credit: Arc<Semaphore>, tx: Tx, key: Key, id: u64) {
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        match credit.acquire().await {
+            Ok(p) => p.forget(),
+            Err(_) => return,
+        }
+        let msg = match rd.read(&mut buf).await {
+            Ok(0) => Internal::HostEof { key, id },
+            Ok(n) => Internal::HostData { key, id, data: buf[..n].to_vec() },
+            Err(_) => Internal::HostError { key, id },
+        };
+        let done = !matches!(msg, Internal::HostData { .. });
+        if tx.send(msg).is_err() || done {
+            return;
+        }
+    }
+}
+
+/// Guest → host. `reset` fired means the guest reset the flow: close with SO_LINGER 0
+/// so the host peer sees a RST too. Dropped without firing means an orderly end.
+pub(crate) async fn tcp_writer(
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    mut reset: oneshot::Receiver<()>,
+    tx: Tx,
+    key: Key,
+    id: u64,
+) {
+    loop {
+        tokio::select! {
+            r = &mut reset => {
+                if r.is_ok() {
+                    let _ = wr.as_ref().set_zero_linger();
+                }
+                return;
+            }
+            m = rx.recv() => match m {
+                Some(data) => {
+                    let res = tokio::select! {
+                        res = wr.write_all(&data) => res,
+                        r = &mut reset => {
+                            if r.is_ok() {
+                                let _ = wr.as_ref().set_zero_linger();
+                            }
+                            return;
+                        }
+                    };
+                    let msg = match res {
+                        Ok(()) => Internal::HostWritable,
+                        Err(_) => Internal::HostError { key, id },
+                    };
+                    let failed = matches!(msg, Internal::HostError { .. });
+                    if tx.send(msg).is_err() || failed {
+                        return;
+                    }
+                }
+                None => {
+                    // Guest sent FIN: half-close towards the host, keep the half for a later reset.
+                    let _ = wr.shutdown().await;
+                    if (&mut reset).await.is_ok() {
+                        let _ = wr.as_ref().set_zero_linger();
+                    }
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A UDP socket connected to `dst`. `first` is sent before tokio takes the socket:
+/// tokio learns writability only from the reactor, so its `try_send` on a brand-new
+/// socket would report WouldBlock.
+pub(crate) fn udp_bind(dst: SocketAddr, first: &[Vec<u8>]) -> std::io::Result<UdpSocket> {
+    let bind: SocketAddr = if dst.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
+    let s = std::net::UdpSocket::bind(bind)?;
+    s.connect(dst)?;
+    s.set_nonblocking(true)?;
+    for d in first {
+        let _ = s.send(d);
+    }
+    UdpSocket::from_std(s)
+}
+
+pub(crate) async fn udp_reader(sock: Arc<UdpSocket>, credit: Arc<Semaphore>, tx: Tx, key: Key, id: u64) {
+    let mut buf = vec![0u8; 65535];
+    loop {
+        match credit.acquire().await {
+            Ok(p) => p.forget(),
+            Err(_) => return,
+        }
+        match sock.recv(&mut buf).await {
+            Ok(n) => {
+                if tx.send(Internal::UdpRecv { key, id, data: buf[..n].to_vec() }).is_err() {
+                    return;
+                }
+            }
+            // ICMP errors surface as one-shot recv errors on a connected socket.
+            Err(_) => {
+                credit.add_permits(1);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// Forwards one query to each resolver in turn; the first matching answer wins.
+pub(crate) async fn dns_forward(q: &[u8], query: dns::Query, resolvers: &[SocketAddr], per: Duration) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; 65535];
+    for r in resolvers {
+        let Ok(sock) = udp_bind(*r, &[]) else { continue };
+        if sock.send(q).await.is_err() {
+            continue;
+        }
+        let deadline = tokio::time::Instant::now() + per;
+        // Stray or spoofed datagrams are skipped, not taken as the answer.
+        while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, sock.recv(&mut buf)).await {
+            if dns::answer_matches(q, query, &buf[..n]) {
+                return Some(buf[..n].to_vec());
+            }
+        }
+    }
+    None
+}

@@ -1,0 +1,278 @@
+//! End to end without a VM: a smoltcp "guest" talks to NetStack over a socketpair,
+//! and accepted flows reach real servers on 127.0.0.1.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use sandbox_net::{dns, Decision, FlowInfo, NetConfig, NetEvent, PolicyError, PolicyFailure, Proto, Verdict};
+use smoltcp::socket::{tcp, udp};
+use smoltcp::wire::{IpAddress, IpEndpoint};
+use tokio::net::{TcpListener, UdpSocket};
+
+async fn echo_server() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.into_split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+fn ep(addr: SocketAddr) -> IpEndpoint {
+    match addr {
+        SocketAddr::V4(a) => IpEndpoint::new(IpAddress::Ipv4(*a.ip()), a.port()),
+        SocketAddr::V6(_) => unreachable!("tests use IPv4 loopback"),
+    }
+}
+
+fn tcp_socket() -> tcp::Socket<'static> {
+    tcp::Socket::new(tcp::SocketBuffer::new(vec![0; 65536]), tcp::SocketBuffer::new(vec![0; 65536]))
+}
+
+/// Connects from the guest and waits for the outcome: Some(true) established,
+/// Some(false) reset/closed, None still pending at `limit`.
+async fn connect(h: &mut Harness, dst: SocketAddr, limit: Duration) -> (smoltcp::iface::SocketHandle, Option<bool>) {
+    let handle = h.guest.sockets.add(tcp_socket());
+    let g = &mut h.guest;
+    let cx = g.iface.context();
+    g.sockets.get_mut::<tcp::Socket>(handle).connect(cx, ep(dst), 49152 + (dst.port() % 1000)).unwrap();
+    let out = g
+        .until(limit, |g| match g.sockets.get::<tcp::Socket>(handle).state() {
+            tcp::State::Established => Some(true),
+            tcp::State::Closed => Some(false),
+            _ => None,
+        })
+        .await;
+    (handle, out)
+}
+
+#[tokio::test]
+async fn protected_destination_is_reset_without_asking() {
+    let echo = echo_server().await;
+    let mut h = start(NetConfig::default(), accept_all);
+    let t0 = std::time::Instant::now();
+    let (_, out) = connect(&mut h, echo, Duration::from_secs(3)).await;
+    assert_eq!(out, Some(false), "guest must see a RST");
+    assert!(t0.elapsed() < Duration::from_secs(1), "RST must be prompt: {:?}", t0.elapsed());
+    assert_eq!(h.asked(), 0, "policy must not be asked for protected destinations");
+    let ev = h.drain_events();
+    assert!(ev.iter().any(|e| matches!(e, NetEvent::DeniedProtected { category: Some(sandbox_net::Category::Loopback), .. })), "{ev:?}");
+}
+
+#[tokio::test]
+async fn accepted_tcp_echoes_one_megabyte() {
+    let echo = echo_server().await;
+    let mut h = start(loopback_allowed(), accept_all);
+    let (handle, out) = connect(&mut h, echo, Duration::from_secs(5)).await;
+    assert_eq!(out, Some(true));
+    let data = Rng(42).bytes(1 << 20);
+    let mut sent = 0;
+    let mut got = Vec::with_capacity(data.len());
+    let mut buf = vec![0u8; 65536];
+    let done = h
+        .guest
+        .until(Duration::from_secs(30), |g| {
+            let s = g.sockets.get_mut::<tcp::Socket>(handle);
+            if sent < data.len() && s.can_send() {
+                sent += s.send_slice(&data[sent..]).unwrap();
+            }
+            while s.can_recv() {
+                let n = s.recv_slice(&mut buf).unwrap();
+                got.extend_from_slice(&buf[..n]);
+            }
+            (got.len() >= data.len()).then_some(())
+        })
+        .await;
+    assert!(done.is_some(), "echoed {} of {} bytes", got.len(), data.len());
+    assert!(got == data, "echo must be byte-exact");
+    // Orderly close: the guest's FIN reaches the echo server, whose FIN comes back.
+    h.guest.sockets.get_mut::<tcp::Socket>(handle).close();
+    let closed = h
+        .guest
+        .until(Duration::from_secs(5), |g| {
+            matches!(g.sockets.get::<tcp::Socket>(handle).state(), tcp::State::TimeWait | tcp::State::Closed).then_some(())
+        })
+        .await;
+    assert!(closed.is_some(), "FIN must propagate both ways");
+    assert_eq!(h.asked(), 1);
+    assert!(h.drain_events().iter().any(|e| matches!(e, NetEvent::FlowDecided { verdict: Verdict::Accepted, .. })));
+}
+
+#[tokio::test]
+async fn denying_policy_resets() {
+    let echo = echo_server().await;
+    let mut h = start(loopback_allowed(), deny_all);
+    let (_, out) = connect(&mut h, echo, Duration::from_secs(3)).await;
+    assert_eq!(out, Some(false));
+    assert_eq!(h.asked(), 1);
+    assert!(h.drain_events().iter().any(|e| matches!(e, NetEvent::FlowDecided { verdict: Verdict::Denied, .. })));
+}
+
+#[tokio::test]
+async fn policy_error_resets() {
+    let echo = echo_server().await;
+    let mut h = start(loopback_allowed(), |_| Box::pin(async { Err(PolicyError("boom".into())) }));
+    let (_, out) = connect(&mut h, echo, Duration::from_secs(3)).await;
+    assert_eq!(out, Some(false));
+    let ev = h.drain_events();
+    assert!(ev.iter().any(|e| matches!(e, NetEvent::PolicyFailed { failure: PolicyFailure::Error(m), .. } if m == "boom")), "{ev:?}");
+}
+
+#[tokio::test]
+async fn hung_policy_times_out_and_resets() {
+    let echo = echo_server().await;
+    let cfg = NetConfig { policy_deadline: Duration::from_millis(300), ..loopback_allowed() };
+    let mut h = start(cfg, |_| Box::pin(std::future::pending()));
+    let t0 = std::time::Instant::now();
+    let (_, out) = connect(&mut h, echo, Duration::from_secs(3)).await;
+    assert_eq!(out, Some(false));
+    assert!(t0.elapsed() >= Duration::from_millis(250) && t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    assert!(h.drain_events().iter().any(|e| matches!(e, NetEvent::PolicyFailed { failure: PolicyFailure::Timeout(_), .. })));
+}
+
+#[tokio::test]
+async fn refused_upstream_resets() {
+    // A port nothing listens on: accepted by policy, refused by the host.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = l.local_addr().unwrap();
+    drop(l);
+    let mut h = start(loopback_allowed(), accept_all);
+    let (_, out) = connect(&mut h, dead, Duration::from_secs(3)).await;
+    assert_eq!(out, Some(false));
+    assert!(h.drain_events().iter().any(|e| matches!(e, NetEvent::UpstreamFailed { .. })));
+}
+
+fn udp_socket(port: u16) -> udp::Socket<'static> {
+    let mk = || udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 16], vec![0; 65536]);
+    let mut s = udp::Socket::new(mk(), mk());
+    s.bind(port).unwrap();
+    s
+}
+
+/// Sends one datagram from the guest and returns the first reply.
+async fn udp_exchange(h: &mut Harness, dst: SocketAddr, payload: &[u8], limit: Duration) -> Option<Vec<u8>> {
+    let handle = h.guest.sockets.add(udp_socket(5353));
+    h.guest.sockets.get_mut::<udp::Socket>(handle).send_slice(payload, ep(dst)).unwrap();
+    h.guest
+        .until(limit, |g| {
+            let s = g.sockets.get_mut::<udp::Socket>(handle);
+            s.recv().ok().map(|(d, meta)| {
+                assert_eq!(meta.endpoint, ep(dst), "reply must come from the flow's destination");
+                d.to_vec()
+            })
+        })
+        .await
+}
+
+#[tokio::test]
+async fn udp_echo_round_trip() {
+    let server = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = server.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        while let Ok((n, from)) = server.recv_from(&mut buf).await {
+            let _ = server.send_to(&buf[..n], from).await;
+        }
+    });
+    let mut h = start(loopback_allowed(), accept_all);
+    let reply = udp_exchange(&mut h, addr, b"ping over udp", Duration::from_secs(3)).await;
+    assert_eq!(reply.as_deref(), Some(&b"ping over udp"[..]));
+    assert_eq!(h.asked(), 1);
+
+    // Protected by default: dropped without asking.
+    let mut h = start(NetConfig::default(), accept_all);
+    assert_eq!(udp_exchange(&mut h, addr, b"x", Duration::from_millis(300)).await, None);
+    assert_eq!(h.asked(), 0);
+}
+
+fn query(id: u16, name: &str) -> Vec<u8> {
+    let mut q = id.to_be_bytes().to_vec();
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}
+
+/// Answers every query with one A record 192.0.2.7.
+async fn dns_responder() -> SocketAddr {
+    let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = s.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 512];
+        while let Ok((n, from)) = s.recv_from(&mut buf).await {
+            let mut a = buf[..n].to_vec();
+            a[2] |= 0x80; // QR
+            a[7] = 1; // ANCOUNT
+            a.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 7]);
+            let _ = s.send_to(&a, from).await;
+        }
+    });
+    addr
+}
+
+const RESOLVER: &str = "10.0.2.3:53";
+
+#[tokio::test]
+async fn dns_forwarded_to_policy_resolver() {
+    let upstream = dns_responder().await;
+    let policy = move |f: FlowInfo| -> sandbox_net::BoxFuture<Result<Decision, PolicyError>> {
+        let d = if f.proto == Proto::Dns { Decision::DnsForward { resolvers: vec![upstream] } } else { Decision::Deny };
+        Box::pin(async move { Ok(d) })
+    };
+    let mut h = start(loopback_allowed(), policy);
+    let q = query(0x1234, "example.com");
+    let a = udp_exchange(&mut h, RESOLVER.parse().unwrap(), &q, Duration::from_secs(3)).await.expect("an answer");
+    assert_eq!(&a[..2], &[0x12, 0x34]);
+    assert_eq!(dns::rcode(&a), Some(0));
+    assert_eq!(&a[a.len() - 4..], &[192, 0, 2, 7]);
+
+    // Same policy, loopback not opted in: the resolver itself is protected → REFUSED.
+    let mut h = start(NetConfig::default(), policy);
+    let a = udp_exchange(&mut h, RESOLVER.parse().unwrap(), &q, Duration::from_secs(3)).await.expect("an answer");
+    assert_eq!(dns::rcode(&a), Some(dns::RCODE_REFUSED));
+}
+
+#[tokio::test]
+async fn dns_denied_is_refused() {
+    let mut h = start(loopback_allowed(), deny_all);
+    let q = query(0xabcd, "blocked.example");
+    let a = udp_exchange(&mut h, RESOLVER.parse().unwrap(), &q, Duration::from_secs(3)).await.expect("an answer");
+    assert_eq!(&a[..2], &[0xab, 0xcd]);
+    assert_eq!(dns::rcode(&a), Some(dns::RCODE_REFUSED));
+    assert_eq!(&a[12..], &q[12..], "question echoed");
+    let ev = h.drain_events();
+    assert!(ev.iter().any(|e| matches!(e, NetEvent::FlowDecided { flow, verdict: Verdict::Denied } if flow.proto == Proto::Dns)), "{ev:?}");
+}
+
+#[tokio::test]
+async fn flow_cap_resets_excess_syns() {
+    let echo = echo_server().await;
+    let cfg = NetConfig { max_flows: 1, ..loopback_allowed() };
+    let mut h = start(cfg, accept_all);
+    let (_, first) = connect(&mut h, echo, Duration::from_secs(3)).await;
+    assert_eq!(first, Some(true));
+    let handle = h.guest.sockets.add(tcp_socket());
+    let cx = h.guest.iface.context();
+    h.guest.sockets.get_mut::<tcp::Socket>(handle).connect(cx, ep(echo), 40001).unwrap();
+    let out = h
+        .guest
+        .until(Duration::from_secs(3), |g| match g.sockets.get::<tcp::Socket>(handle).state() {
+            tcp::State::Established => Some(true),
+            tcp::State::Closed => Some(false),
+            _ => None,
+        })
+        .await;
+    assert_eq!(out, Some(false));
+    assert!(h.drain_events().iter().any(|e| matches!(e, NetEvent::FlowLimit { .. })));
+}
