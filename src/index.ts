@@ -4,7 +4,7 @@ export { Lane } from "./lane.js";
 export type { ExecOptions, ExecResult, LaneInfo, SpawnOptions, PtyOptions, SandboxProcess, SandboxPty } from "./lane.js";
 export type { ProcessExit, TerminalSize } from "./process.js";
 export { rootfs } from "./rootfs.js";
-export type { RootfsSpec, BuiltInRootfs } from "./rootfs.js";
+export type { RootfsSpec, BuiltInRootfs, EphemeralRootfs } from "./rootfs.js";
 export type { BackendName, BackendChoice } from "./backend.js";
 export type { ImageEntry } from "./artifacts.js";
 export {

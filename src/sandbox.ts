@@ -7,7 +7,7 @@ import { HelperConnection } from "./helper-connection.js";
 import { Lane } from "./lane.js";
 import { loadNative } from "./native.js";
 import { Kind, type Frame } from "./protocol/frames.js";
-import { isRootfsSpec, rootfs as rootfsApi, type RootfsSpec } from "./rootfs.js";
+import { COW_BLOCK_SIZE, isRootfsSpec, rootfs as rootfsApi, type RootfsSpec } from "./rootfs.js";
 import { checkAbsolutePath, checkEnv, checkHostname, checkInteger } from "./validate.js";
 
 export interface SandboxResources {
@@ -49,7 +49,7 @@ export function defineSandbox(definition: SandboxDefinition = {}): Sandbox {
   }
   const root = definition.rootfs ?? rootfsApi.builtIn("debian:12");
   if (!isRootfsSpec(root)) {
-    throw new SandboxConfigError("definition.rootfs must come from rootfs.builtIn(...)");
+    throw new SandboxConfigError("definition.rootfs must come from rootfs.builtIn(...) or rootfs.ephemeral(...)");
   }
   const r = definition.resources ?? {};
   const resources: Required<SandboxResources> = {
@@ -85,7 +85,17 @@ export function launchSpec(
   image: ImageEntry,
   resources: Required<SandboxResources>,
   choice: BackendChoice,
+  root: RootfsSpec = rootfsApi.builtIn(image.name),
 ) {
+  const disk =
+    root.kind === "ephemeral"
+      ? {
+          path: join(artifacts.imagesDir, image.file),
+          format: image.format,
+          readOnly: false,
+          cow: { mode: "ephemeral", maxDirtyBytes: root.maxDirtyBytes, blockSize: COW_BLOCK_SIZE },
+        }
+      : { path: join(artifacts.imagesDir, image.file), format: image.format, readOnly: true };
   return {
     backend: choice.backend,
     cpus: resources.cpus,
@@ -95,7 +105,7 @@ export function launchSpec(
     krunfw: artifacts.krunfw,
     initRoot: artifacts.krunInitRoot,
     cmdline: [] as string[],
-    disks: [{ path: join(artifacts.imagesDir, image.file), format: image.format, readOnly: true }],
+    disks: [disk],
     qemu: choice.backend === "qemu" ? findQemu() : undefined,
     accel: choice.accel,
   };
@@ -110,17 +120,17 @@ async function bootLane(root: RootfsSpec, resources: Required<SandboxResources>,
   options.signal?.throwIfAborted();
 
   const artifacts = resolveArtifacts();
-  const image = findImage(root.name);
+  const image = findImage(root.kind === "builtIn" ? root.name : root.base.name);
   const choice = chooseBackend(resources.backend, artifacts.helper);
   const native = loadNative(artifacts);
   const conn = new HelperConnection(native, artifacts.helper);
 
-  const launch = launchSpec(artifacts, image, resources, choice);
+  const launch = launchSpec(artifacts, image, resources, choice, root);
   const configure = {
     hostname,
     cwd,
     env,
-    root: { device: "/dev/vda", fstype: image.filesystem, readOnly: true },
+    root: { device: "/dev/vda", fstype: image.filesystem, readOnly: root.kind === "builtIn" },
   };
 
   try {

@@ -30,3 +30,14 @@ describe("input validation", () => {
     expect(() => rootfs.builtIn("")).toThrow(SandboxConfigError);
   });
 });
+
+describe("rootfs.ephemeral options", () => {
+  it("rounds maxDirtyBytes down to whole blocks and defaults to 64 MiB", () => {
+    const base = rootfs.builtIn("busybox");
+    expect(rootfs.ephemeral({ base }).maxDirtyBytes).toBe(64 * 1024 * 1024);
+    expect(rootfs.ephemeral({ base, maxDirtyBytes: 100_000 }).maxDirtyBytes).toBe(65_536);
+    expect(() => rootfs.ephemeral({ base, maxDirtyBytes: 1000 })).toThrow(/at least 65536 bytes/);
+    expect(() => rootfs.ephemeral({ base: undefined as never })).toThrow(SandboxConfigError);
+    expect(defineSandbox({ rootfs: rootfs.ephemeral({ base }) }).definition.rootfs.kind).toBe("ephemeral");
+  });
+});

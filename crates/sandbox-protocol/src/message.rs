@@ -177,6 +177,20 @@ pub struct Disk {
     pub path: String,
     pub format: String,
     pub read_only: bool,
+    /// Serve the disk through the helper's copy-on-write engine instead of
+    /// letting the VMM open the file (which stays untouched either way).
+    #[serde(default)]
+    pub cow: Option<CowSpec>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CowSpec {
+    /// `ephemeral`: dirty blocks live in helper memory and vanish with the VM.
+    pub mode: String,
+    /// Dirty-bytes budget; ephemeral writes past it fail in the guest.
+    pub max_dirty_bytes: u64,
+    pub block_size: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

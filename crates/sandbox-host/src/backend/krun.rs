@@ -110,7 +110,7 @@ mod tests {
             krunfw: None,
             init_root: Some("/tmp".into()),
             cmdline: vec![],
-            disks: vec![Disk { path: "/x.qcow2".into(), format: "qcow2".into(), read_only: true }],
+            disks: vec![Disk { path: "/x.qcow2".into(), format: "qcow2".into(), read_only: true, cow: None }],
             qemu: None,
             accel: None,
         };

@@ -1,6 +1,7 @@
 //! VMM backends. Both present the same guest-visible devices (control port,
 //! block disks), so the guest init and protocol do not care which one runs.
 
+mod block;
 mod krun;
 mod qemu;
 
@@ -62,6 +63,17 @@ fn validate(l: &Launch) -> Result<(), HostError> {
     for d in &l.disks {
         if !matches!(d.format.as_str(), "raw" | "qcow2") {
             return Err(HostError::InvalidLaunch(format!("disk format {:?} is not raw or qcow2", d.format)));
+        }
+        if let Some(c) = &d.cow {
+            if c.mode != "ephemeral" {
+                return Err(HostError::InvalidLaunch(format!("cow mode {:?} is not supported by this helper", c.mode)));
+            }
+            if !c.block_size.is_power_of_two() || !(4096..=1 << 20).contains(&c.block_size) {
+                return Err(HostError::InvalidLaunch(format!("cow block size {} must be a power of two from 4096 to 1048576", c.block_size)));
+            }
+            if c.max_dirty_bytes < c.block_size as u64 {
+                return Err(HostError::InvalidLaunch("cow maxDirtyBytes must hold at least one block".into()));
+            }
         }
         if d.path.contains(',') {
             return Err(HostError::InvalidLaunch(format!("disk path {:?} contains a comma", d.path)));

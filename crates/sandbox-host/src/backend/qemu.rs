@@ -14,6 +14,9 @@ use std::process::{Command, Stdio};
 
 /// The control-port socket's descriptor number inside the QEMU process.
 const QEMU_CONTROL_FD: i32 = 3;
+/// NBD sockets of copy-on-write disks follow, in disk order.
+const FIRST_NBD_FD: i32 = 4;
+const MAX_COW_DISKS: usize = 8;
 
 /// Builds QEMU's argument list; pure so it can be unit-tested.
 pub fn args(l: &Launch) -> Result<Vec<String>, HostError> {
@@ -51,8 +54,21 @@ pub fn args(l: &Launch) -> Result<Vec<String>, HostError> {
     a.extend(["-device".into(), "virtio-serial-pci,max_ports=2".into()]);
     a.extend(["-chardev".into(), format!("socket,id=ctl,fd={QEMU_CONTROL_FD}")]);
     a.extend(["-device".into(), format!("virtserialport,chardev=ctl,name={CONTROL_PORT_NAME}")]);
+    let mut nbd_fd = FIRST_NBD_FD;
     for (i, d) in l.disks.iter().enumerate() {
         let ro = if d.read_only { "on" } else { "off" };
+        if d.cow.is_some() {
+            // The helper's copy-on-write engine serves this disk over NBD on an
+            // inherited socket; errors are reported to the guest, never pause the VM.
+            a.extend([
+                "-blockdev".into(),
+                format!("driver=nbd,node-name=disk{i},server.type=fd,server.str={nbd_fd},read-only={ro},cache.direct=off,cache.no-flush=off"),
+                "-device".into(),
+                format!("virtio-blk-pci,drive=disk{i},werror=report,rerror=report"),
+            ]);
+            nbd_fd += 1;
+            continue;
+        }
         a.extend([
             "-drive".into(),
             format!("file={},if=none,id=disk{i},format={},readonly={ro},cache=unsafe,aio=threads", d.path, d.format),
@@ -69,14 +85,41 @@ pub fn spawn(l: &Launch) -> Result<RunningVm, HostError> {
     let (host_end, guest_end) =
         UnixStream::pair().map_err(|e| HostError::Setup(format!("socketpair: {e}")))?;
     let guest_fd = guest_end.as_raw_fd();
+    let nbd_ends = l
+        .disks
+        .iter()
+        .filter(|d| d.cow.is_some())
+        .map(super::block::serve_cow)
+        .collect::<Result<Vec<_>, _>>()?;
+    if nbd_ends.len() > MAX_COW_DISKS {
+        return Err(HostError::InvalidLaunch(format!("at most {MAX_COW_DISKS} copy-on-write disks")));
+    }
+    let nbd_fds: Vec<i32> = nbd_ends.iter().map(|s| s.as_raw_fd()).collect();
     let mut cmd = Command::new(&qemu);
     cmd.args(&argv).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     unsafe {
         cmd.pre_exec(move || {
             lifeline::vmm_pre_exec()?;
             // dup2 clears close-on-exec on the new descriptor.
-            if libc::dup2(guest_fd, QEMU_CONTROL_FD) < 0 {
-                return Err(std::io::Error::last_os_error());
+            // Move sources out of the target range first so a dup2 never
+            // clobbers a descriptor that is still to be moved.
+            // No allocation here: other helper threads (NBD servers) exist, so
+            // after fork only async-signal-safe work is allowed.
+            let mut sources = [-1i32; 1 + MAX_COW_DISKS];
+            sources[0] = guest_fd;
+            sources[1..=nbd_fds.len()].copy_from_slice(&nbd_fds);
+            let sources = &mut sources[..=nbd_fds.len()];
+            for s in sources.iter_mut() {
+                let moved = libc::fcntl(*s, libc::F_DUPFD, 64);
+                if moved < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                *s = moved;
+            }
+            for (k, s) in sources.iter().enumerate() {
+                if libc::dup2(*s, QEMU_CONTROL_FD + k as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });
@@ -86,6 +129,7 @@ pub fn spawn(l: &Launch) -> Result<RunningVm, HostError> {
         message: format!("{qemu}: {e} (install Debian's qemu-system-x86 package)"),
     })?;
     drop(guest_end);
+    drop(nbd_ends);
     let console = ConsoleTail::default();
     for pipe in [child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>), child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>)].into_iter().flatten() {
         let tail = console.clone();
@@ -125,7 +169,7 @@ mod tests {
             krunfw: None,
             init_root: None,
             cmdline: vec!["sandbox.x=1".into()],
-            disks: vec![Disk { path: "/img/root.qcow2".into(), format: "qcow2".into(), read_only: true }],
+            disks: vec![Disk { path: "/img/root.qcow2".into(), format: "qcow2".into(), read_only: true, cow: None }],
             qemu: None,
             accel: Some("tcg".into()),
         }
@@ -140,6 +184,17 @@ mod tests {
         assert!(a.contains("file=/img/root.qcow2,if=none,id=disk0,format=qcow2,readonly=on"));
         assert!(a.contains("panic=-1 rdinit=/init"));
         assert!(a.contains("cryptomgr.notests sandbox.x=1"), "extra arguments come last: {a}");
+    }
+
+    #[test]
+    fn cow_disks_go_through_nbd_on_inherited_fds() {
+        let mut l = launch();
+        l.disks[0].read_only = false;
+        l.disks[0].cow = Some(sandbox_protocol::CowSpec { mode: "ephemeral".into(), max_dirty_bytes: 1 << 26, block_size: 65536 });
+        let a = args(&l).unwrap().join(" ");
+        assert!(a.contains("-blockdev driver=nbd,node-name=disk0,server.type=fd,server.str=4,read-only=off"), "{a}");
+        assert!(a.contains("virtio-blk-pci,drive=disk0,werror=report,rerror=report"), "{a}");
+        assert!(!a.contains("file=/img/root.qcow2"), "the VMM must not open the base image itself: {a}");
     }
 
     #[test]
