@@ -13,9 +13,11 @@ mkdir -p "$stage"/{dev,proc,sys,newroot,etc/sandbox,lib/modules}
 cp "$init_bin" "$stage/init"
 # The kernel opens /dev/console for init's stdio before devtmpfs is mounted.
 mknod -m 600 "$stage/dev/console" c 5 1 2>/dev/null || log initramfs "warning: cannot mknod /dev/console (not root); init messages before the control port will be lost"
-for m in $(cat "$kdir/modules.boot" "$kdir/modules.extra"); do cp "$kdir/modules/$m" "$stage/lib/modules/"; done
+# Only the boot modules: every byte of the initramfs is unpacked by the guest
+# kernel at each boot. Feature modules (net, virtio-fs, loop…) join the archive
+# when a feature loads them (scripts/build-kernel.sh keeps them in the cache).
+for m in $(cat "$kdir/modules.boot"); do cp "$kdir/modules/$m" "$stage/lib/modules/"; done
 sed 's#^#/lib/modules/#' "$kdir/modules.boot" > "$stage/etc/sandbox/modules"
-sed 's#^#/lib/modules/#' "$kdir/modules.extra" > "$stage/etc/sandbox/modules.extra"
 out="$ARTIFACTS_DIR/kernel/qemu/initramfs.cpio"
 # Fixed mtimes and sorted names keep the archive reproducible.
 (cd "$stage" && find . -mindepth 1 -exec touch -h -d @0 {} + && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc --reproducible -R 0:0 --quiet) > "$out.tmp"
