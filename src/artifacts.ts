@@ -38,10 +38,9 @@ export function platformPackageName(platform = process.platform, arch = process.
 
 let cached: Artifacts | undefined;
 
-export function resolveArtifacts(): Artifacts {
-  if (cached) return cached;
-  const dir = process.env.SANDBOX_ARTIFACTS_DIR ?? findPackageArtifacts();
-  const a: Artifacts = {
+/** Where every artifact should be, without checking that it is there. */
+export function artifactPaths(dir = process.env.SANDBOX_ARTIFACTS_DIR ?? findPackageArtifacts()): Artifacts {
+  return {
     dir,
     helper: join(dir, "bin", "sandbox-host"),
     addon: join(dir, `sandbox.${process.platform}-${process.arch}${process.platform === "linux" ? "-gnu" : ""}.node`),
@@ -51,6 +50,11 @@ export function resolveArtifacts(): Artifacts {
     krunInitRoot: join(dir, "kernel", "krun", "root"),
     imagesDir: join(dir, "images"),
   };
+}
+
+export function resolveArtifacts(): Artifacts {
+  if (cached) return cached;
+  const a = artifactPaths();
   for (const [what, path] of [
     ["sandbox-host helper", a.helper],
     ["native addon", a.addon],

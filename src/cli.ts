@@ -2,6 +2,8 @@
 import { defineSandbox, listBuiltInImages } from "./sandbox.js";
 import { rootfs } from "./rootfs.js";
 import { SandboxError } from "./errors.js";
+import { artifactPaths } from "./artifacts.js";
+import { runDoctor } from "./doctor.js";
 
 const USAGE = `usage:
   sandbox run [--image NAME] [--cpus N] [--memory MiB] [--hostname NAME] [--timeout MS] -- COMMAND [ARGS...]
@@ -10,6 +12,8 @@ const USAGE = `usage:
       opens an interactive shell in a fresh sandbox; the VM is destroyed when the shell exits
   sandbox images
       lists the built-in rootfs images
+  sandbox doctor
+      checks virtualization, QEMU, kernels and images; says which backend is used and how to fix what is missing
 `;
 
 interface RunFlags {
@@ -122,6 +126,16 @@ async function shell(argv: string[]): Promise<number> {
   }
 }
 
+function doctor(): number {
+  const { checks, ok } = runDoctor(artifactPaths());
+  for (const c of checks) {
+    process.stdout.write(`${c.ok ? "ok  " : "FAIL"} ${c.name}: ${c.detail}\n`);
+    if (!c.ok && c.fix) process.stdout.write(`     fix: ${c.fix}\n`);
+  }
+  process.stdout.write(ok ? "everything needed is present\n" : "some checks failed; see the fixes above\n");
+  return ok ? 0 : 1;
+}
+
 function images(): number {
   for (const img of listBuiltInImages()) {
     const mib = (img.fileSizeBytes / 1048576).toFixed(1);
@@ -140,6 +154,8 @@ export async function main(argv: string[]): Promise<number> {
         return images();
       case "shell":
         return await shell(rest);
+      case "doctor":
+        return doctor();
       case undefined:
       case "help":
       case "--help":

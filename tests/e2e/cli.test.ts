@@ -1,4 +1,8 @@
-import { spawnSync } from "node:child_process";
+import { execFileSync, spawnSync } from "node:child_process";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { resolveArtifacts } from "../../src/artifacts.js";
 import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
 
@@ -30,5 +34,34 @@ describe("sandbox CLI (the README's main job)", () => {
     const unknown = spawnSync(process.execPath, [cli, "run", "--image", "nope", "--", "true"], { encoding: "utf8" });
     expect(unknown.status).toBe(1);
     expect(unknown.stderr).toContain('no built-in rootfs image named "nope"; available: debian:12, busybox');
+  });
+
+  it("doctor reports the host, the backend in use and every artifact", () => {
+    const r = spawnSync(process.execPath, [cli, "doctor"], { encoding: "utf8" });
+    expect(r.status).toBe(0);
+    expect(r.stdout).toMatch(/^ok {3}qemu: .*QEMU emulator version/m);
+    expect(r.stdout).toMatch(/^ok {3}image debian:12: /m);
+    expect(r.stdout).toMatch(/^ok {3}guest initramfs \(qemu\): /m);
+    const noHw = !/\b(vmx|svm)\b/.test(execFileSync("cat", ["/proc/cpuinfo"], { encoding: "utf8" })) || existsSync("/sys/module/kvm_pvm");
+    if (noHw) {
+      expect(r.stdout).toMatch(/^ok {3}hardware virtualization: absent/m);
+      expect(r.stdout).toMatch(/^ok {3}backend in use: qemu with TCG/m);
+    }
+    expect(r.stdout).toContain("everything needed is present");
+  });
+
+  it("doctor names a missing artifact and how to restore it", () => {
+    const copy = mkdtempSync(join(tmpdir(), "sandbox-artifacts-"));
+    try {
+      // A hard-linked copy of the artifact tree, minus the initramfs.
+      execFileSync("cp", ["-al", `${resolveArtifacts().dir}/.`, copy]);
+      rmSync(join(copy, "kernel/qemu/initramfs.cpio"));
+      const r = spawnSync(process.execPath, [cli, "doctor"], { encoding: "utf8", env: { ...process.env, SANDBOX_ARTIFACTS_DIR: copy } });
+      expect(r.status).toBe(1);
+      expect(r.stdout).toMatch(/^FAIL guest initramfs \(qemu\): missing: .*initramfs\.cpio$/m);
+      expect(r.stdout).toMatch(/fix: run `npm run setup` in a clone of the repository, or reinstall @torkbot\/sandbox-linux-x64-gnu/);
+    } finally {
+      rmSync(copy, { recursive: true, force: true });
+    }
   });
 });
