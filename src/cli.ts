@@ -4,6 +4,7 @@ import { rootfs } from "./rootfs.js";
 import { SandboxError } from "./errors.js";
 import { artifactPaths } from "./artifacts.js";
 import { runDoctor } from "./doctor.js";
+import { setupMacos } from "./setup-macos.js";
 
 const USAGE = `usage:
   sandbox run [--image NAME] [--cpus N] [--memory MiB] [--hostname NAME] [--timeout MS] -- COMMAND [ARGS...]
@@ -12,6 +13,8 @@ const USAGE = `usage:
       opens an interactive shell in a fresh sandbox; the VM is destroyed when the shell exits
   sandbox images
       lists the built-in rootfs images
+  sandbox setup-macos
+      macOS only: ad-hoc signs the helper with the Hypervisor.framework entitlement
   sandbox doctor
       checks virtualization, QEMU, kernels and images; says which backend is used and how to fix what is missing
 `;
@@ -156,6 +159,8 @@ export async function main(argv: string[]): Promise<number> {
         return await shell(rest);
       case "doctor":
         return doctor();
+      case "setup-macos":
+        return setupMacos({ platform: process.platform, helper: artifactPaths().helper });
       case undefined:
       case "help":
       case "--help":
