@@ -2,6 +2,7 @@
 import { abortError, LaneClosedError, OutputLimitError, SandboxCrashedError } from "./errors.js";
 import type { HelperConnection } from "./helper-connection.js";
 import {
+  OUTPUT_WINDOW,
   OutputStream,
   ProcessChannel,
   signalNumber,
@@ -99,6 +100,7 @@ function startRequest(cmd: string, args: readonly string[], o: SpawnOptions, std
     cwd: o.cwd === undefined ? undefined : checkAbsolutePath("cwd", o.cwd),
     timeoutMs: o.timeoutMs === undefined ? undefined : checkInteger("timeoutMs", o.timeoutMs, 1, 2 ** 31),
     stdin,
+    window: OUTPUT_WINDOW,
   };
 }
 
@@ -124,9 +126,12 @@ export class Lane implements AsyncDisposable {
   #nextChannel = 1;
   #closing: Promise<void> | undefined;
   #exited: Promise<void>;
+  readonly #shutdownGraceMs: number;
 
-  constructor(conn: HelperConnection, info: LaneInfo) {
+  /** `shutdownGraceMs`: how long `close()` lets the guest power off (and flush its disks) before killing it. */
+  constructor(conn: HelperConnection, info: LaneInfo, shutdownGraceMs = 5000) {
     this.#conn = conn;
+    this.#shutdownGraceMs = shutdownGraceMs;
     this.info = Object.freeze(info);
     this.#exited = new Promise((resolve) => {
       if (conn.closed) resolve();
@@ -238,7 +243,7 @@ export class Lane implements AsyncDisposable {
       this.#closing = (async () => {
         if (!this.#conn.closed) {
           this.#conn.send(Kind.Shutdown, 0);
-          const timer = setTimeout(() => this.#conn.kill(), 5000);
+          const timer = setTimeout(() => this.#conn.kill(), this.#shutdownGraceMs);
           await this.#exited;
           clearTimeout(timer);
           // The helper may linger a moment after the socket closes; make sure it is gone.
