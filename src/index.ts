@@ -4,7 +4,10 @@ export { Lane } from "./lane.js";
 export type { ExecOptions, ExecResult, LaneInfo, SpawnOptions, PtyOptions, SandboxProcess, SandboxPty } from "./lane.js";
 export type { ProcessExit, TerminalSize } from "./process.js";
 export { rootfs } from "./rootfs.js";
-export type { RootfsSpec, BuiltInRootfs, EphemeralRootfs } from "./rootfs.js";
+export type { RootfsSpec, BuiltInRootfs, EphemeralRootfs, CowRootfs } from "./rootfs.js";
+export type { SandboxBlockStore, SandboxBlockStoreContext, SandboxBlockChunk, SandboxBlockRange } from "./rootfs/block-store.js";
+export { MemoryBlockStore } from "./rootfs/memory-store.js";
+export { DirectoryBlockStore } from "./rootfs/directory-store.js";
 export type { BackendName, BackendChoice } from "./backend.js";
 export type { ImageEntry } from "./artifacts.js";
 export {

@@ -1,5 +1,6 @@
 /** Root filesystem descriptions. A description is inert: nothing boots or reads until `boot()`. */
 import { SandboxConfigError } from "./errors.js";
+import { checkBlockStore, type SandboxBlockStore } from "./rootfs/block-store.js";
 
 export interface BuiltInRootfs {
   readonly kind: "builtIn";
@@ -15,7 +16,16 @@ export interface EphemeralRootfs {
   readonly maxDirtyBytes: number;
 }
 
-export type RootfsSpec = BuiltInRootfs | EphemeralRootfs;
+/** A writable root whose changed blocks persist in a JavaScript block store across boots. */
+export interface CowRootfs {
+  readonly kind: "cow";
+  readonly base: BuiltInRootfs;
+  readonly writable: SandboxBlockStore;
+  /** Dirty bytes buffered by the native runtime before they are written to the store. */
+  readonly maxDirtyBytes: number;
+}
+
+export type RootfsSpec = BuiltInRootfs | EphemeralRootfs | CowRootfs;
 
 /** Copy-on-write block size used by the native engine. */
 export const COW_BLOCK_SIZE = 64 * 1024;
@@ -42,19 +52,40 @@ export const rootfs = {
     if (!base || base.kind !== "builtIn") {
       throw new SandboxConfigError('rootfs.ephemeral({ base }) needs base: rootfs.builtIn("…")');
     }
-    const requested = options.maxDirtyBytes ?? DEFAULT_MAX_DIRTY_BYTES;
-    if (typeof requested !== "number" || !Number.isSafeInteger(requested) || requested < COW_BLOCK_SIZE) {
-      throw new SandboxConfigError(
-        `maxDirtyBytes must be an integer of at least ${COW_BLOCK_SIZE} bytes (one block), got ${String(requested)}`,
-      );
+    return Object.freeze({ kind: "ephemeral" as const, base, maxDirtyBytes: dirtyBudget(options.maxDirtyBytes) });
+  },
+
+  /**
+   * A writable rootfs over a built-in image whose changed blocks live in
+   * `writable`: clean blocks come from the image, stored blocks are read
+   * lazily, and dirty blocks are written to the store whenever
+   * `maxDirtyBytes` (default 64 MiB, whole 64 KiB blocks) fills up and when
+   * the guest syncs or shuts down. Attach a store to one running lane at a time.
+   */
+  cow(options: { base: BuiltInRootfs; writable: SandboxBlockStore; maxDirtyBytes?: number }): CowRootfs {
+    const base = options?.base;
+    if (!base || base.kind !== "builtIn") {
+      throw new SandboxConfigError('rootfs.cow({ base }) needs base: rootfs.builtIn("…")');
     }
-    const maxDirtyBytes = Math.floor(requested / COW_BLOCK_SIZE) * COW_BLOCK_SIZE;
-    return Object.freeze({ kind: "ephemeral" as const, base, maxDirtyBytes });
+    const writable = checkBlockStore(options.writable, COW_BLOCK_SIZE);
+    return Object.freeze({ kind: "cow" as const, base, writable, maxDirtyBytes: dirtyBudget(options.maxDirtyBytes) });
   },
 };
+
+/** maxDirtyBytes: at least one block, rounded down to whole blocks. */
+function dirtyBudget(value: number | undefined): number {
+  const requested = value ?? DEFAULT_MAX_DIRTY_BYTES;
+  if (typeof requested !== "number" || !Number.isSafeInteger(requested) || requested < COW_BLOCK_SIZE) {
+    throw new SandboxConfigError(
+      `maxDirtyBytes must be an integer of at least ${COW_BLOCK_SIZE} bytes (one block), got ${String(requested)}`,
+    );
+  }
+  return Math.floor(requested / COW_BLOCK_SIZE) * COW_BLOCK_SIZE;
+}
 
 export function isRootfsSpec(value: unknown): value is RootfsSpec {
   if (typeof value !== "object" || value === null) return false;
   const kind = (value as { kind?: unknown }).kind;
-  return kind === "builtIn" || (kind === "ephemeral" && isRootfsSpec((value as { base?: unknown }).base));
+  const base = (value as { base?: unknown }).base;
+  return kind === "builtIn" || ((kind === "ephemeral" || kind === "cow") && isRootfsSpec(base));
 }

@@ -8,6 +8,7 @@ import { Lane } from "./lane.js";
 import { loadNative } from "./native.js";
 import { Kind, type Frame } from "./protocol/frames.js";
 import { COW_BLOCK_SIZE, isRootfsSpec, rootfs as rootfsApi, type RootfsSpec } from "./rootfs.js";
+import { serveBlockStore, type SandboxBlockStore } from "./rootfs/block-store.js";
 import { checkAbsolutePath, checkEnv, checkHostname, checkInteger } from "./validate.js";
 
 export interface SandboxResources {
@@ -49,7 +50,7 @@ export function defineSandbox(definition: SandboxDefinition = {}): Sandbox {
   }
   const root = definition.rootfs ?? rootfsApi.builtIn("debian:12");
   if (!isRootfsSpec(root)) {
-    throw new SandboxConfigError("definition.rootfs must come from rootfs.builtIn(...) or rootfs.ephemeral(...)");
+    throw new SandboxConfigError("definition.rootfs must come from rootfs.builtIn(...), rootfs.ephemeral(...) or rootfs.cow(...)");
   }
   const r = definition.resources ?? {};
   const resources: Required<SandboxResources> = {
@@ -88,14 +89,18 @@ export function launchSpec(
   root: RootfsSpec = rootfsApi.builtIn(image.name),
 ) {
   const disk =
-    root.kind === "ephemeral"
-      ? {
+    root.kind === "builtIn"
+      ? { path: join(artifacts.imagesDir, image.file), format: image.format, readOnly: true }
+      : {
           path: join(artifacts.imagesDir, image.file),
           format: image.format,
           readOnly: false,
-          cow: { mode: "ephemeral", maxDirtyBytes: root.maxDirtyBytes, blockSize: COW_BLOCK_SIZE },
-        }
-      : { path: join(artifacts.imagesDir, image.file), format: image.format, readOnly: true };
+          cow: {
+            mode: root.kind === "cow" ? "persistent" : "ephemeral",
+            maxDirtyBytes: root.maxDirtyBytes,
+            blockSize: COW_BLOCK_SIZE,
+          },
+        };
   return {
     backend: choice.backend,
     cpus: resources.cpus,
@@ -111,6 +116,12 @@ export function launchSpec(
   };
 }
 
+/** Block stores attached to a running lane of this process (a store serves one lane at a time). */
+const storesInUse = new WeakSet<SandboxBlockStore>();
+
+/** How long `close()` waits for a persistent root to be written back before killing the VM. */
+const COW_SHUTDOWN_GRACE_MS = 120_000;
+
 async function bootLane(root: RootfsSpec, resources: Required<SandboxResources>, options: BootOptions): Promise<Lane> {
   const started = performance.now();
   const hostname = checkHostname(options.hostname ?? "sandbox");
@@ -123,7 +134,18 @@ async function bootLane(root: RootfsSpec, resources: Required<SandboxResources>,
   const image = findImage(root.kind === "builtIn" ? root.name : root.base.name);
   const choice = chooseBackend(resources.backend, artifacts.helper);
   const native = loadNative(artifacts);
+  const store = root.kind === "cow" ? root.writable : undefined;
+  if (store && storesInUse.has(store)) {
+    throw new SandboxConfigError(
+      "this writable block store is already attached to a running sandbox lane; a rootfs.cow store serves one lane at a time (close the other lane or use another store)",
+    );
+  }
   const conn = new HelperConnection(native, artifacts.helper);
+  if (store) {
+    storesInUse.add(store);
+    conn.once("exit", () => storesInUse.delete(store));
+    serveBlockStore(conn, store, { base: image.sha256 });
+  }
 
   const launch = launchSpec(artifacts, image, resources, choice, root);
   const configure = {
@@ -153,7 +175,7 @@ async function bootLane(root: RootfsSpec, resources: Required<SandboxResources>,
         helloMs: hello?.uptimeMs ?? 0,
         readyMs: ready.uptimeMs,
       },
-    });
+    }, store ? COW_SHUTDOWN_GRACE_MS : undefined);
   } catch (err) {
     conn.kill();
     throw err;

@@ -26,6 +26,8 @@ export const Kind = {
   Launched: 0x81,
   VmExited: 0x82,
   HelperError: 0x83,
+  BlockRequest: 0x84,
+  BlockReply: 0x85,
 } as const;
 export type Kind = (typeof Kind)[keyof typeof Kind];
 
@@ -101,4 +103,19 @@ export class FrameDecoder {
     this.#buffered -= n;
     return taken;
   }
+}
+
+/** Block frame payload (BlockRequest/BlockReply): `u32 BE header length | JSON header | block bytes`. */
+export function encodeBlockPayload(header: unknown, blocks: readonly Uint8Array[] = []): Buffer {
+  const json = Buffer.from(JSON.stringify(header));
+  const len = Buffer.allocUnsafe(4);
+  len.writeUInt32BE(json.length, 0);
+  return Buffer.concat([len, json, ...blocks]);
+}
+
+export function decodeBlockPayload(payload: Buffer): { header: unknown; bytes: Buffer } {
+  if (payload.length < 4) throw new FrameError("block payload shorter than its header length");
+  const len = payload.readUInt32BE(0);
+  if (4 + len > payload.length) throw new FrameError(`block header length ${len} exceeds the payload`);
+  return { header: JSON.parse(payload.subarray(4, 4 + len).toString("utf8")), bytes: payload.subarray(4 + len) };
 }

@@ -10,6 +10,7 @@ mod backend;
 mod console;
 mod error;
 mod lifeline;
+mod node_store;
 mod relay;
 
 use error::HostError;
@@ -80,13 +81,14 @@ fn main() {
 
 fn run(node: &mut UnixStream) -> Result<(), HostError> {
     let (launch, leftover) = read_launch(node)?;
-    let vm = backend::launch(&launch)?;
+    let (bridge, block_requests) = node_store::Bridge::new(node_store::STORE_DEADLINE);
+    let vm = backend::launch(&launch, &bridge)?;
     let launched = proto::Launched { vmm_pid: vm.pid(), backend: launch.backend, accel: vm.accel().to_string() };
     let mut out = Vec::new();
     proto::frame_into(&mut out, Kind::Launched, 0, &proto::encode(&launched));
     node.write_all(&out).map_err(HostError::NodeIo)?;
     let node = node.try_clone().map_err(HostError::NodeIo)?;
-    relay::run(node, leftover, vm)
+    relay::run(node, leftover, vm, relay::Blocks { bridge, requests: block_requests })
 }
 
 /// Blocks for the first frame, which must be `Launch`.

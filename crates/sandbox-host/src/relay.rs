@@ -6,12 +6,14 @@
 
 use crate::backend::RunningVm;
 use crate::error::HostError;
+use crate::node_store::Bridge;
 use sandbox_protocol::{self as proto, FrameDecoder, Kind};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
-use tokio::sync::oneshot;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
 
 const CHUNK: usize = 64 * 1024;
 
@@ -21,15 +23,22 @@ enum End {
     GuestError(HostError),
 }
 
-pub fn run(node: StdUnixStream, leftover: FrameDecoder, vm: RunningVm) -> Result<(), HostError> {
+/// The block-store bridge: its requests go to Node, Node's replies come back to it.
+pub struct Blocks {
+    pub bridge: Arc<Bridge>,
+    pub requests: mpsc::UnboundedReceiver<Vec<u8>>,
+}
+
+pub fn run(node: StdUnixStream, leftover: FrameDecoder, vm: RunningVm, blocks: Blocks) -> Result<(), HostError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| HostError::Setup(format!("tokio runtime: {e}")))?;
-    rt.block_on(relay(node, leftover, vm))
+    rt.block_on(relay(node, leftover, vm, blocks))
 }
 
-async fn relay(node: StdUnixStream, leftover: FrameDecoder, vm: RunningVm) -> Result<(), HostError> {
+async fn relay(node: StdUnixStream, leftover: FrameDecoder, vm: RunningVm, blocks: Blocks) -> Result<(), HostError> {
+    let Blocks { bridge, requests: mut block_rx } = blocks;
     let RunningVm { pid, wait, control, console, .. } = vm;
     let node = to_tokio(node)?;
     let guest = to_tokio(control)?;
@@ -43,7 +52,7 @@ async fn relay(node: StdUnixStream, leftover: FrameDecoder, vm: RunningVm) -> Re
     });
 
     let (ended_tx, mut ended_rx) = tokio::sync::mpsc::channel::<End>(2);
-    let node_pump = tokio::spawn(node_to_guest(node_rx, leftover, guest_tx, ended_tx.clone()));
+    let node_pump = tokio::spawn(node_to_guest(node_rx, leftover, guest_tx, bridge, ended_tx.clone()));
     let (fwd_tx, mut fwd_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
     let guest_pump = tokio::spawn(guest_to_node(guest_rx, fwd_tx, ended_tx));
 
@@ -51,6 +60,12 @@ async fn relay(node: StdUnixStream, leftover: FrameDecoder, vm: RunningVm) -> Re
     let mut fatal: Option<HostError> = None;
     let status = loop {
         tokio::select! {
+            Some(bytes) = block_rx.recv() => {
+                if node_tx.write_all(&bytes).await.is_err() {
+                    kill(pid);
+                    return Ok(());
+                }
+            }
             Some(bytes) = fwd_rx.recv() => {
                 if node_tx.write_all(&bytes).await.is_err() {
                     kill(pid);
@@ -95,12 +110,14 @@ async fn node_to_guest(
     mut rx: OwnedReadHalf,
     mut dec: FrameDecoder,
     mut guest: OwnedWriteHalf,
+    bridge: Arc<Bridge>,
     ended: tokio::sync::mpsc::Sender<End>,
 ) {
     let mut buf = vec![0u8; CHUNK];
     loop {
         loop {
             match dec.next_raw() {
+                Ok(Some((kind, raw))) if kind == Kind::BlockReply as u8 => bridge.deliver(&raw[proto::HEADER_LEN..]),
                 Ok(Some((kind, raw))) => {
                     // Helper-only kinds are never relayed to the guest.
                     if kind < 0x80 && guest.write_all(&raw).await.is_err() {

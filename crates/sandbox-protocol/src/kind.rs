@@ -51,6 +51,10 @@ pub enum Kind {
     VmExited = 0x82,
     /// helper → Node, JSON: the helper failed.
     HelperError = 0x83,
+    /// helper → Node, [`crate::BlockRequest`] header + block bytes: a call on the JS block store.
+    BlockRequest = 0x84,
+    /// Node → helper, [`crate::BlockReply`] header + block bytes: the answer to one `BlockRequest`.
+    BlockReply = 0x85,
 }
 
 impl Kind {
@@ -86,6 +90,8 @@ impl TryFrom<u8> for Kind {
             0x81 => Launched,
             0x82 => VmExited,
             0x83 => HelperError,
+            0x84 => BlockRequest,
+            0x85 => BlockReply,
             other => return Err(other),
         })
     }

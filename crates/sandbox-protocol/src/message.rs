@@ -186,7 +186,8 @@ pub struct Disk {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct CowSpec {
-    /// `ephemeral`: dirty blocks live in helper memory and vanish with the VM.
+    /// `ephemeral`: dirty blocks live in helper memory and vanish with the VM;
+    /// `persistent`: they are written back to Node's block store (`BlockRequest`).
     pub mode: String,
     /// Dirty-bytes budget; ephemeral writes past it fail in the guest.
     pub max_dirty_bytes: u64,
@@ -216,6 +217,70 @@ pub struct HelperError {
     pub message: String,
 }
 
+/// helper → Node: one call on the JavaScript block store. Payload layout of
+/// both block kinds: `u32 BE header length | JSON header | block bytes`, the
+/// bytes being whole blocks in the order of `blocks`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BlockRequest {
+    pub id: u32,
+    /// `list`, `read`, `write` or `flush`.
+    pub op: String,
+    /// read: first block index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<u64>,
+    /// read: number of blocks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    /// write: indices of the blocks whose bytes follow the header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocks: Option<Vec<u64>>,
+}
+
+/// Node → helper: the answer to one `BlockRequest`. A reply with `more`
+/// is continued by further replies with the same id (replies are bounded by
+/// the frame size); `blocks` lists block indices (list) or the blocks whose
+/// bytes follow the header (read).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BlockReply {
+    pub id: u32,
+    pub ok: bool,
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub blocks: Option<Vec<u64>>,
+    #[serde(default)]
+    pub more: bool,
+}
+
+/// Builds a block frame payload: length-prefixed JSON header, then bytes.
+pub fn encode_block_payload<T: Serialize>(header: &T, bytes: &[&[u8]]) -> Vec<u8> {
+    let json = encode(header);
+    let total: usize = bytes.iter().map(|b| b.len()).sum();
+    let mut out = Vec::with_capacity(4 + json.len() + total);
+    out.extend_from_slice(&(json.len() as u32).to_be_bytes());
+    out.extend_from_slice(&json);
+    for b in bytes {
+        out.extend_from_slice(b);
+    }
+    out
+}
+
+/// Splits a block frame payload into its decoded header and trailing bytes.
+pub fn decode_block_payload<T: for<'de> Deserialize<'de>>(payload: &[u8]) -> Result<(T, &[u8]), String> {
+    let Some((len, rest)) = payload.split_first_chunk::<4>() else {
+        return Err("block payload shorter than its header length".into());
+    };
+    let len = u32::from_be_bytes(*len) as usize;
+    if len > rest.len() {
+        return Err(format!("block header length {len} exceeds the payload"));
+    }
+    let (json, bytes) = rest.split_at(len);
+    let header = decode(json).map_err(|e| format!("block header: {e}"))?;
+    Ok((header, bytes))
+}
+
 /// Decodes a JSON control payload into its message type.
 pub fn decode<T: for<'de> Deserialize<'de>>(payload: &[u8]) -> Result<T, serde_json::Error> {
     serde_json::from_slice(payload)
@@ -225,4 +290,23 @@ pub fn decode<T: for<'de> Deserialize<'de>>(payload: &[u8]) -> Result<T, serde_j
 pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
     // Serialising these plain structs cannot fail (no maps with non-string keys).
     serde_json::to_vec(msg).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_payload_round_trips_and_rejects_truncation() {
+        let req = BlockRequest { id: 7, op: "write".into(), start: None, count: None, blocks: Some(vec![3]) };
+        let p = encode_block_payload(&req, &[&[1, 2, 3]]);
+        let (back, bytes): (BlockRequest, &[u8]) = decode_block_payload(&p).unwrap();
+        assert_eq!(back, req);
+        assert_eq!(bytes, &[1, 2, 3]);
+        assert!(decode_block_payload::<BlockRequest>(&p[..2]).is_err());
+        assert!(decode_block_payload::<BlockRequest>(&[0, 0, 1, 0, b'{']).is_err());
+        let raw = encode_block_payload(&serde_json::json!({"id": 1, "ok": true}), &[]);
+        let reply: (BlockReply, &[u8]) = decode_block_payload(&raw).unwrap();
+        assert!(!reply.0.more && reply.0.blocks.is_none());
+    }
 }

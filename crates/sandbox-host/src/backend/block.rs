@@ -4,6 +4,7 @@
 //! and decompression block, and must never stall the control relay.
 
 use crate::error::HostError;
+use crate::node_store::{Bridge, NodeStore};
 use sandbox_block::{nbd, BaseImage, CowConfig, CowDisk, CowMode, Qcow2Base, RawBase};
 use sandbox_protocol::Disk;
 use std::os::unix::net::UnixStream;
@@ -12,7 +13,8 @@ use std::sync::Arc;
 
 /// Opens the base image, starts the NBD server and returns the VMM's end of
 /// the connection. The server ends when the VMM closes its end.
-pub fn serve_cow(disk: &Disk) -> Result<UnixStream, HostError> {
+/// A `persistent` disk keeps its dirty blocks in Node's block store via `bridge`.
+pub fn serve_cow(disk: &Disk, bridge: &Arc<Bridge>) -> Result<UnixStream, HostError> {
     let Some(cow) = disk.cow.clone() else {
         return Err(HostError::InvalidLaunch("serve_cow called for a disk without cow".into()));
     };
@@ -24,6 +26,10 @@ pub fn serve_cow(disk: &Disk) -> Result<UnixStream, HostError> {
     let (ours, vmm_end) = UnixStream::pair().map_err(|e| HostError::Setup(format!("socketpair for NBD: {e}")))?;
     ours.set_nonblocking(true).map_err(|e| HostError::Setup(format!("nonblocking NBD socket: {e}")))?;
     let config = CowConfig { block_size: cow.block_size, max_dirty_bytes: cow.max_dirty_bytes };
+    let mode = match cow.mode.as_str() {
+        "persistent" => CowMode::Persistent(Arc::new(NodeStore::new(bridge.clone(), cow.block_size))),
+        _ => CowMode::Ephemeral,
+    };
     let name = disk.path.clone();
     std::thread::Builder::new()
         .name("sandbox-nbd".into())
@@ -33,7 +39,7 @@ pub fn serve_cow(disk: &Disk) -> Result<UnixStream, HostError> {
                 Err(e) => return eprintln!("sandbox-host: NBD runtime for {name}: {e}"),
             };
             rt.block_on(async move {
-                let disk = match CowDisk::new(base, config, CowMode::Ephemeral).await {
+                let disk = match CowDisk::new(base, config, mode).await {
                     Ok(d) => d,
                     Err(e) => return eprintln!("sandbox-host: copy-on-write disk over {name}: {e}"),
                 };

@@ -7,9 +7,11 @@ mod qemu;
 
 use crate::console::ConsoleTail;
 use crate::error::HostError;
+use crate::node_store::Bridge;
 use sandbox_protocol::{BackendKind, Launch};
 use std::os::unix::net::UnixStream;
 use std::process::ExitStatus;
+use std::sync::Arc;
 
 /// Blocks until the VMM process ends.
 pub type Waiter = Box<dyn FnOnce() -> Option<ExitStatus> + Send>;
@@ -39,10 +41,11 @@ pub fn qemu_args(launch: &Launch) -> Result<Vec<String>, HostError> {
     qemu::args(launch)
 }
 
-pub fn launch(launch: &Launch) -> Result<RunningVm, HostError> {
+/// Starts the VMM; persistent copy-on-write disks keep their blocks in Node's store through `bridge`.
+pub fn launch(launch: &Launch, bridge: &Arc<Bridge>) -> Result<RunningVm, HostError> {
     validate(launch)?;
     match launch.backend {
-        BackendKind::Qemu => qemu::spawn(launch),
+        BackendKind::Qemu => qemu::spawn(launch, bridge),
         BackendKind::Krun => krun::spawn(launch),
     }
 }
@@ -65,8 +68,11 @@ fn validate(l: &Launch) -> Result<(), HostError> {
             return Err(HostError::InvalidLaunch(format!("disk format {:?} is not raw or qcow2", d.format)));
         }
         if let Some(c) = &d.cow {
-            if c.mode != "ephemeral" {
+            if c.mode != "ephemeral" && c.mode != "persistent" {
                 return Err(HostError::InvalidLaunch(format!("cow mode {:?} is not supported by this helper", c.mode)));
+            }
+            if c.mode == "persistent" && l.backend != BackendKind::Qemu {
+                return Err(HostError::InvalidLaunch("persistent copy-on-write disks need the qemu backend".into()));
             }
             if !c.block_size.is_power_of_two() || !(4096..=1 << 20).contains(&c.block_size) {
                 return Err(HostError::InvalidLaunch(format!("cow block size {} must be a power of two from 4096 to 1048576", c.block_size)));

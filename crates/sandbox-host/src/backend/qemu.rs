@@ -79,7 +79,7 @@ pub fn args(l: &Launch) -> Result<Vec<String>, HostError> {
     Ok(a)
 }
 
-pub fn spawn(l: &Launch) -> Result<RunningVm, HostError> {
+pub fn spawn(l: &Launch, bridge: &std::sync::Arc<crate::node_store::Bridge>) -> Result<RunningVm, HostError> {
     let argv = args(l)?;
     let qemu = l.qemu.clone().unwrap_or_else(|| "qemu-system-x86_64".into());
     let (host_end, guest_end) =
@@ -89,7 +89,7 @@ pub fn spawn(l: &Launch) -> Result<RunningVm, HostError> {
         .disks
         .iter()
         .filter(|d| d.cow.is_some())
-        .map(super::block::serve_cow)
+        .map(|d| super::block::serve_cow(d, bridge))
         .collect::<Result<Vec<_>, _>>()?;
     if nbd_ends.len() > MAX_COW_DISKS {
         return Err(HostError::InvalidLaunch(format!("at most {MAX_COW_DISKS} copy-on-write disks")));

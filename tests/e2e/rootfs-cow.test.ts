@@ -1,0 +1,125 @@
+import { mkdtempSync, readdirSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import {
+  defineSandbox,
+  DirectoryBlockStore,
+  listBuiltInImages,
+  MemoryBlockStore,
+  rootfs,
+  SandboxConfigError,
+  type SandboxBlockChunk,
+  type SandboxBlockRange,
+  type SandboxBlockStoreContext,
+} from "../../src/index.js";
+
+const base = rootfs.builtIn("busybox");
+const cow = (writable: MemoryBlockStore | DirectoryBlockStore, maxDirtyBytes?: number) =>
+  defineSandbox({ rootfs: rootfs.cow({ base, writable, maxDirtyBytes }) });
+
+const dirs: string[] = [];
+afterAll(() => dirs.forEach((d) => rmSync(d, { recursive: true, force: true })));
+
+/** Counts the blocks the runtime reads from the store. */
+class CountingStore extends MemoryBlockStore {
+  readCalls = 0;
+  blocksRead = 0;
+  override async read(range: SandboxBlockRange, context: SandboxBlockStoreContext): Promise<readonly SandboxBlockChunk[]> {
+    const chunks = await super.read(range, context);
+    this.readCalls++;
+    this.blocksRead += chunks.length;
+    return chunks;
+  }
+}
+
+class FailingStore extends MemoryBlockStore {
+  failWrites = false;
+  override async write(chunks: readonly SandboxBlockChunk[], context: SandboxBlockStoreContext): Promise<void> {
+    if (this.failWrites) throw new Error("disk quota exceeded (test)");
+    return super.write(chunks, context);
+  }
+}
+
+describe("rootfs.cow on a real VM", () => {
+  it("keeps the guest's changes in a MemoryBlockStore across boots", async () => {
+    const store = new MemoryBlockStore();
+    const sandbox = cow(store);
+    {
+      await using lane = await sandbox.boot();
+      const w = await lane.exec("sh", ["-c", "echo kept > /root/note && mkdir -p /opt/x && grep ' / ' /proc/mounts"]);
+      expect(w.exitCode).toBe(0);
+      expect(w.stdout).toMatch(/^\/dev\/vda \/ ext4 rw/);
+    }
+    expect(store.size).toBeGreaterThan(0);
+    {
+      await using lane = await sandbox.boot();
+      const r = await lane.exec("sh", ["-c", "cat /root/note && test -d /opt/x && echo dir"]);
+      expect(r.stdout).toBe("kept\ndir\n");
+    }
+  });
+
+  it("keeps changes in a DirectoryBlockStore across two separate boots and store objects", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "sandbox-cow-"));
+    dirs.push(dir);
+    {
+      await using lane = await cow(new DirectoryBlockStore(dir)).boot();
+      const w = await lane.exec("sh", ["-c", "dd if=/dev/urandom of=/root/blob bs=64k count=40 2>/dev/null && md5sum /root/blob"]);
+      expect(w.exitCode).toBe(0);
+      await lane.close();
+      const sha = listBuiltInImages().find((i) => i.name === "busybox")!.sha256;
+      expect(readdirSync(join(dir, sha)).filter((n) => n.endsWith(".blk")).length).toBeGreaterThan(40);
+      {
+        await using again = await cow(new DirectoryBlockStore(dir)).boot();
+        const r = await again.exec("md5sum", ["/root/blob"]);
+        expect(r.stdout).toBe(w.stdout);
+      }
+    }
+  });
+
+  it("reads stored blocks lazily: a trivial command touches a small part of the store", async () => {
+    const store = new CountingStore();
+    {
+      // A small budget forces write-backs during the run as well as at shutdown.
+      await using lane = await cow(store, 4 * 1024 * 1024).boot();
+      const w = await lane.exec("sh", ["-c", "dd if=/dev/urandom of=/root/big bs=1M count=24 2>/dev/null && echo ok"]);
+      expect(w.stdout).toBe("ok\n");
+    }
+    const stored = store.size;
+    expect(stored).toBeGreaterThan(24 * 16);
+    store.readCalls = 0;
+    store.blocksRead = 0;
+    {
+      await using lane = await cow(store).boot();
+      expect((await lane.exec("true")).exitCode).toBe(0);
+    }
+    expect(store.blocksRead).toBeLessThan(stored / 4);
+    if (process.env.SANDBOX_DEBUG) console.log(`lazy reads: ${store.blocksRead} of ${stored} stored blocks in ${store.readCalls} calls`);
+  });
+
+  it("reports a failing store as an I/O error in the guest, and the lane still closes", async () => {
+    const store = new FailingStore();
+    const lane = await cow(store).boot();
+    store.failWrites = true;
+    const r = await lane.exec("sh", ["-c", "dd if=/dev/zero of=/root/f bs=64k count=8 conv=fsync 2>&1; echo rc=$?"]);
+    expect(r.stdout).toMatch(/Input\/output error/);
+    expect(r.stdout).not.toContain("rc=0");
+    const started = Date.now();
+    await lane.close();
+    expect(Date.now() - started).toBeLessThan(60_000);
+  });
+
+  it("refuses a second running lane on the same store with a typed error", async () => {
+    const store = new MemoryBlockStore();
+    const sandbox = cow(store);
+    {
+      await using lane = await sandbox.boot();
+      await expect(sandbox.boot()).rejects.toThrow(SandboxConfigError);
+      await expect(sandbox.boot()).rejects.toThrow(/already attached to a running sandbox lane/);
+      expect((await lane.exec("true")).exitCode).toBe(0);
+    }
+    // Released once the lane ended.
+    await using again = await sandbox.boot();
+    expect((await again.exec("true")).exitCode).toBe(0);
+  });
+});
