@@ -123,3 +123,34 @@ describe("rootfs.cow on a real VM", () => {
     expect((await again.exec("true")).exitCode).toBe(0);
   });
 });
+
+describe("rootfs.cow across Node processes (debian:12, DirectoryBlockStore)", () => {
+  it("keeps an installed .deb and written files from one process to the next", async () => {
+    const { execFileSync } = await import("node:child_process");
+    const { mkdirSync, writeFileSync, chmodSync } = await import("node:fs");
+    const { fileURLToPath } = await import("node:url");
+    const work = mkdtempSync(join(tmpdir(), "sandbox-deb-"));
+    dirs.push(work);
+    // A tiny local package, built on the host with dpkg-deb.
+    const pkg = join(work, "pkg");
+    mkdirSync(join(pkg, "DEBIAN"), { recursive: true });
+    mkdirSync(join(pkg, "usr/local/bin"), { recursive: true });
+    writeFileSync(
+      join(pkg, "DEBIAN/control"),
+      "Package: sandbox-hello\nVersion: 1.0\nArchitecture: all\nMaintainer: test <t@example.invalid>\nDescription: test package\n",
+    );
+    writeFileSync(join(pkg, "usr/local/bin/sandbox-hello"), "#!/bin/sh\necho hello-from-deb\n");
+    chmodSync(join(pkg, "usr/local/bin/sandbox-hello"), 0o755);
+    const deb = join(work, "hello.deb");
+    execFileSync("dpkg-deb", ["--root-owner-group", "--build", pkg, deb], { stdio: "ignore" });
+
+    const store = join(work, "store");
+    const step = fileURLToPath(new URL("./fixtures/cow-step.mjs", import.meta.url));
+    const run = (...args: string[]) =>
+      JSON.parse(execFileSync(process.execPath, [step, store, ...args], { encoding: "utf8", timeout: 120_000 }).trim().split("\n").pop()!);
+    const first = run("install", deb);
+    expect(first).toMatchObject({ exitCode: 0, stdout: "ok\n" });
+    const second = run("check");
+    expect(second).toMatchObject({ exitCode: 0, stdout: "hello-from-deb\nkept\n1\n" });
+  });
+});
