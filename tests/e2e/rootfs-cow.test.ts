@@ -154,3 +154,35 @@ describe("rootfs.cow across Node processes (debian:12, DirectoryBlockStore)", ()
     expect(second).toMatchObject({ exitCode: 0, stdout: "hello-from-deb\nkept\n1\n" });
   });
 });
+
+describe("rootfs.cow after kill -9 of Node during heavy writes", () => {
+  it("mounts again (journal replay) with every block acknowledged by a completed sync", async () => {
+    const { spawn } = await import("node:child_process");
+    const { fileURLToPath } = await import("node:url");
+    const store = mkdtempSync(join(tmpdir(), "sandbox-crash-"));
+    dirs.push(store);
+    const script = fileURLToPath(new URL("./fixtures/cow-crash.mjs", import.meta.url));
+    const child = spawn(process.execPath, [script, store], { stdio: ["ignore", "pipe", "inherit"] });
+    const line = await new Promise<string>((resolve, reject) => {
+      let buf = "";
+      child.stdout.on("data", (d: Buffer) => {
+        buf += d.toString();
+        if (buf.includes("\n")) resolve(buf.split("\n")[0]!);
+      });
+      child.on("exit", (code) => reject(new Error(`fixture exited early with ${code}`)));
+    });
+    const synced = JSON.parse(line) as { exitCode: number; stdout: string };
+    expect(synced.exitCode).toBe(0);
+    const beforeHash = synced.stdout.split(" ")[0];
+    await new Promise((r) => setTimeout(r, 3000)); // let the churn write through the budget
+    child.kill("SIGKILL");
+    await new Promise((r) => child.once("exit", r));
+
+    await using lane = await cow(new DirectoryBlockStore(store)).boot();
+    const r = await lane.exec("sh", ["-c", "cat /root/marker && sha256sum /root/before && grep ' / ' /proc/mounts"]);
+    expect(r.exitCode).toBe(0);
+    expect(r.stdout).toContain("durable\n");
+    expect(r.stdout).toContain(`${beforeHash}  /root/before`);
+    expect(r.stdout).toMatch(/\/dev\/vda \/ ext4 rw/);
+  });
+});
