@@ -8,6 +8,8 @@ export type { RootfsSpec, BuiltInRootfs, EphemeralRootfs, CowRootfs } from "./ro
 export type { SandboxBlockStore, SandboxBlockStoreContext, SandboxBlockChunk, SandboxBlockRange } from "./rootfs/block-store.js";
 export { MemoryBlockStore } from "./rootfs/memory-store.js";
 export { DirectoryBlockStore } from "./rootfs/directory-store.js";
+export { MemoryImageStore } from "./rootfs/image-export.js";
+export type { ComposedRootfs, FlattenedImage, ImageByteStore } from "./rootfs/image-export.js";
 export type { BackendName, BackendChoice } from "./backend.js";
 export type { ImageEntry } from "./artifacts.js";
 export {

@@ -1,6 +1,7 @@
 /** Root filesystem descriptions. A description is inert: nothing boots or reads until `boot()`. */
 import { SandboxConfigError } from "./errors.js";
 import { checkBlockStore, type SandboxBlockStore } from "./rootfs/block-store.js";
+import { bytes, flatten, type ComposedRootfs, type FlattenedImage, type ImageByteStore } from "./rootfs/image-export.js";
 
 export interface BuiltInRootfs {
   readonly kind: "builtIn";
@@ -26,6 +27,7 @@ export interface CowRootfs {
 }
 
 export type RootfsSpec = BuiltInRootfs | EphemeralRootfs | CowRootfs;
+export type { ComposedRootfs, FlattenedImage, ImageByteStore };
 
 /** Copy-on-write block size used by the native engine. */
 export const COW_BLOCK_SIZE = 64 * 1024;
@@ -62,7 +64,16 @@ export const rootfs = {
    * `maxDirtyBytes` (default 64 MiB, whole 64 KiB blocks) fills up and when
    * the guest syncs or shuts down. Attach a store to one running lane at a time.
    */
-  cow(options: { base: BuiltInRootfs; writable: SandboxBlockStore; maxDirtyBytes?: number }): CowRootfs {
+  cow(
+    options:
+      | { base: BuiltInRootfs; writable: SandboxBlockStore; maxDirtyBytes?: number }
+      | { source: ComposedRootfs; maxDirtyBytes?: number },
+  ): CowRootfs {
+    if (options && "source" in options) {
+      const { source } = options;
+      if (source?.kind !== "composed") throw new SandboxConfigError("rootfs.cow({ source }) needs source: rootfs.compose({ base, overlay })");
+      return rootfs.cow({ base: source.base, writable: source.overlay, maxDirtyBytes: options.maxDirtyBytes });
+    }
     const base = options?.base;
     if (!base || base.kind !== "builtIn") {
       throw new SandboxConfigError('rootfs.cow({ base }) needs base: rootfs.builtIn("…")');
@@ -70,6 +81,21 @@ export const rootfs = {
     const writable = checkBlockStore(options.writable, COW_BLOCK_SIZE);
     return Object.freeze({ kind: "cow" as const, base, writable, maxDirtyBytes: dirtyBudget(options.maxDirtyBytes) });
   },
+
+  /** The merged view of a base image and a block-store overlay, for boot (`cow({ source })`) or export. */
+  compose(options: { base: BuiltInRootfs; overlay: SandboxBlockStore }): ComposedRootfs {
+    const base = options?.base;
+    if (!base || base.kind !== "builtIn") {
+      throw new SandboxConfigError('rootfs.compose({ base }) needs base: rootfs.builtIn("…")');
+    }
+    return Object.freeze({ kind: "composed" as const, base, overlay: checkBlockStore(options.overlay, COW_BLOCK_SIZE) });
+  },
+
+  /** Writes a standalone QCOW2 of `source` into `dest` (random-access image storage). */
+  flatten,
+
+  /** Streams an image container's bytes: a built-in image file or a flattened image. */
+  bytes,
 };
 
 /** maxDirtyBytes: at least one block, rounded down to whole blocks. */
