@@ -19,3 +19,23 @@ export async function waitUntil(cond: () => boolean, timeoutMs: number): Promise
   }
   return cond();
 }
+
+/** Starts a Node fixture script and resolves with the first line it prints (it keeps running). */
+export async function startFixture(
+  name: string,
+  args: string[] = [],
+): Promise<{ child: import("node:child_process").ChildProcess; line: string }> {
+  const { spawn } = await import("node:child_process");
+  const { fileURLToPath } = await import("node:url");
+  const script = fileURLToPath(new URL(`./fixtures/${name}`, import.meta.url));
+  const child = spawn(process.execPath, [script, ...args], { stdio: ["ignore", "pipe", "inherit"] });
+  const line = await new Promise<string>((resolve, reject) => {
+    let buf = "";
+    child.stdout.on("data", (d: Buffer) => {
+      buf += d.toString();
+      if (buf.includes("\n")) resolve(buf.split("\n")[0]!);
+    });
+    child.on("exit", (code) => reject(new Error(`fixture ${name} exited early with ${code}`)));
+  });
+  return { child, line };
+}

@@ -1,8 +1,6 @@
-import { spawn } from "node:child_process";
-import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
 import { defineSandbox, rootfs, SandboxBootError, UnknownImageError } from "../../src/index.js";
-import { alive, waitUntil } from "./helpers.js";
+import { alive, startFixture, waitUntil } from "./helpers.js";
 
 const sandbox = defineSandbox({ rootfs: rootfs.builtIn("busybox") });
 
@@ -45,16 +43,7 @@ describe("lane lifecycle on real VMs", () => {
   });
 
   it("leaves no helper or VMM behind after kill -9 of the Node process", async () => {
-    const script = fileURLToPath(new URL("./fixtures/hold-lane.mjs", import.meta.url));
-    const child = spawn(process.execPath, [script], { stdio: ["ignore", "pipe", "inherit"] });
-    const line = await new Promise<string>((resolve, reject) => {
-      let buf = "";
-      child.stdout.on("data", (d: Buffer) => {
-        buf += d.toString();
-        if (buf.includes("\n")) resolve(buf.split("\n")[0]!);
-      });
-      child.on("exit", (code) => reject(new Error(`fixture exited early with ${code}`)));
-    });
+    const { child, line } = await startFixture("hold-lane.mjs");
     const { helperPid, vmmPid } = JSON.parse(line) as { helperPid: number; vmmPid: number };
     expect(alive(helperPid) && alive(vmmPid)).toBe(true);
     child.kill("SIGKILL");

@@ -2,6 +2,7 @@ import { mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
+import { startFixture } from "./helpers.js";
 import {
   defineSandbox,
   DirectoryBlockStore,
@@ -157,20 +158,9 @@ describe("rootfs.cow across Node processes (debian:12, DirectoryBlockStore)", ()
 
 describe("rootfs.cow after kill -9 of Node during heavy writes", () => {
   it("mounts again (journal replay) with every block acknowledged by a completed sync", async () => {
-    const { spawn } = await import("node:child_process");
-    const { fileURLToPath } = await import("node:url");
     const store = mkdtempSync(join(tmpdir(), "sandbox-crash-"));
     dirs.push(store);
-    const script = fileURLToPath(new URL("./fixtures/cow-crash.mjs", import.meta.url));
-    const child = spawn(process.execPath, [script, store], { stdio: ["ignore", "pipe", "inherit"] });
-    const line = await new Promise<string>((resolve, reject) => {
-      let buf = "";
-      child.stdout.on("data", (d: Buffer) => {
-        buf += d.toString();
-        if (buf.includes("\n")) resolve(buf.split("\n")[0]!);
-      });
-      child.on("exit", (code) => reject(new Error(`fixture exited early with ${code}`)));
-    });
+    const { child, line } = await startFixture("cow-crash.mjs", [store]);
     const synced = JSON.parse(line) as { exitCode: number; stdout: string };
     expect(synced.exitCode).toBe(0);
     const beforeHash = synced.stdout.split(" ")[0];
