@@ -131,7 +131,18 @@ const storesInUse = new WeakSet<SandboxBlockStore>();
 /** How long `close()` waits for a persistent root to be written back before killing the VM. */
 const COW_SHUTDOWN_GRACE_MS = 120_000;
 
-async function bootLane(root: RootfsSpec, resources: Required<SandboxResources>, options: BootOptions): Promise<Lane> {
+/** Benchmark-only overrides of a boot (not part of the public API): e.g. a floor VM whose root disk QEMU opens itself. */
+export interface BootInternals {
+  transformLaunch?: (launch: ReturnType<typeof launchSpec>) => ReturnType<typeof launchSpec>;
+  writableRoot?: boolean;
+}
+
+export async function bootLane(
+  root: RootfsSpec,
+  resources: Required<SandboxResources>,
+  options: BootOptions,
+  internals: BootInternals = {},
+): Promise<Lane> {
   const started = performance.now();
   const hostname = checkHostname(options.hostname ?? "sandbox");
   const cwd = checkAbsolutePath("cwd", options.cwd ?? "/");
@@ -178,12 +189,13 @@ async function bootLane(root: RootfsSpec, resources: Required<SandboxResources>,
     serveBlockStore(conn, store, { base: image.sha256 }, { timeoutMs: root.storeTimeoutMs, failures, listed });
   }
 
-  const launch = launchSpec(artifacts, image, resources, choice, root);
+  const spec = launchSpec(artifacts, image, resources, choice, root);
+  const launch = internals.transformLaunch ? internals.transformLaunch(spec) : spec;
   const configure = {
     hostname,
     cwd,
     env,
-    root: { device: "/dev/vda", fstype: image.filesystem, readOnly: root.kind === "builtIn" },
+    root: { device: "/dev/vda", fstype: image.filesystem, readOnly: root.kind === "builtIn" && !internals.writableRoot },
   };
 
   try {
