@@ -23,11 +23,39 @@ export interface SandboxBlockRange {
   readonly count: number;
 }
 
+/**
+ * Where `rootfs.cow` keeps the blocks a guest changed. The runtime calls it
+ * from the Node process that booted the lane:
+ *
+ * - `list` once per boot, before the VM starts; a rejection fails `boot()`
+ *   (throw `BlockStoreBaseMismatchError` when `context.base` is not the image
+ *   your blocks belong to). Blocks are then `read` lazily, only when the guest
+ *   touches them, and `write`n in batches when the dirty-bytes budget fills
+ *   and before each `flush`, which follows the guest's `sync` and shutdown:
+ *   `lane.close()` resolves after the last `flush`.
+ * - Calls may overlap. A `read` must return what the last resolved `write`
+ *   of that block stored; a block is replaced whole or not at all.
+ * - Durability: when `flush` resolves, every block written before it must
+ *   survive a crash of this process or host; until then the store may buffer.
+ *   A store without durable storage (memory) may make `flush` a no-op.
+ * - Across processes: attach a store's blocks to one running lane at a time.
+ *   The library refuses a second lane on the same store object in one
+ *   process; between processes or hosts your storage layer must enforce it
+ *   (a lease or lock held from `boot()` to `close()`, or one key space per lane).
+ *   A second writer would interleave two filesystems' blocks: corruption.
+ * - A call that rejects or does not settle within `storeTimeoutMs` fails
+ *   alone: the guest sees an I/O error for that request and the host gets a
+ *   `BlockStoreError` (`boot({ onError })`, then `lane.close()` rejects).
+ *
+ * See docs/rootfs.md for the full contract and examples/s3-block-store for a
+ * store on object storage.
+ */
 export interface SandboxBlockStore {
   /** Must equal the engine's block size, 65536. */
   readonly blockSize: number;
+  /** Every block index the store holds for `context.base`, in any order. */
   list(context: SandboxBlockStoreContext): Promise<readonly bigint[]>;
-  /** The stored blocks within the range; blocks never written are simply absent. */
+  /** The stored blocks within the range; blocks never written are simply absent. Treat returned arrays as immutable. */
   read(range: SandboxBlockRange, context: SandboxBlockStoreContext): Promise<readonly SandboxBlockChunk[]>;
   /** The runtime never mutates `chunks` after passing them: a store may keep them. */
   write(chunks: readonly SandboxBlockChunk[], context: SandboxBlockStoreContext): Promise<void>;
