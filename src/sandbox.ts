@@ -222,7 +222,7 @@ export async function bootLane(
   } catch (err) {
     conn.kill();
     // A store failure during boot is the root cause of whatever the guest then reported.
-    throw failures.first ?? err;
+    throw err instanceof SandboxBootError && failures.first ? failures.first : err;
   }
 }
 

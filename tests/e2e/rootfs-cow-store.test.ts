@@ -79,6 +79,23 @@ describe("rootfs.cow store failures on the host", () => {
     await expect(defineSandbox({ rootfs: rootfs.cow({ base: busybox, writable: store }) }).boot()).rejects.toThrow(/bucket unreachable/);
   });
 
+  it("a store failing reads while the guest mounts its root fails boot with that BlockStoreError", async () => {
+    const store: SandboxBlockStore = {
+      blockSize: 65536,
+      list: async () => [0n], // block 0 holds the ext4 superblock: the mount must read it
+      read: async () => {
+        throw new Error("object storage unavailable (test)");
+      },
+      write: async () => {},
+    };
+    const err = await defineSandbox({ rootfs: rootfs.cow({ base: busybox, writable: store }) })
+      .boot()
+      .then(() => undefined, (e: unknown) => e);
+    expect(err).toBeInstanceOf(BlockStoreError);
+    expect((err as BlockStoreError).op).toBe("read");
+    expect(((err as BlockStoreError).cause as Error).message).toBe("object storage unavailable (test)");
+  });
+
   it("a store bound to another base image fails boot with BlockStoreBaseMismatchError naming both digests", async () => {
     const images = listBuiltInImages();
     const a = images.find((i) => i.name === "busybox")!;
