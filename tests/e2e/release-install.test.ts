@@ -77,6 +77,20 @@ describe("npm run release:pack", () => {
     const [greeting, helper] = stdout.trim().split("\n");
     expect(greeting).toBe("hello from packed on Linux");
     expect(helper).toBe(join(dir, "node_modules", "@torkbot", "sandbox-linux-x64-gnu", "artifacts", "bin", "sandbox-host"));
+    // The published typings are complete: a strict consumer compiles without skipLibCheck.
+    writeFileSync(
+      join(dir, "check.mts"),
+      'import { defineSandbox, rootfs, BlockStoreError, type SandboxBlockStore } from "@torkbot/sandbox";\n' +
+        "export const store: SandboxBlockStore | undefined = undefined;\n" +
+        'export const lane = await defineSandbox({ rootfs: rootfs.builtIn("busybox") }).boot({ onError: (e: BlockStoreError) => e });\n',
+    );
+    const tsc = join(repo, "node_modules", "typescript", "bin", "tsc");
+    const types = join(repo, "node_modules", "@types");
+    const check = await run(process.execPath, [tsc, "--noEmit", "--strict", "--module", "nodenext", "--moduleResolution", "nodenext", "--target", "es2022", "--lib", "es2022,esnext.disposable,dom", "--typeRoots", types, "--types", "node", "check.mts"], { cwd: dir }).then(
+      () => "",
+      (e: { stdout?: string }) => e.stdout ?? "tsc failed",
+    );
+    expect(check).toBe("");
     // Installed copies, not links back into the repository.
     const lock = readFileSync(join(dir, "package-lock.json"), "utf8");
     expect(lock).not.toContain('"link": true');
