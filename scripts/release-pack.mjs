@@ -36,7 +36,9 @@ if (!platform) throw new Error(`no platform package for ${current} under platfor
 // The current platform's artifacts must be complete: a tarball missing one is useless.
 const art = join(repo, "platform-packages", current, "artifacts");
 const addon = `sandbox.${current}.node`;
-const required = ["bin/sandbox-host", addon, "kernel/qemu/vmlinuz", "kernel/qemu/initramfs.cpio", "images/catalog.json"];
+// Linux ships the qemu kernel (TCG/KVM fallback); macOS runs krun only.
+const kernels = current === "darwin-arm64" ? ["kernel/krun/libkrunfw.so.5", "kernel/krun/root/init"] : ["kernel/qemu/vmlinuz", "kernel/qemu/initramfs.cpio"];
+const required = ["bin/sandbox-host", addon, ...kernels, "images/catalog.json"];
 for (const r of required) {
   if (!existsSync(join(art, r))) throw new Error(`missing artifact platform-packages/${current}/artifacts/${r}: run \`npm run setup\` first`);
 }
