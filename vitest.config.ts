@@ -1,6 +1,9 @@
+import { fileURLToPath } from "node:url";
 import { defineConfig } from "vitest/config";
 
 export default defineConfig({
+  // Examples import the package by name, as users do; in the repository that is src/.
+  resolve: { alias: { "@torkbot/sandbox": fileURLToPath(new URL("./src/index.ts", import.meta.url)) } },
   test: {
     include: ["tests/**/*.test.ts"],
     // e2e files boot real VMs under software emulation on a 2-core machine:

@@ -7,9 +7,12 @@
 //  - exec round trip of `true` vs the guest's own fork+exec+wait of `true`;
 //  - stdout throughput guest→host vs the guest's own dd to /dev/null;
 //  - spawn-to-ready latency;
-//  - peak RSS (VmHWM) of helper + VMM per sandbox.
+//  - peak RSS (VmHWM) of helper + VMM per sandbox;
+//  - disk: sequential MB/s and 4 KiB random IOPS on ephemeral and cow roots vs
+//    a QEMU-opened qcow2 overlay of the same base (scripts/bench/disk.mjs).
 //
-// Env: BENCH_BOOTS (default 10), BENCH_EXECS (default 200), BENCH_IMAGE (default debian:12).
+// Env: BENCH_BOOTS (default 10), BENCH_EXECS (default 200), BENCH_IMAGE (default debian:12),
+// BENCH_ONLY=disk (only the disk section), BENCH_DISK_MIB / _RANDOM_S / _ROUNDS.
 import { execFileSync, spawn } from "node:child_process";
 import { mkdtempSync, mkdirSync, readFileSync, writeFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -17,8 +20,9 @@ import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
-const { defineSandbox, rootfs } = await import(join(root, "dist/src/index.js"));
-const { launchSpec, findImage } = await import(join(root, "dist/src/sandbox.js"));
+const { defineSandbox, rootfs, MemoryBlockStore } = await import(join(root, "dist/src/index.js"));
+const { launchSpec, findImage, bootLane } = await import(join(root, "dist/src/sandbox.js"));
+const { diskBench } = await import(join(root, "scripts/bench/disk.mjs"));
 const { resolveArtifacts } = await import(join(root, "dist/src/artifacts.js"));
 const { chooseBackend } = await import(join(root, "dist/src/backend.js"));
 
@@ -40,6 +44,23 @@ const resources = { cpus: 1, memoryMiB: 512, backend: "auto" };
 const choice = chooseBackend("auto", artifacts.helper);
 const image = findImage(IMAGE);
 const work = mkdtempSync(join(tmpdir(), "sandbox-bench-"));
+const diskContext = () => ({
+  api: { rootfs, MemoryBlockStore },
+  bootLane,
+  resources,
+  image,
+  imagesDir: artifacts.imagesDir,
+  work,
+  stats,
+  round,
+  log,
+});
+if (process.env.BENCH_ONLY === "disk") {
+  const disk = await diskBench(diskContext());
+  rmSync(work, { recursive: true, force: true });
+  console.log(JSON.stringify({ date: new Date().toISOString(), image: IMAGE, disk }, null, 2));
+  process.exit(0);
+}
 const floorInit = join(work, "init");
 execFileSync("gcc", ["-static", "-O2", "-o", floorInit, join(root, "scripts/bench/floor-init.c")]);
 const stage = join(work, "stage");
@@ -162,6 +183,7 @@ for (let i = 0; i < 50; i++) {
 const peak = (vmHwmKiB(lane.info.helperPid) + vmHwmKiB(lane.info.vmmPid)) / 1024;
 const helperPeak = vmHwmKiB(lane.info.helperPid) / 1024;
 await lane.close();
+const disk = await diskBench(diskContext());
 rmSync(work, { recursive: true, force: true });
 
 const boot = stats(ours);
@@ -183,6 +205,7 @@ const result = {
   throughputRatio: round(stats(throughput).p50 / stats(ddFloor).p50),
   spawnToReadyMs: stats(spawnReady),
   peakRssMiB: { helperPlusVmm: round(peak), helper: round(helperPeak), perBoot: stats(rss) },
+  disk,
   targets: {
     bootRatioMax: 1.3,
     execRatioMax: 1.5,

@@ -96,30 +96,36 @@ trap on_exit EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# step LABEL CMD… — runs CMD with a start line, a heartbeat every 20 s and an
-# end line with the duration. CMD runs as a background job so that `set -e`
-# stays in force inside shell functions.
+# step [--watch PATH] LABEL CMD… — runs CMD with its output captured and the
+# progress display of scripts/progress.sh (a live status line on a terminal,
+# one line per step elsewhere, the output's tail on failure). CMD runs as a
+# background job so that `set -e` stays in force inside shell functions and the
+# EXIT trap can stop it.
 step() {
-  local label="$1"; shift
-  local t0=$SECONDS rc=0
-  log images "$label ..."
-  (
-    trap 'kill "$s" 2>/dev/null; exit 0' TERM
-    while :; do
-      sleep 20 & s=$!
-      wait "$s"
-      log images "$label: still running ($((SECONDS - t0))s)"
-    done
-  ) &
-  HEARTBEAT_PID=$!
-  "$@" &
+  local watch=""
+  if [ "${1:-}" = --watch ]; then watch="$2"; shift 2; fi
+  local label="images: $1"; shift
+  local t0=$SECONDS rc=0 logf
+  logf=$(mktemp "${TMPDIR:-/tmp}/sandbox-step.XXXXXX")
+  if progress_live; then
+    (
+      trap 'kill "$s" 2>/dev/null; exit 0' TERM
+      while :; do
+        progress_status "$label" "$t0" "$logf" "$watch"
+        sleep 0.25 & s=$!
+        wait "$s"
+      done
+    ) &
+    HEARTBEAT_PID=$!
+  fi
+  "$@" >"$logf" 2>&1 &
   STEP_PID=$!
   wait "$STEP_PID" || rc=$?
   STEP_PID=""
-  kill "$HEARTBEAT_PID" 2>/dev/null; wait "$HEARTBEAT_PID" 2>/dev/null || true
+  if [ -n "$HEARTBEAT_PID" ]; then kill "$HEARTBEAT_PID" 2>/dev/null; wait "$HEARTBEAT_PID" 2>/dev/null || true; fi
   HEARTBEAT_PID=""
-  if [ "$rc" -ne 0 ]; then log images "$label: FAILED (exit $rc)"; return "$rc"; fi
-  log images "$label: done in $((SECONDS - t0))s"
+  progress_end "$label" "$t0" "$rc" "$logf"
+  return "$rc"
 }
 
 slug_of() { printf '%s' "$1" | tr -c 'A-Za-z0-9._\n-' '-'; }
@@ -328,8 +334,8 @@ build_image() {
   chmod 0755 "$TMP_ENTRY"
   local root="$TMP_ENTRY/rootfs"
   case "$name" in
-    debian:12) step "$name: mmdebstrap bookworm minbase (+${#DEBIAN_12_PACKAGES[@]} packages)" recipe_debian_12 "$root" ;;
-    busybox) step "$name: unpack busybox-static $busybox_version" recipe_busybox "$root" "$busybox_deb" ;;
+    debian:12) step --watch "$root" "$name: mmdebstrap bookworm minbase (+${#DEBIAN_12_PACKAGES[@]} packages)" recipe_debian_12 "$root" ;;
+    busybox) step --watch "$root" "$name: unpack busybox-static $busybox_version" recipe_busybox "$root" "$busybox_deb" ;;
   esac
   log images "$name: rootfs $(du -sh --apparent-size "$root" | cut -f1), $(find "$root" | wc -l) entries"
   step "$name: mkfs.ext4 ($(( $(image_size "$name") / 1048576 )) MiB) + qemu-img convert -c + check" \

@@ -23,7 +23,8 @@ if [ -z "$deb_name" ] || [ ! -f "$CACHE_DIR/kernel/$deb_name/done" ]; then
   tmp=$(mktemp -d "$CACHE_DIR/kernel-tmp.XXXXXX")
   trap 'rm -rf "$tmp"' EXIT
   log kernel "downloading $pkg"
-  (cd "$tmp" && apt-get download -q "$pkg" >&2 2>/dev/null || (cd "$tmp" && chmod 777 . && apt-get download "$pkg" >&2))
+  download_kernel() { cd "$tmp" && { apt-get download "$pkg" 2>/dev/null || { chmod 777 . && apt-get download "$pkg"; }; }; }
+  progress --watch "$tmp" "download $pkg" download_kernel
   deb=$(ls "$tmp"/*.deb)
   key=$(sha256_of "$deb" | cut -c1-16)
   dest="$CACHE_DIR/kernel/$key"

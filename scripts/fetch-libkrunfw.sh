@@ -13,6 +13,7 @@
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$REPO_ROOT/scripts/progress.sh"
 CACHE_ROOT="${SANDBOX_CACHE_DIR:-$HOME/.cache/torkbot-sandbox}/libkrunfw"
 DEST="${1:-$REPO_ROOT/platform-packages/linux-x64-gnu/artifacts/kernel/krun/libkrunfw.so.5}"
 PACKAGE="libkrunfw5"
@@ -89,7 +90,8 @@ if [ -z "$lib" ]; then
   )
 
   log "updating the private apt lists for $MIRROR sid main"
-  apt-get "${apt_opts[@]}" update >&2 || die "apt-get update of sid failed (network or keyring problem)"
+  progress --watch "$apt_dir/lists" "apt-get update (sid lists)" apt-get "${apt_opts[@]}" update \
+    || die "apt-get update of sid failed (network or keyring problem)"
 
   version="$(apt-cache "${apt_opts[@]}" show --no-all-versions "$PACKAGE" 2>/dev/null \
     | awk -F': ' '/^Version:/{print $2; exit}')"
@@ -98,7 +100,8 @@ if [ -z "$lib" ]; then
   work="$(mktemp -d "$CACHE_ROOT/tmp.XXXXXX")"
   trap 'rm -rf "$work"' EXIT
   log "downloading $PACKAGE $version"
-  (cd "$work" && apt-get "${apt_opts[@]}" download "$PACKAGE=$version" >&2) \
+  download_deb() { cd "$work" && apt-get "${apt_opts[@]}" download "$PACKAGE=$version"; }
+  progress --watch "$work" "download $PACKAGE $version" download_deb \
     || die "apt-get download $PACKAGE=$version failed"
   deb="$(find "$work" -maxdepth 1 -name "${PACKAGE}_*.deb" | head -n1)"
   [ -n "$deb" ] || die "the download produced no .deb"

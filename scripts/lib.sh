@@ -4,6 +4,7 @@ REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE_DIR="${SANDBOX_CACHE_DIR:-$HOME/.cache/torkbot-sandbox}"
 ARTIFACTS_DIR="${SANDBOX_ARTIFACTS_DIR:-$REPO_ROOT/platform-packages/linux-x64-gnu/artifacts}"
 mkdir -p "$CACHE_DIR"
+source "$REPO_ROOT/scripts/progress.sh"
 
 # log TAG MESSAGE… — one progress line, with seconds since the script started.
 log() { local tag="$1"; shift; printf '[%s +%ss] %s\n' "$tag" "$SECONDS" "$*" >&2; }
@@ -29,6 +30,6 @@ need_debs() {
   [ ${#missing[@]} -eq 0 ] && return 0
   local sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
   log apt "installing ${missing[*]}"
-  $sudo apt-get update -q >&2
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
+  progress "apt-get update" $sudo apt-get update
+  progress "apt-get install ${missing[*]}" $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
 }

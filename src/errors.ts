@@ -89,6 +89,51 @@ export class OutputLimitError extends SandboxError {
   }
 }
 
+export type BlockStoreOp = "list" | "read" | "write" | "flush";
+
+/**
+ * A `rootfs.cow` block store call failed (threw, rejected, answered badly or
+ * missed its deadline). The guest saw that call as an I/O error; on the host
+ * it is passed to `boot({ onError })` as it happens, fails `boot()` when it
+ * happened before the guest was ready, and makes `lane.close()` reject, since
+ * the store may not hold everything the guest wrote.
+ */
+export class BlockStoreError extends SandboxError {
+  readonly op: BlockStoreOp;
+  /** The call ran past the store deadline (`rootfs.cow({ storeTimeoutMs })`). */
+  readonly timedOut: boolean;
+  /** Failed store calls during the run so far, this one included (set when reported). */
+  failures = 1;
+  constructor(op: BlockStoreOp, message: string, options: { cause?: unknown; timedOut?: boolean; code?: string } = {}) {
+    super(options.code ?? "ERR_SANDBOX_BLOCK_STORE", message, { cause: options.cause });
+    this.op = op;
+    this.timedOut = options.timedOut ?? false;
+  }
+}
+
+/**
+ * The block store holds blocks of a different base image than the one being
+ * booted. Throw it from a store (typically from `list()`, the first call of a
+ * boot) when `context.base` differs from the base the store's blocks belong
+ * to: `boot()` then fails with it before any VM starts.
+ */
+export class BlockStoreBaseMismatchError extends BlockStoreError {
+  /** The base image (sha256) the store's blocks were written against. */
+  readonly storedBase: string;
+  /** The base image (sha256) of this boot, `context.base`. */
+  readonly requestedBase: string;
+  constructor(storedBase: string, requestedBase: string, op: BlockStoreOp = "list") {
+    super(
+      op,
+      `the block store holds blocks of base image sha256:${storedBase}, but this boot uses base image sha256:${requestedBase}; ` +
+        "boot with the base the store was written for, or use an empty store (or another namespace) for this base",
+      { code: "ERR_SANDBOX_BLOCK_STORE_BASE" },
+    );
+    this.storedBase = storedBase;
+    this.requestedBase = requestedBase;
+  }
+}
+
 /** The standard abort rejection, as fetch and Node streams use it. */
 export function abortError(signal: AbortSignal): Error {
   const err = new DOMException("the operation was aborted", "AbortError");

@@ -22,4 +22,7 @@ export {
   LaneClosedError,
   ProcessStartError,
   OutputLimitError,
+  BlockStoreError,
+  BlockStoreBaseMismatchError,
 } from "./errors.js";
+export type { BlockStoreOp } from "./errors.js";

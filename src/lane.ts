@@ -1,6 +1,7 @@
 /** A running sandbox instance and the processes it runs. */
 import { abortError, LaneClosedError, OutputLimitError, SandboxCrashedError } from "./errors.js";
 import type { HelperConnection } from "./helper-connection.js";
+import type { BlockStoreFailures } from "./rootfs/block-store.js";
 import {
   OUTPUT_WINDOW,
   OutputStream,
@@ -127,11 +128,20 @@ export class Lane implements AsyncDisposable {
   #closing: Promise<void> | undefined;
   #exited: Promise<void>;
   readonly #shutdownGraceMs: number;
+  readonly #storeFailures: BlockStoreFailures | undefined;
 
-  /** `shutdownGraceMs`: how long `close()` lets the guest power off (and flush its disks) before killing it. */
-  constructor(conn: HelperConnection, info: LaneInfo, shutdownGraceMs = 5000) {
+  /**
+   * `shutdownGraceMs`: how long `close()` lets the guest power off (and flush its disks) before killing it.
+   * `storeFailures`: the rootfs block store's failures, which make `close()` reject.
+   */
+  constructor(
+    conn: HelperConnection,
+    info: LaneInfo,
+    options: { shutdownGraceMs?: number | undefined; storeFailures?: BlockStoreFailures } = {},
+  ) {
     this.#conn = conn;
-    this.#shutdownGraceMs = shutdownGraceMs;
+    this.#shutdownGraceMs = options.shutdownGraceMs ?? 5000;
+    this.#storeFailures = options.storeFailures;
     this.info = Object.freeze(info);
     this.#exited = new Promise((resolve) => {
       if (conn.closed) resolve();
@@ -237,6 +247,10 @@ export class Lane implements AsyncDisposable {
   /**
    * Powers the VM off and waits until its processes are gone. Running
    * commands reject with LaneClosedError. Safe to call more than once.
+   * With a `rootfs.cow` root it resolves once the store holds every block and
+   * `flush()` returned; if any store call failed during the run it rejects
+   * (after the VM is gone) with the first `BlockStoreError`, whose `failures`
+   * counts them all: the store may lack some of the guest's writes.
    */
   close(): Promise<void> {
     if (!this.#closing) {
@@ -249,6 +263,8 @@ export class Lane implements AsyncDisposable {
           // The helper may linger a moment after the socket closes; make sure it is gone.
           this.#conn.kill();
         }
+        const failed = this.#storeFailures?.first;
+        if (failed) throw failed;
       })();
     }
     return this.#closing;

@@ -1,6 +1,6 @@
 /** Root filesystem descriptions. A description is inert: nothing boots or reads until `boot()`. */
 import { SandboxConfigError } from "./errors.js";
-import { checkBlockStore, type SandboxBlockStore } from "./rootfs/block-store.js";
+import { checkBlockStore, DEFAULT_STORE_TIMEOUT_MS, type SandboxBlockStore } from "./rootfs/block-store.js";
 import { bytes, flatten, type ComposedRootfs, type FlattenedImage, type ImageByteStore } from "./rootfs/image-export.js";
 
 export interface BuiltInRootfs {
@@ -24,6 +24,8 @@ export interface CowRootfs {
   readonly writable: SandboxBlockStore;
   /** Dirty bytes buffered by the native runtime before they are written to the store. */
   readonly maxDirtyBytes: number;
+  /** Deadline of one store call; past it the call fails (EIO in the guest, BlockStoreError on the host). */
+  readonly storeTimeoutMs: number;
 }
 
 export type RootfsSpec = BuiltInRootfs | EphemeralRootfs | CowRootfs;
@@ -63,23 +65,35 @@ export const rootfs = {
    * lazily, and dirty blocks are written to the store whenever
    * `maxDirtyBytes` (default 64 MiB, whole 64 KiB blocks) fills up and when
    * the guest syncs or shuts down. Attach a store to one running lane at a time.
+   * Each store call must settle within `storeTimeoutMs` (default 30 s); a
+   * failed or late call is an I/O error in the guest and a `BlockStoreError`
+   * on the host (`boot({ onError })`, and `lane.close()` rejects).
    */
   cow(
     options:
-      | { base: BuiltInRootfs; writable: SandboxBlockStore; maxDirtyBytes?: number }
-      | { source: ComposedRootfs; maxDirtyBytes?: number },
+      | { base: BuiltInRootfs; writable: SandboxBlockStore; maxDirtyBytes?: number; storeTimeoutMs?: number }
+      | { source: ComposedRootfs; maxDirtyBytes?: number; storeTimeoutMs?: number },
   ): CowRootfs {
     if (options && "source" in options) {
       const { source } = options;
       if (source?.kind !== "composed") throw new SandboxConfigError("rootfs.cow({ source }) needs source: rootfs.compose({ base, overlay })");
-      return rootfs.cow({ base: source.base, writable: source.overlay, maxDirtyBytes: options.maxDirtyBytes });
+      return rootfs.cow({
+        base: source.base,
+        writable: source.overlay,
+        maxDirtyBytes: options.maxDirtyBytes,
+        storeTimeoutMs: options.storeTimeoutMs,
+      });
     }
     const base = options?.base;
     if (!base || base.kind !== "builtIn") {
       throw new SandboxConfigError('rootfs.cow({ base }) needs base: rootfs.builtIn("…")');
     }
     const writable = checkBlockStore(options.writable, COW_BLOCK_SIZE);
-    return Object.freeze({ kind: "cow" as const, base, writable, maxDirtyBytes: dirtyBudget(options.maxDirtyBytes) });
+    const storeTimeoutMs = options.storeTimeoutMs ?? DEFAULT_STORE_TIMEOUT_MS;
+    if (!Number.isSafeInteger(storeTimeoutMs) || storeTimeoutMs < 1 || storeTimeoutMs > 3_600_000) {
+      throw new SandboxConfigError(`storeTimeoutMs must be an integer between 1 and 3600000 ms, got ${String(storeTimeoutMs)}`);
+    }
+    return Object.freeze({ kind: "cow" as const, base, writable, maxDirtyBytes: dirtyBudget(options.maxDirtyBytes), storeTimeoutMs });
   },
 
   /** The merged view of a base image and a block-store overlay, for boot (`cow({ source })`) or export. */

@@ -2,13 +2,13 @@
 import { join } from "node:path";
 import { readCatalog, resolveArtifacts, type Artifacts, type ImageEntry } from "./artifacts.js";
 import { chooseBackend, findQemu, type BackendChoice, type BackendName } from "./backend.js";
-import { SandboxBootError, SandboxConfigError, UnknownImageError } from "./errors.js";
+import { BlockStoreError, SandboxBootError, SandboxConfigError, UnknownImageError } from "./errors.js";
 import { HelperConnection } from "./helper-connection.js";
 import { Lane } from "./lane.js";
 import { loadNative } from "./native.js";
 import { Kind, type Frame } from "./protocol/frames.js";
 import { COW_BLOCK_SIZE, isRootfsSpec, rootfs as rootfsApi, type RootfsSpec } from "./rootfs.js";
-import { serveBlockStore, type SandboxBlockStore } from "./rootfs/block-store.js";
+import { BlockStoreFailures, checkListed, serveBlockStore, withStoreDeadline, type SandboxBlockStore } from "./rootfs/block-store.js";
 import { checkAbsolutePath, checkEnv, checkHostname, checkInteger } from "./validate.js";
 
 export interface SandboxResources {
@@ -37,6 +37,13 @@ export interface BootOptions {
   timeoutMs?: number;
   /** Aborts the boot; the VM is torn down and the promise rejects with an AbortError. */
   signal?: AbortSignal;
+  /**
+   * Called for failures the lane survives, as they happen: today a
+   * `rootfs.cow` block store call that failed or missed its deadline (the
+   * guest saw an I/O error). Such a failure also makes `lane.close()` reject.
+   * Exceptions thrown by the callback are ignored.
+   */
+  onError?: (error: BlockStoreError) => void;
 }
 
 export interface Sandbox {
@@ -99,6 +106,8 @@ export function launchSpec(
             mode: root.kind === "cow" ? "persistent" : "ephemeral",
             maxDirtyBytes: root.maxDirtyBytes,
             blockSize: COW_BLOCK_SIZE,
+            // The helper's own deadline trails Node's, so Node's error (with the store's words) is what ends the call.
+            storeTimeoutMs: root.kind === "cow" ? root.storeTimeoutMs + 1000 : undefined,
           },
         };
   return {
@@ -122,7 +131,18 @@ const storesInUse = new WeakSet<SandboxBlockStore>();
 /** How long `close()` waits for a persistent root to be written back before killing the VM. */
 const COW_SHUTDOWN_GRACE_MS = 120_000;
 
-async function bootLane(root: RootfsSpec, resources: Required<SandboxResources>, options: BootOptions): Promise<Lane> {
+/** Benchmark-only overrides of a boot (not part of the public API): e.g. a floor VM whose root disk QEMU opens itself. */
+export interface BootInternals {
+  transformLaunch?: (launch: ReturnType<typeof launchSpec>) => ReturnType<typeof launchSpec>;
+  writableRoot?: boolean;
+}
+
+export async function bootLane(
+  root: RootfsSpec,
+  resources: Required<SandboxResources>,
+  options: BootOptions,
+  internals: BootInternals = {},
+): Promise<Lane> {
   const started = performance.now();
   const hostname = checkHostname(options.hostname ?? "sandbox");
   const cwd = checkAbsolutePath("cwd", options.cwd ?? "/");
@@ -135,24 +155,47 @@ async function bootLane(root: RootfsSpec, resources: Required<SandboxResources>,
   const choice = chooseBackend(resources.backend, artifacts.helper);
   const native = loadNative(artifacts);
   const store = root.kind === "cow" ? root.writable : undefined;
-  if (store && storesInUse.has(store)) {
-    throw new SandboxConfigError(
-      "this writable block store is already attached to a running sandbox lane; a rootfs.cow store serves one lane at a time (close the other lane or use another store)",
-    );
+  if (options.onError !== undefined && typeof options.onError !== "function") {
+    throw new SandboxConfigError("boot({ onError }) must be a function");
   }
-  const conn = new HelperConnection(native, artifacts.helper);
-  if (store) {
+  const failures = new BlockStoreFailures(options.onError);
+  let listed: number[] | undefined;
+  if (store && root.kind === "cow") {
+    if (storesInUse.has(store)) {
+      throw new SandboxConfigError(
+        "this writable block store is already attached to a running sandbox lane; a rootfs.cow store serves one lane at a time (close the other lane or use another store)",
+      );
+    }
     storesInUse.add(store);
+    // The store's first call, made before any VM starts: a store that rejects this
+    // base (BlockStoreBaseMismatchError) or cannot answer fails boot cheaply and clearly.
+    try {
+      listed = await withStoreDeadline("list", "list()", root.storeTimeoutMs, async () => checkListed(await store.list({ base: image.sha256 })));
+    } catch (err) {
+      storesInUse.delete(store);
+      throw err;
+    }
+  }
+  let conn: HelperConnection;
+  try {
+    options.signal?.throwIfAborted();
+    conn = new HelperConnection(native, artifacts.helper);
+  } catch (err) {
+    if (store) storesInUse.delete(store);
+    throw err;
+  }
+  if (store && root.kind === "cow") {
     conn.once("exit", () => storesInUse.delete(store));
-    serveBlockStore(conn, store, { base: image.sha256 });
+    serveBlockStore(conn, store, { base: image.sha256 }, { timeoutMs: root.storeTimeoutMs, failures, listed });
   }
 
-  const launch = launchSpec(artifacts, image, resources, choice, root);
+  const spec = launchSpec(artifacts, image, resources, choice, root);
+  const launch = internals.transformLaunch ? internals.transformLaunch(spec) : spec;
   const configure = {
     hostname,
     cwd,
     env,
-    root: { device: "/dev/vda", fstype: image.filesystem, readOnly: root.kind === "builtIn" },
+    root: { device: "/dev/vda", fstype: image.filesystem, readOnly: root.kind === "builtIn" && !internals.writableRoot },
   };
 
   try {
@@ -175,10 +218,11 @@ async function bootLane(root: RootfsSpec, resources: Required<SandboxResources>,
         helloMs: hello?.uptimeMs ?? 0,
         readyMs: ready.uptimeMs,
       },
-    }, store ? COW_SHUTDOWN_GRACE_MS : undefined);
+    }, { shutdownGraceMs: store ? COW_SHUTDOWN_GRACE_MS : undefined, storeFailures: failures });
   } catch (err) {
     conn.kill();
-    throw err;
+    // A store failure during boot is the root cause of whatever the guest then reported.
+    throw err instanceof SandboxBootError && failures.first ? failures.first : err;
   }
 }
 

@@ -3,7 +3,7 @@
  * and the Node side of the helper's block bridge (BlockRequest → store call →
  * BlockReply).
  */
-import { SandboxConfigError } from "../errors.js";
+import { BlockStoreError, SandboxConfigError, type BlockStoreOp } from "../errors.js";
 import type { HelperConnection } from "../helper-connection.js";
 import { decodeBlockPayload, encodeBlockPayload, Kind, MAX_PAYLOAD, type Frame } from "../protocol/frames.js";
 
@@ -23,11 +23,39 @@ export interface SandboxBlockRange {
   readonly count: number;
 }
 
+/**
+ * Where `rootfs.cow` keeps the blocks a guest changed. The runtime calls it
+ * from the Node process that booted the lane:
+ *
+ * - `list` once per boot, before the VM starts; a rejection fails `boot()`
+ *   (throw `BlockStoreBaseMismatchError` when `context.base` is not the image
+ *   your blocks belong to). Blocks are then `read` lazily, only when the guest
+ *   touches them, and `write`n in batches when the dirty-bytes budget fills
+ *   and before each `flush`, which follows the guest's `sync` and shutdown:
+ *   `lane.close()` resolves after the last `flush`.
+ * - Calls may overlap. A `read` must return what the last resolved `write`
+ *   of that block stored; a block is replaced whole or not at all.
+ * - Durability: when `flush` resolves, every block written before it must
+ *   survive a crash of this process or host; until then the store may buffer.
+ *   A store without durable storage (memory) may make `flush` a no-op.
+ * - Across processes: attach a store's blocks to one running lane at a time.
+ *   The library refuses a second lane on the same store object in one
+ *   process; between processes or hosts your storage layer must enforce it
+ *   (a lease or lock held from `boot()` to `close()`, or one key space per lane).
+ *   A second writer would interleave two filesystems' blocks: corruption.
+ * - A call that rejects or does not settle within `storeTimeoutMs` fails
+ *   alone: the guest sees an I/O error for that request and the host gets a
+ *   `BlockStoreError` (`boot({ onError })`, then `lane.close()` rejects).
+ *
+ * See docs/rootfs.md for the full contract and examples/s3-block-store for a
+ * store on object storage.
+ */
 export interface SandboxBlockStore {
   /** Must equal the engine's block size, 65536. */
   readonly blockSize: number;
+  /** Every block index the store holds for `context.base`, in any order. */
   list(context: SandboxBlockStoreContext): Promise<readonly bigint[]>;
-  /** The stored blocks within the range; blocks never written are simply absent. */
+  /** The stored blocks within the range; blocks never written are simply absent. Treat returned arrays as immutable. */
   read(range: SandboxBlockRange, context: SandboxBlockStoreContext): Promise<readonly SandboxBlockChunk[]>;
   /** The runtime never mutates `chunks` after passing them: a store may keep them. */
   write(chunks: readonly SandboxBlockChunk[], context: SandboxBlockStoreContext): Promise<void>;
@@ -57,7 +85,7 @@ export function checkBlockStore(store: unknown, blockSize: number): SandboxBlock
 
 interface BlockRequest {
   id: number;
-  op: "list" | "read" | "write" | "flush";
+  op: BlockStoreOp;
   start?: number;
   count?: number;
   blocks?: number[];
@@ -68,30 +96,116 @@ const HEADER_ROOM = 64 * 1024;
 /** Block indices per `list` reply frame (JSON numbers of at most ~16 characters). */
 const LIST_PER_FRAME = 32 * 1024;
 
+/** Default deadline of one store call. */
+export const DEFAULT_STORE_TIMEOUT_MS = 30_000;
+
+/**
+ * The failures of one lane's store: kept for `close()` (the first one, with
+ * a running count) and passed to the user's `onError` as they happen.
+ */
+export class BlockStoreFailures {
+  first: BlockStoreError | undefined;
+  count = 0;
+  readonly #onError: ((error: BlockStoreError) => void) | undefined;
+
+  constructor(onError?: (error: BlockStoreError) => void) {
+    this.#onError = onError;
+  }
+
+  report(error: BlockStoreError): void {
+    this.count++;
+    error.failures = this.count;
+    this.first ??= error;
+    if (this.first !== error) this.first.failures = this.count;
+    try {
+      this.#onError?.(error);
+    } catch {
+      // A throwing observer must not take the block bridge down with it.
+    }
+  }
+}
+
+/** A store's rejection as a BlockStoreError naming the call (a BlockStoreError thrown by the store passes through). */
+export function storeCallError(op: BlockStoreOp, what: string, cause: unknown): BlockStoreError {
+  if (cause instanceof BlockStoreError) return cause;
+  const why = cause instanceof Error ? cause.message : String(cause);
+  return new BlockStoreError(op, `the writable block store's ${what} failed: ${why}; the guest saw an I/O error`, { cause });
+}
+
+/** Calls `fn` with a deadline: past it, rejects with a timed-out BlockStoreError. */
+export async function withStoreDeadline<T>(op: BlockStoreOp, what: string, timeoutMs: number, fn: () => Promise<T>): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () =>
+        reject(
+          new BlockStoreError(
+            op,
+            `the writable block store's ${what} did not settle within ${timeoutMs} ms; the guest saw an I/O error. ` +
+              "Make the store answer faster or raise rootfs.cow({ storeTimeoutMs })",
+            { timedOut: true },
+          ),
+        ),
+      timeoutMs,
+    );
+  });
+  try {
+    return await Promise.race([Promise.resolve().then(fn), deadline]);
+  } catch (err) {
+    throw storeCallError(op, what, err);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** Checks a `list()` answer and converts it to numbers. */
+export function checkListed(listed: unknown): number[] {
+  if (!Array.isArray(listed)) throw new Error(`list() returned ${typeof listed}, not an array of block indices`);
+  return listed.map((i) => toIndex(i, "list()"));
+}
+
+export interface BlockBridgeOptions {
+  /** Deadline of each store call. */
+  timeoutMs: number;
+  failures: BlockStoreFailures;
+  /** The boot's own `list()` answer, served to the engine's first `list` request instead of calling the store again. */
+  listed?: readonly number[];
+}
+
+type Reply = [header: object, blocks: readonly Uint8Array[]];
+
 /**
  * Answers the helper's BlockRequests from `store` until the connection ends.
- * A store failure (or a malformed answer) becomes `{ ok: false, error }`,
- * which the guest sees as an I/O error.
+ * A store failure, a malformed answer or a missed deadline becomes
+ * `{ ok: false, error }` (an I/O error in the guest) and is reported to
+ * `options.failures`.
  */
-export function serveBlockStore(conn: HelperConnection, store: SandboxBlockStore, context: SandboxBlockStoreContext): void {
+export function serveBlockStore(
+  conn: HelperConnection,
+  store: SandboxBlockStore,
+  context: SandboxBlockStoreContext,
+  options: BlockBridgeOptions,
+): void {
   const bs = store.blockSize;
-  const reply = (header: object, blocks: readonly Uint8Array[] = []) =>
-    conn.send(Kind.BlockReply, 0, encodeBlockPayload(header, blocks));
+  let listed = options.listed;
 
-  const handle = async (req: BlockRequest, bytes: Buffer) => {
+  const handle = async (req: BlockRequest, bytes: Buffer): Promise<Reply[]> => {
     switch (req.op) {
       case "list": {
-        const listed = (await store.list(context)).map((i) => toIndex(i, "list()"));
-        for (let at = 0; at === 0 || at < listed.length; at += LIST_PER_FRAME) {
-          const more = at + LIST_PER_FRAME < listed.length;
-          reply({ id: req.id, ok: true, blocks: listed.slice(at, at + LIST_PER_FRAME), more });
+        const all = listed ?? checkListed(await store.list(context));
+        listed = undefined;
+        const replies: Reply[] = [];
+        for (let at = 0; at === 0 || at < all.length; at += LIST_PER_FRAME) {
+          const more = at + LIST_PER_FRAME < all.length;
+          replies.push([{ id: req.id, ok: true, blocks: all.slice(at, at + LIST_PER_FRAME), more }, []]);
         }
-        return;
+        return replies;
       }
       case "read": {
         const start = req.start ?? 0;
         const count = req.count ?? 0;
         const chunks = await store.read({ start: BigInt(start), count }, context);
+        if (!Array.isArray(chunks)) throw new Error(`read() returned ${typeof chunks}, not an array of chunks`);
         const out: { index: number; bytes: Uint8Array }[] = [];
         for (const c of chunks) {
           const index = toIndex(c?.index, "read()");
@@ -102,12 +216,13 @@ export function serveBlockStore(conn: HelperConnection, store: SandboxBlockStore
           out.push({ index, bytes: c.bytes });
         }
         const perFrame = Math.max(1, Math.floor((MAX_PAYLOAD - HEADER_ROOM) / bs));
+        const replies: Reply[] = [];
         for (let at = 0; at === 0 || at < out.length; at += perFrame) {
           const part = out.slice(at, at + perFrame);
           const more = at + perFrame < out.length;
-          reply({ id: req.id, ok: true, blocks: part.map((c) => c.index), more }, part.map((c) => c.bytes));
+          replies.push([{ id: req.id, ok: true, blocks: part.map((c) => c.index), more }, part.map((c) => c.bytes)]);
         }
-        return;
+        return replies;
       }
       case "write": {
         const indices = req.blocks ?? [];
@@ -118,13 +233,11 @@ export function serveBlockStore(conn: HelperConnection, store: SandboxBlockStore
           bytes: new Uint8Array(bytes.subarray(k * bs, (k + 1) * bs)),
         }));
         await store.write(chunks, context);
-        reply({ id: req.id, ok: true });
-        return;
+        return [[{ id: req.id, ok: true }, []]];
       }
       case "flush":
         await store.flush?.(context);
-        reply({ id: req.id, ok: true });
-        return;
+        return [[{ id: req.id, ok: true }, []]];
       default:
         throw new Error(`unknown block operation ${JSON.stringify((req as { op: unknown }).op)}`);
     }
@@ -141,12 +254,28 @@ export function serveBlockStore(conn: HelperConnection, store: SandboxBlockStore
     } catch {
       return; // Only our own helper sends these; nothing to answer without an id.
     }
-    handle(req, bytes).catch((err: unknown) => {
-      reply({ id: req.id, ok: false, error: err instanceof Error ? err.message : String(err) });
-    });
+    withStoreDeadline(req.op, describe(req), options.timeoutMs, () => handle(req, bytes)).then(
+      (replies) => replies.forEach(([header, blocks]) => conn.send(Kind.BlockReply, 0, encodeBlockPayload(header, blocks))),
+      (err: BlockStoreError) => {
+        options.failures.report(err);
+        conn.send(Kind.BlockReply, 0, encodeBlockPayload({ id: req.id, ok: false, error: err.message }, []));
+      },
+    );
   };
   conn.on("blockRequest", onRequest);
   conn.once("exit", () => conn.off("blockRequest", onRequest));
+}
+
+/** `read(blocks 5-8)`, for messages. */
+function describe(req: BlockRequest): string {
+  switch (req.op) {
+    case "read":
+      return `read(blocks ${req.start ?? 0}+${req.count ?? 0})`;
+    case "write":
+      return `write(${req.blocks?.length ?? 0} blocks from ${req.blocks?.[0] ?? 0})`;
+    default:
+      return `${String(req.op)}()`;
+  }
 }
 
 function toIndex(value: unknown, what: string): number {

@@ -8,6 +8,7 @@ import {
   DirectoryBlockStore,
   listBuiltInImages,
   MemoryBlockStore,
+  BlockStoreError,
   rootfs,
   SandboxConfigError,
   type SandboxBlockChunk,
@@ -98,16 +99,27 @@ describe("rootfs.cow on a real VM", () => {
     if (process.env.SANDBOX_DEBUG) console.log(`lazy reads: ${store.blocksRead} of ${stored} stored blocks in ${store.readCalls} calls`);
   });
 
-  it("reports a failing store as an I/O error in the guest, and the lane still closes", async () => {
+  it("reports a failing store as an I/O error in the guest and as a BlockStoreError on the host", async () => {
     const store = new FailingStore();
-    const lane = await cow(store).boot();
+    const seen: BlockStoreError[] = [];
+    const lane = await cow(store).boot({ onError: (e) => seen.push(e) });
     store.failWrites = true;
     const r = await lane.exec("sh", ["-c", "dd if=/dev/zero of=/root/f bs=64k count=8 conv=fsync 2>&1; echo rc=$?"]);
     expect(r.stdout).toMatch(/Input\/output error/);
     expect(r.stdout).not.toContain("rc=0");
+    // Reported while the lane runs, before anyone closes it.
+    expect(seen.length).toBeGreaterThan(0);
+    expect(seen[0]).toBeInstanceOf(BlockStoreError);
+    expect(seen[0]!.op).toBe("write");
+    expect((seen[0]!.cause as Error).message).toBe("disk quota exceeded (test)");
     const started = Date.now();
-    await lane.close();
+    const closed = await lane.close().then(() => undefined, (e: unknown) => e);
     expect(Date.now() - started).toBeLessThan(60_000);
+    expect(closed).toBe(seen[0]);
+    expect((closed as BlockStoreError).failures).toBe(seen.length);
+    expect((closed as BlockStoreError).message).toMatch(/write\(.*failed: disk quota exceeded \(test\)/);
+    // close() keeps its answer.
+    await expect(lane.close()).rejects.toBe(closed);
   });
 
   it("refuses a second running lane on the same store with a typed error", async () => {

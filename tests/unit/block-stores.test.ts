@@ -3,7 +3,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { DirectoryBlockStore, MemoryBlockStore, rootfs, SandboxConfigError } from "../../src/index.js";
-import { serveBlockStore } from "../../src/rootfs/block-store.js";
+import { BlockStoreFailures, serveBlockStore } from "../../src/rootfs/block-store.js";
+import { BlockStoreError } from "../../src/errors.js";
 import { decodeBlockPayload, encodeBlockPayload, Kind } from "../../src/protocol/frames.js";
 import { EventEmitter } from "node:events";
 
@@ -98,7 +99,8 @@ describe("serveBlockStore", () => {
   it("answers list/read/write/flush and splits big replies into frames", async () => {
     const store = new MemoryBlockStore();
     const { conn, request } = fakeConn();
-    serveBlockStore(conn as never, store, ctx);
+    const failures = new BlockStoreFailures();
+    serveBlockStore(conn as never, store, ctx, { timeoutMs: 5000, failures });
     request({ id: 1, op: "write", blocks: [0, 1] }, [block(1), block(2)]);
     await settle();
     expect(conn.replies.pop()!.header).toEqual({ id: 1, ok: true });
@@ -116,6 +118,7 @@ describe("serveBlockStore", () => {
       { id: 3, ok: true, blocks: [0, 1, ...Array.from({ length: 20 }, (_, i) => 10 + i)], more: false },
       { id: 4, ok: true },
     ]);
+    expect(failures.count).toBe(0);
   });
 
   it("turns store failures and malformed store answers into error replies", async () => {
@@ -125,14 +128,68 @@ describe("serveBlockStore", () => {
     };
     store.read = async () => [{ index: 99n, bytes: block(0) }];
     const { conn, request } = fakeConn();
-    serveBlockStore(conn as never, store, ctx);
+    const seen: BlockStoreError[] = [];
+    const failures = new BlockStoreFailures((e) => {
+      seen.push(e);
+      throw new Error("a throwing observer is ignored");
+    });
+    serveBlockStore(conn as never, store, ctx, { timeoutMs: 5000, failures });
     request({ id: 5, op: "write", blocks: [0] }, [block(0)]);
     request({ id: 6, op: "read", start: 0, count: 4 });
     request({ id: 7, op: "bogus" });
     await settle();
     const byId = Object.fromEntries(conn.replies.map((r) => [r.header.id, r.header]));
-    expect(byId[5]).toEqual({ id: 5, ok: false, error: "quota" });
+    expect(byId[5]).toMatchObject({ id: 5, ok: false, error: expect.stringMatching(/write\(1 blocks from 0\) failed: quota/) });
     expect(byId[6]).toMatchObject({ ok: false, error: expect.stringMatching(/outside/) });
     expect(byId[7]).toMatchObject({ ok: false });
+    expect(seen.map((e) => e.op).sort()).toEqual(["bogus", "read", "write"].sort());
+    expect(seen.every((e) => e instanceof BlockStoreError)).toBe(true);
+    expect((seen.find((e) => e.op === "write")!.cause as Error).message).toBe("quota");
+    expect(failures.count).toBe(3);
+    expect(failures.first!.failures).toBe(3);
+  });
+
+  it("fails a call that misses its deadline, and drops the late answer", async () => {
+    const store = new MemoryBlockStore();
+    let release!: () => void;
+    store.flush = () => new Promise<void>((r) => (release = r));
+    const { conn, request } = fakeConn();
+    const failures = new BlockStoreFailures();
+    serveBlockStore(conn as never, store, ctx, { timeoutMs: 50, failures });
+    request({ id: 8, op: "flush" });
+    await new Promise((r) => setTimeout(r, 120));
+    expect(conn.replies.map((r) => r.header)).toEqual([{ id: 8, ok: false, error: expect.stringMatching(/did not settle within 50 ms/) }]);
+    expect(failures.first).toMatchObject({ op: "flush", timedOut: true });
+    release();
+    await settle();
+    expect(conn.replies).toHaveLength(1);
+  });
+
+  it("answers the engine's first list from the boot's own list() call", async () => {
+    const store = new MemoryBlockStore();
+    let lists = 0;
+    store.list = async () => {
+      lists++;
+      return [3n];
+    };
+    const { conn, request } = fakeConn();
+    serveBlockStore(conn as never, store, ctx, { timeoutMs: 5000, failures: new BlockStoreFailures(), listed: [1, 2] });
+    request({ id: 9, op: "list" });
+    await settle();
+    request({ id: 10, op: "list" });
+    await settle();
+    expect(conn.replies.map((r) => r.header.blocks)).toEqual([[1, 2], [3]]);
+    expect(lists).toBe(1);
+  });
+});
+
+describe("rootfs.cow storeTimeoutMs", () => {
+  it("defaults to 30 s and rejects non-positive or non-integer deadlines", () => {
+    const base = rootfs.builtIn("busybox");
+    expect(rootfs.cow({ base, writable: new MemoryBlockStore() }).storeTimeoutMs).toBe(30_000);
+    expect(rootfs.cow({ base, writable: new MemoryBlockStore(), storeTimeoutMs: 500 }).storeTimeoutMs).toBe(500);
+    for (const bad of [0, -1, 1.5, Number.NaN]) {
+      expect(() => rootfs.cow({ base, writable: new MemoryBlockStore(), storeTimeoutMs: bad })).toThrow(SandboxConfigError);
+    }
   });
 });

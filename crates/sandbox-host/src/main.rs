@@ -81,7 +81,13 @@ fn main() {
 
 fn run(node: &mut UnixStream) -> Result<(), HostError> {
     let (launch, leftover) = read_launch(node)?;
-    let (bridge, block_requests) = node_store::Bridge::new(node_store::STORE_DEADLINE);
+    let deadline = launch
+        .disks
+        .iter()
+        .find_map(|d| d.cow.as_ref()?.store_timeout_ms)
+        .map(|ms| std::time::Duration::from_millis(ms.clamp(1, node_store::MAX_STORE_DEADLINE_MS)))
+        .unwrap_or(node_store::STORE_DEADLINE);
+    let (bridge, block_requests) = node_store::Bridge::new(deadline);
     let vm = backend::launch(&launch, &bridge)?;
     let launched = proto::Launched { vmm_pid: vm.pid(), backend: launch.backend, accel: vm.accel().to_string() };
     let mut out = Vec::new();

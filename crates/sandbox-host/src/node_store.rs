@@ -17,8 +17,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
-/// How long one store call may take before it fails.
+/// How long one store call may take before it fails, unless the launch says otherwise.
 pub const STORE_DEADLINE: Duration = Duration::from_secs(30);
+/// Upper bound on a launch-supplied deadline (one hour plus slack).
+pub const MAX_STORE_DEADLINE_MS: u64 = 3_700_000;
 /// Bound on the block indices a `list` may return (16 Mi blocks = 1 TiB at 64 KiB).
 const MAX_LISTED: usize = 1 << 24;
 
@@ -90,7 +92,7 @@ impl Bridge {
             Ok(Err(_)) => Err(format!("{op}: the reply was lost")),
             Err(_) => {
                 self.pending().remove(&id);
-                Err(format!("{op}: no answer within {} s", self.deadline.as_secs()))
+                Err(format!("{op}: no answer within {} ms", self.deadline.as_millis()))
             }
         }
     }

@@ -192,6 +192,9 @@ pub struct CowSpec {
     /// Dirty-bytes budget; ephemeral writes past it fail in the guest.
     pub max_dirty_bytes: u64,
     pub block_size: u32,
+    /// persistent: deadline of one store call in ms (default: the helper's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

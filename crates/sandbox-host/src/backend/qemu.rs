@@ -190,7 +190,7 @@ mod tests {
     fn cow_disks_go_through_nbd_on_inherited_fds() {
         let mut l = launch();
         l.disks[0].read_only = false;
-        l.disks[0].cow = Some(sandbox_protocol::CowSpec { mode: "ephemeral".into(), max_dirty_bytes: 1 << 26, block_size: 65536 });
+        l.disks[0].cow = Some(sandbox_protocol::CowSpec { mode: "ephemeral".into(), max_dirty_bytes: 1 << 26, block_size: 65536, store_timeout_ms: None });
         let a = args(&l).unwrap().join(" ");
         assert!(a.contains("-blockdev driver=nbd,node-name=disk0,server.type=fd,server.str=4,read-only=off"), "{a}");
         assert!(a.contains("virtio-blk-pci,drive=disk0,werror=report,rerror=report"), "{a}");
