@@ -23,3 +23,22 @@ export {
   ProcessStartError,
   OutputLimitError,
 } from "./errors.js";
+export {
+  createHttpInterceptor,
+  createSandboxCa,
+  SandboxCa,
+  HttpHeaders,
+  createSecrets,
+  composeMiddleware,
+} from "./network/http/index.js";
+export type {
+  HttpInterceptor,
+  HttpInterceptorOptions,
+  HttpEvent,
+  HttpMiddleware,
+  InterceptedFlow,
+  InterceptedRequest,
+  InterceptHandler,
+  Secrets,
+  SecretsSpec,
+} from "./network/http/index.js";

@@ -37,6 +37,11 @@ export interface BootOptions {
   timeoutMs?: number;
   /** Aborts the boot; the VM is torn down and the promise rejects with an AbortError. */
   signal?: AbortSignal;
+  /**
+   * @internal The HTTP interception CA of this boot (`createSandboxCa()`); only its
+   * public certificate goes to the guest. The network policy wiring sets it.
+   */
+  interceptCa?: { readonly certPem: string };
 }
 
 export interface Sandbox {
@@ -128,6 +133,7 @@ async function bootLane(root: RootfsSpec, resources: Required<SandboxResources>,
   const cwd = checkAbsolutePath("cwd", options.cwd ?? "/");
   const env = checkEnv("env", options.env);
   const timeoutMs = checkInteger("timeoutMs", options.timeoutMs ?? 120_000, 1, 3_600_000);
+  const caCertPem = options.interceptCa === undefined ? undefined : checkCaCertificate(options.interceptCa.certPem);
   options.signal?.throwIfAborted();
 
   const artifacts = resolveArtifacts();
@@ -153,6 +159,7 @@ async function bootLane(root: RootfsSpec, resources: Required<SandboxResources>,
     cwd,
     env,
     root: { device: "/dev/vda", fstype: image.filesystem, readOnly: root.kind === "builtIn" },
+    ...(caCertPem === undefined ? {} : { caCertPem }),
   };
 
   try {
@@ -261,6 +268,20 @@ function handshake(
     signal?.addEventListener("abort", onAbort, { once: true });
     conn.sendJson(Kind.Launch, 0, launch);
   });
+}
+
+/** The guest gets exactly one public certificate, never key material. */
+function checkCaCertificate(pem: unknown): string {
+  if (
+    typeof pem !== "string" ||
+    pem.length > 64 * 1024 ||
+    pem.includes("PRIVATE KEY") ||
+    (pem.match(/-----BEGIN /g) ?? []).length !== 1 ||
+    !pem.trim().startsWith("-----BEGIN CERTIFICATE-----")
+  ) {
+    throw new SandboxConfigError("interceptCa.certPem must be one PEM certificate (public part only; no private key)");
+  }
+  return pem;
 }
 
 function lastLines(text: string, n: number): string {

@@ -9,7 +9,8 @@
 import { once } from "node:events";
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import { createServer as createHttpsServer } from "node:https";
-import { createServer as createNetServer, type AddressInfo, type Server as NetServer } from "node:net";
+import { connect as netConnect, createServer as createNetServer, type AddressInfo, type Server as NetServer, type Socket } from "node:net";
+import { connect as tlsConnect, type TLSSocket } from "node:tls";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -129,4 +130,58 @@ export async function readBody(req: IncomingMessage): Promise<Buffer> {
   const parts: Buffer[] = [];
   for await (const p of req) parts.push(p as Buffer);
   return Buffer.concat(parts);
+}
+
+/** A raw guest connection (TLS with the sandbox CA unless `plain`), for hand-written requests. */
+export async function rawConnect(
+  port: number,
+  opts: { plain?: boolean; servername?: string | false; alpn?: string[] } = {},
+): Promise<TLSSocket | Socket> {
+  const c = await certificates();
+  if (opts.plain) {
+    const s = netConnect({ host: GUEST_IP, port });
+    await once(s, "connect");
+    return s;
+  }
+  const s = tlsConnect({
+    host: GUEST_IP,
+    port,
+    ...(opts.servername === false ? {} : { servername: opts.servername ?? HOST }),
+    ca: c.sandboxCa.certPem,
+    ALPNProtocols: opts.alpn,
+    // Without SNI the name check still has to be against the trusted hostname.
+    checkServerIdentity: (_name, cert) => (cert.subjectaltname === `DNS:${HOST}` ? undefined : new Error(`unexpected certificate ${cert.subjectaltname}`)),
+  });
+  await once(s, "secureConnect");
+  return s;
+}
+
+/** Reads from `s` until `done(text)` says so, the socket closes, or `timeoutMs` passes. */
+export function readUntil(s: Socket, done: (text: string) => boolean = () => false, timeoutMs = 10_000): Promise<{ text: string; closed: boolean }> {
+  return new Promise((resolve) => {
+    let text = "";
+    const finish = (closed: boolean) => {
+      clearTimeout(timer);
+      s.off("data", onData);
+      s.off("close", onClose);
+      resolve({ text, closed });
+    };
+    const onData = (d: Buffer) => {
+      text += d.toString("latin1");
+      if (done(text)) finish(false);
+    };
+    const onClose = () => finish(true);
+    const timer = setTimeout(() => finish(false), timeoutMs);
+    s.on("data", onData);
+    s.once("close", onClose);
+    s.on("error", () => {});
+  });
+}
+
+/** Whether `text` holds one complete response with a Content-Length body. */
+export function completeResponse(text: string): boolean {
+  const end = text.indexOf("\r\n\r\n");
+  if (end < 0) return false;
+  const m = /content-length: (\d+)/i.exec(text.slice(0, end));
+  return m !== null && text.length >= end + 4 + Number(m[1]);
 }

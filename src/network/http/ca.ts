@@ -55,7 +55,7 @@ export class SandboxCa {
     this.#cert = cert;
     this.#key = key;
     this.#keyId = cert.generateSubjectKeyIdentifier().getBytes();
-    this.certPem = forge.pki.certificateToPem(cert);
+    this.certPem = toLf(forge.pki.certificateToPem(cert));
     this.commonName = commonName;
     this.notAfter = cert.validity.notAfter;
   }
@@ -102,7 +102,7 @@ export class SandboxCa {
       { name: "authorityKeyIdentifier", keyIdentifier: this.#keyId },
     ]);
     cert.sign(this.#key, forge.md.sha256.create());
-    return forge.pki.certificateToPem(cert);
+    return toLf(forge.pki.certificateToPem(cert));
   }
 
   /** Keeps the key out of logs and JSON. */
@@ -122,4 +122,9 @@ function randomSerial(): string {
   b[0] = b[0]! & 0x7f;
   if (b[0] === 0) b[0] = 1;
   return b.toString("hex");
+}
+
+/** forge writes CRLF line ends; PEM files on Linux use LF. */
+function toLf(pem: string): string {
+  return pem.replace(/\r\n/g, "\n");
 }

@@ -14,7 +14,6 @@ import { checkConnectTarget, checkRequest, RequestRejection, type CheckedRequest
 import { headerLines, plainResponse, sendResponse, statusLine, writeAsync, type ResponseHeaders } from "./response.js";
 import type { HttpDenyReason, HttpEvent, InterceptedFlow, InterceptedRequest } from "./types.js";
 
-const MAX_HEADER_BYTES = 64 * 1024;
 const BODY_HIGH_WATER = 64 * 1024;
 
 export interface SessionContext {
@@ -63,7 +62,6 @@ export class HttpSession {
     this.#stream = stream;
     this.#ctx = ctx;
     this.#done = new Promise((r) => (this.#resolveDone = r));
-    this.#parser.maxHeaderSize = MAX_HEADER_BYTES;
     this.#parser[HTTPParser.kOnHeadersComplete] = (info) => this.#onHead(info);
     this.#parser[HTTPParser.kOnBody] = (chunk: Buffer) => this.#onBody(chunk);
     this.#parser[HTTPParser.kOnMessageComplete] = () => this.#onMessageComplete();
@@ -86,7 +84,13 @@ export class HttpSession {
   readonly #onData = (chunk: Buffer) => {
     let offset = 0;
     while (offset < chunk.length && !this.#stopped) {
-      const r = this.#parser.execute(chunk.subarray(offset));
+      let r: number | Error;
+      try {
+        r = this.#parser.execute(chunk.subarray(offset));
+      } catch (err) {
+        // http-parser-js rethrows when a callback of ours was on the stack; treat as malformed input.
+        r = err instanceof Error ? err : new Error(String(err));
+      }
       if (r instanceof Error) {
         this.#protocolError(r);
         return;
@@ -155,7 +159,7 @@ export class HttpSession {
     if (this.#running) return;
     this.#running = true;
     try {
-      while (this.#queue.length > 0 && !this.#stopped) {
+      while (this.#queue.length > 0 && !this.#stream.destroyed) {
         const req = this.#queue[0]!;
         const keep = await this.#handle(req).catch(() => false);
         this.#queue.shift();
@@ -339,6 +343,7 @@ export class HttpSession {
     if (this.#stopped) return;
     clearTimeout(this.#headTimer);
     const first = this.#requests === 0 && this.#queue.length === 0;
+    this.#stopped = true;
     this.#ctx.emit({
       type: "http.protocol-error",
       ...endpoints(this.#ctx.flow),
@@ -349,10 +354,14 @@ export class HttpSession {
         ? `the guest sent something that is not HTTP on a flow accepted for HTTP (${err.message}); connection closed`
         : `malformed HTTP from the guest (${(err as { code?: string }).code ?? err.message}); connection closed`,
     });
-    this.#stopped = true;
-    this.#parsing?.body?.destroy(err);
-    this.#stream.destroy();
-    this.#finish();
+    // Requests parsed completely before the garbage are still answered; then the connection closes.
+    const partial = this.#parsing?.body;
+    if (partial && !partial.readableEnded) partial.destroy();
+    this.#stream.pause();
+    if (this.#queue.length === 0) {
+      this.#stream.destroy();
+      this.#finish();
+    }
   }
 
   #pause(reason: string): void {
@@ -371,7 +380,7 @@ export class HttpSession {
   }
 
   #maybeClose(): void {
-    if (this.#readEnded && this.#queue.length === 0 && !this.#running && !this.#handedOff) this.#close();
+    if ((this.#readEnded || this.#stopped) && this.#queue.length === 0 && !this.#running && !this.#handedOff) this.#close();
   }
 
   #close(): void {
@@ -388,6 +397,7 @@ export class HttpSession {
     clearTimeout(this.#headTimer);
     if (this.#handedOff && !this.#stream.destroyed && !this.#stream.writableEnded) return;
     for (const r of this.#queue) if (r.body && !r.body.readableEnded) r.body.destroy();
+    this.#queue.length = 0;
     this.#resolveDone();
   }
 }
