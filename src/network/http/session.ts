@@ -75,7 +75,8 @@ export class HttpSession {
     this.#headTimer.unref();
     s.on("data", this.#onData);
     s.on("end", this.#onEnd);
-    s.on("error", () => this.#finish());
+    s.on("error", () => s.destroy());
+    // Done only once the connection is really closed: ending a TLS stream flushes asynchronously.
     s.on("close", () => this.#finish());
     s.resume();
     return this.#done;
@@ -358,10 +359,7 @@ export class HttpSession {
     const partial = this.#parsing?.body;
     if (partial && !partial.readableEnded) partial.destroy();
     this.#stream.pause();
-    if (this.#queue.length === 0) {
-      this.#stream.destroy();
-      this.#finish();
-    }
+    if (this.#queue.length === 0) this.#stream.destroy();
   }
 
   #pause(reason: string): void {
@@ -390,12 +388,10 @@ export class HttpSession {
       // A guest that never closes its side must not keep the socket forever.
       setTimeout(() => this.#stream.destroy(), 5_000).unref();
     }
-    this.#finish();
   }
 
   #finish(): void {
     clearTimeout(this.#headTimer);
-    if (this.#handedOff && !this.#stream.destroyed && !this.#stream.writableEnded) return;
     for (const r of this.#queue) if (r.body && !r.body.readableEnded) r.body.destroy();
     this.#queue.length = 0;
     this.#resolveDone();
