@@ -258,4 +258,43 @@ describe("HTTP interceptor", () => {
     expect((await readUntil(inner)).text).toMatch(/^HTTP\/1\.1 403 /);
     inner.destroy();
   });
+
+  it("denies a request whose middleware does not settle in time", async () => {
+    const { seen, guest } = await setup(() => new Promise(() => {}), { middlewareTimeoutMs: 200 });
+    const s = await rawConnect(guest.port);
+    s.write(get("/", `${HOST}:${guest.port}`));
+    const { text } = await readUntil(s);
+    expect(text).toMatch(/^HTTP\/1\.1 403 /);
+    expect(seen).toHaveLength(0);
+    expect(guest.events).toMatchObject([{ type: "http.denied", reason: "middleware", message: expect.stringContaining("did not finish within 200 ms") }]);
+  });
+
+  it("closes a flow on which the guest sends nothing", async () => {
+    const { guest } = await setup(inject, { handshakeTimeoutMs: 200 });
+    const s = await rawConnect(guest.port, { plain: true });
+    const { closed } = await readUntil(s, () => false, 5000);
+    expect(closed).toBe(true);
+    expect(guest.events).toMatchObject([{ type: "http.protocol-error", reason: "idle" }]);
+  });
+
+  it("serves HTTP/1.0 clients (close-delimited, Host optional)", async () => {
+    const { seen, guest } = await setup(inject, { tls: false });
+    const s = await rawConnect(guest.port, { plain: true });
+    s.write("GET /old HTTP/1.0\r\n\r\n");
+    const { text, closed } = await readUntil(s);
+    expect(text).toMatch(/^HTTP\/1\.1 200 /);
+    expect(text).toContain("ok /old");
+    expect(closed).toBe(true);
+    expect(seen[0]!.headers.host).toBe(HOST);
+    expect(seen[0]!.headers.authorization).toBe(TOKEN);
+  });
+
+  it("answers 502 when the upstream refuses a WebSocket upgrade", async () => {
+    const { guest } = await setup();
+    const s = await rawConnect(guest.port);
+    s.write(`GET /ws HTTP/1.1\r\nHost: ${HOST}:${guest.port}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n`);
+    const { text } = await readUntil(s);
+    expect(text).toMatch(/^HTTP\/1\.1 502 /);
+    expect(text).toContain("did not switch protocols");
+  });
 });
