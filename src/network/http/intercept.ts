@@ -10,6 +10,7 @@
  * (absent SNI: the trusted hostname is used), and only `http/1.1` is offered
  * by ALPN so every request stays visible to the middleware.
  */
+import { isIP } from "node:net";
 import type { Duplex } from "node:stream";
 import { TLSSocket } from "node:tls";
 import type { Client } from "undici";
@@ -158,7 +159,10 @@ export function createHttpInterceptor(options: HttpInterceptorOptions): HttpInte
     socket.on("error", () => {});
     try {
       const hostname = normalizeHostname(flow.hostname);
-      if (!DNS_NAME.test(hostname)) throw new Error(`flow.hostname ${JSON.stringify(flow.hostname)} is not a DNS name`);
+      // Interception needs a trusted name to check Host/SNI against and to verify upstream; an IP is not one.
+      if (!DNS_NAME.test(hostname) || isIP(hostname) !== 0) {
+        throw new Error(`flow.hostname ${JSON.stringify(flow.hostname)} is not a DNS name; IP-addressed flows cannot be intercepted`);
+      }
       socket.setNoDelay(true);
       await serve(socket, { ...flow, hostname }, false);
     } catch (err) {
