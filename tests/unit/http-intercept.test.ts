@@ -224,6 +224,9 @@ describe("HTTP interceptor", () => {
       `POST / HTTP/1.1\r\nHost: ${h}\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n`,
       `POST / HTTP/1.1\r\nHost: ${h}\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n`,
       `POST / HTTP/1.1\r\nHost: ${h}\r\nContent-Length: +3\r\n\r\nabc`,
+      // Would move http-parser-js's cursor backwards (an endless loop) if it acted on them.
+      `POST / HTTP/1.1\r\nHost: ${h}\r\nContent-Length: -100000\r\n\r\n`,
+      `POST / HTTP/1.1\r\nHost: ${h}\r\nContent-Length: 1e3\r\n\r\n`,
     ]) {
       const s = await rawConnect(guest.port);
       s.write(req);
@@ -231,6 +234,21 @@ describe("HTTP interceptor", () => {
       expect(text).toMatch(/^HTTP\/1\.1 400 /);
     }
     expect(seen).toHaveLength(0);
+  });
+
+  it("closes on a malformed chunk size instead of looping (negative sizes)", async () => {
+    const { seen, guest } = await setup();
+    const s = await rawConnect(guest.port);
+    s.write(`POST /c HTTP/1.1\r\nHost: ${HOST}:${guest.port}\r\nTransfer-Encoding: chunked\r\n\r\n\r\n-186a0\r\n\r\n`);
+    const { closed } = await readUntil(s);
+    expect(closed).toBe(true);
+    expect(guest.events.some((e) => e.type === "http.protocol-error" && e.reason === "parse")).toBe(true);
+    // The event loop is alive: a new connection is served.
+    const s2 = await rawConnect(guest.port);
+    s2.write(get("/after", `${HOST}:${guest.port}`));
+    expect((await readUntil(s2, completeResponse)).text).toMatch(/^HTTP\/1\.1 200 /);
+    expect(seen.map((r) => r.url)).toContain("/after");
+    s2.destroy();
   });
 
   it("re-checks CONNECT: another host is refused, the trusted one is intercepted inside the tunnel", async () => {

@@ -40,6 +40,8 @@ interface Pending {
   body: Readable | undefined;
   /** Raw bytes after the head of a CONNECT / upgrade request. */
   head: Buffer;
+  /** Framing the parser must not act on (e.g. a negative Content-Length): parsing stops here. */
+  halt: boolean;
 }
 
 export class HttpSession {
@@ -65,6 +67,7 @@ export class HttpSession {
     this.#parser[HTTPParser.kOnHeadersComplete] = (info) => this.#onHead(info);
     this.#parser[HTTPParser.kOnBody] = (chunk: Buffer) => this.#onBody(chunk);
     this.#parser[HTTPParser.kOnMessageComplete] = () => this.#onMessageComplete();
+    strictChunkSizes(this.#parser);
   }
 
   /** Serves the connection; resolves when it is finished. */
@@ -97,6 +100,11 @@ export class HttpSession {
         return;
       }
       offset += r;
+      if (this.#parsing?.halt) {
+        // A head we refuse to frame: answer it (400) and read nothing more.
+        this.#stopReading();
+        return;
+      }
       if (this.#parsing?.tunnel) {
         // Everything after a CONNECT / upgrade head belongs to the tunnel.
         this.#parsing.head = chunk.subarray(offset);
@@ -133,7 +141,17 @@ export class HttpSession {
       tunnel,
       body: undefined,
       head: Buffer.alloc(0),
+      halt: false,
     };
+    // http-parser-js takes Content-Length through Number(): "-5" or "1e3" would move its
+    // cursor; such heads skip the body and end parsing (checkRequest answers 400).
+    if (!tunnel && rawValues(info.headers, "content-length").some((v) => !/^\d{1,15}$/.test(v.trim()))) {
+      req.halt = true;
+      this.#parsing = req;
+      this.#queue.push(req);
+      queueMicrotask(() => void this.#pump());
+      return 1;
+    }
     if (!tunnel && (hasHeader(info.headers, "content-length", (v) => v.trim() !== "0") || hasHeader(info.headers, "transfer-encoding"))) {
       req.body = new Readable({ highWaterMark: BODY_HIGH_WATER, read: () => this.#unpause(`body`) });
     }
@@ -401,6 +419,34 @@ export class HttpSession {
 function headerValue(raw: readonly string[], name: string): string | undefined {
   for (let i = 0; i + 1 < raw.length; i += 2) if (raw[i]!.toLowerCase() === name) return raw[i + 1];
   return undefined;
+}
+
+function rawValues(raw: readonly string[], name: string): string[] {
+  const out: string[] = [];
+  for (let i = 0; i + 1 < raw.length; i += 2) if (raw[i]!.toLowerCase() === name) out.push(raw[i + 1]!);
+  return out;
+}
+
+/**
+ * http-parser-js reads chunk sizes with parseInt, so a negative size moves its
+ * cursor backwards (a guest could make it loop forever). This instance gets a
+ * strict chunk-size line: 1-12 hex digits, optional extensions.
+ */
+function strictChunkSizes(parser: InstanceType<typeof HTTPParser>): void {
+  const p = parser as unknown as {
+    consumeLine(): string | undefined;
+    body_bytes: number;
+    state: string;
+    BODY_CHUNKHEAD(): void;
+  };
+  p.BODY_CHUNKHEAD = function (this: typeof p) {
+    const line = this.consumeLine();
+    if (line === undefined) return;
+    const m = /^([0-9a-fA-F]{1,12})[ \t]*(;.*)?$/.exec(line);
+    if (!m) throw Object.assign(new Error("Parse Error: invalid chunk size"), { code: "HPE_INVALID_CHUNK_SIZE" });
+    this.body_bytes = parseInt(m[1]!, 16);
+    this.state = this.body_bytes === 0 ? "BODY_CHUNKTRAILERS" : "BODY_CHUNK";
+  };
 }
 
 function hasHeader(raw: readonly string[], name: string, pred: (v: string) => boolean = () => true): boolean {
