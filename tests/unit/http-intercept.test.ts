@@ -251,6 +251,21 @@ describe("HTTP interceptor", () => {
     s2.destroy();
   });
 
+  it("bounds lines inside a chunked body (an endless trailer line is cut off)", async () => {
+    const { guest } = await setup();
+    const s = await rawConnect(guest.port);
+    s.write(`POST /t HTTP/1.1\r\nHost: ${HOST}:${guest.port}\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-Trailer: `);
+    let closed = false;
+    s.once("close", () => (closed = true));
+    for (let i = 0; i < 64 && !closed; i++) {
+      s.write("a".repeat(1024));
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    await readUntil(s, () => false, 5000);
+    expect(closed).toBe(true);
+    expect(guest.events.some((e) => e.type === "http.protocol-error" && e.message.includes("HPE_LINE_TOO_LONG"))).toBe(true);
+  });
+
   it("re-checks CONNECT: another host is refused, the trusted one is intercepted inside the tunnel", async () => {
     const { seen, guest } = await setup();
     const c = await certificates();

@@ -67,7 +67,7 @@ export class HttpSession {
     this.#parser[HTTPParser.kOnHeadersComplete] = (info) => this.#onHead(info);
     this.#parser[HTTPParser.kOnBody] = (chunk: Buffer) => this.#onBody(chunk);
     this.#parser[HTTPParser.kOnMessageComplete] = () => this.#onMessageComplete();
-    strictChunkSizes(this.#parser);
+    hardenParser(this.#parser);
   }
 
   /** Serves the connection; resolves when it is finished. */
@@ -428,22 +428,40 @@ function rawValues(raw: readonly string[], name: string): string[] {
 }
 
 /**
- * http-parser-js reads chunk sizes with parseInt, so a negative size moves its
- * cursor backwards (a guest could make it loop forever). This instance gets a
- * strict chunk-size line: 1-12 hex digits, optional extensions.
+ * Hardens one http-parser-js instance against a hostile guest:
+ * - chunk sizes: it reads them with parseInt, so a negative size moves its
+ *   cursor backwards (a guest could make it loop forever); here a size line is
+ *   1-12 hex digits with optional extensions;
+ * - line length: it only bounds the head, not lines inside a chunked body
+ *   (size lines, trailers), so every line is capped at 8 KiB;
+ * - field count: at most 256 header or trailer fields per message.
  */
-function strictChunkSizes(parser: InstanceType<typeof HTTPParser>): void {
+function hardenParser(parser: InstanceType<typeof HTTPParser>): void {
   const p = parser as unknown as {
     consumeLine(): string | undefined;
+    parseHeader(line: string, headers: string[]): void;
+    line: string;
     body_bytes: number;
     state: string;
     BODY_CHUNKHEAD(): void;
+  };
+  const parseError = (message: string, code: string) => Object.assign(new Error(`Parse Error: ${message}`), { code });
+  const consumeLine = p.consumeLine;
+  p.consumeLine = function (this: typeof p) {
+    const line = consumeLine.call(this);
+    if (line === undefined && this.line.length > 8192) throw parseError("line too long", "HPE_LINE_TOO_LONG");
+    return line;
+  };
+  const parseHeader = p.parseHeader;
+  p.parseHeader = function (this: typeof p, line: string, headers: string[]) {
+    if (headers.length >= 512) throw parseError("too many header fields", "HPE_HEADER_OVERFLOW");
+    parseHeader.call(this, line, headers);
   };
   p.BODY_CHUNKHEAD = function (this: typeof p) {
     const line = this.consumeLine();
     if (line === undefined) return;
     const m = /^([0-9a-fA-F]{1,12})[ \t]*(;.*)?$/.exec(line);
-    if (!m) throw Object.assign(new Error("Parse Error: invalid chunk size"), { code: "HPE_INVALID_CHUNK_SIZE" });
+    if (!m) throw parseError("invalid chunk size", "HPE_INVALID_CHUNK_SIZE");
     this.body_bytes = parseInt(m[1]!, 16);
     this.state = this.body_bytes === 0 ? "BODY_CHUNKTRAILERS" : "BODY_CHUNK";
   };
