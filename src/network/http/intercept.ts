@@ -46,6 +46,7 @@ const DNS_NAME = /^(?=.{1,253}$)([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9])?)(\.[a-z0-9
 
 export function createHttpInterceptor(options: HttpInterceptorOptions): HttpInterceptor {
   const leaves = new LeafCertificates(options.ca);
+  leaves.warm();
   const upstreamTls = new UpstreamTls(options);
   const connectTimeoutMs = options.connectTimeoutMs ?? 30_000;
   const middlewareTimeoutMs = options.middlewareTimeoutMs ?? 30_000;

@@ -19,6 +19,11 @@ export class LeafCertificates {
     this.#maxEntries = options.maxEntries ?? 512;
   }
 
+  /** Starts generating the shared leaf key in the background (so the first TLS flow does not wait for it). */
+  warm(): void {
+    this.#leafKey().catch(() => {});
+  }
+
   /** The TLS server context presenting a certificate for `hostname`. */
   contextFor(hostname: string): Promise<SecureContext> {
     const hit = this.#contexts.get(hostname);
