@@ -39,9 +39,11 @@ export interface BootOptions {
   signal?: AbortSignal;
   /**
    * @internal The HTTP interception CA of this boot (`createSandboxCa()`); only its
-   * public certificate goes to the guest. The network policy wiring sets it.
+   * public certificate goes to the guest. The network policy wiring sets it. A
+   * promise is awaited only when the guest asks for its configuration, so key
+   * generation overlaps the VM's boot.
    */
-  interceptCa?: { readonly certPem: string };
+  interceptCa?: { readonly certPem: string } | Promise<{ readonly certPem: string }>;
 }
 
 export interface Sandbox {
@@ -133,7 +135,15 @@ async function bootLane(root: RootfsSpec, resources: Required<SandboxResources>,
   const cwd = checkAbsolutePath("cwd", options.cwd ?? "/");
   const env = checkEnv("env", options.env);
   const timeoutMs = checkInteger("timeoutMs", options.timeoutMs ?? 120_000, 1, 3_600_000);
-  const caCertPem = options.interceptCa === undefined ? undefined : checkCaCertificate(options.interceptCa.certPem);
+  const ca = options.interceptCa;
+  const caCertPem: Promise<string | undefined> =
+    ca === undefined
+      ? Promise.resolve(undefined)
+      : ca instanceof Promise
+        ? ca.then((c) => checkCaCertificate(c?.certPem))
+        : Promise.resolve(checkCaCertificate(ca.certPem)); // a bad certificate fails before anything boots
+  // Rejections surface through the handshake; this keeps an early failure from being "unhandled".
+  caCertPem.catch(() => {});
   options.signal?.throwIfAborted();
 
   const artifacts = resolveArtifacts();
@@ -154,13 +164,14 @@ async function bootLane(root: RootfsSpec, resources: Required<SandboxResources>,
   }
 
   const launch = launchSpec(artifacts, image, resources, choice, root);
-  const configure = {
+  const configure = caCertPem.then((pem) => ({
     hostname,
     cwd,
     env,
     root: { device: "/dev/vda", fstype: image.filesystem, readOnly: root.kind === "builtIn" },
-    ...(caCertPem === undefined ? {} : { caCertPem }),
-  };
+    ...(pem === undefined ? {} : { caCertPem: pem }),
+  }));
+  configure.catch(() => {});
 
   try {
     const { launched, hello, ready } = await handshake(conn, launch, configure, timeoutMs, options.signal);
@@ -207,7 +218,7 @@ interface Ready {
 function handshake(
   conn: HelperConnection,
   launch: unknown,
-  configure: unknown,
+  configure: Promise<unknown>,
   timeoutMs: number,
   signal: AbortSignal | undefined,
 ): Promise<{ launched: Launched; hello: Hello | undefined; ready: Ready }> {
@@ -249,7 +260,10 @@ function handshake(
           break;
         case Kind.Hello:
           hello = body as Hello;
-          conn.sendJson(Kind.Configure, 0, configure);
+          configure.then(
+            (body) => conn.sendJson(Kind.Configure, 0, body),
+            (err: unknown) => fail(err instanceof Error ? err : new Error(String(err))),
+          );
           break;
         case Kind.InitError: {
           const e = body as { stage: string; message: string };

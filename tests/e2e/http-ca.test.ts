@@ -76,7 +76,8 @@ describe("interception CA in the guest", () => {
 
   it("ephemeral debian:12: installed in the trust store with update-ca-certificates", async () => {
     const sandbox = defineSandbox({ rootfs: rootfs.ephemeral({ base: rootfs.builtIn("debian:12") }) });
-    await using lane = await sandbox.boot({ interceptCa: ca });
+    // A promise: the boot awaits it only when the guest asks for its configuration.
+    await using lane = await sandbox.boot({ interceptCa: Promise.resolve(ca) });
     const r = await lane.exec("sh", [
       "-c",
       `${put("/tmp/leaf.pem", leafPem)} && cmp /usr/local/share/ca-certificates/torkbot-sandbox.crt /run/sandbox/ca.crt && ` +
