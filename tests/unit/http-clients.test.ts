@@ -5,7 +5,7 @@
  * injected on the way and never shown to them.
  */
 import { execFile, spawn } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
@@ -65,6 +65,21 @@ describe("clients through the interceptor", () => {
   it("curl refuses the interceptor without the sandbox CA (no blind trust)", async () => {
     const err = await run("curl", ["-sS", "--resolve", `${HOST}:${guest.port}:${GUEST_IP}`, url("/x")]).catch((e) => e);
     expect(err.code).toBe(60); // SSL certificate problem
+  });
+
+  it("a refused upload still gets its 403 (the interceptor drains before closing; no reset)", async () => {
+    const big = join(tmpdir(), `http-refused-${process.pid}.bin`);
+    writeFileSync(big, Buffer.alloc(3 * 1024 * 1024, 7));
+    try {
+      const { stdout } = await run("curl", [
+        "-sS", "--cacert", guest.caFile, "--resolve", `${HOST}:${guest.port}:${GUEST_IP}`,
+        "-H", `Host: evil.test:${guest.port}`, "-H", "Expect:", "--data-binary", `@${big}`,
+        "-o", "/dev/null", "-w", "%{http_code}", url("/upload"),
+      ]);
+      expect(stdout).toBe("403");
+    } finally {
+      rmSync(big, { force: true });
+    }
   });
 
   it("python urllib", async () => {
