@@ -9,6 +9,8 @@
  */
 import { Readable, type Duplex } from "node:stream";
 import { HTTPParser } from "http-parser-js";
+import { createRequestParser, hasHeader, headerValue, rawValues } from "./parser.js";
+import { relay, runMiddleware } from "./relay.js";
 import type { Client } from "undici";
 import { checkConnectTarget, checkRequest, RequestRejection, type CheckedRequest } from "./request.js";
 import { headerLines, plainResponse, sendResponse, statusLine, writeAsync, type ResponseHeaders } from "./response.js";
@@ -47,7 +49,7 @@ interface Pending {
 export class HttpSession {
   readonly #stream: Duplex;
   readonly #ctx: SessionContext;
-  readonly #parser = new HTTPParser(HTTPParser.REQUEST);
+  readonly #parser = createRequestParser();
   readonly #queue: Pending[] = [];
   #parsing: Pending | undefined;
   readonly #pauses = new Set<string>();
@@ -67,7 +69,6 @@ export class HttpSession {
     this.#parser[HTTPParser.kOnHeadersComplete] = (info) => this.#onHead(info);
     this.#parser[HTTPParser.kOnBody] = (chunk: Buffer) => this.#onBody(chunk);
     this.#parser[HTTPParser.kOnMessageComplete] = () => this.#onMessageComplete();
-    hardenParser(this.#parser);
   }
 
   /** Serves the connection; resolves when it is finished. */
@@ -416,103 +417,6 @@ export class HttpSession {
   }
 }
 
-function headerValue(raw: readonly string[], name: string): string | undefined {
-  for (let i = 0; i + 1 < raw.length; i += 2) if (raw[i]!.toLowerCase() === name) return raw[i + 1];
-  return undefined;
-}
-
-function rawValues(raw: readonly string[], name: string): string[] {
-  const out: string[] = [];
-  for (let i = 0; i + 1 < raw.length; i += 2) if (raw[i]!.toLowerCase() === name) out.push(raw[i + 1]!);
-  return out;
-}
-
-/**
- * Hardens one http-parser-js instance against a hostile guest:
- * - chunk sizes: it reads them with parseInt, so a negative size moves its
- *   cursor backwards (a guest could make it loop forever); here a size line is
- *   1-12 hex digits with optional extensions;
- * - line length: it only bounds the head, not lines inside a chunked body
- *   (size lines, trailers), so every line is capped at 8 KiB;
- * - field count: at most 256 header or trailer fields per message.
- */
-function hardenParser(parser: InstanceType<typeof HTTPParser>): void {
-  const p = parser as unknown as {
-    consumeLine(): string | undefined;
-    parseHeader(line: string, headers: string[]): void;
-    line: string;
-    body_bytes: number;
-    state: string;
-    BODY_CHUNKHEAD(): void;
-  };
-  const parseError = (message: string, code: string) => Object.assign(new Error(`Parse Error: ${message}`), { code });
-  const consumeLine = p.consumeLine;
-  p.consumeLine = function (this: typeof p) {
-    const line = consumeLine.call(this);
-    if (line === undefined && this.line.length > 8192) throw parseError("line too long", "HPE_LINE_TOO_LONG");
-    return line;
-  };
-  const parseHeader = p.parseHeader;
-  p.parseHeader = function (this: typeof p, line: string, headers: string[]) {
-    if (headers.length >= 512) throw parseError("too many header fields", "HPE_HEADER_OVERFLOW");
-    parseHeader.call(this, line, headers);
-  };
-  p.BODY_CHUNKHEAD = function (this: typeof p) {
-    const line = this.consumeLine();
-    if (line === undefined) return;
-    const m = /^([0-9a-fA-F]{1,12})[ \t]*(;.*)?$/.exec(line);
-    if (!m) throw parseError("invalid chunk size", "HPE_INVALID_CHUNK_SIZE");
-    this.body_bytes = parseInt(m[1]!, 16);
-    this.state = this.body_bytes === 0 ? "BODY_CHUNKTRAILERS" : "BODY_CHUNK";
-  };
-}
-
-function hasHeader(raw: readonly string[], name: string, pred: (v: string) => boolean = () => true): boolean {
-  for (let i = 0; i + 1 < raw.length; i += 2) if (raw[i]!.toLowerCase() === name && pred(raw[i + 1]!)) return true;
-  return false;
-}
-
 function endpoints(flow: InterceptedFlow) {
   return { hostname: flow.hostname, src: flow.src, dst: flow.dst };
-}
-
-/** Runs the middleware with a deadline; resolves undefined on success, else why it failed. */
-async function runMiddleware(
-  middleware: InterceptedFlow["middleware"],
-  request: InterceptedRequest,
-  timeoutMs: number,
-): Promise<string | undefined> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    await Promise.race([
-      Promise.resolve().then(() => middleware(request)),
-      new Promise((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`the middleware did not finish within ${timeoutMs} ms`)), timeoutMs);
-      }),
-    ]);
-    return undefined;
-  } catch (err) {
-    return err instanceof Error ? err.message : String(err);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-/** Relays bytes both ways until either side ends; then tears both down. */
-function relay(a: Duplex, b: Duplex): Promise<void> {
-  return new Promise((resolve) => {
-    let done = false;
-    const finish = () => {
-      if (done) return;
-      done = true;
-      a.destroy();
-      b.destroy();
-      resolve();
-    };
-    a.pipe(b);
-    b.pipe(a);
-    a.on("close", finish).on("error", finish);
-    b.on("close", finish).on("error", finish);
-    a.resume();
-  });
 }
