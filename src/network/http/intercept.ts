@@ -167,7 +167,7 @@ export function createHttpInterceptor(options: HttpInterceptorOptions): HttpInte
       socket.setNoDelay(true);
       await serve(socket, { ...flow, hostname }, false);
     } catch (err) {
-      emit({ type: "http.protocol-error", ...ends(flow), reason: "parse", message: `interceptor failure: ${(err as Error).message}` });
+      emit({ type: "http.protocol-error", ...ends(flow), reason: "internal", message: `flow refused: ${(err as Error).message}` });
     } finally {
       socket.destroy();
     }

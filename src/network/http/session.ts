@@ -9,9 +9,9 @@
  */
 import { Readable, type Duplex } from "node:stream";
 import { HTTPParser } from "http-parser-js";
+import type { Client } from "undici";
 import { createRequestParser, hasHeader, headerValue, rawValues } from "./parser.js";
 import { relay, runMiddleware } from "./relay.js";
-import type { Client } from "undici";
 import { checkConnectTarget, checkRequest, RequestRejection, type CheckedRequest } from "./request.js";
 import { headerLines, plainResponse, sendResponse, statusLine, writeAsync, type ResponseHeaders } from "./response.js";
 import type { HttpDenyReason, HttpEvent, InterceptedFlow, InterceptedRequest } from "./types.js";
@@ -181,7 +181,15 @@ export class HttpSession {
     try {
       while (this.#queue.length > 0 && !this.#stream.destroyed) {
         const req = this.#queue[0]!;
-        const keep = await this.#handle(req).catch(() => false);
+        const keep = await this.#handle(req).catch((err: unknown) => {
+          this.#ctx.emit({
+            type: "http.protocol-error",
+            ...endpoints(this.#ctx.flow),
+            reason: "internal",
+            message: `interceptor failure while serving ${req.method} ${req.target}: ${err instanceof Error ? err.message : String(err)}`,
+          });
+          return false;
+        });
         this.#queue.shift();
         if (this.#queue.length < 2) this.#unpause("queue");
         if (!keep) {

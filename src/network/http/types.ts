@@ -94,8 +94,12 @@ export type HttpEvent =
     })
   | (EventBase & {
       readonly type: "http.protocol-error";
-      /** `not-http`: neither TLS nor HTTP; `tls`: the guest-side handshake failed; `parse`: malformed HTTP; `idle`: nothing sent in time. */
-      readonly reason: "not-http" | "tls" | "parse" | "idle";
+      /**
+       * `not-http`: neither TLS nor HTTP; `tls`: the guest-side handshake failed;
+       * `parse`: malformed HTTP; `idle`: nothing sent in time; `internal`: a bug in
+       * the interceptor (the connection is closed).
+       */
+      readonly reason: "not-http" | "tls" | "parse" | "idle" | "internal";
       readonly message: string;
     });
 
