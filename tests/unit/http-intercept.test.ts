@@ -251,6 +251,17 @@ describe("HTTP interceptor", () => {
     s2.destroy();
   });
 
+  it("refuses a flow whose hostname is an IP (no trusted name to check against)", async () => {
+    const { seen, guest } = await setup(inject, { hostname: "127.0.0.1" });
+    const s = await rawConnect(guest.port, { plain: true });
+    s.write(get("/", "127.0.0.1"));
+    const { text, closed } = await readUntil(s);
+    expect(text).toBe("");
+    expect(closed).toBe(true);
+    expect(seen).toHaveLength(0);
+    expect(guest.events).toMatchObject([{ type: "http.protocol-error", message: expect.stringContaining("IP-addressed flows cannot be intercepted") }]);
+  });
+
   it("bounds lines inside a chunked body (an endless trailer line is cut off)", async () => {
     const { guest } = await setup();
     const s = await rawConnect(guest.port);
