@@ -25,6 +25,7 @@ export {
 } from "./errors.js";
 export {
   createHttpInterceptor,
+  startInterception,
   createSandboxCa,
   SandboxCa,
   HttpHeaders,
@@ -34,6 +35,7 @@ export {
 export type {
   HttpInterceptor,
   HttpInterceptorOptions,
+  BootInterception,
   HttpEvent,
   HttpMiddleware,
   InterceptedFlow,
