@@ -10,6 +10,8 @@
 //  - peak RSS (VmHWM) of helper + VMM per sandbox;
 //  - disk: sequential MB/s and 4 KiB random IOPS on ephemeral and cow roots vs
 //    a QEMU-opened qcow2 overlay of the same base (scripts/bench/disk.mjs).
+//  - HTTP interception: requests/s and p50 latency through the interceptor vs
+//    the same client straight to the same upstream (scripts/bench/http.mjs).
 //
 // Env: BENCH_BOOTS (default 10), BENCH_EXECS (default 200), BENCH_IMAGE (default debian:12),
 // BENCH_ONLY=disk (only the disk section), BENCH_DISK_MIB / _RANDOM_S / _ROUNDS.
@@ -186,6 +188,10 @@ await lane.close();
 const disk = await diskBench(diskContext());
 rmSync(work, { recursive: true, force: true });
 
+log("http interception vs direct");
+const { runHttpBench } = await import("./bench/http.mjs");
+const httpInterception = await runHttpBench();
+
 const boot = stats(ours);
 const floorStats = floor.length ? stats(floor) : null;
 const execStats = stats(rtt);
@@ -206,6 +212,7 @@ const result = {
   spawnToReadyMs: stats(spawnReady),
   peakRssMiB: { helperPlusVmm: round(peak), helper: round(helperPeak), perBoot: stats(rss) },
   disk,
+  httpInterception,
   targets: {
     bootRatioMax: 1.3,
     execRatioMax: 1.5,

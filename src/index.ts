@@ -26,3 +26,24 @@ export {
   BlockStoreBaseMismatchError,
 } from "./errors.js";
 export type { BlockStoreOp } from "./errors.js";
+export {
+  createHttpInterceptor,
+  startInterception,
+  createSandboxCa,
+  SandboxCa,
+  HttpHeaders,
+  createSecrets,
+  composeMiddleware,
+} from "./network/http/index.js";
+export type {
+  HttpInterceptor,
+  HttpInterceptorOptions,
+  BootInterception,
+  HttpEvent,
+  HttpMiddleware,
+  InterceptedFlow,
+  InterceptedRequest,
+  InterceptHandler,
+  Secrets,
+  SecretsSpec,
+} from "./network/http/index.js";

@@ -44,6 +44,13 @@ export interface BootOptions {
    * Exceptions thrown by the callback are ignored.
    */
   onError?: (error: BlockStoreError) => void;
+  /**
+   * @internal The HTTP interception CA of this boot (`createSandboxCa()`); only its
+   * public certificate goes to the guest. The network policy wiring sets it. A
+   * promise is awaited only when the guest asks for its configuration, so key
+   * generation overlaps the VM's boot.
+   */
+  interceptCa?: { readonly certPem: string } | Promise<{ readonly certPem: string }>;
 }
 
 export interface Sandbox {
@@ -148,6 +155,15 @@ export async function bootLane(
   const cwd = checkAbsolutePath("cwd", options.cwd ?? "/");
   const env = checkEnv("env", options.env);
   const timeoutMs = checkInteger("timeoutMs", options.timeoutMs ?? 120_000, 1, 3_600_000);
+  const ca = options.interceptCa;
+  const caCertPem: Promise<string | undefined> =
+    ca === undefined
+      ? Promise.resolve(undefined)
+      : ca instanceof Promise
+        ? ca.then((c) => checkCaCertificate(c?.certPem))
+        : Promise.resolve(checkCaCertificate(ca.certPem)); // a bad certificate fails before anything boots
+  // Rejections surface through the handshake; this keeps an early failure from being "unhandled".
+  caCertPem.catch(() => {});
   options.signal?.throwIfAborted();
 
   const artifacts = resolveArtifacts();
@@ -191,12 +207,14 @@ export async function bootLane(
 
   const spec = launchSpec(artifacts, image, resources, choice, root);
   const launch = internals.transformLaunch ? internals.transformLaunch(spec) : spec;
-  const configure = {
+  const configure = caCertPem.then((pem) => ({
     hostname,
     cwd,
     env,
     root: { device: "/dev/vda", fstype: image.filesystem, readOnly: root.kind === "builtIn" && !internals.writableRoot },
-  };
+    ...(pem === undefined ? {} : { caCertPem: pem }),
+  }));
+  configure.catch(() => {});
 
   try {
     const { launched, hello, ready } = await handshake(conn, launch, configure, timeoutMs, options.signal);
@@ -244,7 +262,7 @@ interface Ready {
 function handshake(
   conn: HelperConnection,
   launch: unknown,
-  configure: unknown,
+  configure: Promise<unknown>,
   timeoutMs: number,
   signal: AbortSignal | undefined,
 ): Promise<{ launched: Launched; hello: Hello | undefined; ready: Ready }> {
@@ -286,7 +304,10 @@ function handshake(
           break;
         case Kind.Hello:
           hello = body as Hello;
-          conn.sendJson(Kind.Configure, 0, configure);
+          configure.then(
+            (body) => conn.sendJson(Kind.Configure, 0, body),
+            (err: unknown) => fail(err instanceof Error ? err : new Error(String(err))),
+          );
           break;
         case Kind.InitError: {
           const e = body as { stage: string; message: string };
@@ -305,6 +326,20 @@ function handshake(
     signal?.addEventListener("abort", onAbort, { once: true });
     conn.sendJson(Kind.Launch, 0, launch);
   });
+}
+
+/** The guest gets exactly one public certificate, never key material. */
+function checkCaCertificate(pem: unknown): string {
+  if (
+    typeof pem !== "string" ||
+    pem.length > 64 * 1024 ||
+    pem.includes("PRIVATE KEY") ||
+    (pem.match(/-----BEGIN /g) ?? []).length !== 1 ||
+    !pem.trim().startsWith("-----BEGIN CERTIFICATE-----")
+  ) {
+    throw new SandboxConfigError("interceptCa.certPem must be one PEM certificate (public part only; no private key)");
+  }
+  return pem;
 }
 
 function lastLines(text: string, n: number): string {

@@ -26,6 +26,15 @@ describe("input validation", () => {
     expect(checkArgv("ls", ["-l"])).toEqual(["ls", "-l"]);
   });
 
+  it("refuses an interception CA that is not exactly one public certificate, before booting", async () => {
+    const sb = defineSandbox({ rootfs: rootfs.builtIn("busybox") });
+    const key = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n";
+    const cert = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+    await expect(sb.boot({ interceptCa: { certPem: key } })).rejects.toThrow(/public part only; no private key/);
+    await expect(sb.boot({ interceptCa: { certPem: cert + key } })).rejects.toThrow(SandboxConfigError);
+    await expect(sb.boot({ interceptCa: { certPem: cert + cert } })).rejects.toThrow(SandboxConfigError);
+  });
+
   it("rejects an empty built-in image name", () => {
     expect(() => rootfs.builtIn("")).toThrow(SandboxConfigError);
   });

@@ -139,6 +139,30 @@ pub fn switch_root(cfg: &Configure) -> Result<(), BootError> {
     Ok(())
 }
 
+/// The HTTP interception CA (after the switch, inside the new root): returns
+/// the environment variables for processes. Without a CA, a writable root is
+/// cleaned of one a previous boot installed.
+pub fn setup_ca(cfg: &Configure) -> Result<Vec<(String, String)>, BootError> {
+    let run = |installer: &Path| {
+        std::process::Command::new(installer)
+            .env_clear()
+            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .current_dir("/")
+            .stdin(std::process::Stdio::null())
+            .output()
+    };
+    let root = Path::new("/");
+    match &cfg.ca_cert_pem {
+        Some(pem) => crate::ca::setup(root, pem, !cfg.root.read_only, &run).map_err(|e| fail("ca", e.to_string())),
+        None => {
+            if !cfg.root.read_only {
+                crate::ca::remove_stale(root, &run);
+            }
+            Ok(Vec::new())
+        }
+    }
+}
+
 /// Hostname and the default working directory, checked after the switch.
 pub fn finish(cfg: &Configure) -> Result<(), BootError> {
     sys::sethostname(&cfg.hostname).map_err(|e| fail("hostname", format!("sethostname {:?}: {e}", cfg.hostname)))?;

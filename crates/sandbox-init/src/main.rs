@@ -7,6 +7,7 @@
 //! control port is up, and printed on the console otherwise.
 
 mod boot;
+mod ca;
 mod process;
 mod server;
 mod sys;
@@ -47,7 +48,14 @@ fn main() {
         },
         None => power_off(),
     };
-    if let Err(e) = boot::switch_root(&cfg).and_then(|_| boot::finish(&cfg)) {
+    if let Err(e) = boot::switch_root(&cfg) {
+        link.fail(e.stage, &e.message);
+    }
+    let ca_env = match boot::setup_ca(&cfg) {
+        Ok(env) => env,
+        Err(e) => link.fail(e.stage, &e.message),
+    };
+    if let Err(e) = boot::finish(&cfg) {
         link.fail(e.stage, &e.message);
     }
     let ready = proto::Ready { uptime_ms: sys::uptime_ms(), kernel: boot::kernel_release() };
@@ -59,6 +67,8 @@ fn main() {
         ("HOME".to_string(), "/root".to_string()),
         ("HOSTNAME".to_string(), cfg.hostname.clone()),
     ]);
+    // The CA variables come before the host's env so a caller can still override them.
+    env.extend(ca_env);
     env.extend(cfg.env.clone());
     let server = match server::Server::new(link.port, link.decoder, env, cfg.cwd.clone()) {
         Ok(s) => s,

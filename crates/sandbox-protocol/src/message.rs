@@ -37,6 +37,11 @@ pub struct Configure {
     /// Environment every process starts with (before per-process overrides).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Public certificate (PEM) of the sandbox's HTTP interception CA; init
+    /// installs it (writable root) or keeps it under /run (read-only root).
+    /// Never a private key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert_pem: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

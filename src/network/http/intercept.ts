@@ -1,0 +1,212 @@
+/**
+ * The HTTP interceptor: the handler the network plumbing calls with each flow
+ * accepted by `matchHttp(...).accept(middleware)`.
+ *
+ * TLS or plain HTTP is decided by sniffing the guest's first byte (0x16, a TLS
+ * handshake record, means TLS), not by port: HTTPS on 8443 and plain HTTP on
+ * 8080 work, and a CONNECT tunnel's content is sniffed the same way. Guest
+ * TLS is terminated with a leaf certificate for the flow's trusted hostname,
+ * issued by the sandbox CA; the ClientHello's SNI must name that hostname
+ * (absent SNI: the trusted hostname is used), and only `http/1.1` is offered
+ * by ALPN so every request stays visible to the middleware.
+ */
+import { isIP } from "node:net";
+import type { Duplex } from "node:stream";
+import { TLSSocket } from "node:tls";
+import type { Client } from "undici";
+import type { SandboxCa } from "./ca.js";
+import { LeafCertificates } from "./leaf-certs.js";
+import { normalizeHostname } from "./request.js";
+import { HttpSession } from "./session.js";
+import type { HttpEvent, InterceptedFlow, InterceptHandler } from "./types.js";
+import { createUpstreamClient, UpstreamTls, type UpstreamOptions } from "./upstream.js";
+
+export interface HttpInterceptorOptions extends UpstreamOptions {
+  /** The sandbox's CA; its certificate is what the guest trusts. */
+  ca: SandboxCa;
+  /** Receives every interception event (requests, denials, upstream and protocol errors). */
+  onEvent?: (event: HttpEvent) => void;
+  /** Deadline for the middleware of one request; past it the request is denied (403). Default 30 s. */
+  middlewareTimeoutMs?: number;
+  /** Deadline for the guest's first byte, TLS handshake and first request head. Default 30 s. */
+  handshakeTimeoutMs?: number;
+}
+
+export interface HttpInterceptor {
+  /** Serves one intercepted flow (give it to the intercept server). */
+  readonly handle: InterceptHandler;
+  /** Leaf certificates of this interceptor (one shared key, cached per hostname). */
+  readonly leaves: LeafCertificates;
+  /** Ends every open flow and upstream connection. */
+  close(): Promise<void>;
+}
+
+const TLS_HANDSHAKE_RECORD = 0x16;
+const DNS_NAME = /^(?=.{1,253}$)([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9])?)(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9])?)*$/;
+
+export function createHttpInterceptor(options: HttpInterceptorOptions): HttpInterceptor {
+  const leaves = new LeafCertificates(options.ca);
+  leaves.warm();
+  const upstreamTls = new UpstreamTls(options);
+  const connectTimeoutMs = options.connectTimeoutMs ?? 30_000;
+  const middlewareTimeoutMs = options.middlewareTimeoutMs ?? 30_000;
+  const handshakeTimeoutMs = options.handshakeTimeoutMs ?? 30_000;
+  const emit = (event: HttpEvent) => {
+    try {
+      options.onEvent?.(event);
+    } catch {
+      // An observer's bug must not break the flow.
+    }
+  };
+  const open = new Set<Duplex>();
+  const clients = new Set<Client>();
+
+  async function serve(stream: Duplex, flow: InterceptedFlow, tunnelled: boolean): Promise<void> {
+    const first = await firstByte(stream, handshakeTimeoutMs);
+    if (first === undefined) {
+      if (!stream.destroyed) {
+        emit({ type: "http.protocol-error", ...ends(flow), reason: "idle", message: `the guest sent nothing within ${handshakeTimeoutMs} ms; connection closed` });
+      }
+      stream.destroy();
+      return;
+    }
+    let inner: Duplex = stream;
+    let useTls = false;
+    if (first === TLS_HANDSHAKE_RECORD) {
+      const tls = await terminateTls(stream, flow);
+      if (!tls) return;
+      inner = tls;
+      useTls = true;
+    }
+    let client: Client | undefined;
+    const session = new HttpSession(inner, {
+      flow,
+      protocol: useTls ? "https:" : "http:",
+      upstream: () => {
+        if (!client) {
+          client = createUpstreamClient(flow, useTls, upstreamTls, connectTimeoutMs);
+          clients.add(client);
+        }
+        return client;
+      },
+      middlewareTimeoutMs,
+      headTimeoutMs: handshakeTimeoutMs,
+      emit,
+      serveTunnel: tunnelled ? undefined : (s) => serve(s, flow, true),
+    });
+    try {
+      await session.run();
+    } finally {
+      if (client) {
+        clients.delete(client);
+        client.destroy().catch(() => {});
+      }
+    }
+  }
+
+  async function terminateTls(stream: Duplex, flow: InterceptedFlow): Promise<TLSSocket | undefined> {
+    let context;
+    try {
+      context = await leaves.contextFor(flow.hostname);
+    } catch (err) {
+      emit({ type: "http.protocol-error", ...ends(flow), reason: "tls", message: `could not issue a certificate for ${flow.hostname}: ${(err as Error).message}` });
+      stream.destroy();
+      return undefined;
+    }
+    let sniMismatch: string | undefined;
+    const tls = new TLSSocket(stream as never, {
+      isServer: true,
+      secureContext: context,
+      ALPNProtocols: ["http/1.1"],
+      SNICallback: (servername, cb) => {
+        if (normalizeHostname(servername) === flow.hostname) return cb(null, context);
+        sniMismatch = servername;
+        cb(new Error(`SNI ${servername} does not match ${flow.hostname}`), undefined);
+      },
+    });
+    open.add(tls);
+    tls.once("close", () => open.delete(tls));
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => fail(new Error(`TLS handshake not finished within ${handshakeTimeoutMs} ms`)), handshakeTimeoutMs);
+      const fail = (err: Error) => {
+        clearTimeout(timer);
+        if (sniMismatch !== undefined) {
+          emit({
+            type: "http.denied",
+            ...ends(flow),
+            reason: "sni-mismatch",
+            message: `TLS server name ${JSON.stringify(sniMismatch)} does not match ${flow.hostname}, the only host this connection may reach; handshake refused`,
+          });
+        } else {
+          emit({ type: "http.protocol-error", ...ends(flow), reason: "tls", message: `guest TLS handshake failed: ${err.message}` });
+        }
+        tls.destroy();
+        stream.destroy();
+        resolve(undefined);
+      };
+      tls.once("error", fail);
+      tls.once("secure", () => {
+        clearTimeout(timer);
+        tls.off("error", fail);
+        tls.on("error", () => tls.destroy());
+        resolve(tls);
+      });
+    });
+  }
+
+  const handle: InterceptHandler = async (socket, flow) => {
+    open.add(socket);
+    socket.once("close", () => open.delete(socket));
+    socket.on("error", () => {});
+    try {
+      const hostname = normalizeHostname(flow.hostname);
+      // Interception needs a trusted name to check Host/SNI against and to verify upstream; an IP is not one.
+      if (!DNS_NAME.test(hostname) || isIP(hostname) !== 0) {
+        throw new Error(`flow.hostname ${JSON.stringify(flow.hostname)} is not a DNS name; IP-addressed flows cannot be intercepted`);
+      }
+      socket.setNoDelay(true);
+      await serve(socket, { ...flow, hostname }, false);
+    } catch (err) {
+      emit({ type: "http.protocol-error", ...ends(flow), reason: "internal", message: `flow refused: ${(err as Error).message}` });
+    } finally {
+      socket.destroy();
+    }
+  };
+
+  return {
+    handle,
+    leaves,
+    async close() {
+      for (const s of open) s.destroy();
+      await Promise.all([...clients].map((c) => c.destroy().catch(() => {})));
+    },
+  };
+}
+
+function ends(flow: InterceptedFlow) {
+  return { hostname: flow.hostname, src: flow.src, dst: flow.dst };
+}
+
+/** Peeks at the first byte without consuming it; undefined on timeout or end. */
+function firstByte(stream: Duplex, timeoutMs: number): Promise<number | undefined> {
+  return new Promise((resolve) => {
+    const done = (v: number | undefined) => {
+      clearTimeout(timer);
+      stream.off("data", onData);
+      stream.off("end", onEnd);
+      stream.off("close", onEnd);
+      resolve(v);
+    };
+    const onData = (chunk: Buffer) => {
+      stream.pause();
+      stream.unshift(chunk);
+      done(chunk[0]);
+    };
+    const onEnd = () => done(undefined);
+    const timer = setTimeout(() => done(undefined), timeoutMs);
+    stream.on("data", onData);
+    stream.once("end", onEnd);
+    stream.once("close", onEnd);
+    stream.resume();
+  });
+}

@@ -1,0 +1,106 @@
+/**
+ * The contract between the network plumbing (which matches a flow with
+ * `conn.matchHttp(...)` and hands its bytes over) and the HTTP interceptor
+ * (which terminates TLS, runs the middleware and forwards upstream).
+ */
+import type { Socket } from "node:net";
+import type { HttpHeaders } from "./headers.js";
+
+export interface FlowEndpoint {
+  readonly ip: string;
+  readonly port: number;
+}
+
+/** One guest TCP flow accepted with `matchHttp(...).accept(middleware)`. */
+export interface InterceptedFlow {
+  readonly src: FlowEndpoint;
+  /** Where the guest connected; the interceptor connects upstream to exactly this address. */
+  readonly dst: FlowEndpoint;
+  /** Trusted hostname (from an accepted DNS answer, never from Host or SNI). */
+  readonly hostname: string;
+  readonly middleware: HttpMiddleware;
+}
+
+/** Serves one intercepted flow; resolves once the flow is finished (never rejects). */
+export type InterceptHandler = (socket: Socket, flow: InterceptedFlow) => Promise<void>;
+
+/**
+ * Called once per request before it goes upstream (every request of a
+ * kept-alive connection). It may change headers; throwing (or not settling
+ * within the interceptor's `middlewareTimeoutMs`) denies the request with 403.
+ */
+export type HttpMiddleware = (request: InterceptedRequest) => void | Promise<void>;
+
+export interface InterceptedRequest {
+  /** `GET`, `POST`… (read-only). */
+  readonly method: string;
+  /** Request target in origin form, e.g. `/user?x=1` (read-only). */
+  readonly url: string;
+  /** `https:` when the guest spoke TLS to the interceptor, else `http:`. */
+  readonly protocol: "https:" | "http:";
+  /** The trusted hostname the flow was matched on. */
+  readonly hostname: string;
+  readonly src: FlowEndpoint;
+  readonly dst: FlowEndpoint;
+  /**
+   * End-to-end request headers, mutable. Hop-by-hop headers (Connection,
+   * Transfer-Encoding, Upgrade…) are the interceptor's and are not listed here.
+   */
+  readonly headers: HttpHeaders;
+}
+
+/** Why the interceptor refused a flow or a request. */
+export type HttpDenyReason =
+  | "sni-mismatch"
+  | "host-mismatch"
+  | "connect-target"
+  | "middleware"
+  | "bad-request"
+  | "unsupported-upgrade";
+
+interface EventBase {
+  readonly hostname: string;
+  readonly src: FlowEndpoint;
+  readonly dst: FlowEndpoint;
+}
+
+/** Observability events, plain objects; pass `onEvent` to the interceptor to receive them. */
+export type HttpEvent =
+  | (EventBase & {
+      readonly type: "http.request";
+      readonly method: string;
+      readonly url: string;
+      readonly protocol: "https:" | "http:";
+      readonly status: number;
+      readonly durationMs: number;
+    })
+  | (EventBase & {
+      readonly type: "http.denied";
+      readonly reason: HttpDenyReason;
+      readonly message: string;
+      readonly method?: string;
+      readonly url?: string;
+      readonly status?: number;
+    })
+  | (EventBase & {
+      readonly type: "http.upstream-error";
+      readonly method: string;
+      readonly url: string;
+      /** e.g. `UNABLE_TO_VERIFY_LEAF_SIGNATURE`, `ECONNREFUSED`, `UND_ERR_SOCKET`. */
+      readonly code: string;
+      readonly message: string;
+      /** Whether the guest got a 502 (false: the response had started; the connection was cut). */
+      readonly answered502: boolean;
+    })
+  | (EventBase & {
+      readonly type: "http.protocol-error";
+      /**
+       * `not-http`: neither TLS nor HTTP; `tls`: the guest-side handshake failed;
+       * `parse`: malformed HTTP; `idle`: nothing sent in time; `internal`: a bug in
+       * the interceptor (the connection is closed).
+       */
+      readonly reason: "not-http" | "tls" | "parse" | "idle" | "internal";
+      readonly message: string;
+    });
+
+export type HttpEventType = HttpEvent["type"];

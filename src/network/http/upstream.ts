@@ -1,0 +1,71 @@
+/**
+ * The upstream side of an intercepted flow: an undici client that connects to
+ * exactly the address the guest connected to (`flow.dst`, never a fresh DNS
+ * lookup on the host) and, for TLS, verifies the server certificate for the
+ * trusted hostname (SNI and name check = `flow.hostname`) against the system
+ * roots plus any explicitly configured extra CAs. Only HTTP/1.1 is offered.
+ */
+import { connect as netConnect, type Socket } from "node:net";
+import { connect as tlsConnect, createSecureContext, rootCertificates, type SecureContext } from "node:tls";
+import { Client } from "undici";
+import type { InterceptedFlow } from "./types.js";
+
+export interface UpstreamOptions {
+  /** Extra CA certificates (PEM) trusted for upstream servers, on top of Node's root store. */
+  upstreamCa?: string | readonly string[];
+  /** TCP + TLS connect deadline. Default 30 s. */
+  connectTimeoutMs?: number;
+}
+
+/** Shared, immutable upstream TLS settings of one interceptor. */
+export class UpstreamTls {
+  readonly context: SecureContext;
+  constructor(options: UpstreamOptions) {
+    const extra = options.upstreamCa === undefined ? [] : typeof options.upstreamCa === "string" ? [options.upstreamCa] : [...options.upstreamCa];
+    // `ca` replaces the default roots, so keep them explicitly.
+    this.context = createSecureContext({ ca: [...rootCertificates, ...extra], minVersion: "TLSv1.2" });
+  }
+}
+
+/** One undici client per intercepted guest connection (kept alive like the guest's). */
+export function createUpstreamClient(
+  flow: InterceptedFlow,
+  useTls: boolean,
+  tlsSettings: UpstreamTls,
+  connectTimeoutMs: number,
+): Client {
+  const origin = `${useTls ? "https" : "http"}://${flow.hostname}:${flow.dst.port}`;
+  return new Client(origin, {
+    pipelining: 1,
+    connect: (_opts, callback) => {
+      let socket: Socket;
+      if (useTls) {
+        socket = tlsConnect({
+          host: flow.dst.ip,
+          port: flow.dst.port,
+          servername: flow.hostname,
+          secureContext: tlsSettings.context,
+          ALPNProtocols: ["http/1.1"],
+          rejectUnauthorized: true,
+        });
+      } else {
+        socket = netConnect({ host: flow.dst.ip, port: flow.dst.port });
+      }
+      const timer = setTimeout(() => fail(Object.assign(new Error(`connecting to ${flow.dst.ip}:${flow.dst.port} timed out`), { code: "UND_ERR_CONNECT_TIMEOUT" })), connectTimeoutMs);
+      const done = () => {
+        clearTimeout(timer);
+        socket.off("error", fail);
+        socket.setNoDelay(true);
+        callback(null, socket);
+      };
+      function fail(err: Error) {
+        clearTimeout(timer);
+        socket.off("error", fail);
+        socket.destroy();
+        callback(err, null);
+      }
+      socket.once(useTls ? "secureConnect" : "connect", done);
+      socket.once("error", fail);
+    },
+  });
+}
