@@ -74,7 +74,7 @@ describe("interception CA in the guest", () => {
     expect(keys.stdout.trim()).toBe("0");
   });
 
-  it("ephemeral debian:12: installed in the trust store with update-ca-certificates", async () => {
+  it("ephemeral debian:12: installed in the trust store, as update-ca-certificates would", async () => {
     const sandbox = defineSandbox({ rootfs: rootfs.ephemeral({ base: rootfs.builtIn("debian:12") }) });
     // A promise: the boot awaits it only when the guest asks for its configuration.
     await using lane = await sandbox.boot({ interceptCa: Promise.resolve(ca) });
@@ -89,7 +89,21 @@ describe("interception CA in the guest", () => {
     expect(r.stdout).toContain("SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt");
     const py = await lane.exec("env", ["-u", "SSL_CERT_FILE", "python3", "-c", PY_CHECK]);
     expect(py.stdout.trim()).toBe("ours-loaded True");
-  });
+
+    // CApath lookups find it too (the subject-hash link), and the image's own
+    // update-ca-certificates, run afterwards, agrees with what init wrote.
+    const snapshot =
+      "openssl verify -no-CAfile -CApath /etc/ssl/certs /tmp/leaf.pem && " +
+      "find /etc/ssl/certs -lname '*torkbot*' -printf '%f -> %l\\n' | sort && " +
+      "grep -c 'BEGIN CERTIFICATE' /etc/ssl/certs/ca-certificates.crt";
+    const ours = await lane.exec("sh", ["-c", snapshot]);
+    expect(ours.stderr).toBe("");
+    expect(ours.stdout).toMatch(/^\/tmp\/leaf.pem: OK\n[0-9a-f]{8}\.0 -> torkbot-sandbox.pem\ntorkbot-sandbox.pem -> \/usr\/local\/share\/ca-certificates\/torkbot-sandbox.crt\n\d+\n$/);
+    const script = await lane.exec("update-ca-certificates", [], { timeoutMs: 300_000 });
+    expect(script.exitCode).toBe(0);
+    const theirs = await lane.exec("sh", ["-c", snapshot]);
+    expect(theirs.stdout).toBe(ours.stdout);
+  }, 400_000);
 
   it("a writable root without update-ca-certificates (busybox, ephemeral) fails boot closed", async () => {
     const sandbox = defineSandbox({ rootfs: rootfs.ephemeral({ base: rootfs.builtIn("busybox") }) });

@@ -143,8 +143,9 @@ pub fn switch_root(cfg: &Configure) -> Result<(), BootError> {
 /// the environment variables for processes. Without a CA, a writable root is
 /// cleaned of one a previous boot installed.
 pub fn setup_ca(cfg: &Configure) -> Result<Vec<(String, String)>, BootError> {
-    let run = |installer: &Path| {
-        std::process::Command::new(installer)
+    let run = |program: &Path, args: &[&str]| {
+        std::process::Command::new(program)
+            .args(args)
             .env_clear()
             .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
             .current_dir("/")

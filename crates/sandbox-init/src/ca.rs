@@ -5,7 +5,8 @@
 //! - read-only root: the image's trust store is left alone; a combined bundle
 //!   (the image's CA bundle + ours) is written to `/run/sandbox/ca-bundle.crt`;
 //! - writable root: the certificate is installed with the image's own
-//!   mechanism (`update-ca-certificates`, as on Debian, Ubuntu and Alpine); a
+//!   mechanism (`update-ca-certificates`, as on Debian, Ubuntu and Alpine; on the
+//!   Debian layout its steps are done in-process, see `native`); a
 //!   writable root without it fails boot (closed), rather than leaving tools
 //!   half-configured.
 //!
@@ -59,8 +60,10 @@ pub enum CaError {
     NotInBundle { installer: String, bundle: String },
 }
 
-/// Runs an installer (absolute path inside the root) and returns its output.
-pub type Runner<'a> = &'a dyn Fn(&Path) -> io::Result<Output>;
+/// Runs a program of the root (absolute path inside it) with arguments and returns its output.
+pub type Runner<'a> = &'a dyn Fn(&Path, &[&str]) -> io::Result<Output>;
+
+mod native;
 
 /// Checks that `pem` is exactly one PEM certificate: bounded, ASCII, no key material.
 pub fn validate_pem(pem: &str) -> Result<(), CaError> {
@@ -94,12 +97,16 @@ pub fn setup(root: &Path, pem: &str, writable: bool, run: Runner) -> Result<Vec<
 
     let bundle = if writable {
         let installer = INSTALLERS.iter().map(|p| root.join(p)).find(|p| p.is_file()).ok_or(CaError::NoInstaller)?;
-        let anchor = root.join(ANCHOR);
-        if let Some(dir) = anchor.parent() {
-            fs::create_dir_all(dir).map_err(|e| write_err(dir, e))?;
+        if native::recognised(root) {
+            native::install(root, &pem, run)?;
+        } else {
+            let anchor = root.join(ANCHOR);
+            if let Some(dir) = anchor.parent() {
+                fs::create_dir_all(dir).map_err(|e| write_err(dir, e))?;
+            }
+            write(&anchor, pem.as_bytes())?;
+            run_installer(root, &installer, run)?;
         }
-        write(&anchor, pem.as_bytes())?;
-        run_installer(root, &installer, run)?;
         let system = within(root, SYSTEM_BUNDLE);
         let name = guest_path(root, &installer);
         let body = pem_body(&pem);
@@ -128,6 +135,10 @@ pub fn setup(root: &Path, pem: &str, writable: bool, run: Runner) -> Result<Vec<
 /// boot installed (its key died with that boot). Best effort: a stale CA
 /// whose key no longer exists signs nothing.
 pub fn remove_stale(root: &Path, run: Runner) {
+    if native::recognised(root) {
+        let _ = native::remove(root);
+        return;
+    }
     let anchor = root.join(ANCHOR);
     if !anchor.is_file() || fs::remove_file(&anchor).is_err() {
         return;
@@ -150,7 +161,7 @@ pub fn env_for(bundle: &str) -> Vec<(String, String)> {
 
 fn run_installer(root: &Path, installer: &Path, run: Runner) -> Result<(), CaError> {
     let name = guest_path(root, installer);
-    let out = run(installer).map_err(|e| CaError::InstallerFailed {
+    let out = run(installer, &[]).map_err(|e| CaError::InstallerFailed {
         installer: name.clone(),
         status: "could not start".into(),
         output: e.to_string(),
