@@ -22,4 +22,23 @@ export {
   LaneClosedError,
   ProcessStartError,
   OutputLimitError,
+  PortForwardError,
 } from "./errors.js";
+export { network } from "./network/policy.js";
+export type {
+  NetworkPolicy,
+  NetworkPolicyOptions,
+  NetworkPolicyCallback,
+  NetworkEvent,
+  SandboxConnection,
+  Connection,
+  DnsMatch,
+  DnsAcceptOptions,
+  HttpMatch,
+  HttpHostMatcher,
+  HttpMiddleware,
+  InterceptedRequest,
+  TransportMatch,
+} from "./network/policy.js";
+export { Endpoint } from "./network/endpoint.js";
+export type { InterceptHandler, InterceptedFlow } from "./network/intercept-server.js";

@@ -10,6 +10,9 @@ import { Kind, type Frame } from "./protocol/frames.js";
 import { COW_BLOCK_SIZE, isRootfsSpec, rootfs as rootfsApi, type RootfsSpec } from "./rootfs.js";
 import { serveBlockStore, type SandboxBlockStore } from "./rootfs/block-store.js";
 import { checkAbsolutePath, checkEnv, checkHostname, checkInteger } from "./validate.js";
+import { helperDeadlineMs, NetworkService, SANDBOX_RESOLVER } from "./network/bridge.js";
+import { interceptHandler, InterceptServer } from "./network/intercept-server.js";
+import { isNetworkPolicy, type NetworkPolicy } from "./network/policy.js";
 
 export interface SandboxResources {
   /** Virtual CPUs (1-64). Default 1. */
@@ -24,6 +27,11 @@ export interface SandboxDefinition {
   /** Root filesystem. Default `rootfs.builtIn("debian:12")`. */
   rootfs?: RootfsSpec;
   resources?: SandboxResources;
+  /**
+   * Egress policy (`network.policy(...)`). Absent: the guest has no network device
+   * at all — no egress, no DNS.
+   */
+  network?: NetworkPolicy;
 }
 
 export interface BootOptions {
@@ -40,7 +48,7 @@ export interface BootOptions {
 }
 
 export interface Sandbox {
-  readonly definition: Readonly<Required<Pick<SandboxDefinition, "rootfs">>> & { resources: Required<SandboxResources> };
+  readonly definition: Readonly<Required<Pick<SandboxDefinition, "rootfs">>> & { resources: Required<SandboxResources>; network?: NetworkPolicy };
   boot(options?: BootOptions): Promise<Lane>;
 }
 
@@ -61,10 +69,13 @@ export function defineSandbox(definition: SandboxDefinition = {}): Sandbox {
   if (!["auto", "qemu", "krun"].includes(resources.backend)) {
     throw new SandboxConfigError(`resources.backend must be "auto", "qemu" or "krun", got ${JSON.stringify(resources.backend)}`);
   }
-  const frozen = Object.freeze({ rootfs: root, resources: Object.freeze(resources) });
+  if (definition.network !== undefined && !isNetworkPolicy(definition.network)) {
+    throw new SandboxConfigError("definition.network must come from network.policy(...)");
+  }
+  const frozen = Object.freeze({ rootfs: root, resources: Object.freeze(resources), network: definition.network });
   return {
     definition: frozen,
-    boot: (options) => bootLane(frozen.rootfs, frozen.resources, options ?? {}),
+    boot: (options) => bootLane(frozen.rootfs, frozen.resources, options ?? {}, frozen.network),
   };
 }
 
@@ -122,7 +133,15 @@ const storesInUse = new WeakSet<SandboxBlockStore>();
 /** How long `close()` waits for a persistent root to be written back before killing the VM. */
 const COW_SHUTDOWN_GRACE_MS = 120_000;
 
-async function bootLane(root: RootfsSpec, resources: Required<SandboxResources>, options: BootOptions): Promise<Lane> {
+/** The guest's side of the network (sandbox-net's defaults). */
+const GUEST_NET = { address: "10.0.2.15", prefixLen: 24, gateway: "10.0.2.2", nameserver: SANDBOX_RESOLVER, mtu: 1500 };
+
+async function bootLane(
+  root: RootfsSpec,
+  resources: Required<SandboxResources>,
+  options: BootOptions,
+  policy: NetworkPolicy | undefined,
+): Promise<Lane> {
   const started = performance.now();
   const hostname = checkHostname(options.hostname ?? "sandbox");
   const cwd = checkAbsolutePath("cwd", options.cwd ?? "/");
@@ -147,15 +166,33 @@ async function bootLane(root: RootfsSpec, resources: Required<SandboxResources>,
     serveBlockStore(conn, store, { base: image.sha256 });
   }
 
+  let intercept: InterceptServer | undefined;
+  let net: NetworkService | undefined;
   const launch = launchSpec(artifacts, image, resources, choice, root);
   const configure = {
     hostname,
     cwd,
     env,
     root: { device: "/dev/vda", fstype: image.filesystem, readOnly: root.kind === "builtIn" },
+    network: policy ? GUEST_NET : undefined,
   };
 
   try {
+    if (policy) {
+      const emit = (e: Parameters<NetworkService["emit"]>[0]) => net?.emit(e);
+      intercept = await InterceptServer.start(interceptHandler(), emit);
+      const server = intercept;
+      conn.once("exit", () => void server.close());
+      net = new NetworkService(conn, policy, intercept);
+      Object.assign(launch, {
+        network: {
+          policyDeadlineMs: helperDeadlineMs(policy),
+          maxFlows: policy.maxFlows,
+          allowProtected: policy.allowProtectedCidrs.map((c) => c.text),
+          interceptSocket: intercept.socketPath,
+        },
+      });
+    }
     const { launched, hello, ready } = await handshake(conn, launch, configure, timeoutMs, options.signal);
     return new Lane(conn, {
       backend: choice.backend,
@@ -178,6 +215,7 @@ async function bootLane(root: RootfsSpec, resources: Required<SandboxResources>,
     }, store ? COW_SHUTDOWN_GRACE_MS : undefined);
   } catch (err) {
     conn.kill();
+    void intercept?.close();
     throw err;
   }
 }

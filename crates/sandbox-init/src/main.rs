@@ -7,6 +7,7 @@
 //! control port is up, and printed on the console otherwise.
 
 mod boot;
+mod net;
 mod process;
 mod server;
 mod sys;
@@ -47,7 +48,16 @@ fn main() {
         },
         None => power_off(),
     };
-    if let Err(e) = boot::switch_root(&cfg).and_then(|_| boot::finish(&cfg)) {
+    let booted = (|| {
+        if cfg.network.is_some() {
+            net::load_modules()?; // from the initramfs, so before the switch
+        }
+        boot::switch_root(&cfg)?;
+        boot::finish(&cfg)?;
+        net::loopback_up()?;
+        cfg.network.as_ref().map_or(Ok(()), net::configure)
+    })();
+    if let Err(e) = booted {
         link.fail(e.stage, &e.message);
     }
     let ready = proto::Ready { uptime_ms: sys::uptime_ms(), kernel: boot::kernel_release() };

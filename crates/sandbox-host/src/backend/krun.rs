@@ -88,6 +88,7 @@ pub fn spawn(l: &Launch) -> Result<RunningVm, HostError> {
             }
         }),
         control: host_end,
+        net: None,
         console: ConsoleTail::default(),
         accel: if cfg!(target_os = "macos") { "hvf".into() } else { "kvm".into() },
     })
@@ -113,6 +114,7 @@ mod tests {
             disks: vec![Disk { path: "/x.qcow2".into(), format: "qcow2".into(), read_only: true, cow: None }],
             qemu: None,
             accel: None,
+            network: None,
         };
         let err = to_krun(&l, OwnedFd::from(b)).err().unwrap().to_string();
         assert!(err.contains("libkrunfw"), "{err}");

@@ -22,6 +22,8 @@ pub struct RunningVm {
     pub pid: i32,
     pub wait: Waiter,
     pub control: UnixStream,
+    /// The helper's end of the guest NIC's frame stream, when the launch has a network.
+    pub net: Option<UnixStream>,
     pub console: ConsoleTail,
     pub accel: String,
 }
@@ -52,6 +54,9 @@ pub fn launch(launch: &Launch, bridge: &Arc<Bridge>) -> Result<RunningVm, HostEr
 
 /// Checks every field a guest could be harmed or the host confused by.
 fn validate(l: &Launch) -> Result<(), HostError> {
+    if l.network.is_some() && l.backend != BackendKind::Qemu {
+        return Err(HostError::InvalidLaunch("the guest network is wired for the qemu backend only so far".into()));
+    }
     if l.cpus == 0 || l.cpus > 64 {
         return Err(HostError::InvalidLaunch(format!("cpus must be 1..=64, got {}", l.cpus)));
     }

@@ -25,8 +25,17 @@ use crate::dns;
 use crate::event::{EventSink, Malformed, NetEvent, Stats, Verdict};
 use crate::flows::{self, Decision, FlowInfo, Policy, PolicyFailure, PreDeny, Proto};
 use crate::frames::{self, FrameDecoder};
-use crate::host::{self, Internal, Key, Tx, CHUNK, CREDITS};
+use crate::host::{self, HostConn, Internal, Key, Tx, CHUNK, CREDITS};
 use crate::packet::{self, Ingress, ParseError};
+
+mod forward;
+mod tcp_flow;
+mod udp_flow;
+
+pub use forward::NetControl;
+use forward::Control;
+use tcp_flow::{Active, DnsTcpQuery, TcpFlow, TcpPhase};
+use udp_flow::{UdpFlow, UdpPhase};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
@@ -46,12 +55,18 @@ pub struct NetStack {
     policy: Arc<dyn Policy>,
     events: Option<mpsc::Sender<NetEvent>>,
     stats: Arc<Stats>,
+    control: (mpsc::Sender<Control>, mpsc::Receiver<Control>),
 }
 
 impl NetStack {
     pub fn new(cfg: NetConfig, policy: Arc<dyn Policy>) -> Result<Self, NetError> {
         validate(&cfg)?;
-        Ok(Self { cfg: Arc::new(cfg), policy, events: None, stats: Arc::default() })
+        Ok(Self { cfg: Arc::new(cfg), policy, events: None, stats: Arc::default(), control: mpsc::channel(16) })
+    }
+
+    /// A handle for requests while the stack runs (port forwarding).
+    pub fn control(&self) -> NetControl {
+        NetControl::new(self.control.0.clone())
     }
 
     /// Audit events go to `tx`; when it is full they are dropped and counted.
@@ -77,7 +92,8 @@ impl NetStack {
         let reader = tokio::spawn(read_frames(rd, in_tx, sink.clone()));
         let writer = tokio::spawn(write_frames(wr, out_rx));
         let mut engine = Engine::new(self.cfg, self.policy, sink);
-        engine.run(in_rx, out_tx).await;
+        let (_keep, ctl_rx) = self.control;
+        engine.run(in_rx, out_tx, ctl_rx).await;
         drop(engine); // aborts the flows' host tasks
         writer.abort();
         match reader.await {
@@ -158,49 +174,6 @@ async fn write_frames<W: AsyncWrite>(wr: W, mut rx: mpsc::Receiver<Vec<u8>>) -> 
     Ok(())
 }
 
-struct Active {
-    handle: SocketHandle,
-    to_host: Option<mpsc::Sender<Vec<u8>>>,
-    reset_host: Option<oneshot::Sender<()>>,
-    from_host: std::collections::VecDeque<Vec<u8>>,
-    from_off: usize,
-    credit: Arc<Semaphore>,
-    host_eof: bool,
-    fin_sent: bool,
-    guest_fin: bool,
-    tasks: [AbortHandle; 2],
-}
-
-enum TcpPhase {
-    Deciding,
-    Connecting,
-    Active(Box<Active>),
-}
-
-struct TcpFlow {
-    id: u64,
-    info: FlowInfo,
-    started: Instant,
-    /// The guest's latest SYN, replayed into smoltcp once the upstream is connected.
-    syn: Vec<u8>,
-    syn_ack: u32,
-    phase: TcpPhase,
-}
-
-enum UdpPhase {
-    Deciding(Vec<Vec<u8>>),
-    Active { sock: Arc<UdpSocket>, credit: Arc<Semaphore>, task: AbortHandle },
-    /// Remembered until idle so retries are not new policy questions.
-    Denied,
-}
-
-struct UdpFlow {
-    id: u64,
-    info: FlowInfo,
-    last: Instant,
-    phase: UdpPhase,
-}
-
 struct Engine {
     cfg: Arc<NetConfig>,
     policy: Arc<dyn Policy>,
@@ -218,10 +191,17 @@ struct Engine {
     tx: Tx,
     rx: mpsc::UnboundedReceiver<Internal>,
     last_sweep: Instant,
+    /// DNS-over-TCP messages read by `service`, to be asked about.
+    dns_ask: Vec<DnsTcpQuery>,
+    /// Accept loops of forwarded host ports.
+    listeners: Vec<AbortHandle>,
+    /// Local port of the next connection into the guest.
+    next_forward_port: u16,
 }
 
 impl Drop for Engine {
     fn drop(&mut self) {
+        self.listeners.iter().for_each(AbortHandle::abort);
         for f in self.tcp.values() {
             if let TcpPhase::Active(a) = &f.phase {
                 a.tasks.iter().for_each(AbortHandle::abort);
@@ -270,6 +250,9 @@ impl Engine {
             tx,
             rx,
             last_sweep: epoch,
+            dns_ask: Vec::new(),
+            listeners: Vec::new(),
+            next_forward_port: forward::FIRST_PORT,
         }
     }
 
@@ -281,7 +264,7 @@ impl Engine {
         self.sink.stats()
     }
 
-    async fn run(&mut self, mut frames_in: mpsc::Receiver<Vec<u8>>, out: mpsc::Sender<Vec<u8>>) {
+    async fn run(&mut self, mut frames_in: mpsc::Receiver<Vec<u8>>, out: mpsc::Sender<Vec<u8>>, mut control: mpsc::Receiver<Control>) {
         loop {
             self.step();
             while !self.device.tx.is_empty() {
@@ -317,6 +300,7 @@ impl Engine {
                         self.internal(m);
                     }
                 }
+                Some(c) = control.recv() => self.control(c).await,
                 p = out.reserve(), if !self.device.tx.is_empty() => {
                     let Ok(p) = p else { return };
                     if let Some(f) = self.device.tx.pop_front() {
@@ -334,7 +318,9 @@ impl Engine {
     fn step(&mut self) {
         for _ in 0..4 {
             self.poll();
-            if !self.service() {
+            let moved = self.service();
+            self.ask_dns_tcp();
+            if !moved {
                 break;
             }
         }
@@ -390,7 +376,9 @@ impl Engine {
                 self.guest_tcp(frame, (src, dst), syn && !ack, rst, seq.wrapping_add(seg_len));
             }
             Ingress::Udp { src, dst, payload } => {
-                if *dst.ip() == self.cfg.dns_ip && dst.port() == 53 {
+                // Every DNS query is the sandbox resolver's, whichever address the guest
+                // picked: answers come only from the resolvers the policy chooses.
+                if dst.port() == 53 {
                     self.dns_query(src, dst, payload);
                 } else {
                     self.guest_udp((src, dst), payload);
@@ -405,40 +393,6 @@ impl Engine {
         self.emit_frame(f);
     }
 
-    fn guest_tcp(&mut self, frame: &[u8], key: Key, syn: bool, rst: bool, next_seq: u32) {
-        if let Some(flow) = self.tcp.get_mut(&key) {
-            match flow.phase {
-                TcpPhase::Active(_) => self.device.rx.push_back(frame.to_vec()),
-                // Retransmitted SYNs while deciding: keep the latest, answer nothing yet.
-                _ if syn => {
-                    flow.syn = frame.to_vec();
-                    flow.syn_ack = next_seq;
-                }
-                _ => {}
-            }
-            return;
-        }
-        if !syn {
-            // No flow: smoltcp has no socket for it and answers with RST (not to a RST).
-            if !rst {
-                self.device.rx.push_back(frame.to_vec());
-            }
-            return;
-        }
-        let info = FlowInfo::new(Proto::Tcp, SocketAddr::V4(key.0), SocketAddr::V4(key.1));
-        if let Some(why) = flows::pre_check(&self.cfg, Proto::Tcp, info.dst) {
-            self.denied_early(info, why);
-            return self.reset_guest(key, next_seq);
-        }
-        if self.tcp.len() + self.udp.len() >= self.cfg.max_flows {
-            Stats::bump(&self.stats().flows_denied);
-            self.sink.emit(NetEvent::FlowLimit { flow: info });
-            return self.reset_guest(key, next_seq);
-        }
-        let id = self.next_id();
-        self.ask(info.clone(), move |result| Internal::TcpDecided { key, id, result });
-        self.tcp.insert(key, TcpFlow { id, info, started: Instant::now(), syn: frame.to_vec(), syn_ack: next_seq, phase: TcpPhase::Deciding });
-    }
 
     fn denied_early(&self, flow: FlowInfo, why: PreDeny) {
         Stats::bump(&self.stats().flows_denied);
@@ -457,62 +411,38 @@ impl Engine {
         });
     }
 
-    fn guest_udp(&mut self, key: Key, payload: &[u8]) {
-        if let Some(flow) = self.udp.get_mut(&key) {
-            flow.last = Instant::now();
-            match &mut flow.phase {
-                UdpPhase::Deciding(q) if q.len() < UDP_PENDING => q.push(payload.to_vec()),
-                UdpPhase::Active { sock, .. } if sock.try_send(payload).is_err() => {
-                    Stats::bump(&self.sink.stats().overflow);
+    /// Hands the DNS-over-TCP messages `service` read to the policy, one task each.
+    fn ask_dns_tcp(&mut self) {
+        for q in std::mem::take(&mut self.dns_ask) {
+            let Some(query) = dns::parse_query(&q.message) else {
+                // Not a query: end the connection rather than guess.
+                self.malformed(Malformed::Packet("dns query over tcp"));
+                if let Some(TcpFlow { phase: TcpPhase::Dns(d), .. }) = self.tcp.get(&q.key) {
+                    let h = d.handle;
+                    self.sockets.get_mut::<tcp::Socket>(h).abort();
                 }
-                _ => {}
-            }
-            return;
+                continue;
+            };
+            let (policy, cfg, sink, tx) = (self.policy.clone(), self.cfg.clone(), self.sink.clone(), self.tx.clone());
+            let message: Arc<[u8]> = q.message.into();
+            let mut info = q.info.with_id(self.next_id());
+            info.query = Some(message.clone());
+            let (key, id) = (q.key, q.key_id);
+            let guard = InflightGuard::new(self.dns_inflight.clone());
+            tokio::spawn(async move {
+                let _guard = guard;
+                let payload = udp_flow::resolve(&*policy, &cfg, &sink, info, &message, query).await;
+                let _ = tx.send(Internal::DnsTcpAnswer { key, id, payload });
+            });
         }
-        let info = FlowInfo::new(Proto::Udp, SocketAddr::V4(key.0), SocketAddr::V4(key.1));
-        let full = self.tcp.len() + self.udp.len() >= self.cfg.max_flows;
-        if let Some(why) = flows::pre_check(&self.cfg, Proto::Udp, info.dst) {
-            self.denied_early(info.clone(), why);
-            if !full {
-                self.udp.insert(key, UdpFlow { id: 0, info, last: Instant::now(), phase: UdpPhase::Denied });
-            }
-            return;
-        }
-        if full {
-            Stats::bump(&self.stats().flows_denied);
-            return self.sink.emit(NetEvent::FlowLimit { flow: info });
-        }
-        let id = self.next_id();
-        self.ask(info.clone(), move |result| Internal::UdpDecided { key, id, result });
-        self.udp.insert(key, UdpFlow { id, info, last: Instant::now(), phase: UdpPhase::Deciding(vec![payload.to_vec()]) });
     }
-
-    fn dns_query(&mut self, src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) {
-        let Some(query) = dns::parse_query(payload) else {
-            return self.malformed(Malformed::Packet("dns query"));
-        };
-        if self.dns_inflight.load(Ordering::Relaxed) >= self.cfg.max_dns_inflight {
-            return Stats::bump(&self.stats().overflow);
-        }
-        let guard = InflightGuard::new(self.dns_inflight.clone());
-        let (policy, cfg, sink, tx) = (self.policy.clone(), self.cfg.clone(), self.sink.clone(), self.tx.clone());
-        let q = payload.to_vec();
-        tokio::spawn(async move {
-            let _guard = guard;
-            let info = FlowInfo::new(Proto::Dns, SocketAddr::V4(src), SocketAddr::V4(dst));
-            let answer = resolve(&*policy, &cfg, &sink, info, &q, query).await;
-            // Guest datagrams carry at most MTU - IPv4 - UDP headers; no fragmentation.
-            let answer = if answer.len() > cfg.mtu - 28 { dns::truncated_response(&q, query) } else { answer };
-            let _ = tx.send(Internal::DnsAnswer { guest: src, resolver: dst, payload: answer });
-        });
-    }
-
-    // ---------------------------------------------------------------- internal events
 
     fn internal(&mut self, m: Internal) {
         match m {
             Internal::TcpDecided { key, id, result } => self.tcp_decided(key, id, result),
             Internal::TcpConnected { key, id, result } => self.tcp_connected(key, id, result),
+            Internal::DnsTcpAnswer { key, id, payload } => self.dns_tcp_answer(key, id, payload),
+            Internal::Inbound { guest_port, stream } => self.inbound(guest_port, stream),
             Internal::HostData { key, id, data } => {
                 if let Some(a) = self.active(key, id) {
                     a.from_host.push_back(data);
@@ -557,203 +487,6 @@ impl Engine {
         self.sink.emit(ev);
     }
 
-    fn tcp_decided(&mut self, key: Key, id: u64, result: Result<Decision, PolicyFailure>) {
-        let Some(flow) = self.tcp.get_mut(&key) else { return };
-        if flow.id != id || !matches!(flow.phase, TcpPhase::Deciding) {
-            return;
-        }
-        let accept = matches!(result, Ok(Decision::AcceptRaw));
-        let info = flow.info.clone();
-        if !accept {
-            let ack = flow.syn_ack;
-            self.tcp.remove(&key);
-            self.verdict(&info, &result, false);
-            return self.reset_guest(key, ack);
-        }
-        flow.phase = TcpPhase::Connecting;
-        self.verdict(&info, &result, true);
-        let (tx, limit) = (self.tx.clone(), self.cfg.connect_timeout);
-        tokio::spawn(async move {
-            let result = host::connect(info.dst, limit).await;
-            let _ = tx.send(Internal::TcpConnected { key, id, result });
-        });
-    }
-
-    fn tcp_connected(&mut self, key: Key, id: u64, result: Result<TcpStream, String>) {
-        let Some(flow) = self.tcp.get(&key) else { return };
-        if flow.id != id || !matches!(flow.phase, TcpPhase::Connecting) {
-            return;
-        }
-        let (syn, ack, info) = (flow.syn.clone(), flow.syn_ack, flow.info.clone());
-        let stream = match result {
-            Ok(s) => s,
-            Err(error) => {
-                self.tcp.remove(&key);
-                self.sink.emit(NetEvent::UpstreamFailed { flow: info, error });
-                return self.reset_guest(key, ack);
-            }
-        };
-        // Drain what smoltcp has queued, so the replayed SYN is the only one the new
-        // listener can see; once it has taken it, it is bound to this 4-tuple.
-        self.poll();
-        let n = self.cfg.tcp_buffer;
-        let mut sock = tcp::Socket::new(tcp::SocketBuffer::new(vec![0; n]), tcp::SocketBuffer::new(vec![0; n]));
-        sock.set_nagle_enabled(false);
-        let ep = IpListenEndpoint { addr: Some(IpAddress::Ipv4(*key.1.ip())), port: key.1.port() };
-        if sock.listen(ep).is_err() {
-            self.tcp.remove(&key);
-            return self.reset_guest(key, ack);
-        }
-        let handle = self.sockets.add(sock);
-        self.device.rx.push_back(syn);
-        self.poll();
-        if self.sockets.get::<tcp::Socket>(handle).state() != tcp::State::SynReceived {
-            self.sockets.remove(handle);
-            self.tcp.remove(&key);
-            self.sink.emit(NetEvent::UpstreamFailed { flow: info, error: "guest SYN not taken by the stack".into() });
-            return self.reset_guest(key, ack);
-        }
-        let (rd, wr) = stream.into_split();
-        let credit = Arc::new(Semaphore::new(CREDITS));
-        let (to_host, to_host_rx) = mpsc::channel(CREDITS);
-        let (reset_tx, reset_rx) = oneshot::channel();
-        let r = tokio::spawn(host::tcp_reader(rd, credit.clone(), self.tx.clone(), key, id)).abort_handle();
-        let w = tokio::spawn(host::tcp_writer(wr, to_host_rx, reset_rx, self.tx.clone(), key, id)).abort_handle();
-        if let Some(flow) = self.tcp.get_mut(&key) {
-            flow.phase = TcpPhase::Active(Box::new(Active {
-                handle,
-                to_host: Some(to_host),
-                reset_host: Some(reset_tx),
-                from_host: Default::default(),
-                from_off: 0,
-                credit,
-                host_eof: false,
-                fin_sent: false,
-                guest_fin: false,
-                tasks: [r, w],
-            }));
-        }
-    }
-
-    /// Moves bytes between smoltcp sockets and host tasks; true if anything moved.
-    fn service(&mut self) -> bool {
-        let mut moved = false;
-        let mut finished = Vec::new();
-        for (key, flow) in self.tcp.iter_mut() {
-            let TcpPhase::Active(a) = &mut flow.phase else { continue };
-            let sock = self.sockets.get_mut::<tcp::Socket>(a.handle);
-            // host → guest, as far as the socket's send window allows
-            while let Some(front) = a.from_host.front() {
-                if !sock.can_send() {
-                    break;
-                }
-                let n = sock.send_slice(&front[a.from_off..]).unwrap_or(0);
-                if n == 0 {
-                    break;
-                }
-                moved = true;
-                a.from_off += n;
-                if a.from_off == front.len() {
-                    a.from_host.pop_front();
-                    a.from_off = 0;
-                    a.credit.add_permits(1);
-                }
-            }
-            if a.host_eof && a.from_host.is_empty() && !a.fin_sent && sock.may_send() {
-                sock.close();
-                a.fin_sent = true;
-                moved = true;
-            }
-            // guest → host, while the writer has room; otherwise smoltcp's receive
-            // buffer fills and the guest's window closes
-            if let Some(tx) = &a.to_host {
-                while sock.can_recv() {
-                    let Ok(permit) = tx.try_reserve() else { break };
-                    let mut buf = vec![0u8; CHUNK.min(sock.recv_queue())];
-                    let n = sock.recv_slice(&mut buf).unwrap_or(0);
-                    buf.truncate(n);
-                    permit.send(buf);
-                    moved = true;
-                }
-            }
-            let state = sock.state();
-            let peer_fin = matches!(state, tcp::State::CloseWait | tcp::State::LastAck | tcp::State::Closing | tcp::State::TimeWait);
-            if peer_fin && !sock.can_recv() && a.to_host.is_some() {
-                a.to_host = None; // writer drains, then half-closes towards the host
-                a.guest_fin = true;
-            }
-            if matches!(state, tcp::State::Closed | tcp::State::TimeWait) {
-                finished.push(*key);
-            }
-        }
-        for key in finished {
-            self.finish_tcp(key);
-            moved = true;
-        }
-        moved
-    }
-
-    fn finish_tcp(&mut self, key: Key) {
-        let Some(flow) = self.tcp.remove(&key) else { return };
-        let TcpPhase::Active(mut a) = flow.phase else { return };
-        self.sockets.remove(a.handle);
-        let orderly = a.guest_fin && a.host_eof;
-        if let Some(reset) = a.reset_host.take() {
-            if !orderly {
-                let _ = reset.send(());
-            }
-        }
-        // The writer owns the last half of the host socket and ends on its own (it
-        // half-closed already, or applies the reset); the reader has nothing left to do.
-        a.tasks[0].abort();
-        if orderly {
-            a.tasks[1].abort();
-        }
-    }
-
-    fn udp_decided(&mut self, key: Key, id: u64, result: Result<Decision, PolicyFailure>) {
-        let Some(flow) = self.udp.get_mut(&key) else { return };
-        if flow.id != id || !matches!(flow.phase, UdpPhase::Deciding(_)) {
-            return;
-        }
-        let info = flow.info.clone();
-        let accept = matches!(result, Ok(Decision::AcceptRaw));
-        let queued = match std::mem::replace(&mut flow.phase, UdpPhase::Denied) {
-            UdpPhase::Deciding(q) => q,
-            _ => Vec::new(),
-        };
-        self.verdict(&info, &result, accept);
-        if !accept {
-            return;
-        }
-        let sock = match host::udp_bind(info.dst, &queued) {
-            Ok(s) => Arc::new(s),
-            Err(e) => return self.sink.emit(NetEvent::UpstreamFailed { flow: info, error: e.to_string() }),
-        };
-        let credit = Arc::new(Semaphore::new(CREDITS * 8));
-        let task = tokio::spawn(host::udp_reader(sock.clone(), credit.clone(), self.tx.clone(), key, id)).abort_handle();
-        if let Some(flow) = self.udp.get_mut(&key) {
-            flow.phase = UdpPhase::Active { sock, credit, task };
-        }
-    }
-
-    fn udp_recv(&mut self, key: Key, id: u64, data: Vec<u8>) {
-        let Some(flow) = self.udp.get_mut(&key) else { return };
-        let UdpPhase::Active { credit, .. } = &flow.phase else { return };
-        if flow.id != id {
-            return;
-        }
-        credit.add_permits(1);
-        flow.last = Instant::now();
-        if data.len() <= self.cfg.mtu - 28 {
-            let f = packet::udp_datagram(self.mac, self.guest_mac, key.1, key.0, &data);
-            self.emit_frame(f);
-        } else {
-            Stats::bump(&self.stats().overflow);
-        }
-    }
-
-    /// Timeouts: half-open TCP flows and idle UDP flows.
     fn sweep(&mut self) {
         let limit = self.cfg.handshake_timeout;
         let mut stale = Vec::new();
@@ -764,7 +497,13 @@ impl Engine {
             match &flow.phase {
                 TcpPhase::Active(a) => {
                     let st = self.sockets.get::<tcp::Socket>(a.handle).state();
-                    if matches!(st, tcp::State::Listen | tcp::State::SynReceived) {
+                    if matches!(st, tcp::State::Listen | tcp::State::SynReceived | tcp::State::SynSent) {
+                        stale.push((*key, flow.syn_ack));
+                    }
+                }
+                // Idle DNS connections go the way of idle UDP flows.
+                TcpPhase::Dns(d) => {
+                    if !d.busy && d.last.elapsed() >= self.cfg.udp_idle_timeout {
                         stale.push((*key, flow.syn_ack));
                     }
                 }
@@ -772,8 +511,12 @@ impl Engine {
             }
         }
         for (key, ack) in stale {
-            if let Some(TcpFlow { phase: TcpPhase::Active(a), .. }) = self.tcp.get(&key) {
-                let h = a.handle;
+            let handle = match self.tcp.get(&key) {
+                Some(TcpFlow { phase: TcpPhase::Active(a), .. }) => Some(a.handle),
+                Some(TcpFlow { phase: TcpPhase::Dns(d), .. }) => Some(d.handle),
+                _ => None,
+            };
+            if let Some(h) = handle {
                 self.sockets.get_mut::<tcp::Socket>(h).abort();
                 self.finish_tcp(key);
             } else {
@@ -806,48 +549,5 @@ impl InflightGuard {
 impl Drop for InflightGuard {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Decides one DNS query and produces the guest's answer: forwarded, REFUSED when
-/// denied, SERVFAIL when no resolver answered.
-async fn resolve(policy: &dyn Policy, cfg: &NetConfig, sink: &EventSink, info: FlowInfo, q: &[u8], query: dns::Query) -> Vec<u8> {
-    let result = flows::ask(policy, info.clone(), cfg.policy_deadline).await;
-    let resolvers = match &result {
-        Ok(Decision::DnsForward { resolvers }) => resolvers.clone(),
-        _ => Vec::new(),
-    };
-    let fits = matches!(result, Ok(Decision::DnsForward { .. }));
-    let ev = match &result {
-        Ok(Decision::Deny) => NetEvent::FlowDecided { flow: info.clone(), verdict: Verdict::Denied },
-        Ok(_) if fits => NetEvent::FlowDecided { flow: info.clone(), verdict: Verdict::DnsForward },
-        Ok(_) => NetEvent::FlowDecided { flow: info.clone(), verdict: Verdict::Mismatch },
-        Err(failure) => NetEvent::PolicyFailed { flow: info.clone(), failure: failure.clone() },
-    };
-    Stats::bump(if fits { &sink.stats().flows_accepted } else { &sink.stats().flows_denied });
-    sink.emit(ev);
-    if !fits {
-        return dns::error_response(q, query, dns::RCODE_REFUSED);
-    }
-    // The policy's resolvers face the same protected-range rule as any destination.
-    let mut allowed = Vec::new();
-    for r in resolvers {
-        match flows::check_destination(cfg, r.ip()) {
-            None => allowed.push(r),
-            Some(why) => {
-                let category = match why {
-                    PreDeny::Protected(c) => Some(c),
-                    PreDeny::OwnAddress => None,
-                };
-                sink.emit(NetEvent::DeniedProtected { flow: FlowInfo::new(Proto::Dns, info.src, r), category });
-            }
-        }
-    }
-    if allowed.is_empty() {
-        return dns::error_response(q, query, dns::RCODE_REFUSED);
-    }
-    match host::dns_forward(q, query, &allowed, cfg.dns_timeout).await {
-        Some(a) => a,
-        None => dns::error_response(q, query, dns::RCODE_SERVFAIL),
     }
 }
