@@ -23,6 +23,11 @@ export interface InterceptedFlow {
   readonly middleware: HttpMiddleware;
 }
 
+/**
+ * Takes over one intercepted flow. The socket is handed over paused, positioned
+ * just after the helper's header line: `pipe()`/async iteration start reading,
+ * an `on("data")` reader must call `resume()`.
+ */
 export type InterceptHandler = (socket: Socket, flow: InterceptedFlow) => Promise<void>;
 
 /** Ends the flow: no interceptor is installed in this build. */
