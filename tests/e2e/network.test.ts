@@ -98,3 +98,27 @@ describe("network policy, end to end in network namespaces", () => {
     expect(r.forward.listing).toBe(true);
   });
 });
+
+describe("frame fuzzer against the running helper", () => {
+  let fns: Netns;
+  beforeAll(async () => {
+    fns = createNetns();
+    await fns.startNode(fns.inet, "net-internet.mjs", [JSON.stringify(INTERNET)], (l) => l.includes('"ready"'));
+  });
+  afterAll(() => fns?.cleanup());
+
+  it(`random and mutated frames for ${Number(process.env.NET_FUZZ_SECONDS ?? 60)} s leave the helper alive and serving`, async () => {
+    const seconds = Number(process.env.NET_FUZZ_SECONDS ?? 60);
+    const { child, lines } = await fns.startNode(fns.host, "net-lane.mjs", ["fuzz", String(seconds)], (l) => l.startsWith("{"));
+    child.kill();
+    const r = JSON.parse(lines.find((l) => l.startsWith("{"))!);
+    console.log(JSON.stringify({ fuzz: r.fuzz, counts: r.eventCounts, after: r.after }));
+    expect(r.fuzzExit, r.fuzzErr).toBe(0);
+    const [sent] = r.fuzz.split(" ").map(Number);
+    expect(sent).toBeGreaterThan(1000);
+    expect(r.helperAlive && r.vmmAlive).toBe(true);
+    expect(r.after).toEqual({ resolve_allowed: ["203.0.113.10"], tcp_echo: "ping-tcp_echo", udp_echo: "ping-udp_echo" });
+    // The stack saw and discarded the garbage (reported, bounded).
+    expect(r.eventCounts["stack:malformed"]).toBeGreaterThan(0);
+  }, 600_000);
+});

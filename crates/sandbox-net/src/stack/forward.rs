@@ -70,7 +70,7 @@ impl Engine {
 
     /// Opens a connection from the gateway to the guest and splices `stream` with it.
     pub(super) fn inbound(&mut self, guest_port: u16, stream: TcpStream) {
-        if self.tcp.len() + self.udp.len() >= self.cfg.max_flows {
+        if !self.make_room() {
             Stats::bump(&self.stats().flows_denied);
             return; // dropping the stream closes the host connection
         }

@@ -197,6 +197,8 @@ struct Engine {
     listeners: Vec<AbortHandle>,
     /// Local port of the next connection into the guest.
     next_forward_port: u16,
+    /// Entries of `udp` in the `Denied` phase (not counted as flows).
+    udp_denied: usize,
 }
 
 impl Drop for Engine {
@@ -253,6 +255,7 @@ impl Engine {
             dns_ask: Vec::new(),
             listeners: Vec::new(),
             next_forward_port: forward::FIRST_PORT,
+            udp_denied: 0,
         }
     }
 
@@ -411,6 +414,49 @@ impl Engine {
         });
     }
 
+    /// At the flow cap, frees one slot for a new flow by evicting the least recently
+    /// used UDP flow or the oldest half-open TCP flow (SYN floods displace each other,
+    /// never an established connection). False when every flow is established TCP.
+    fn make_room(&mut self) -> bool {
+        if self.live_flows() < self.cfg.max_flows {
+            return true;
+        }
+        // Frames queued before this one (a handshake's last ACK) count first.
+        self.poll();
+        let udp = self
+            .udp
+            .iter()
+            .filter(|(_, f)| !matches!(f.phase, UdpPhase::Denied))
+            .min_by_key(|(_, f)| f.last)
+            .map(|(k, _)| *k);
+        if let Some(key) = udp {
+            if let Some(UdpFlow { phase: UdpPhase::Active { task, .. }, .. }) = self.udp.remove(&key) {
+                task.abort();
+            }
+            return true;
+        }
+        let half_open = self
+            .tcp
+            .iter()
+            .filter(|(_, f)| match &f.phase {
+                TcpPhase::Deciding | TcpPhase::Connecting => true,
+                TcpPhase::Active(a) => matches!(self.sockets.get::<tcp::Socket>(a.handle).state(), tcp::State::SynReceived | tcp::State::Listen),
+                TcpPhase::Dns(_) => false,
+            })
+            .min_by_key(|(_, f)| f.started)
+            .map(|(k, f)| (*k, f.syn_ack));
+        let Some((key, ack)) = half_open else { return false };
+        if let Some(TcpFlow { phase: TcpPhase::Active(a), .. }) = self.tcp.get(&key) {
+            let h = a.handle;
+            self.sockets.get_mut::<tcp::Socket>(h).abort();
+            self.finish_tcp(key);
+        } else {
+            self.tcp.remove(&key);
+            self.reset_guest(key, ack);
+        }
+        true
+    }
+
     /// Hands the DNS-over-TCP messages `service` read to the policy, one task each.
     fn ask_dns_tcp(&mut self) {
         for q in std::mem::take(&mut self.dns_ask) {
@@ -525,15 +571,19 @@ impl Engine {
             }
         }
         let idle = self.cfg.udp_idle_timeout;
+        let mut denied_gone = 0;
         self.udp.retain(|_, f| {
             let keep = f.last.elapsed() < idle;
             if !keep {
-                if let UdpPhase::Active { task, .. } = &f.phase {
-                    task.abort();
+                match &f.phase {
+                    UdpPhase::Active { task, .. } => task.abort(),
+                    UdpPhase::Denied => denied_gone += 1,
+                    UdpPhase::Deciding(_) => {}
                 }
             }
             keep
         });
+        self.udp_denied -= denied_gone;
     }
 }
 

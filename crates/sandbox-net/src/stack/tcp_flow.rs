@@ -77,7 +77,7 @@ impl Engine {
             self.denied_early(info, why);
             return self.reset_guest(key, next_seq);
         }
-        if self.tcp.len() + self.udp.len() >= self.cfg.max_flows {
+        if !self.make_room() {
             Stats::bump(&self.stats().flows_denied);
             self.sink.emit(NetEvent::FlowLimit { flow: info });
             return self.reset_guest(key, next_seq);
@@ -223,7 +223,10 @@ impl Engine {
                         moved = true;
                     }
                     let state = self.sockets.get::<tcp::Socket>(d.handle).state();
-                    if matches!(state, tcp::State::Closed | tcp::State::TimeWait) {
+                    // Listen again: the guest reset the handshake (smoltcp returns a
+                    // passively opened socket to LISTEN), and a stale listener must not
+                    // take another flow's SYN.
+                    if matches!(state, tcp::State::Closed | tcp::State::TimeWait | tcp::State::Listen) {
                         finished.push(*key);
                     }
                     continue;
@@ -271,7 +274,7 @@ impl Engine {
                 a.to_host = None; // writer drains, then half-closes towards the host
                 a.guest_fin = true;
             }
-            if matches!(state, tcp::State::Closed | tcp::State::TimeWait) {
+            if matches!(state, tcp::State::Closed | tcp::State::TimeWait | tcp::State::Listen) {
                 finished.push(*key);
             }
         }

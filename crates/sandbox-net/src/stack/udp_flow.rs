@@ -16,7 +16,23 @@ pub(super) struct UdpFlow {
     pub(super) phase: UdpPhase,
 }
 
+/// Denied UDP 4-tuples remembered (so retries are not new questions); they hold
+/// no resources and do not count as flows, but are bounded on their own.
+const MAX_DENIED_UDP: usize = 1024;
+
 impl Engine {
+    /// Flows holding resources: TCP flows and UDP flows not merely remembered as denied.
+    pub(super) fn live_flows(&self) -> usize {
+        self.tcp.len() + self.udp.len() - self.udp_denied
+    }
+
+    pub(super) fn remember_denied(&mut self, key: Key, info: FlowInfo) {
+        if self.udp_denied < MAX_DENIED_UDP {
+            self.udp_denied += 1;
+            self.udp.insert(key, UdpFlow { id: 0, info, last: Instant::now(), phase: UdpPhase::Denied });
+        }
+    }
+
     pub(super) fn guest_udp(&mut self, key: Key, payload: &[u8]) {
         if let Some(flow) = self.udp.get_mut(&key) {
             flow.last = Instant::now();
@@ -31,15 +47,12 @@ impl Engine {
         }
         let id = self.next_id();
         let info = FlowInfo::new(Proto::Udp, SocketAddr::V4(key.0), SocketAddr::V4(key.1)).with_id(id);
-        let full = self.tcp.len() + self.udp.len() >= self.cfg.max_flows;
         if let Some(why) = flows::pre_check(&self.cfg, Proto::Udp, info.dst) {
             self.denied_early(info.clone(), why);
-            if !full {
-                self.udp.insert(key, UdpFlow { id: 0, info, last: Instant::now(), phase: UdpPhase::Denied });
-            }
+            self.remember_denied(key, info);
             return;
         }
-        if full {
+        if !self.make_room() {
             Stats::bump(&self.stats().flows_denied);
             return self.sink.emit(NetEvent::FlowLimit { flow: info });
         }
@@ -81,6 +94,7 @@ impl Engine {
             UdpPhase::Deciding(q) => q,
             _ => Vec::new(),
         };
+        self.udp_denied += 1; // until it becomes Active below
         self.verdict(&info, &result, accept);
         if !accept {
             return;
@@ -93,6 +107,7 @@ impl Engine {
         let task = tokio::spawn(host::udp_reader(sock.clone(), credit.clone(), self.tx.clone(), key, id)).abort_handle();
         if let Some(flow) = self.udp.get_mut(&key) {
             flow.phase = UdpPhase::Active { sock, credit, task };
+            self.udp_denied -= 1;
         }
     }
 
