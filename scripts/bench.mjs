@@ -7,7 +7,9 @@
 //  - exec round trip of `true` vs the guest's own fork+exec+wait of `true`;
 //  - stdout throughput guest→host vs the guest's own dd to /dev/null;
 //  - spawn-to-ready latency;
-//  - peak RSS (VmHWM) of helper + VMM per sandbox.
+//  - peak RSS (VmHWM) of helper + VMM per sandbox;
+//  - network (scripts/bench/network.mjs): TCP echo throughput through an accepted
+//    flow vs host loopback, connection setup latency, policy decision time.
 //
 // Env: BENCH_BOOTS (default 10), BENCH_EXECS (default 200), BENCH_IMAGE (default debian:12).
 import { execFileSync, spawn } from "node:child_process";
@@ -164,6 +166,10 @@ const helperPeak = vmHwmKiB(lane.info.helperPid) / 1024;
 await lane.close();
 rmSync(work, { recursive: true, force: true });
 
+log("network: TCP echo through an accepted flow, connect latency, policy decision time");
+const { benchNetwork } = await import(join(root, "scripts/bench/network.mjs"));
+const networkResult = await benchNetwork({ image: IMAGE, log });
+
 const boot = stats(ours);
 const floorStats = floor.length ? stats(floor) : null;
 const execStats = stats(rtt);
@@ -183,6 +189,7 @@ const result = {
   throughputRatio: round(stats(throughput).p50 / stats(ddFloor).p50),
   spawnToReadyMs: stats(spawnReady),
   peakRssMiB: { helperPlusVmm: round(peak), helper: round(helperPeak), perBoot: stats(rss) },
+  network: networkResult,
   targets: {
     bootRatioMax: 1.3,
     execRatioMax: 1.5,

@@ -86,7 +86,7 @@ export class NetworkService {
       return; // no id to answer: the helper's deadline denies
     }
     try {
-      await this.#decide(req);
+      await this.#decide(req, performance.now());
     } catch (err) {
       // Anything unexpected denies (fail closed).
       this.#reply(req.id, "deny");
@@ -94,7 +94,8 @@ export class NetworkService {
     }
   }
 
-  async #decide(req: NetRequest): Promise<void> {
+  async #decide(req: NetRequest, t0: number): Promise<void> {
+    const elapsed = () => Math.round((performance.now() - t0) * 1000) / 1000;
     const src = new Endpoint(req.srcIp, req.srcPort);
     const dst = new Endpoint(req.dstIp, req.dstPort);
     const where = { src: src.toString(), dst: dst.toString() };
@@ -126,7 +127,7 @@ export class NetworkService {
       }
       return;
     }
-    if (req.proto === "dns") return this.#dns(req.id, grant, query!, question!, transport, where);
+    if (req.proto === "dns") return this.#dns(req.id, grant, query!, question!, transport, where, elapsed);
     const verdict = !grant ? "deny" : grant.kind === "raw" ? "accept" : grant.kind === "http" && req.proto === "tcp" ? (grant.middleware ? "intercept" : "accept") : "deny";
     if (verdict === "intercept" && grant?.kind === "http") {
       if (!this.#intercepts) {
@@ -137,7 +138,7 @@ export class NetworkService {
       this.#intercepts.register(req.id, { src, dst, hostname: grant.hostname, middleware: grant.middleware! });
     }
     this.#reply(req.id, verdict);
-    this.emit({ type: "decision", protocol: req.proto, ...where, verdict, hostname: grant?.kind === "http" ? grant.hostname : undefined });
+    this.emit({ type: "decision", protocol: req.proto, ...where, verdict, hostname: grant?.kind === "http" ? grant.hostname : undefined, elapsedMs: elapsed() });
   }
 
   /** Runs the callback; resolves with the grant when it settles, rejects on throw or deadline. */
@@ -197,6 +198,7 @@ export class NetworkService {
     question: { name: string; type: string },
     transport: "udp" | "tcp",
     where: { src: string; dst: string },
+    elapsed: () => number,
   ): Promise<void> {
     const dnsInfo = { name: question.name, type: question.type };
     let resolverList: readonly string[];
@@ -210,7 +212,7 @@ export class NetworkService {
       trusted = false;
     } else {
       this.#reply(id, "deny");
-      this.emit({ type: "decision", protocol: "dns", ...where, verdict: "deny", dns: dnsInfo });
+      this.emit({ type: "decision", protocol: "dns", ...where, verdict: "deny", dns: dnsInfo, elapsedMs: elapsed() });
       return;
     }
     const resolvers = this.#resolvers(resolverList, where);
@@ -230,6 +232,6 @@ export class NetworkService {
     }
     // Attribution is in place before the answer leaves for the guest.
     this.#reply(id, "answer", answered.answer);
-    this.emit({ type: "decision", protocol: "dns", ...where, verdict: "accept", dns: { ...dnsInfo, resolver: answered.resolver, rcode: answered.rcode } });
+    this.emit({ type: "decision", protocol: "dns", ...where, verdict: "accept", dns: { ...dnsInfo, resolver: answered.resolver, rcode: answered.rcode }, elapsedMs: elapsed() });
   }
 }

@@ -70,7 +70,17 @@ export interface SandboxConnection {
 export type Connection = SandboxConnection;
 
 export type NetworkEvent =
-  | { type: "decision"; protocol: "tcp" | "udp" | "dns"; src: string; dst: string; verdict: "accept" | "deny" | "intercept"; hostname?: string; dns?: { name: string; type: string; resolver?: string; rcode?: string } }
+  | {
+      type: "decision";
+      protocol: "tcp" | "udp" | "dns";
+      src: string;
+      dst: string;
+      verdict: "accept" | "deny" | "intercept";
+      hostname?: string;
+      dns?: { name: string; type: string; resolver?: string; rcode?: string };
+      /** Node-side time from the helper's question to the verdict (DNS: the upstream answer included). */
+      elapsedMs: number;
+    }
   | { type: "policy-error"; protocol: "tcp" | "udp" | "dns"; src: string; dst: string; error: unknown; message: string }
   | { type: "policy-timeout"; protocol: "tcp" | "udp" | "dns"; src: string; dst: string; message: string }
   | { type: "dns-upstream"; src: string; dst: string; message: string }
