@@ -54,9 +54,6 @@ pub fn launch(launch: &Launch, bridge: &Arc<Bridge>) -> Result<RunningVm, HostEr
 
 /// Checks every field a guest could be harmed or the host confused by.
 fn validate(l: &Launch) -> Result<(), HostError> {
-    if l.network.is_some() && l.backend != BackendKind::Qemu {
-        return Err(HostError::InvalidLaunch("the guest network is wired for the qemu backend only so far".into()));
-    }
     if l.cpus == 0 || l.cpus > 64 {
         return Err(HostError::InvalidLaunch(format!("cpus must be 1..=64, got {}", l.cpus)));
     }

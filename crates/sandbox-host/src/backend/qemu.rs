@@ -19,6 +19,7 @@ const FIRST_NBD_FD: i32 = 4;
 const MAX_COW_DISKS: usize = 8;
 /// The guest NIC's MAC; `sandbox_net::NetConfig::default().guest_mac` expects it.
 pub const GUEST_MAC: &str = "02:53:42:00:00:0f";
+pub const GUEST_MAC_BYTES: [u8; 6] = [0x02, 0x53, 0x42, 0x00, 0x00, 0x0f];
 
 /// The network socket follows the NBD sockets.
 fn net_fd(l: &Launch) -> i32 {
