@@ -5,9 +5,12 @@
 //    trivial policy, vs a host loopback connect;
 //  - policy callback overhead per flow: Node-side time from the helper's
 //    question to the verdict (the `elapsedMs` of decision events).
-// The echo server is on the host's loopback, opted in with allowProtected.
+// The echo server listens on one of the host's own non-loopback IPv4 addresses
+// (the guest's 127.0.0.1 is its own loopback), opted in with allowProtected; the
+// floor connects to the same server from the host.
 // Usage: node scripts/bench/network.mjs  (or through bench.mjs)
 import { createServer, connect } from "node:net";
+import { networkInterfaces } from "node:os";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -45,12 +48,34 @@ out["connectMs"] = lat
 print(json.dumps(out))
 `;
 
-async function hostFloor(port, mib, conns) {
+function hostAddress() {
+  for (const list of Object.values(networkInterfaces())) {
+    for (const a of list ?? []) if (a.family === "IPv4" && !a.internal) return a.address;
+  }
+  throw new Error("the network bench needs a non-loopback IPv4 address on the host");
+}
+
+// The same client against an echo server inside the guest (its loopback): what
+// the emulated guest itself can move, with no NIC, stack or policy involved.
+const GUEST_ECHO = String.raw`
+import socket, threading
+l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); l.bind(("127.0.0.1", 7007)); l.listen(64)
+def serve(c):
+    while True:
+        d = c.recv(1 << 16)
+        if not d: break
+        c.sendall(d)
+    c.close()
+while True:
+    c, _ = l.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
+`;
+
+async function hostFloor(host, port, mib, conns) {
   const total = mib << 20;
   const chunk = Buffer.alloc(65536, 120);
   const t0 = performance.now();
   await new Promise((resolve, reject) => {
-    const s = connect({ host: "127.0.0.1", port, noDelay: true });
+    const s = connect({ host, port, noDelay: true });
     let got = 0;
     let sent = 0;
     s.on("data", (d) => {
@@ -74,7 +99,7 @@ async function hostFloor(port, mib, conns) {
   for (let i = 0; i < conns; i++) {
     const t = performance.now();
     await new Promise((resolve, reject) => {
-      const c = connect({ host: "127.0.0.1", port }, () => {
+      const c = connect({ host, port }, () => {
         lat.push(performance.now() - t);
         c.destroy();
         resolve();
@@ -94,24 +119,32 @@ export async function benchNetwork({ image = "debian:12", log = () => {} } = {})
     s.pipe(s);
     s.on("error", () => {});
   });
-  await new Promise((r) => echo.listen(0, "127.0.0.1", r));
+  const host = hostAddress();
+  await new Promise((r) => echo.listen(0, host, r));
   const port = echo.address().port;
   const decisions = [];
-  const policy = network.policy((conn) => void conn.matchTcp(`127.0.0.1:${port}`)?.accept(), {
-    allowProtected: ["127.0.0.0/8"],
+  const policy = network.policy((conn) => void conn.matchTcp(`${host}:${port}`)?.accept(), {
+    allowProtected: [`${host}/32`],
     onEvent: (e) => e.type === "decision" && e.protocol === "tcp" && decisions.push(e.elapsedMs),
   });
   const lane = await defineSandbox({ rootfs: rootfs.builtIn(image), network: policy }).boot();
   const guest = [];
   const floor = [];
+  const guestLocal = [];
   try {
+    const echoInGuest = lane.spawn("python3", ["-c", GUEST_ECHO]);
+    await echoInGuest.ready;
     for (let i = 0; i < 3; i++) {
       log(`network round ${i + 1}/3: ${MIB} MiB echo + ${CONNS} connects, guest then host loopback`);
-      const r = await lane.exec("python3", ["-c", GUEST_CLIENT, "127.0.0.1", String(port), String(MIB), String(CONNS)], { timeoutMs: 600_000 });
+      const r = await lane.exec("python3", ["-c", GUEST_CLIENT, host, String(port), String(MIB), String(CONNS)], { timeoutMs: 600_000 });
       if (r.exitCode !== 0) throw new Error(`guest client failed: ${r.stderr}`);
       guest.push(JSON.parse(r.stdout));
-      floor.push(await hostFloor(port, MIB, CONNS));
+      floor.push(await hostFloor(host, port, MIB, CONNS));
+      const g = await lane.exec("sh", ["-c", 'for i in $(seq 50); do python3 -c "import socket; socket.create_connection((\'127.0.0.1\', 7007)).close()" 2>/dev/null && break; sleep 0.1; done; exec python3 -c "$0" 127.0.0.1 7007 "$1" "$2"', GUEST_CLIENT, String(MIB), String(CONNS)], { timeoutMs: 600_000 });
+      if (g.exitCode !== 0) throw new Error(`guest loopback client failed: ${g.stderr}`);
+      guestLocal.push(JSON.parse(g.stdout));
     }
+    echoInGuest.kill();
   } finally {
     await lane.close();
     echo.close();
@@ -124,6 +157,9 @@ export async function benchNetwork({ image = "debian:12", log = () => {} } = {})
     tcpEchoThroughputMiBs: tput,
     hostLoopbackEchoThroughputMiBs: floorTput,
     tcpThroughputRatio: round(tput.p50 / floorTput.p50),
+    guestLoopbackEchoThroughputMiBs: stats(guestLocal.map((g) => g.throughputMiBs)),
+    throughputVsGuestLoopback: round(tput.p50 / stats(guestLocal.map((g) => g.throughputMiBs)).p50),
+    guestLoopbackConnectMs: stats(guestLocal.flatMap((g) => g.connectMs)),
     connectSetupMs: connect,
     hostLoopbackConnectMs: floorConnect,
     policyDecisionMs: stats(decisions),
