@@ -65,7 +65,8 @@ export function createNetns(): Netns {
     ip("-n", host, "route", "add", "10.99.0.0/24", "via", ADDR.inetSide);
   } catch (err) {
     cleanup();
-    throw err;
+    const why = (err as { stderr?: Buffer }).stderr?.toString().trim() ?? String(err);
+    throw new Error(`setting up the test's network namespaces failed (these tests need root and iproute2): ${why}`);
   }
   const startNode: Netns["startNode"] = (ns, fixture, args, ready) => {
     const script = fileURLToPath(new URL(`./fixtures/${fixture}`, import.meta.url));

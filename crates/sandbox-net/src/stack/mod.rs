@@ -525,6 +525,7 @@ impl Engine {
     fn verdict(&self, flow: &FlowInfo, result: &Result<Decision, PolicyFailure>, fits: bool) {
         let ev = match result {
             Ok(Decision::Deny) => NetEvent::FlowDecided { flow: flow.clone(), verdict: Verdict::Denied },
+            Ok(Decision::Intercept) if fits => NetEvent::FlowDecided { flow: flow.clone(), verdict: Verdict::Intercepted },
             Ok(_) if fits => NetEvent::FlowDecided { flow: flow.clone(), verdict: Verdict::Accepted },
             Ok(_) => NetEvent::FlowDecided { flow: flow.clone(), verdict: Verdict::Mismatch },
             Err(failure) => NetEvent::PolicyFailed { flow: flow.clone(), failure: failure.clone() },
