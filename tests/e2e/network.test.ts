@@ -120,5 +120,7 @@ describe("frame fuzzer against the running helper", () => {
     expect(r.after).toEqual({ resolve_allowed: ["203.0.113.10"], tcp_echo: "ping-tcp_echo", udp_echo: "ping-udp_echo" });
     // The stack saw and discarded the garbage (reported, bounded).
     expect(r.eventCounts["stack:malformed"]).toBeGreaterThan(0);
+    // ...and rate-limited its audit records towards Node, saying how many it dropped.
+    expect(r.eventCounts["stack:audit-dropped"]).toBeGreaterThan(0);
   }, 600_000);
 });

@@ -173,10 +173,17 @@ pub fn start(cfg: NetConfig, stream: UnixStream, bridge: Arc<NetBridge>) -> Resu
             rt.block_on(async move {
                 let audit = bridge.clone();
                 tokio::spawn(async move {
+                    let mut limit = AuditLimit::new(AUDITS_PER_SECOND);
                     while let Some(ev) = erx.recv().await {
-                        if let Some(a) = audit_of(&ev) {
-                            audit.send_frame(Kind::NetAudit, &a);
-                        }
+                        let Some(a) = audit_of(&ev) else { continue };
+                        match limit.admit(std::time::Instant::now()) {
+                            Admit::Yes => audit.send_frame(Kind::NetAudit, &a),
+                            Admit::YesAfterDropping(n) => {
+                                audit.send_frame(Kind::NetAudit, &dropped_audit(n));
+                                audit.send_frame(Kind::NetAudit, &a)
+                            }
+                            Admit::No => true,
+                        };
                     }
                 });
                 let stream = match tokio::net::UnixStream::from_std(stream) {
@@ -190,6 +197,52 @@ pub fn start(cfg: NetConfig, stream: UnixStream, bridge: Arc<NetBridge>) -> Resu
         })
         .map_err(|e| HostError::Setup(format!("network thread: {e}")))?;
     Ok(())
+}
+
+/// Audit records per second passed to Node; past it they are counted and summarized,
+/// so a guest spraying bad frames cannot queue unbounded frames towards Node.
+const AUDITS_PER_SECOND: u32 = 200;
+
+#[derive(Debug, PartialEq, Eq)]
+enum Admit {
+    Yes,
+    /// Admitted; `n` records were dropped since the last admitted one.
+    YesAfterDropping(u64),
+    No,
+}
+
+/// A one-second window rate limit.
+struct AuditLimit {
+    per_second: u32,
+    window: Option<std::time::Instant>,
+    used: u32,
+    dropped: u64,
+}
+
+impl AuditLimit {
+    fn new(per_second: u32) -> Self {
+        Self { per_second, window: None, used: 0, dropped: 0 }
+    }
+
+    fn admit(&mut self, now: std::time::Instant) -> Admit {
+        if self.window.is_none_or(|w| now.duration_since(w) >= Duration::from_secs(1)) {
+            self.window = Some(now);
+            self.used = 0;
+        }
+        if self.used >= self.per_second {
+            self.dropped += 1;
+            return Admit::No;
+        }
+        self.used += 1;
+        match std::mem::take(&mut self.dropped) {
+            0 => Admit::Yes,
+            n => Admit::YesAfterDropping(n),
+        }
+    }
+}
+
+fn dropped_audit(n: u64) -> NetAudit {
+    NetAudit { kind: "audit-dropped".into(), proto: None, src: None, dst: None, message: format!("{n} audit records dropped (more than {AUDITS_PER_SECOND} per second)") }
 }
 
 /// The audit records Node cannot know on its own (its own verdicts it knows).
@@ -252,6 +305,50 @@ fn host_addresses() -> Vec<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn audit_limit_counts_what_it_drops() {
+        let t0 = std::time::Instant::now();
+        let mut l = AuditLimit::new(2);
+        assert_eq!(l.admit(t0), Admit::Yes);
+        assert_eq!(l.admit(t0), Admit::Yes);
+        assert_eq!(l.admit(t0), Admit::No);
+        assert_eq!(l.admit(t0 + Duration::from_millis(500)), Admit::No);
+        assert_eq!(l.admit(t0 + Duration::from_secs(1)), Admit::YesAfterDropping(2));
+        assert_eq!(l.admit(t0 + Duration::from_secs(1)), Admit::Yes);
+    }
+
+    #[tokio::test]
+    async fn node_verdicts_map_to_decisions_and_bad_ones_fail() {
+        let (out, mut frames) = mpsc::unbounded_channel();
+        let bridge = NetBridge::new(out);
+        let policy = NodePolicy(bridge.clone());
+        let flow = |id: u64| FlowInfo::new(Proto::Tcp, "10.0.2.15:1000".parse().unwrap(), "203.0.113.1:80".parse().unwrap()).with_test_id(id);
+        for (verdict, answer, want) in [
+            ("accept", None, Ok(Decision::AcceptRaw)),
+            ("intercept", None, Ok(Decision::Intercept)),
+            ("deny", None, Ok(Decision::Deny)),
+            ("something-new", None, Ok(Decision::Deny)),
+            ("answer", Some("AQI=".to_string()), Ok(Decision::DnsAnswer(vec![1, 2]))),
+            ("answer", Some("not base64!".to_string()), Err(())),
+        ] {
+            let fut = policy.decide(flow(7));
+            let task = tokio::spawn(fut);
+            let frame = frames.recv().await.unwrap();
+            let req: NetRequest = proto::decode(&frame[proto::HEADER_LEN..]).unwrap();
+            assert_eq!((req.id, req.proto.as_str(), req.dst_port), (7, "tcp", 80));
+            bridge.deliver(&proto::encode(&NetReply { id: 7, verdict: verdict.into(), answer }));
+            let got = task.await.unwrap().map_err(|_| ());
+            assert_eq!(got, want, "{verdict}");
+        }
+        // A question whose future is dropped (deadline) leaves nothing behind.
+        let t = tokio::spawn(policy.decide(flow(9)));
+        let _ = frames.recv().await.unwrap();
+        assert_eq!(bridge.pending().len(), 1);
+        t.abort();
+        let _ = t.await;
+        assert!(bridge.pending().is_empty());
+    }
 
     #[test]
     fn config_checks_its_inputs() {

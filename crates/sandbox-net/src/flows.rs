@@ -44,6 +44,12 @@ impl FlowInfo {
         self.id = id;
         self
     }
+
+    /// For tests of policies outside this crate (the stack assigns real ids).
+    #[doc(hidden)]
+    pub fn with_test_id(self, id: u64) -> Self {
+        self.with_id(id)
+    }
 }
 
 /// The answer for one flow. Anything but the variant that fits the flow's protocol
