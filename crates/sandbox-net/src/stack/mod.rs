@@ -29,11 +29,15 @@ use crate::host::{self, HostConn, Internal, Key, Tx, CHUNK, CREDITS};
 use crate::packet::{self, Ingress, ParseError};
 
 mod forward;
+mod wire;
+mod limits;
 mod tcp_flow;
 mod udp_flow;
 
 pub use forward::NetControl;
 use forward::Control;
+use wire::{read_frames, write_frames};
+use limits::InflightGuard;
 use tcp_flow::{Active, DnsTcpQuery, TcpFlow, TcpPhase};
 use udp_flow::{UdpFlow, UdpPhase};
 
@@ -128,51 +132,6 @@ fn validate(c: &NetConfig) -> Result<(), NetError> {
     Ok(())
 }
 
-async fn read_frames<R: AsyncRead>(rd: R, tx: mpsc::Sender<Vec<u8>>, sink: EventSink) -> io::Result<()> {
-    tokio::pin!(rd);
-    let mut dec = FrameDecoder::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut frames = Vec::new();
-    loop {
-        let n = rd.read(&mut buf).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        dec.push(&buf[..n], |r| match r {
-            Ok(f) => frames.push(f.to_vec()),
-            Err(e) => {
-                Stats::bump(&sink.stats().malformed);
-                sink.emit(NetEvent::MalformedFrame { reason: Malformed::Codec(e) });
-            }
-        });
-        for f in frames.drain(..) {
-            // Awaiting here is the backpressure on the guest's transmit side.
-            if tx.send(f).await.is_err() {
-                return Ok(());
-            }
-        }
-    }
-}
-
-async fn write_frames<W: AsyncWrite>(wr: W, mut rx: mpsc::Receiver<Vec<u8>>) -> io::Result<()> {
-    tokio::pin!(wr);
-    let mut buf = Vec::new();
-    while let Some(f) = rx.recv().await {
-        buf.clear();
-        let _ = frames::encode(&f, &mut buf);
-        while buf.len() < 256 * 1024 {
-            match rx.try_recv() {
-                Ok(f) => {
-                    let _ = frames::encode(&f, &mut buf);
-                }
-                Err(_) => break,
-            }
-        }
-        wr.write_all(&buf).await?;
-        wr.flush().await?;
-    }
-    Ok(())
-}
 
 struct Engine {
     cfg: Arc<NetConfig>,
@@ -414,48 +373,6 @@ impl Engine {
         });
     }
 
-    /// At the flow cap, frees one slot for a new flow by evicting the least recently
-    /// used UDP flow or the oldest half-open TCP flow (SYN floods displace each other,
-    /// never an established connection). False when every flow is established TCP.
-    fn make_room(&mut self) -> bool {
-        if self.live_flows() < self.cfg.max_flows {
-            return true;
-        }
-        // Frames queued before this one (a handshake's last ACK) count first.
-        self.poll();
-        let udp = self
-            .udp
-            .iter()
-            .filter(|(_, f)| !matches!(f.phase, UdpPhase::Denied))
-            .min_by_key(|(_, f)| f.last)
-            .map(|(k, _)| *k);
-        if let Some(key) = udp {
-            if let Some(UdpFlow { phase: UdpPhase::Active { task, .. }, .. }) = self.udp.remove(&key) {
-                task.abort();
-            }
-            return true;
-        }
-        let half_open = self
-            .tcp
-            .iter()
-            .filter(|(_, f)| match &f.phase {
-                TcpPhase::Deciding | TcpPhase::Connecting => true,
-                TcpPhase::Active(a) => matches!(self.sockets.get::<tcp::Socket>(a.handle).state(), tcp::State::SynReceived | tcp::State::Listen),
-                TcpPhase::Dns(_) => false,
-            })
-            .min_by_key(|(_, f)| f.started)
-            .map(|(k, f)| (*k, f.syn_ack));
-        let Some((key, ack)) = half_open else { return false };
-        if let Some(TcpFlow { phase: TcpPhase::Active(a), .. }) = self.tcp.get(&key) {
-            let h = a.handle;
-            self.sockets.get_mut::<tcp::Socket>(h).abort();
-            self.finish_tcp(key);
-        } else {
-            self.tcp.remove(&key);
-            self.reset_guest(key, ack);
-        }
-        true
-    }
 
     /// Hands the DNS-over-TCP messages `service` read to the policy, one task each.
     fn ask_dns_tcp(&mut self) {
@@ -534,71 +451,4 @@ impl Engine {
         self.sink.emit(ev);
     }
 
-    fn sweep(&mut self) {
-        let limit = self.cfg.handshake_timeout;
-        let mut stale = Vec::new();
-        for (key, flow) in &self.tcp {
-            if flow.started.elapsed() < limit {
-                continue;
-            }
-            match &flow.phase {
-                TcpPhase::Active(a) => {
-                    let st = self.sockets.get::<tcp::Socket>(a.handle).state();
-                    if matches!(st, tcp::State::Listen | tcp::State::SynReceived | tcp::State::SynSent) {
-                        stale.push((*key, flow.syn_ack));
-                    }
-                }
-                // Idle DNS connections go the way of idle UDP flows.
-                TcpPhase::Dns(d) => {
-                    if !d.busy && d.last.elapsed() >= self.cfg.udp_idle_timeout {
-                        stale.push((*key, flow.syn_ack));
-                    }
-                }
-                _ => stale.push((*key, flow.syn_ack)),
-            }
-        }
-        for (key, ack) in stale {
-            let handle = match self.tcp.get(&key) {
-                Some(TcpFlow { phase: TcpPhase::Active(a), .. }) => Some(a.handle),
-                Some(TcpFlow { phase: TcpPhase::Dns(d), .. }) => Some(d.handle),
-                _ => None,
-            };
-            if let Some(h) = handle {
-                self.sockets.get_mut::<tcp::Socket>(h).abort();
-                self.finish_tcp(key);
-            } else {
-                self.tcp.remove(&key);
-                self.reset_guest(key, ack);
-            }
-        }
-        let idle = self.cfg.udp_idle_timeout;
-        let mut denied_gone = 0;
-        self.udp.retain(|_, f| {
-            let keep = f.last.elapsed() < idle;
-            if !keep {
-                match &f.phase {
-                    UdpPhase::Active { task, .. } => task.abort(),
-                    UdpPhase::Denied => denied_gone += 1,
-                    UdpPhase::Deciding(_) => {}
-                }
-            }
-            keep
-        });
-        self.udp_denied -= denied_gone;
-    }
-}
-
-struct InflightGuard(Arc<AtomicUsize>);
-
-impl InflightGuard {
-    fn new(c: Arc<AtomicUsize>) -> Self {
-        c.fetch_add(1, Ordering::Relaxed);
-        Self(c)
-    }
-}
-
-impl Drop for InflightGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
 }
