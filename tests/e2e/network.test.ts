@@ -78,7 +78,10 @@ describe("network policy, end to end in network namespaces", () => {
       tcp_http: "refused",
       udp_echo: "timeout",
       udp_direct_dns: "timeout",
+      resolve_self: ["127.0.1.1"],
     });
+    // The lane's own name resolved locally: no question left the guest for it.
+    expect(queried("dns-only-lane")).toEqual([]);
   });
 
   it("no network option: no NIC, no egress, no DNS", async () => {

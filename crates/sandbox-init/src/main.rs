@@ -55,7 +55,7 @@ fn main() {
         boot::switch_root(&cfg)?;
         boot::finish(&cfg)?;
         net::loopback_up()?;
-        cfg.network.as_ref().map_or(Ok(()), net::configure)
+        cfg.network.as_ref().map_or(Ok(()), |n| net::configure(n, &cfg.hostname))
     })();
     if let Err(e) = booted {
         link.fail(e.stage, &e.message);

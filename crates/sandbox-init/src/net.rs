@@ -33,8 +33,8 @@ pub fn loopback_up() -> Result<(), BootError> {
     s.up("lo").map_err(|e| fail(format!("bring lo up: {e}")))
 }
 
-/// Configures eth0 and the resolver.
-pub fn configure(n: &GuestNet) -> Result<(), BootError> {
+/// Configures eth0, the resolver and the guest's own name.
+pub fn configure(n: &GuestNet, hostname: &str) -> Result<(), BootError> {
     let parse = |what: &str, v: &str| v.parse::<Ipv4Addr>().map_err(|_| fail(format!("{what} {v:?} is not an IPv4 address")));
     let addr = parse("address", &n.address)?;
     let gw = parse("gateway", &n.gateway)?;
@@ -56,7 +56,24 @@ pub fn configure(n: &GuestNet) -> Result<(), BootError> {
     s.set_mtu("eth0", n.mtu).map_err(|e| fail(format!("eth0 mtu: {e}")))?;
     s.up("eth0").map_err(|e| fail(format!("bring eth0 up: {e}")))?;
     s.default_route(gw).map_err(|e| fail(format!("default route via {gw}: {e}")))?;
-    resolv_conf(ns)
+    resolv_conf(ns)?;
+    hosts(hostname);
+    Ok(())
+}
+
+/// The guest's own hostname resolves locally (as on any Linux host), so programs
+/// that look it up do not send it to the policy and upstream resolvers. Best effort:
+/// an image without a regular /etc/hosts keeps its own arrangement.
+fn hosts(hostname: &str) {
+    let etc = Path::new("/etc/hosts");
+    if !fs::symlink_metadata(etc).is_ok_and(|m| m.file_type().is_file()) {
+        return;
+    }
+    let text = format!("127.0.0.1\tlocalhost\n127.0.1.1\t{hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    let run = Path::new("/run/sandbox/hosts");
+    if fs::write(run, text).is_ok() {
+        let _ = crate::sys::mount("/run/sandbox/hosts", etc, "", libc::MS_BIND, None);
+    }
 }
 
 /// Points /etc/resolv.conf at `ns`. The file lives on init's /run tmpfs and is
