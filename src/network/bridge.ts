@@ -118,7 +118,7 @@ export class NetworkService {
     try {
       grant = await this.#run(conn);
     } catch (err) {
-      this.#reply(req.id, req.proto === "dns" ? "deny" : "deny");
+      this.#reply(req.id, "deny");
       if (err instanceof PolicyTimeout) {
         this.emit({ type: "policy-timeout", protocol: req.proto, ...where, message: `the policy callback did not settle within ${this.#policy.timeoutMs} ms; denied` });
       } else {
