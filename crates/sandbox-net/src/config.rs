@@ -63,7 +63,7 @@ impl Default for NetConfig {
             connect_timeout: Duration::from_secs(10),
             udp_idle_timeout: Duration::from_secs(60),
             dns_timeout: Duration::from_secs(3),
-            tcp_buffer: 64 * 1024,
+            tcp_buffer: 256 * 1024,
             intercept_socket: None,
             max_port_forwards: 64,
         }
