@@ -12,6 +12,8 @@
 //    a QEMU-opened qcow2 overlay of the same base (scripts/bench/disk.mjs).
 //  - HTTP interception: requests/s and p50 latency through the interceptor vs
 //    the same client straight to the same upstream (scripts/bench/http.mjs).
+//  - network (scripts/bench/network.mjs): TCP echo throughput through an accepted
+//    flow vs host loopback, connection setup latency, policy decision time.
 //
 // Env: BENCH_BOOTS (default 10), BENCH_EXECS (default 200), BENCH_IMAGE (default debian:12),
 // BENCH_ONLY=disk (only the disk section), BENCH_DISK_MIB / _RANDOM_S / _ROUNDS.
@@ -191,6 +193,9 @@ rmSync(work, { recursive: true, force: true });
 log("http interception vs direct");
 const { runHttpBench } = await import("./bench/http.mjs");
 const httpInterception = await runHttpBench();
+log("network: TCP echo through an accepted flow, connect latency, policy decision time");
+const { benchNetwork } = await import(join(root, "scripts/bench/network.mjs"));
+const networkResult = await benchNetwork({ image: IMAGE, log });
 
 const boot = stats(ours);
 const floorStats = floor.length ? stats(floor) : null;
@@ -213,6 +218,7 @@ const result = {
   peakRssMiB: { helperPlusVmm: round(peak), helper: round(helperPeak), perBoot: stats(rss) },
   disk,
   httpInterception,
+  network: networkResult,
   targets: {
     bootRatioMax: 1.3,
     execRatioMax: 1.5,

@@ -140,3 +140,10 @@ export function abortError(signal: AbortSignal): Error {
   if (signal.reason !== undefined) (err as { cause?: unknown }).cause = signal.reason;
   return err;
 }
+
+/** `lane.forwardPort` failed: the host port is taken, the lane has no network, or the forward limit is reached. */
+export class PortForwardError extends SandboxError {
+  constructor(message: string) {
+    super("ERR_SANDBOX_PORT_FORWARD", message);
+  }
+}

@@ -16,7 +16,8 @@ export interface VmExit {
 }
 
 /**
- * Events: `control` (frame on channel 0), `blockRequest` (a BlockRequest frame), `exit` (VmExit | undefined, once,
+ * Events: `control` (frame on channel 0), `blockRequest` (a BlockRequest frame),
+ * `netRequest` / `netAudit` / `portForwarded` (network frames), `exit` (VmExit | undefined, once,
  * when the helper/VM is gone for whatever reason), `error` is never emitted:
  * failures arrive as `exit` with the helper's message in `helperError`.
  */
@@ -91,6 +92,12 @@ export class HelperConnection extends EventEmitter {
         this.helperError = (JSON.parse(frame.payload.toString("utf8")) as { message: string }).message;
       } else if (frame.kind === Kind.BlockRequest) {
         this.emit("blockRequest", frame);
+      } else if (frame.kind === Kind.NetRequest) {
+        this.emit("netRequest", frame);
+      } else if (frame.kind === Kind.NetAudit) {
+        this.emit("netAudit", frame);
+      } else if (frame.kind === Kind.PortForwarded) {
+        this.emit("portForwarded", frame);
       } else if (frame.channel === 0 || frame.kind >= 0x80) {
         this.emit("control", frame);
       } else {

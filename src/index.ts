@@ -24,8 +24,24 @@ export {
   OutputLimitError,
   BlockStoreError,
   BlockStoreBaseMismatchError,
+  PortForwardError,
 } from "./errors.js";
 export type { BlockStoreOp } from "./errors.js";
+export { network } from "./network/policy.js";
+export type {
+  NetworkPolicy,
+  NetworkPolicyOptions,
+  NetworkPolicyCallback,
+  NetworkEvent,
+  SandboxConnection,
+  Connection,
+  DnsMatch,
+  DnsAcceptOptions,
+  HttpMatch,
+  HttpHostMatcher,
+  TransportMatch,
+} from "./network/policy.js";
+export { Endpoint } from "./network/endpoint.js";
 export {
   createHttpInterceptor,
   startInterception,

@@ -1,5 +1,5 @@
 /** A running sandbox instance and the processes it runs. */
-import { abortError, LaneClosedError, OutputLimitError, SandboxCrashedError } from "./errors.js";
+import { abortError, LaneClosedError, OutputLimitError, PortForwardError, SandboxCrashedError } from "./errors.js";
 import type { HelperConnection } from "./helper-connection.js";
 import type { BlockStoreFailures } from "./rootfs/block-store.js";
 import {
@@ -13,7 +13,7 @@ import {
   type StartRequest,
   type TerminalSize,
 } from "./process.js";
-import { Kind } from "./protocol/frames.js";
+import { Kind, type Frame } from "./protocol/frames.js";
 import { checkAbsolutePath, checkArgv, checkEnv, checkInteger } from "./validate.js";
 
 export interface LaneInfo {
@@ -165,6 +165,46 @@ export class Lane implements AsyncDisposable {
 
   get closed(): boolean {
     return this.#closing !== undefined || this.#conn.closed;
+  }
+
+  #nextForward = 1;
+
+  /**
+   * Forwards host connections to a guest listener: the helper listens on
+   * 127.0.0.1 (`hostPort`, default any free port) and connects each client to
+   * `guestPort` in the guest. The listener closes with the lane. Needs a
+   * `network` policy on the sandbox (no network, no NIC to forward to).
+   */
+  forwardPort(guestPort: number, options: { hostPort?: number } = {}): Promise<{ host: "127.0.0.1"; port: number }> {
+    const port = checkInteger("guestPort", guestPort, 1, 65535);
+    const hostPort = checkInteger("hostPort", options.hostPort ?? 0, 0, 65535);
+    if (this.closed) return Promise.reject(new LaneClosedError("forwardPort() on a closed lane"));
+    const id = this.#nextForward++;
+    return new Promise((resolve, reject) => {
+      const cleanup = () => {
+        this.#conn.off("portForwarded", onReply);
+        this.#conn.off("exit", onExit);
+      };
+      const onReply = (frame: Frame) => {
+        let body: { id: number; port?: number | null; error?: string | null };
+        try {
+          body = JSON.parse(frame.payload.toString("utf8")) as typeof body;
+        } catch {
+          return;
+        }
+        if (body.id !== id) return;
+        cleanup();
+        if (typeof body.port === "number") resolve({ host: "127.0.0.1", port: body.port });
+        else reject(new PortForwardError(`cannot forward to guest port ${port}: ${body.error ?? "unknown error"}`));
+      };
+      const onExit = () => {
+        cleanup();
+        reject(new LaneClosedError("the lane closed before the port was forwarded"));
+      };
+      this.#conn.on("portForwarded", onReply);
+      this.#conn.once("exit", onExit);
+      this.#conn.sendJson(Kind.PortForward, 0, { id, guestPort: port, hostPort });
+    });
   }
 
   /** Runs a command to completion and returns its buffered output. */

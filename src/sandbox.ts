@@ -10,6 +10,10 @@ import { Kind, type Frame } from "./protocol/frames.js";
 import { COW_BLOCK_SIZE, isRootfsSpec, rootfs as rootfsApi, type RootfsSpec } from "./rootfs.js";
 import { BlockStoreFailures, checkListed, serveBlockStore, withStoreDeadline, type SandboxBlockStore } from "./rootfs/block-store.js";
 import { checkAbsolutePath, checkEnv, checkHostname, checkInteger } from "./validate.js";
+import { helperDeadlineMs, NetworkService, SANDBOX_RESOLVER } from "./network/bridge.js";
+import { interceptHandler, InterceptServer } from "./network/intercept-server.js";
+import { isNetworkPolicy, type NetworkPolicy } from "./network/policy.js";
+import { startInterception } from "./network/http/interception.js";
 
 export interface SandboxResources {
   /** Virtual CPUs (1-64). Default 1. */
@@ -24,6 +28,11 @@ export interface SandboxDefinition {
   /** Root filesystem. Default `rootfs.builtIn("debian:12")`. */
   rootfs?: RootfsSpec;
   resources?: SandboxResources;
+  /**
+   * Egress policy (`network.policy(...)`). Absent: the guest has no network device
+   * at all — no egress, no DNS.
+   */
+  network?: NetworkPolicy;
 }
 
 export interface BootOptions {
@@ -54,7 +63,7 @@ export interface BootOptions {
 }
 
 export interface Sandbox {
-  readonly definition: Readonly<Required<Pick<SandboxDefinition, "rootfs">>> & { resources: Required<SandboxResources> };
+  readonly definition: Readonly<Required<Pick<SandboxDefinition, "rootfs">>> & { resources: Required<SandboxResources>; network?: NetworkPolicy };
   boot(options?: BootOptions): Promise<Lane>;
 }
 
@@ -75,10 +84,13 @@ export function defineSandbox(definition: SandboxDefinition = {}): Sandbox {
   if (!["auto", "qemu", "krun"].includes(resources.backend)) {
     throw new SandboxConfigError(`resources.backend must be "auto", "qemu" or "krun", got ${JSON.stringify(resources.backend)}`);
   }
-  const frozen = Object.freeze({ rootfs: root, resources: Object.freeze(resources) });
+  if (definition.network !== undefined && !isNetworkPolicy(definition.network)) {
+    throw new SandboxConfigError("definition.network must come from network.policy(...)");
+  }
+  const frozen = Object.freeze({ rootfs: root, resources: Object.freeze(resources), network: definition.network });
   return {
     definition: frozen,
-    boot: (options) => bootLane(frozen.rootfs, frozen.resources, options ?? {}),
+    boot: (options) => bootLane(frozen.rootfs, frozen.resources, options ?? {}, frozen.network),
   };
 }
 
@@ -144,10 +156,14 @@ export interface BootInternals {
   writableRoot?: boolean;
 }
 
+/** The guest's side of the network (sandbox-net's defaults). */
+const GUEST_NET = { address: "10.0.2.15", prefixLen: 24, gateway: "10.0.2.2", nameserver: SANDBOX_RESOLVER, mtu: 1500 };
+
 export async function bootLane(
   root: RootfsSpec,
   resources: Required<SandboxResources>,
   options: BootOptions,
+  policy: NetworkPolicy | undefined,
   internals: BootInternals = {},
 ): Promise<Lane> {
   const started = performance.now();
@@ -156,14 +172,14 @@ export async function bootLane(
   const env = checkEnv("env", options.env);
   const timeoutMs = checkInteger("timeoutMs", options.timeoutMs ?? 120_000, 1, 3_600_000);
   const ca = options.interceptCa;
-  const caCertPem: Promise<string | undefined> =
+  const explicitCa: Promise<string | undefined> =
     ca === undefined
       ? Promise.resolve(undefined)
       : ca instanceof Promise
         ? ca.then((c) => checkCaCertificate(c?.certPem))
         : Promise.resolve(checkCaCertificate(ca.certPem)); // a bad certificate fails before anything boots
   // Rejections surface through the handshake; this keeps an early failure from being "unhandled".
-  caCertPem.catch(() => {});
+  explicitCa.catch(() => {});
   options.signal?.throwIfAborted();
 
   const artifacts = resolveArtifacts();
@@ -205,6 +221,16 @@ export async function bootLane(
     serveBlockStore(conn, store, { base: image.sha256 }, { timeoutMs: root.storeTimeoutMs, failures, listed });
   }
 
+  let intercept: InterceptServer | undefined;
+  let net: NetworkService | undefined;
+  // With a policy, HTTP interception is ready for matchHttp(...).accept(middleware):
+  // the CA is generated now (overlapping the VM's boot) and its certificate goes to init.
+  const interception = policy
+    ? startInterception({ upstreamCa: policy.upstreamCa, onEvent: (e) => net?.emit(e) })
+    : undefined;
+  const caCertPem: Promise<string | undefined> =
+    options.interceptCa === undefined && interception ? interception.ca.then((c) => c.certPem) : explicitCa;
+  caCertPem.catch(() => {});
   const spec = launchSpec(artifacts, image, resources, choice, root);
   const launch = internals.transformLaunch ? internals.transformLaunch(spec) : spec;
   const configure = caCertPem.then((pem) => ({
@@ -213,10 +239,29 @@ export async function bootLane(
     env,
     root: { device: "/dev/vda", fstype: image.filesystem, readOnly: root.kind === "builtIn" && !internals.writableRoot },
     ...(pem === undefined ? {} : { caCertPem: pem }),
+    ...(policy ? { network: GUEST_NET } : {}),
   }));
   configure.catch(() => {});
 
   try {
+    if (policy) {
+      const emit = (e: Parameters<NetworkService["emit"]>[0]) => net?.emit(e);
+      intercept = await InterceptServer.start(interceptHandler() ?? interception?.handle, emit);
+      const server = intercept;
+      conn.once("exit", () => {
+        void server.close();
+        void interception?.close();
+      });
+      net = new NetworkService(conn, policy, intercept);
+      Object.assign(launch, {
+        network: {
+          policyDeadlineMs: helperDeadlineMs(policy),
+          maxFlows: policy.maxFlows,
+          allowProtected: policy.allowProtectedCidrs.map((c) => c.text),
+          interceptSocket: intercept.socketPath,
+        },
+      });
+    }
     const { launched, hello, ready } = await handshake(conn, launch, configure, timeoutMs, options.signal);
     return new Lane(conn, {
       backend: choice.backend,
@@ -239,6 +284,8 @@ export async function bootLane(
     }, { shutdownGraceMs: store ? COW_SHUTDOWN_GRACE_MS : undefined, storeFailures: failures });
   } catch (err) {
     conn.kill();
+    void intercept?.close();
+    void interception?.close();
     // A store failure during boot is the root cause of whatever the guest then reported.
     throw err instanceof SandboxBootError && failures.first ? failures.first : err;
   }

@@ -73,14 +73,14 @@ export async function diskBench(ctx) {
   const overlay = join(work, "floor-overlay.qcow2");
   execFileSync("qemu-img", ["create", "-q", "-f", "qcow2", "-b", join(imagesDir, image.file), "-F", image.format, overlay]);
   const floorBoot = () =>
-    bootLane(base, resources, {}, {
+    bootLane(base, resources, {}, undefined, {
       writableRoot: true,
       transformLaunch: (l) => ({ ...l, disks: [{ path: overlay, format: "qcow2", readOnly: false }] }),
     });
   const budget = 2 * FILE_MIB * 1048576 + 64 * 1048576;
-  const ephemeralBoot = () => bootLane(api.rootfs.ephemeral({ base, maxDirtyBytes: budget }), resources, {});
+  const ephemeralBoot = () => bootLane(api.rootfs.ephemeral({ base, maxDirtyBytes: budget }), resources, {}, undefined);
   const store = new api.MemoryBlockStore();
-  const cowBoot = () => bootLane(api.rootfs.cow({ base, writable: store }), resources, {});
+  const cowBoot = () => bootLane(api.rootfs.cow({ base, writable: store }), resources, {}, undefined);
 
   log(`disk: ${FILE_MIB} MiB file, ${RANDOM_SECONDS} s random phases, ${ROUNDS} rounds per root (floor: QEMU-opened qcow2 overlay)`);
   const floor = await measure(floorBoot, log, "floor");

@@ -28,6 +28,11 @@ export const Kind = {
   HelperError: 0x83,
   BlockRequest: 0x84,
   BlockReply: 0x85,
+  NetRequest: 0x90,
+  NetReply: 0x91,
+  NetAudit: 0x92,
+  PortForward: 0x93,
+  PortForwarded: 0x94,
 } as const;
 export type Kind = (typeof Kind)[keyof typeof Kind];
 

@@ -10,6 +10,7 @@ mod backend;
 mod console;
 mod error;
 mod lifeline;
+mod net;
 mod node_store;
 mod relay;
 
@@ -88,13 +89,19 @@ fn run(node: &mut UnixStream) -> Result<(), HostError> {
         .map(|ms| std::time::Duration::from_millis(ms.clamp(1, node_store::MAX_STORE_DEADLINE_MS)))
         .unwrap_or(node_store::STORE_DEADLINE);
     let (bridge, block_requests) = node_store::Bridge::new(deadline);
-    let vm = backend::launch(&launch, &bridge)?;
+    let net_cfg = launch.network.as_ref().map(net::config).transpose()?;
+    let mut vm = backend::launch(&launch, &bridge)?;
+    let (net_out, net_rx) = tokio::sync::mpsc::unbounded_channel();
+    let net_bridge = net::NetBridge::new(net_out);
+    if let (Some(cfg), Some(stream)) = (net_cfg, vm.net.take()) {
+        net::start(cfg, stream, net_bridge.clone())?;
+    }
     let launched = proto::Launched { vmm_pid: vm.pid(), backend: launch.backend, accel: vm.accel().to_string() };
     let mut out = Vec::new();
     proto::frame_into(&mut out, Kind::Launched, 0, &proto::encode(&launched));
     node.write_all(&out).map_err(HostError::NodeIo)?;
     let node = node.try_clone().map_err(HostError::NodeIo)?;
-    relay::run(node, leftover, vm, relay::Blocks { bridge, requests: block_requests })
+    relay::run(node, leftover, vm, relay::Blocks { bridge, requests: block_requests }, relay::Net { bridge: net_bridge, frames: net_rx })
 }
 
 /// Blocks for the first frame, which must be `Launch`.

@@ -6,6 +6,7 @@
 
 use crate::backend::RunningVm;
 use crate::error::HostError;
+use crate::net::NetBridge;
 use crate::node_store::Bridge;
 use sandbox_protocol::{self as proto, FrameDecoder, Kind};
 use std::os::unix::net::UnixStream as StdUnixStream;
@@ -29,16 +30,24 @@ pub struct Blocks {
     pub requests: mpsc::UnboundedReceiver<Vec<u8>>,
 }
 
-pub fn run(node: StdUnixStream, leftover: FrameDecoder, vm: RunningVm, blocks: Blocks) -> Result<(), HostError> {
+/// The network bridge: its frames (questions, audit, port answers) go to Node,
+/// Node's verdicts and port requests come back to it.
+pub struct Net {
+    pub bridge: Arc<NetBridge>,
+    pub frames: mpsc::UnboundedReceiver<Vec<u8>>,
+}
+
+pub fn run(node: StdUnixStream, leftover: FrameDecoder, vm: RunningVm, blocks: Blocks, net: Net) -> Result<(), HostError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| HostError::Setup(format!("tokio runtime: {e}")))?;
-    rt.block_on(relay(node, leftover, vm, blocks))
+    rt.block_on(relay(node, leftover, vm, blocks, net))
 }
 
-async fn relay(node: StdUnixStream, leftover: FrameDecoder, vm: RunningVm, blocks: Blocks) -> Result<(), HostError> {
+async fn relay(node: StdUnixStream, leftover: FrameDecoder, vm: RunningVm, blocks: Blocks, net: Net) -> Result<(), HostError> {
     let Blocks { bridge, requests: mut block_rx } = blocks;
+    let Net { bridge: net_bridge, frames: mut net_rx } = net;
     let RunningVm { pid, wait, control, console, .. } = vm;
     let node = to_tokio(node)?;
     let guest = to_tokio(control)?;
@@ -52,7 +61,7 @@ async fn relay(node: StdUnixStream, leftover: FrameDecoder, vm: RunningVm, block
     });
 
     let (ended_tx, mut ended_rx) = tokio::sync::mpsc::channel::<End>(2);
-    let node_pump = tokio::spawn(node_to_guest(node_rx, leftover, guest_tx, bridge, ended_tx.clone()));
+    let node_pump = tokio::spawn(node_to_guest(node_rx, leftover, guest_tx, bridge, net_bridge, ended_tx.clone()));
     let (fwd_tx, mut fwd_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
     let guest_pump = tokio::spawn(guest_to_node(guest_rx, fwd_tx, ended_tx));
 
@@ -61,6 +70,12 @@ async fn relay(node: StdUnixStream, leftover: FrameDecoder, vm: RunningVm, block
     let status = loop {
         tokio::select! {
             Some(bytes) = block_rx.recv() => {
+                if node_tx.write_all(&bytes).await.is_err() {
+                    kill(pid);
+                    return Ok(());
+                }
+            }
+            Some(bytes) = net_rx.recv() => {
                 if node_tx.write_all(&bytes).await.is_err() {
                     kill(pid);
                     return Ok(());
@@ -111,6 +126,7 @@ async fn node_to_guest(
     mut dec: FrameDecoder,
     mut guest: OwnedWriteHalf,
     bridge: Arc<Bridge>,
+    net: Arc<NetBridge>,
     ended: tokio::sync::mpsc::Sender<End>,
 ) {
     let mut buf = vec![0u8; CHUNK];
@@ -118,6 +134,8 @@ async fn node_to_guest(
         loop {
             match dec.next_raw() {
                 Ok(Some((kind, raw))) if kind == Kind::BlockReply as u8 => bridge.deliver(&raw[proto::HEADER_LEN..]),
+                Ok(Some((kind, raw))) if kind == Kind::NetReply as u8 => net.deliver(&raw[proto::HEADER_LEN..]),
+                Ok(Some((kind, raw))) if kind == Kind::PortForward as u8 => net.forward(&raw[proto::HEADER_LEN..]),
                 Ok(Some((kind, raw))) => {
                     // Helper-only kinds are never relayed to the guest.
                     if kind < 0x80 && guest.write_all(&raw).await.is_err() {

@@ -8,6 +8,7 @@
 
 mod boot;
 mod ca;
+mod net;
 mod process;
 mod server;
 mod sys;
@@ -48,16 +49,21 @@ fn main() {
         },
         None => power_off(),
     };
-    if let Err(e) = boot::switch_root(&cfg) {
-        link.fail(e.stage, &e.message);
-    }
-    let ca_env = match boot::setup_ca(&cfg) {
+    let booted = (|| -> Result<Vec<(String, String)>, boot::BootError> {
+        if cfg.network.is_some() {
+            net::load_modules()?; // from the initramfs, so before the switch
+        }
+        boot::switch_root(&cfg)?;
+        let ca_env = boot::setup_ca(&cfg)?;
+        boot::finish(&cfg)?;
+        net::loopback_up()?;
+        cfg.network.as_ref().map_or(Ok(()), |n| net::configure(n, &cfg.hostname))?;
+        Ok(ca_env)
+    })();
+    let ca_env = match booted {
         Ok(env) => env,
         Err(e) => link.fail(e.stage, &e.message),
     };
-    if let Err(e) = boot::finish(&cfg) {
-        link.fail(e.stage, &e.message);
-    }
     let ready = proto::Ready { uptime_ms: sys::uptime_ms(), kernel: boot::kernel_release() };
     if link.send(Kind::Ready, &proto::encode(&ready)).is_err() {
         power_off();

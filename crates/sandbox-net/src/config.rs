@@ -1,6 +1,7 @@
 //! Addresses and limits of one guest network.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::addr::Cidr;
@@ -37,6 +38,10 @@ pub struct NetConfig {
     pub dns_timeout: Duration,
     /// smoltcp socket buffer per direction per TCP flow (bounds memory and the window).
     pub tcp_buffer: usize,
+    /// Unix socket receiving `Decision::Intercept` flows (header line `{"flow":<id>}\n`).
+    pub intercept_socket: Option<PathBuf>,
+    /// Host ports forwarded into the guest at once (`NetStack::forward_port`).
+    pub max_port_forwards: usize,
 }
 
 impl Default for NetConfig {
@@ -58,7 +63,9 @@ impl Default for NetConfig {
             connect_timeout: Duration::from_secs(10),
             udp_idle_timeout: Duration::from_secs(60),
             dns_timeout: Duration::from_secs(3),
-            tcp_buffer: 64 * 1024,
+            tcp_buffer: 256 * 1024,
+            intercept_socket: None,
+            max_port_forwards: 64,
         }
     }
 }

@@ -13,6 +13,8 @@ use crate::frames::FrameError;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     Accepted,
+    /// TCP handed to the interceptor socket.
+    Intercepted,
     DnsForward,
     Denied,
     /// The policy answered with a decision that does not fit the flow's protocol.

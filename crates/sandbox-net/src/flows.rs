@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::addr::{self, Category};
@@ -15,7 +16,7 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 pub enum Proto {
     Tcp,
     Udp,
-    /// A UDP query to the sandbox resolver address, port 53 (one question per query).
+    /// One DNS message to port 53 (UDP datagram or TCP-framed message), any address.
     Dns,
 }
 
@@ -23,14 +24,31 @@ pub enum Proto {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct FlowInfo {
+    /// Unique per stack run; also the flow id an interceptor is told.
+    pub id: u64,
     pub proto: Proto,
     pub src: SocketAddr,
     pub dst: SocketAddr,
+    /// DNS: the raw query message (without the TCP length prefix).
+    pub query: Option<Arc<[u8]>>,
+    /// DNS: the guest sent it over TCP.
+    pub dns_over_tcp: bool,
 }
 
 impl FlowInfo {
     pub fn new(proto: Proto, src: SocketAddr, dst: SocketAddr) -> Self {
-        Self { proto, src, dst }
+        Self { id: 0, proto, src, dst, query: None, dns_over_tcp: false }
+    }
+
+    pub(crate) fn with_id(mut self, id: u64) -> Self {
+        self.id = id;
+        self
+    }
+
+    /// For tests of policies outside this crate (the stack assigns real ids).
+    #[doc(hidden)]
+    pub fn with_test_id(self, id: u64) -> Self {
+        self.with_id(id)
     }
 }
 
@@ -44,6 +62,11 @@ pub enum Decision {
     AcceptRaw,
     /// Answer the query by forwarding it to these resolvers, in order.
     DnsForward { resolvers: Vec<SocketAddr> },
+    /// Answer the query with this message (the policy resolved it itself). It must
+    /// answer the guest's question, or the guest gets SERVFAIL.
+    DnsAnswer(Vec<u8>),
+    /// TCP: splice the flow to the interceptor socket (`NetConfig::intercept_socket`).
+    Intercept,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

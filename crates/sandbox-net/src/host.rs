@@ -6,9 +6,10 @@ use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpStream, UdpSocket};
+use std::path::Path;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket, UnixStream};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::dns;
@@ -21,9 +22,36 @@ pub(crate) const CHUNK: usize = 16 * 1024;
 /// Chunks in flight per direction outside smoltcp's own buffers.
 pub(crate) const CREDITS: usize = 4;
 
+/// The host end of a spliced TCP flow.
+pub(crate) enum HostConn {
+    Tcp(TcpStream),
+    /// The interceptor's socket, header already written.
+    Unix(UnixStream),
+}
+
+/// How the host half is closed when the guest resets the flow.
+pub(crate) trait Abortive {
+    /// Makes the coming close a RST where the transport has one.
+    fn zero_linger(&self);
+}
+
+impl Abortive for tokio::net::tcp::OwnedWriteHalf {
+    fn zero_linger(&self) {
+        let _ = self.as_ref().set_zero_linger();
+    }
+}
+
+impl Abortive for tokio::net::unix::OwnedWriteHalf {
+    fn zero_linger(&self) {}
+}
+
 pub(crate) enum Internal {
     TcpDecided { key: Key, id: u64, result: Result<Decision, PolicyFailure> },
-    TcpConnected { key: Key, id: u64, result: Result<TcpStream, String> },
+    TcpConnected { key: Key, id: u64, result: Result<HostConn, String> },
+    /// A DNS-over-TCP message was answered.
+    DnsTcpAnswer { key: Key, id: u64, payload: Vec<u8> },
+    /// A host client connected to a forwarded port.
+    Inbound { guest_port: u16, stream: TcpStream },
     HostData { key: Key, id: u64, data: Vec<u8> },
     HostEof { key: Key, id: u64 },
     HostError { key: Key, id: u64 },
@@ -47,8 +75,22 @@ pub(crate) async fn connect(dst: SocketAddr, limit: Duration) -> Result<TcpStrea
     }
 }
 
+/// Connects to the interceptor and introduces the flow with its header line.
+pub(crate) async fn connect_intercept(path: &Path, flow: u64, limit: Duration) -> Result<UnixStream, String> {
+    let fut = async {
+        let mut s = UnixStream::connect(path).await?;
+        s.write_all(format!("{{\"flow\":{flow}}}\n").as_bytes()).await?;
+        Ok::<_, std::io::Error>(s)
+    };
+    match tokio::time::timeout(limit, fut).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err(format!("interceptor socket {}: {e}", path.display())),
+        Err(_) => Err(format!("interceptor socket {}: timed out after {limit:?}", path.display())),
+    }
+}
+
 /// Host → guest: reads only while the stack has handed back credit.
-pub(crate) async fn tcp_reader(mut rd: OwnedReadHalf, credit: Arc<Semaphore>, tx: Tx, key: Key, id: u64) {
+pub(crate) async fn tcp_reader<R: AsyncRead + Unpin>(mut rd: R, credit: Arc<Semaphore>, tx: Tx, key: Key, id: u64) {
     let mut buf = vec![0u8; CHUNK];
     loop {
         match credit.acquire().await {
@@ -69,8 +111,8 @@ pub(crate) async fn tcp_reader(mut rd: OwnedReadHalf, credit: Arc<Semaphore>, tx
 
 /// Guest → host. `reset` fired means the guest reset the flow: close with SO_LINGER 0
 /// so the host peer sees a RST too. Dropped without firing means an orderly end.
-pub(crate) async fn tcp_writer(
-    mut wr: OwnedWriteHalf,
+pub(crate) async fn tcp_writer<W: AsyncWrite + Abortive + Unpin>(
+    mut wr: W,
     mut rx: mpsc::Receiver<Vec<u8>>,
     mut reset: oneshot::Receiver<()>,
     tx: Tx,
@@ -81,7 +123,7 @@ pub(crate) async fn tcp_writer(
         tokio::select! {
             r = &mut reset => {
                 if r.is_ok() {
-                    let _ = wr.as_ref().set_zero_linger();
+                    wr.zero_linger();
                 }
                 return;
             }
@@ -91,7 +133,7 @@ pub(crate) async fn tcp_writer(
                         res = wr.write_all(&data) => res,
                         r = &mut reset => {
                             if r.is_ok() {
-                                let _ = wr.as_ref().set_zero_linger();
+                                wr.zero_linger();
                             }
                             return;
                         }
@@ -109,7 +151,7 @@ pub(crate) async fn tcp_writer(
                     // Guest sent FIN: half-close towards the host, keep the half for a later reset.
                     let _ = wr.shutdown().await;
                     if (&mut reset).await.is_ok() {
-                        let _ = wr.as_ref().set_zero_linger();
+                        wr.zero_linger();
                     }
                     return;
                 }

@@ -15,4 +15,4 @@ pub use addr::{Category, Cidr};
 pub use config::NetConfig;
 pub use event::{Malformed, NetEvent, Stats, Verdict};
 pub use flows::{BoxFuture, Decision, FlowInfo, Policy, PolicyError, PolicyFailure, Proto};
-pub use stack::{NetError, NetStack};
+pub use stack::{NetControl, NetError, NetStack};

@@ -276,3 +276,120 @@ async fn flow_cap_resets_excess_syns() {
     assert_eq!(out, Some(false));
     assert!(h.drain_events().iter().any(|e| matches!(e, NetEvent::FlowLimit { .. })));
 }
+
+#[tokio::test]
+async fn half_open_flows_give_way_at_the_cap() {
+    let echo = echo_server().await;
+    // Port 9 hangs in the policy forever: its flow stays half-open.
+    let policy = |f: FlowInfo| -> sandbox_net::BoxFuture<Result<Decision, PolicyError>> {
+        if f.dst.port() == 9 {
+            Box::pin(std::future::pending())
+        } else {
+            Box::pin(async { Ok(Decision::AcceptRaw) })
+        }
+    };
+    let cfg = NetConfig { max_flows: 1, policy_deadline: Duration::from_secs(30), ..loopback_allowed() };
+    let mut h = start(cfg, policy);
+    let (stuck, out) = connect(&mut h, "127.0.0.1:9".parse().unwrap(), Duration::from_millis(300)).await;
+    assert_eq!(out, None, "still waiting for the policy");
+    let (_, out) = connect(&mut h, echo, Duration::from_secs(3)).await;
+    assert_eq!(out, Some(true), "the new flow displaced the half-open one");
+    let gone = h.guest.until(Duration::from_secs(3), |g| (g.sockets.get::<tcp::Socket>(stuck).state() == tcp::State::Closed).then_some(())).await;
+    assert!(gone.is_some(), "the evicted flow was reset");
+}
+
+#[tokio::test]
+async fn dns_to_any_address_and_over_tcp_is_answered_by_the_policy() {
+    let policy = |f: FlowInfo| -> sandbox_net::BoxFuture<Result<Decision, PolicyError>> {
+        let q = f.query.clone();
+        Box::pin(async move {
+            let q = q.expect("DNS questions carry the query");
+            let mut a = q.to_vec();
+            a[2] |= 0x80; // a response: the question echoed, no records
+            if q.windows(5).any(|w| w == b"wrong") {
+                a[0] ^= 0xff; // an answer to some other query
+            }
+            Ok(Decision::DnsAnswer(a))
+        })
+    };
+    let mut h = start(loopback_allowed(), policy);
+    // UDP to an address the guest picked itself.
+    let q = query(0x4242, "example.com");
+    let a = udp_exchange(&mut h, "192.0.2.1:53".parse().unwrap(), &q, Duration::from_secs(3)).await.expect("an answer");
+    assert_eq!((&a[..2], dns::rcode(&a)), (&[0x42, 0x42][..], Some(0)));
+    let q = query(0x4343, "wrong.example");
+    let mut h = start(loopback_allowed(), policy); // a fresh guest: udp_exchange binds one port
+    let a = udp_exchange(&mut h, "10.0.2.3:53".parse().unwrap(), &q, Duration::from_secs(3)).await.expect("an answer");
+    assert_eq!(dns::rcode(&a), Some(dns::RCODE_SERVFAIL), "a mismatched answer is not passed on");
+    // TCP: two length-prefixed messages on one connection.
+    let (handle, out) = connect(&mut h, "10.0.2.3:53".parse().unwrap(), Duration::from_secs(3)).await;
+    assert_eq!(out, Some(true));
+    for id in [0x0101u16, 0x0202] {
+        let q = query(id, "example.org");
+        let mut msg = (q.len() as u16).to_be_bytes().to_vec();
+        msg.extend_from_slice(&q);
+        h.guest.sockets.get_mut::<tcp::Socket>(handle).send_slice(&msg).unwrap();
+        let mut got = Vec::new();
+        let answer = h
+            .guest
+            .until(Duration::from_secs(3), |g| {
+                let s = g.sockets.get_mut::<tcp::Socket>(handle);
+                while s.can_recv() {
+                    let _ = s.recv(|b| {
+                        got.extend_from_slice(b);
+                        (b.len(), ())
+                    });
+                }
+                (got.len() >= 2 && got.len() == 2 + u16::from_be_bytes([got[0], got[1]]) as usize).then(|| got[2..].to_vec())
+            })
+            .await
+            .expect("a TCP answer");
+        assert_eq!(&answer[..2], &id.to_be_bytes());
+        assert_eq!(dns::rcode(&answer), Some(0));
+    }
+    assert_eq!(h.asked(), 3, "every message is its own question");
+}
+
+#[tokio::test]
+async fn forwarded_port_reaches_the_guest_listener() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut h = start(loopback_allowed(), deny_all);
+    let listener = h.guest.sockets.add(tcp_socket());
+    h.guest.sockets.get_mut::<tcp::Socket>(listener).listen(8080).unwrap();
+    let port = h.control.forward_port(8080, 0).await.unwrap();
+    let client = tokio::spawn(async move {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        s.write_all(b"hello guest").await.unwrap();
+        let mut buf = [0u8; 5];
+        s.read_exact(&mut buf).await.unwrap();
+        buf
+    });
+    let got = h
+        .guest
+        .until(Duration::from_secs(5), |g| {
+            let s = g.sockets.get_mut::<tcp::Socket>(listener);
+            if s.can_recv() {
+                let mut b = [0u8; 64];
+                let n = s.recv_slice(&mut b).unwrap();
+                s.send_slice(b"howdy").unwrap();
+                return Some(b[..n].to_vec());
+            }
+            None
+        })
+        .await
+        .expect("the host connection reached the guest");
+    assert_eq!(got, b"hello guest");
+    // Keep pumping so the reply reaches the host client.
+    let reply = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if client.is_finished() {
+                return client.await.unwrap();
+            }
+            h.guest.pump(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(&reply, b"howdy");
+    assert!(h.control.forward_port(0, 0).await.is_err(), "guest port 0 is refused");
+}

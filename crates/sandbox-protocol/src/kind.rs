@@ -55,6 +55,18 @@ pub enum Kind {
     BlockRequest = 0x84,
     /// Node → helper, [`crate::BlockReply`] header + block bytes: the answer to one `BlockRequest`.
     BlockReply = 0x85,
+
+    // --- network (Node ⇄ helper only, 0x90–0x9f) ---
+    /// helper → Node, JSON [`crate::NetRequest`]: a policy question for one new flow or DNS message.
+    NetRequest = 0x90,
+    /// Node → helper, JSON [`crate::NetReply`]: the verdict for one `NetRequest`.
+    NetReply = 0x91,
+    /// helper → Node, JSON [`crate::NetAudit`]: something the network stack decided on its own.
+    NetAudit = 0x92,
+    /// Node → helper, JSON [`crate::PortForward`]: listen on host loopback, forward to a guest port.
+    PortForward = 0x93,
+    /// helper → Node, JSON [`crate::PortForwarded`]: the answer to one `PortForward`.
+    PortForwarded = 0x94,
 }
 
 impl Kind {
@@ -92,6 +104,11 @@ impl TryFrom<u8> for Kind {
             0x83 => HelperError,
             0x84 => BlockRequest,
             0x85 => BlockReply,
+            0x90 => NetRequest,
+            0x91 => NetReply,
+            0x92 => NetAudit,
+            0x93 => PortForward,
+            0x94 => PortForwarded,
             other => return Err(other),
         })
     }

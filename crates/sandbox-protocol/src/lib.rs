@@ -7,6 +7,7 @@
 //! Node ⇄ helper socket and on the helper ⇄ guest virtio-console port, so the
 //! helper can relay guest frames without re-encoding them.
 
+pub mod b64;
 mod frame;
 mod kind;
 mod message;

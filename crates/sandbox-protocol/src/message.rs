@@ -42,6 +42,21 @@ pub struct Configure {
     /// Never a private key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_cert_pem: Option<String>,
+    /// The guest NIC's addresses; absent: no network device, no DNS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<GuestNet>,
+}
+
+/// How init configures `eth0` (IPv4 only; the stack does not serve IPv6).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GuestNet {
+    pub address: String,
+    pub prefix_len: u8,
+    pub gateway: String,
+    /// Written to /etc/resolv.conf (through a bind mount from /run).
+    pub nameserver: String,
+    pub mtu: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -167,6 +182,90 @@ pub struct Launch {
     /// qemu only: accelerator ("kvm" or "tcg").
     #[serde(default)]
     pub accel: Option<String>,
+    /// A virtio-net NIC served by the helper's userspace stack; absent: no NIC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetLaunch>,
+}
+
+/// The helper's side of the guest network.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NetLaunch {
+    /// Longest wait for a verdict from Node (the DNS forward included for DNS).
+    pub policy_deadline_ms: u64,
+    /// Concurrent TCP + UDP flows.
+    pub max_flows: u32,
+    /// Protected ranges (CIDR) the sandbox definition opts in; still subject to policy.
+    #[serde(default)]
+    pub allow_protected: Vec<String>,
+    /// Unix socket of Node's interceptor for flows with the `intercept` verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intercept_socket: Option<String>,
+}
+
+/// helper → Node: may this flow open? For DNS, the raw message to answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NetRequest {
+    pub id: u64,
+    /// `tcp`, `udp` or `dns`.
+    pub proto: String,
+    pub src_ip: String,
+    pub src_port: u16,
+    pub dst_ip: String,
+    pub dst_port: u16,
+    /// dns: `udp` or `tcp`, how the guest sent it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport: Option<String>,
+    /// dns: the guest's query, base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+}
+
+/// Node → helper. `verdict`: `deny`, `accept` (raw splice), `intercept` (to the
+/// interceptor socket) or `answer` (DNS: `answer` holds the reply, base64).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NetReply {
+    pub id: u64,
+    pub verdict: String,
+    #[serde(default)]
+    pub answer: Option<String>,
+}
+
+/// helper → Node: an audit record (`kind` plus what it concerns).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NetAudit {
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proto: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst: Option<String>,
+    pub message: String,
+}
+
+/// Node → helper: listen on 127.0.0.1:`host_port` (0: any) and forward each
+/// connection to the guest's `guest_port`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PortForward {
+    pub id: u32,
+    pub guest_port: u16,
+    #[serde(default)]
+    pub host_port: u16,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PortForwarded {
+    pub id: u32,
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]

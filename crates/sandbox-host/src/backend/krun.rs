@@ -16,7 +16,19 @@ use std::path::PathBuf;
 use std::process::ExitStatus;
 
 /// Translates the backend-neutral launch request into libkrun's terms.
-pub fn to_krun(l: &Launch, control: OwnedFd) -> Result<KrunLaunch, HostError> {
+/// `net`: the VMM's end of the guest NIC's frame stream (same framing as QEMU's
+/// `-netdev stream`), present exactly when the launch has a network.
+pub fn to_krun(l: &Launch, control: OwnedFd, net: Option<OwnedFd>) -> Result<KrunLaunch, HostError> {
+    let launch = translate(l, control, net)?;
+    sandbox_krun::validate(&launch).map_err(|e| HostError::InvalidLaunch(e.to_string()))?;
+    Ok(launch)
+}
+
+/// The translation alone (no checks of the files it names).
+fn translate(l: &Launch, control: OwnedFd, net: Option<OwnedFd>) -> Result<KrunLaunch, HostError> {
+    if l.network.is_some() != net.is_some() {
+        return Err(HostError::InvalidLaunch("a network launch needs exactly one network socket".into()));
+    }
     let missing = |what: &str| HostError::InvalidLaunch(format!("krun needs {what}"));
     let disks = l
         .disks
@@ -42,20 +54,26 @@ pub fn to_krun(l: &Launch, control: OwnedFd) -> Result<KrunLaunch, HostError> {
         root_fs_dir: PathBuf::from(l.init_root.as_deref().ok_or_else(|| missing("an init root directory"))?),
         disks,
         control_port: ControlPort { name: CONTROL_PORT_NAME.to_string(), fd: control },
-        net_fd: None,
-        net_mac: None,
+        net_mac: net.as_ref().map(|_| super::qemu::GUEST_MAC_BYTES),
+        net_fd: net,
         init_path: "/init".to_string(),
         kernel_cmdline_extra: l.cmdline.clone(),
         console_log: None,
     };
-    sandbox_krun::validate(&launch).map_err(|e| HostError::InvalidLaunch(e.to_string()))?;
     Ok(launch)
 }
 
 pub fn spawn(l: &Launch) -> Result<RunningVm, HostError> {
     let (host_end, guest_end) =
         UnixStream::pair().map_err(|e| HostError::Setup(format!("socketpair: {e}")))?;
-    let launch = to_krun(l, OwnedFd::from(guest_end))?;
+    let (net_host, net_vmm) = match &l.network {
+        Some(_) => {
+            let (a, b) = UnixStream::pair().map_err(|e| HostError::Setup(format!("socketpair for the network: {e}")))?;
+            (Some(a), Some(OwnedFd::from(b)))
+        }
+        None => (None, None),
+    };
+    let launch = to_krun(l, OwnedFd::from(guest_end), net_vmm)?;
     // SAFETY: the helper is still single-threaded here (no runtime, no console
     // threads), so the child may run arbitrary code after fork.
     let pid = unsafe { libc::fork() };
@@ -64,6 +82,7 @@ pub fn spawn(l: &Launch) -> Result<RunningVm, HostError> {
     }
     if pid == 0 {
         drop(host_end);
+        drop(net_host);
         unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
         let err = match sandbox_krun::enter(launch) {
             Ok(never) => match never {},
@@ -88,6 +107,7 @@ pub fn spawn(l: &Launch) -> Result<RunningVm, HostError> {
             }
         }),
         control: host_end,
+        net: net_host,
         console: ConsoleTail::default(),
         accel: if cfg!(target_os = "macos") { "hvf".into() } else { "kvm".into() },
     })
@@ -113,8 +133,42 @@ mod tests {
             disks: vec![Disk { path: "/x.qcow2".into(), format: "qcow2".into(), read_only: true, cow: None }],
             qemu: None,
             accel: None,
+            network: None,
         };
-        let err = to_krun(&l, OwnedFd::from(b)).err().unwrap().to_string();
+        let err = to_krun(&l, OwnedFd::from(b), None).err().unwrap().to_string();
         assert!(err.contains("libkrunfw"), "{err}");
+    }
+
+    #[test]
+    fn network_socket_becomes_the_virtio_net_device() {
+        let dir = std::env::temp_dir();
+        let (fw, disk) = (dir.join("libkrunfw.so.5"), dir.join("root.qcow2"));
+        let mut l = Launch {
+            backend: BackendKind::Krun,
+            cpus: 1,
+            memory_mib: 512,
+            kernel: String::new(),
+            initrd: None,
+            krunfw: Some(fw.display().to_string()),
+            init_root: Some(dir.display().to_string()),
+            cmdline: vec![],
+            disks: vec![Disk { path: disk.display().to_string(), format: "qcow2".into(), read_only: true, cow: None }],
+            qemu: None,
+            accel: None,
+            network: Some(sandbox_protocol::NetLaunch { policy_deadline_ms: 1000, max_flows: 4, allow_protected: vec![], intercept_socket: None }),
+        };
+        let (_c, ctl) = UnixStream::pair().unwrap();
+        let (_n, net) = UnixStream::pair().unwrap();
+        let k = translate(&l, OwnedFd::from(ctl), Some(OwnedFd::from(net))).unwrap();
+        assert!(k.net_fd.is_some());
+        assert_eq!(k.net_mac, Some(crate::backend::qemu::GUEST_MAC_BYTES));
+        let (_c, ctl) = UnixStream::pair().unwrap();
+        assert!(translate(&l, OwnedFd::from(ctl), None).unwrap_err().to_string().contains("network socket"));
+        l.network = None;
+        let (_c, ctl) = UnixStream::pair().unwrap();
+        assert!(translate(&l, OwnedFd::from(ctl), None).unwrap().net_fd.is_none());
+        let (_c, ctl) = UnixStream::pair().unwrap();
+        let (_n, net) = UnixStream::pair().unwrap();
+        assert!(translate(&l, OwnedFd::from(ctl), Some(OwnedFd::from(net))).unwrap_err().to_string().contains("network socket"));
     }
 }

@@ -22,6 +22,8 @@ pub struct RunningVm {
     pub pid: i32,
     pub wait: Waiter,
     pub control: UnixStream,
+    /// The helper's end of the guest NIC's frame stream, when the launch has a network.
+    pub net: Option<UnixStream>,
     pub console: ConsoleTail,
     pub accel: String,
 }

@@ -17,6 +17,14 @@ const QEMU_CONTROL_FD: i32 = 3;
 /// NBD sockets of copy-on-write disks follow, in disk order.
 const FIRST_NBD_FD: i32 = 4;
 const MAX_COW_DISKS: usize = 8;
+/// The guest NIC's MAC; `sandbox_net::NetConfig::default().guest_mac` expects it.
+pub const GUEST_MAC: &str = "02:53:42:00:00:0f";
+pub const GUEST_MAC_BYTES: [u8; 6] = [0x02, 0x53, 0x42, 0x00, 0x00, 0x0f];
+
+/// The network socket follows the NBD sockets.
+fn net_fd(l: &Launch) -> i32 {
+    FIRST_NBD_FD + l.disks.iter().filter(|d| d.cow.is_some()).count() as i32
+}
 
 /// Builds QEMU's argument list; pure so it can be unit-tested.
 pub fn args(l: &Launch) -> Result<Vec<String>, HostError> {
@@ -76,6 +84,16 @@ pub fn args(l: &Launch) -> Result<Vec<String>, HostError> {
             format!("virtio-blk-pci,drive=disk{i}"),
         ]);
     }
+    if l.network.is_some() {
+        // Length-prefixed Ethernet frames on an inherited socket, served by the helper's
+        // userspace stack; no option ROM (the kernel is booted directly).
+        a.extend([
+            "-netdev".into(),
+            format!("stream,id=net0,server=off,addr.type=fd,addr.str={}", net_fd(l)),
+            "-device".into(),
+            format!("virtio-net-pci,netdev=net0,mac={GUEST_MAC},romfile="),
+        ]);
+    }
     Ok(a)
 }
 
@@ -94,7 +112,15 @@ pub fn spawn(l: &Launch, bridge: &std::sync::Arc<crate::node_store::Bridge>) -> 
     if nbd_ends.len() > MAX_COW_DISKS {
         return Err(HostError::InvalidLaunch(format!("at most {MAX_COW_DISKS} copy-on-write disks")));
     }
-    let nbd_fds: Vec<i32> = nbd_ends.iter().map(|s| s.as_raw_fd()).collect();
+    let mut nbd_fds: Vec<i32> = nbd_ends.iter().map(|s| s.as_raw_fd()).collect();
+    let net = match &l.network {
+        Some(_) => Some(UnixStream::pair().map_err(|e| HostError::Setup(format!("socketpair for the network: {e}")))?),
+        None => None,
+    };
+    // The network socket is placed right after the NBD sockets (see `net_fd`).
+    if let Some((_, vmm_end)) = &net {
+        nbd_fds.push(vmm_end.as_raw_fd());
+    }
     let mut cmd = Command::new(&qemu);
     cmd.args(&argv).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     unsafe {
@@ -105,7 +131,7 @@ pub fn spawn(l: &Launch, bridge: &std::sync::Arc<crate::node_store::Bridge>) -> 
             // clobbers a descriptor that is still to be moved.
             // No allocation here: other helper threads (NBD servers) exist, so
             // after fork only async-signal-safe work is allowed.
-            let mut sources = [-1i32; 1 + MAX_COW_DISKS];
+            let mut sources = [-1i32; 2 + MAX_COW_DISKS];
             sources[0] = guest_fd;
             sources[1..=nbd_fds.len()].copy_from_slice(&nbd_fds);
             let sources = &mut sources[..=nbd_fds.len()];
@@ -130,6 +156,10 @@ pub fn spawn(l: &Launch, bridge: &std::sync::Arc<crate::node_store::Bridge>) -> 
     })?;
     drop(guest_end);
     drop(nbd_ends);
+    let net = net.map(|(ours, vmm_end)| {
+        drop(vmm_end);
+        ours
+    });
     let console = ConsoleTail::default();
     for pipe in [child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>), child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>)].into_iter().flatten() {
         let tail = console.clone();
@@ -139,6 +169,7 @@ pub fn spawn(l: &Launch, bridge: &std::sync::Arc<crate::node_store::Bridge>) -> 
         pid: child.id() as i32,
         wait: Box::new(move || child.wait().ok()),
         control: host_end,
+        net,
         console,
         accel: l.accel.clone().unwrap_or_else(|| "tcg".into()),
     })
@@ -172,7 +203,20 @@ mod tests {
             disks: vec![Disk { path: "/img/root.qcow2".into(), format: "qcow2".into(), read_only: true, cow: None }],
             qemu: None,
             accel: Some("tcg".into()),
+            network: None,
         }
+    }
+
+    #[test]
+    fn network_is_a_stream_netdev_after_the_nbd_sockets() {
+        let mut l = launch();
+        assert!(!args(&l).unwrap().join(" ").contains("netdev"), "no network option, no NIC");
+        l.network = Some(sandbox_protocol::NetLaunch { policy_deadline_ms: 1000, max_flows: 4, allow_protected: vec![], intercept_socket: None });
+        let a = args(&l).unwrap().join(" ");
+        assert!(a.contains("-netdev stream,id=net0,server=off,addr.type=fd,addr.str=4"), "{a}");
+        assert!(a.contains(&format!("virtio-net-pci,netdev=net0,mac={GUEST_MAC},romfile=")), "{a}");
+        l.disks[0].cow = Some(sandbox_protocol::CowSpec { mode: "ephemeral".into(), max_dirty_bytes: 1 << 26, block_size: 65536, store_timeout_ms: None });
+        assert!(args(&l).unwrap().join(" ").contains("addr.str=5"));
     }
 
     #[test]

@@ -96,6 +96,7 @@ impl Guest {
 
 pub struct Harness {
     pub guest: Guest,
+    pub control: sandbox_net::NetControl,
     pub events: mpsc::Receiver<NetEvent>,
     pub stats: Arc<Stats>,
     pub asked: Arc<AtomicUsize>,
@@ -136,10 +137,11 @@ where
     let (etx, erx) = mpsc::channel(1024);
     let stack = NetStack::new(cfg, Arc::new(Counting(policy, asked.clone()))).unwrap().with_events(etx);
     let stats = stack.stats();
+    let control = stack.control();
     tokio::spawn(async move {
         let _ = stack.run(b).await;
     });
-    Harness { guest: Guest::new(a), events: erx, stats, asked }
+    Harness { guest: Guest::new(a), control, events: erx, stats, asked }
 }
 
 pub fn loopback_allowed() -> NetConfig {

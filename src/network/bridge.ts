@@ -1,0 +1,237 @@
+/**
+ * The Node side of one lane's network: answers the helper's `NetRequest`s by
+ * running the policy callback (with its deadline), resolves accepted DNS queries
+ * and records their answers as hostname attribution before the guest sees them,
+ * registers intercepted flows, and turns the helper's audit records into events.
+ */
+import type { HelperConnection } from "../helper-connection.js";
+import { Kind, type Frame } from "../protocol/frames.js";
+import { cidrContains } from "./cidr.js";
+import { DnsAttribution } from "./dns-attribution.js";
+import { forwardQuery, parseQuery, parseResolver, servfail, type ResolverAddress } from "./dns-forward.js";
+import { Endpoint, parseIp } from "./endpoint.js";
+import type { InterceptRegistry } from "./intercept-server.js";
+import { PolicyConnection, type Grant, type NetworkEvent, type NetworkPolicy } from "./policy.js";
+
+interface NetRequest {
+  id: number;
+  proto: "tcp" | "udp" | "dns";
+  srcIp: string;
+  srcPort: number;
+  dstIp: string;
+  dstPort: number;
+  transport?: "udp" | "tcp";
+  query?: string;
+}
+
+interface NetAudit {
+  kind: string;
+  proto?: string;
+  src?: string;
+  dst?: string;
+  message: string;
+}
+
+/** The guest's resolver address (`/etc/resolv.conf`); DNS "to" it has no real destination. */
+export const SANDBOX_RESOLVER = "10.0.2.3";
+
+/** Extra time the helper grants a DNS verdict beyond the callback's deadline: the forward itself. */
+export function helperDeadlineMs(p: NetworkPolicy): number {
+  return p.timeoutMs + 2 * p.dnsTimeoutMs + 1000;
+}
+
+class PolicyTimeout extends Error {}
+
+export class NetworkService {
+  readonly attribution = new DnsAttribution();
+  readonly #conn: HelperConnection;
+  readonly #policy: NetworkPolicy;
+  readonly #intercepts: InterceptRegistry | undefined;
+
+  constructor(conn: HelperConnection, policy: NetworkPolicy, intercepts: InterceptRegistry | undefined) {
+    this.#conn = conn;
+    this.#policy = policy;
+    this.#intercepts = intercepts;
+    conn.on("netRequest", (f: Frame) => void this.#onRequest(f));
+    conn.on("netAudit", (f: Frame) => this.#onAudit(f));
+  }
+
+  emit(event: NetworkEvent): void {
+    try {
+      this.#policy.onEvent?.(event);
+    } catch {
+      // An audit hook that throws must not take the data path down with it.
+    }
+  }
+
+  #reply(id: number, verdict: "deny" | "accept" | "intercept" | "answer", answer?: Buffer): void {
+    this.#conn.sendJson(Kind.NetReply, 0, { id, verdict, answer: answer?.toString("base64") });
+  }
+
+  #onAudit(f: Frame): void {
+    let a: NetAudit;
+    try {
+      a = JSON.parse(f.payload.toString("utf8")) as NetAudit;
+    } catch {
+      return;
+    }
+    this.emit({ type: "stack", kind: a.kind, protocol: a.proto, src: a.src, dst: a.dst, message: a.message });
+  }
+
+  async #onRequest(f: Frame): Promise<void> {
+    let req: NetRequest;
+    try {
+      req = JSON.parse(f.payload.toString("utf8")) as NetRequest;
+    } catch {
+      return; // no id to answer: the helper's deadline denies
+    }
+    try {
+      await this.#decide(req, performance.now());
+    } catch (err) {
+      // Anything unexpected denies (fail closed).
+      this.#reply(req.id, "deny");
+      this.emit({ type: "policy-error", protocol: req.proto, src: `${req.srcIp}:${req.srcPort}`, dst: `${req.dstIp}:${req.dstPort}`, error: err, message: String(err) });
+    }
+  }
+
+  async #decide(req: NetRequest, t0: number): Promise<void> {
+    const elapsed = () => Math.round((performance.now() - t0) * 1000) / 1000;
+    const src = new Endpoint(req.srcIp, req.srcPort);
+    const dst = new Endpoint(req.dstIp, req.dstPort);
+    const where = { src: src.toString(), dst: dst.toString() };
+    const query = req.proto === "dns" && req.query ? Buffer.from(req.query, "base64") : undefined;
+    const question = query ? parseQuery(query) : undefined;
+    if (req.proto === "dns" && !question) {
+      this.#reply(req.id, "deny");
+      return;
+    }
+    const transport = req.transport === "tcp" ? "tcp" : "udp";
+    const protocol = req.proto === "dns" ? transport : req.proto;
+    const conn = new PolicyConnection(
+      protocol,
+      src,
+      dst,
+      this.attribution.hostnamesFor(dst.ip),
+      question ? { name: question.name, type: question.type, transport } : undefined,
+    );
+    let grant: Grant | undefined;
+    try {
+      grant = await this.#run(conn);
+    } catch (err) {
+      this.#reply(req.id, "deny");
+      if (err instanceof PolicyTimeout) {
+        this.emit({ type: "policy-timeout", protocol: req.proto, ...where, message: `the policy callback did not settle within ${this.#policy.timeoutMs} ms; denied` });
+      } else {
+        const message = err instanceof Error ? err.message : String(err);
+        this.emit({ type: "policy-error", protocol: req.proto, ...where, error: err, message: `the policy callback failed (${message}); denied` });
+      }
+      return;
+    }
+    if (req.proto === "dns") return this.#dns(req.id, grant, query!, question!, transport, where, elapsed);
+    const verdict = !grant ? "deny" : grant.kind === "raw" ? "accept" : grant.kind === "http" && req.proto === "tcp" ? (grant.middleware ? "intercept" : "accept") : "deny";
+    if (verdict === "intercept" && grant?.kind === "http") {
+      if (!this.#intercepts) {
+        this.#reply(req.id, "deny");
+        this.emit({ type: "intercept", ...where, message: "no interceptor socket for this lane; denied" });
+        return;
+      }
+      this.#intercepts.register(req.id, { src, dst, hostname: grant.hostname, middleware: grant.middleware! });
+    }
+    this.#reply(req.id, verdict);
+    this.emit({ type: "decision", protocol: req.proto, ...where, verdict, hostname: grant?.kind === "http" ? grant.hostname : undefined, elapsedMs: elapsed() });
+  }
+
+  /** Runs the callback; resolves with the grant when it settles, rejects on throw or deadline. */
+  #run(conn: PolicyConnection): Promise<Grant | undefined> {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        conn.settle();
+        reject(new PolicyTimeout());
+      }, this.#policy.timeoutMs);
+      let result: unknown;
+      try {
+        result = this.#policy.callback(conn);
+      } catch (err) {
+        clearTimeout(timer);
+        conn.settle();
+        reject(err);
+        return;
+      }
+      Promise.resolve(result).then(
+        () => {
+          clearTimeout(timer);
+          resolve(conn.settle());
+        },
+        (err: unknown) => {
+          clearTimeout(timer);
+          conn.settle();
+          reject(err);
+        },
+      );
+    });
+  }
+
+  #resolvers(list: readonly string[], where: { src: string; dst: string }): ResolverAddress[] {
+    const out: ResolverAddress[] = [];
+    for (const text of list) {
+      const r = parseResolver(text);
+      if (!r) {
+        this.emit({ type: "dns-upstream", ...where, message: `resolver ${JSON.stringify(text)} is not "ip" or "ip:port"; skipped` });
+        continue;
+      }
+      // Resolvers face the same protected-range rule as any destination.
+      const ep = new Endpoint(r.ip, r.port);
+      const ip = parseIp(ep.ip)!;
+      if (ep.isProtected() && !this.#policy.allowProtectedCidrs.some((c) => cidrContains(c, ip))) {
+        this.emit({ type: "dns-upstream", ...where, message: `resolver ${r.text} is in a protected range (${ep.category}); skipped (allowProtected opts a range in)` });
+        continue;
+      }
+      out.push(r);
+    }
+    return out;
+  }
+
+  async #dns(
+    id: number,
+    grant: Grant | undefined,
+    query: Buffer,
+    question: { name: string; type: string },
+    transport: "udp" | "tcp",
+    where: { src: string; dst: string },
+    elapsed: () => number,
+  ): Promise<void> {
+    const dnsInfo = { name: question.name, type: question.type };
+    let resolverList: readonly string[];
+    let trusted: boolean;
+    if (grant?.kind === "dns") {
+      resolverList = grant.resolvers;
+      trusted = true;
+    } else if (grant?.kind === "raw" && where.dst.split(":")[0] !== SANDBOX_RESOLVER) {
+      // Raw accept of a query: the guest's own choice of resolver, never attribution.
+      resolverList = [where.dst];
+      trusted = false;
+    } else {
+      this.#reply(id, "deny");
+      this.emit({ type: "decision", protocol: "dns", ...where, verdict: "deny", dns: dnsInfo, elapsedMs: elapsed() });
+      return;
+    }
+    const resolvers = this.#resolvers(resolverList, where);
+    const parsed = parseQuery(query)!;
+    const answered = resolvers.length ? await forwardQuery(resolvers, query, parsed, transport, this.#policy.dnsTimeoutMs) : undefined;
+    if (!answered) {
+      this.emit({ type: "dns-upstream", ...where, message: `no resolver answered ${question.name} ${question.type} (${resolverList.join(", ")}); SERVFAIL` });
+      this.#reply(id, "answer", servfail(query));
+      return;
+    }
+    if (trusted && answered.addresses.length) {
+      try {
+        this.attribution.record(question.name, answered.addresses, answered.cnames);
+      } catch {
+        // A record the cache refuses (odd TTL, odd name) only means less attribution.
+      }
+    }
+    // Attribution is in place before the answer leaves for the guest.
+    this.#reply(id, "answer", answered.answer);
+    this.emit({ type: "decision", protocol: "dns", ...where, verdict: "accept", dns: { ...dnsInfo, resolver: answered.resolver, rcode: answered.rcode }, elapsedMs: elapsed() });
+  }
+}

@@ -1,0 +1,280 @@
+/**
+ * `network.policy(fn)`: default-deny egress decided by a JavaScript callback.
+ * A flow is allowed only if the callback grants it (an `accept` on the
+ * connection or on one of its match objects) before its promise settles; a
+ * callback that throws, rejects or overruns its deadline denies, and the
+ * failure is reported through `onEvent`.
+ */
+import { SandboxConfigError } from "../errors.js";
+import { parseCidr, type Cidr } from "./cidr.js";
+import { Endpoint, parseHostPort, unmapIpv4 } from "./endpoint.js";
+import { normalizeHostname } from "./dns-attribution.js";
+
+import type { HttpEvent, HttpMiddleware, InterceptedRequest } from "./http/types.js";
+export type { HttpEvent, HttpMiddleware, InterceptedRequest };
+
+export interface DnsAcceptOptions {
+  /** Upstream resolvers on the host's network: "1.1.1.1", "1.1.1.1:53", "[2606:4700::1111]:53". Tried in order. */
+  resolvers: readonly string[];
+}
+
+/** A DNS query (over UDP or TCP, to whatever address the guest chose). */
+export interface DnsMatch {
+  /** The queried name, lower-case, without the trailing dot. */
+  readonly name: string;
+  /** Record type, e.g. "A", "AAAA", "TXT". */
+  readonly type: string;
+  readonly transport: "udp" | "tcp";
+  /** Answers the query through these resolvers; the answer becomes trusted hostname metadata. Returns true. */
+  accept(options: DnsAcceptOptions): true;
+}
+
+export interface HttpMatch {
+  /** The hostname an accepted DNS answer tied to the destination address. */
+  readonly hostname: string;
+  /** Without middleware: the flow is spliced as is. With middleware: it goes through the HTTP interceptor. Returns true. */
+  accept(middleware?: HttpMiddleware): true;
+}
+
+export interface TransportMatch {
+  /** Grants the flow (raw splice in the helper). Returns true. */
+  accept(): true;
+}
+
+export type HttpHostMatcher = string | ((candidate: { hostname: string }) => boolean);
+
+/** What a policy callback is asked about: one new TCP connection, UDP flow or DNS query. */
+export interface SandboxConnection {
+  readonly protocol: "tcp" | "udp";
+  /** The guest side, as the guest put it on the wire. */
+  readonly src: Endpoint;
+  /** The destination the guest asked for. */
+  readonly dst: Endpoint;
+  /** Hostnames accepted DNS answers tied to `dst.ip` (trusted metadata; never the Host header). */
+  readonly hostnames: readonly string[];
+  /** Grants this flow as raw TCP/UDP. For a DNS query this forwards it to `dst` itself, without recording hostnames. */
+  accept(): true;
+  matchTcp(target: string): TransportMatch | null;
+  matchUdp(target: string): TransportMatch | null;
+  matchDns(): DnsMatch | null;
+  matchHttp(host: HttpHostMatcher): HttpMatch | null;
+}
+/** The spec's name for the same thing. */
+export type Connection = SandboxConnection;
+
+export type NetworkEvent =
+  | {
+      type: "decision";
+      protocol: "tcp" | "udp" | "dns";
+      src: string;
+      dst: string;
+      verdict: "accept" | "deny" | "intercept";
+      hostname?: string;
+      dns?: { name: string; type: string; resolver?: string; rcode?: string };
+      /** Node-side time from the helper's question to the verdict (DNS: the upstream answer included). */
+      elapsedMs: number;
+    }
+  | { type: "policy-error"; protocol: "tcp" | "udp" | "dns"; src: string; dst: string; error: unknown; message: string }
+  | { type: "policy-timeout"; protocol: "tcp" | "udp" | "dns"; src: string; dst: string; message: string }
+  | { type: "dns-upstream"; src: string; dst: string; message: string }
+  | { type: "intercept"; src: string; dst: string; message: string }
+  /** Decided by the helper's network stack on its own: protected destination, flow limit, malformed frame… */
+  | { type: "stack"; kind: string; protocol?: string; src?: string; dst?: string; message: string }
+  /** From the HTTP interceptor on flows accepted with `matchHttp(...).accept(middleware)`. */
+  | HttpEvent;
+
+export type NetworkPolicyCallback = (conn: SandboxConnection) => void | Promise<void>;
+
+export interface NetworkPolicyOptions {
+  /** Deadline for one callback; past it the flow is denied. Default 5000 ms. */
+  timeoutMs?: number;
+  /** Concurrent TCP + UDP flows per sandbox. Default 256. */
+  maxFlows?: number;
+  /**
+   * Protected ranges (CIDR) the policy may grant: loopback, RFC 1918, link-local… are denied
+   * before the callback runs unless listed here. The host's own addresses stay denied.
+   */
+  allowProtected?: readonly string[];
+  /** Per upstream resolver attempt. Default 3000 ms. */
+  dnsTimeoutMs?: number;
+  /** Audit hook: every verdict, callback failure, stack-level denial and intercepted HTTP request. Must not throw. */
+  onEvent?: (event: NetworkEvent) => void;
+  /**
+   * Extra root certificates (PEM) trusted when intercepted requests go upstream, on top
+   * of Node's bundled roots: a corporate TLS proxy, a test CA. Upstream certificates are
+   * always verified for the trusted hostname.
+   */
+  upstreamCa?: string | readonly string[];
+}
+
+export interface NetworkPolicy {
+  readonly kind: "policy";
+  readonly callback: NetworkPolicyCallback;
+  readonly timeoutMs: number;
+  readonly maxFlows: number;
+  readonly allowProtected: readonly string[];
+  readonly allowProtectedCidrs: readonly Cidr[];
+  readonly dnsTimeoutMs: number;
+  readonly onEvent: ((event: NetworkEvent) => void) | undefined;
+  readonly upstreamCa: string | readonly string[] | undefined;
+}
+
+function positiveInt(name: string, v: number | undefined, dflt: number, max: number): number {
+  const n = v ?? dflt;
+  if (!Number.isInteger(n) || n < 1 || n > max) {
+    throw new SandboxConfigError(`network.policy option ${name} must be an integer from 1 to ${max}, got ${String(v)}`);
+  }
+  return n;
+}
+
+export const network = {
+  /** Default-deny egress: only flows the callback grants are allowed. */
+  policy(callback: NetworkPolicyCallback, options: NetworkPolicyOptions = {}): NetworkPolicy {
+    if (typeof callback !== "function") {
+      throw new SandboxConfigError("network.policy(callback) needs a function that grants flows, e.g. conn => conn.matchDns()?.accept({ resolvers: [\"1.1.1.1\"] })");
+    }
+    const allowProtected = [...(options.allowProtected ?? [])];
+    const cidrs = allowProtected.map((c) => {
+      const parsed = typeof c === "string" ? parseCidr(c) : undefined;
+      if (!parsed) throw new SandboxConfigError(`network.policy option allowProtected: ${JSON.stringify(c)} is not a CIDR such as "10.0.0.0/8"`);
+      return parsed;
+    });
+    if (options.onEvent !== undefined && typeof options.onEvent !== "function") {
+      throw new SandboxConfigError("network.policy option onEvent must be a function");
+    }
+    const upstreamCa = options.upstreamCa;
+    const caList = upstreamCa === undefined ? [] : typeof upstreamCa === "string" ? [upstreamCa] : Array.isArray(upstreamCa) ? upstreamCa : null;
+    if (caList === null || caList.some((c) => typeof c !== "string" || !c.includes("-----BEGIN CERTIFICATE-----"))) {
+      throw new SandboxConfigError("network.policy option upstreamCa must be a PEM certificate string or an array of them");
+    }
+    return Object.freeze({
+      kind: "policy" as const,
+      callback,
+      timeoutMs: positiveInt("timeoutMs", options.timeoutMs, 5000, 600_000),
+      maxFlows: positiveInt("maxFlows", options.maxFlows, 256, 65_536),
+      allowProtected,
+      allowProtectedCidrs: cidrs,
+      dnsTimeoutMs: positiveInt("dnsTimeoutMs", options.dnsTimeoutMs, 3000, 60_000),
+      onEvent: options.onEvent,
+      upstreamCa,
+    });
+  },
+};
+
+export function isNetworkPolicy(v: unknown): v is NetworkPolicy {
+  return typeof v === "object" && v !== null && (v as NetworkPolicy).kind === "policy" && typeof (v as NetworkPolicy).callback === "function";
+}
+
+/** What the callback granted. */
+export type Grant =
+  | { kind: "raw" }
+  | { kind: "dns"; resolvers: readonly string[] }
+  | { kind: "http"; hostname: string; middleware: HttpMiddleware | undefined };
+
+export interface DnsQuestion {
+  name: string;
+  type: string;
+  transport: "udp" | "tcp";
+}
+
+/** Same destination, whatever spelling (IPv4-mapped IPv6 names the IPv4 host). */
+function sameEndpoint(ep: Endpoint, target: string, method: string): boolean {
+  const hp = parseHostPort(target);
+  if (!hp) throw new SandboxConfigError(`${method}(${JSON.stringify(target)}): expected "ip:port", e.g. "203.0.113.10:5432" or "[2001:db8::1]:443"`);
+  return unmapIpv4(hp.ip).text === ep.ip && hp.port === ep.port;
+}
+
+/**
+ * One policy question. `settle()` closes it: grants made after the callback's
+ * promise settled (or its deadline passed) change nothing.
+ */
+export class PolicyConnection implements SandboxConnection {
+  readonly protocol: "tcp" | "udp";
+  readonly src: Endpoint;
+  readonly dst: Endpoint;
+  readonly hostnames: readonly string[];
+  readonly #dns: DnsQuestion | undefined;
+  #grant: Grant | undefined;
+  #open = true;
+
+  constructor(protocol: "tcp" | "udp", src: Endpoint, dst: Endpoint, hostnames: readonly string[], dns?: DnsQuestion) {
+    this.protocol = protocol;
+    // The guest's addresses are IPv4 on the wire; the classifiers see the same either way.
+    this.src = src;
+    this.dst = dst;
+    this.hostnames = Object.freeze([...hostnames]);
+    this.#dns = dns;
+  }
+
+  get grant(): Grant | undefined {
+    return this.#grant;
+  }
+
+  settle(): Grant | undefined {
+    this.#open = false;
+    return this.#grant;
+  }
+
+  #set(g: Grant): true {
+    // The first grant stands; later ones (or ones after the verdict) are ignored.
+    if (this.#open && this.#grant === undefined) this.#grant = g;
+    return true;
+  }
+
+  accept(): true {
+    return this.#set({ kind: "raw" });
+  }
+
+  matchTcp(target: string): TransportMatch | null {
+    if (!sameEndpoint(this.dst, target, "matchTcp") || this.protocol !== "tcp" || this.#dns) return null;
+    return { accept: () => this.#set({ kind: "raw" }) };
+  }
+
+  matchUdp(target: string): TransportMatch | null {
+    if (!sameEndpoint(this.dst, target, "matchUdp") || this.protocol !== "udp" || this.#dns) return null;
+    return { accept: () => this.#set({ kind: "raw" }) };
+  }
+
+  matchDns(): DnsMatch | null {
+    const q = this.#dns;
+    if (!q) return null;
+    return {
+      name: q.name,
+      type: q.type,
+      transport: q.transport,
+      accept: (options: DnsAcceptOptions) => {
+        const resolvers = options?.resolvers;
+        if (!Array.isArray(resolvers) || resolvers.length === 0 || !resolvers.every((r) => typeof r === "string")) {
+          throw new SandboxConfigError('matchDns().accept({ resolvers }) needs a non-empty list such as ["1.1.1.1"]');
+        }
+        return this.#set({ kind: "dns", resolvers: [...resolvers] });
+      },
+    };
+  }
+
+  matchHttp(host: HttpHostMatcher): HttpMatch | null {
+    if (this.protocol !== "tcp" || this.#dns || (this.dst.port !== 80 && this.dst.port !== 443)) return null;
+    let hostname: string | undefined;
+    if (typeof host === "string") {
+      const want = normalizeHostname(host);
+      hostname = this.hostnames.find((h) => h === want);
+    } else if (typeof host === "function") {
+      hostname = this.hostnames.find((h) => host({ hostname: h }));
+    } else {
+      throw new SandboxConfigError("matchHttp(host) takes a hostname or a predicate ({ hostname }) => boolean");
+    }
+    if (hostname === undefined) return null;
+    const name = hostname;
+    return {
+      hostname: name,
+      accept: (middleware?: HttpMiddleware) => {
+        if (middleware !== undefined && typeof middleware !== "function") {
+          throw new SandboxConfigError("matchHttp(...).accept(middleware) takes a function (request) => void");
+        }
+        return this.#set({ kind: "http", hostname: name, middleware });
+      },
+    };
+  }
+}
+
+export { Endpoint };

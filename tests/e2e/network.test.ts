@@ -1,0 +1,129 @@
+/**
+ * The network end to end, inside network namespaces this test creates: the
+ * lane's Node process runs in a "host" namespace, the DNS/TCP/UDP/HTTP servers
+ * in an "internet" namespace on documentation addresses, routed over a veth.
+ */
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createNetns, INTERNET, type Netns } from "./netns.js";
+
+let ns: Netns;
+let dnsLog: string[];
+
+async function runScenario(name: string): Promise<any> {
+  const { child, lines } = await ns.startNode(ns.host, "net-lane.mjs", [name], (l) => l.startsWith("{"));
+  child.kill();
+  return JSON.parse(lines.find((l) => l.startsWith("{"))!);
+}
+
+const queried = (name: string) => dnsLog.map((l) => JSON.parse(l)).filter((e) => e.dns === name);
+
+describe("network policy, end to end in network namespaces", () => {
+  beforeAll(async () => {
+    ns = createNetns();
+    const inet = await ns.startNode(ns.inet, "net-internet.mjs", [JSON.stringify(INTERNET)], (l) => l.includes('"ready"'));
+    dnsLog = inet.lines; // keeps filling as the server logs queries
+  });
+  afterAll(() => ns?.cleanup());
+
+  it("allows granted flows, denies the rest with RST / REFUSED, and reports policy failures", async () => {
+    const r = await runScenario("policy");
+    const p = r.probe;
+    // Granted: DNS through the policy's resolver, TCP and UDP echo.
+    expect(p.resolve_allowed).toEqual(["203.0.113.10"]);
+    expect(p.dns_tcp_allowed).toEqual({ rcode: 0, answers: 1 });
+    expect(p.tcp_allowed).toBe("ping-tcp_allowed");
+    expect(p.udp_allowed).toBe("ping-udp_allowed");
+    // The guest's choice of resolver does not matter: the policy's resolver answered.
+    expect(p.dns_own_resolver).toEqual({ rcode: 0, answers: 1 });
+    expect(queried("udp.test").length).toBeGreaterThan(0);
+    // Denied names are REFUSED and never leave the host.
+    expect(p.dns_denied).toEqual({ rcode: 5, answers: 0 });
+    expect(p.dns_tcp_denied).toEqual({ rcode: 5, answers: 0 });
+    expect(queried("denied.test")).toEqual([]);
+    // Literal forms reach the same destination and are classified by it.
+    expect(p.tcp_decimal).toBe("ping-tcp_decimal");
+    expect(p.tcp_hex).toBe("ping-tcp_hex");
+    expect(p.tcp_mapped).toBe("ping-tcp_mapped");
+    // Not granted, throwing, hanging: an immediate RST (ECONNREFUSED), never a hang.
+    expect(p.tcp_other_port).toBe("refused");
+    expect(p.tcp_throwing).toBe("refused");
+    expect(p.tcp_hanging).toBe("refused");
+    expect(p.udp_other_port).toBe("timeout");
+    // Private ranges, the gateway and the host's own address: denied before the callback, whatever it grants.
+    for (const k of ["tcp_private", "tcp_private_hex", "tcp_private_mapped", "tcp_gateway", "tcp_host_addr"]) {
+      expect([k, p[k]]).toEqual([k, "refused"]);
+    }
+    expect(r.classified.map((c: any) => c.ip)).not.toContain("10.99.0.1");
+    expect(r.classified.find((c: any) => c.ip === "203.0.113.10" && c.port === 8)).toMatchObject({ doc: true, pub: false, priv: false });
+    // IPv6 is cleanly unreachable (no address, no route): no bypass.
+    expect(p.tcp_ipv6).toMatch(/^oserror:/);
+    // HTTP by trusted hostname: the DNS answer attributes the address; a Host header does not.
+    expect(r.http.allowed).toMatch(/^hello from 203\.0\.113\.10:80/);
+    expect(r.http.other).toBe("failed");
+    expect(r.http.forgedHost).toBe("failed");
+    expect(r.classified.find((c: any) => c.ip === "203.0.113.10" && c.port === 80)?.hostnames).toContain("allowed.test");
+    // Failures reach the audit hook.
+    const kinds = r.events.map((e: any) => e.type);
+    expect(r.events.find((e: any) => e.type === "policy-error")?.message).toMatch(/exploded on purpose/);
+    expect(kinds).toContain("policy-timeout");
+    expect(r.events.some((e: any) => e.type === "stack" && e.kind === "protected" && e.dst === "10.99.0.1:7")).toBe(true);
+    expect(r.events.some((e: any) => e.type === "decision" && e.protocol === "dns" && e.verdict === "deny" && e.dns?.name === "denied.test")).toBe(true);
+  });
+
+  it("a policy that only allows DNS leaks nothing else", async () => {
+    const r = await runScenario("dns-only");
+    expect(r.probe).toEqual({
+      resolve_allowed: ["203.0.113.10"],
+      tcp_echo: "refused",
+      tcp_http: "refused",
+      udp_echo: "timeout",
+      udp_direct_dns: "timeout",
+      resolve_self: ["127.0.1.1"],
+    });
+    // The lane's own name resolved locally: no question left the guest for it.
+    expect(queried("dns-only-lane")).toEqual([]);
+  });
+
+  it("no network option: no NIC, no egress, no DNS", async () => {
+    const r = await runScenario("none");
+    expect(r.devices).not.toMatch(/eth0/);
+    expect(r.probe.resolve_allowed).toBe("gaierror");
+    expect(r.probe.tcp_echo).toMatch(/^oserror:|refused/);
+  });
+
+  it("routes middleware-accepted HTTP to the interceptor socket, and forwardPort reaches a guest server", async () => {
+    const r = await runScenario("intercept");
+    expect(r.curl.trim()).toBe("intercepted by test");
+    expect(r.seen).toHaveLength(1);
+    expect(r.seen[0]).toMatchObject({ hostname: "allowed.test", dst: "203.0.113.10:80", hasMiddleware: true, requestLine: "GET / HTTP/1.1" });
+    expect(r.forward.host).toBe("127.0.0.1");
+    expect(r.forward.port).toBeGreaterThan(0);
+    expect(r.forward.listing).toBe(true);
+  });
+});
+
+describe("frame fuzzer against the running helper", () => {
+  let fns: Netns;
+  beforeAll(async () => {
+    fns = createNetns();
+    await fns.startNode(fns.inet, "net-internet.mjs", [JSON.stringify(INTERNET)], (l) => l.includes('"ready"'));
+  });
+  afterAll(() => fns?.cleanup());
+
+  it(`random and mutated frames for ${Number(process.env.NET_FUZZ_SECONDS ?? 60)} s leave the helper alive and serving`, async () => {
+    const seconds = Number(process.env.NET_FUZZ_SECONDS ?? 60);
+    const { child, lines } = await fns.startNode(fns.host, "net-lane.mjs", ["fuzz", String(seconds)], (l) => l.startsWith("{"));
+    child.kill();
+    const r = JSON.parse(lines.find((l) => l.startsWith("{"))!);
+    console.log(JSON.stringify({ fuzz: r.fuzz, counts: r.eventCounts, after: r.after }));
+    expect(r.fuzzExit, r.fuzzErr).toBe(0);
+    const [sent] = r.fuzz.split(" ").map(Number);
+    expect(sent).toBeGreaterThan(1000);
+    expect(r.helperAlive && r.vmmAlive).toBe(true);
+    expect(r.after).toEqual({ resolve_allowed: ["203.0.113.10"], tcp_echo: "ping-tcp_echo", udp_echo: "ping-udp_echo" });
+    // The stack saw and discarded the garbage (reported, bounded).
+    expect(r.eventCounts["stack:malformed"]).toBeGreaterThan(0);
+    // ...and rate-limited its audit records towards Node, saying how many it dropped.
+    expect(r.eventCounts["stack:audit-dropped"]).toBeGreaterThan(0);
+  }, 600_000);
+});
