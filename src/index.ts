@@ -40,6 +40,8 @@ export type {
   HttpMatch,
   HttpHostMatcher,
   TransportMatch,
+  SandboxSecrets,
+  SecretEvent,
 } from "./network/policy.js";
 export { Endpoint } from "./network/endpoint.js";
 export {

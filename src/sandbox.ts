@@ -169,7 +169,8 @@ export async function bootLane(
   const started = performance.now();
   const hostname = checkHostname(options.hostname ?? "sandbox");
   const cwd = checkAbsolutePath("cwd", options.cwd ?? "/");
-  const env = checkEnv("env", options.env);
+  // Secret placeholders first, so an explicit env entry can still override one.
+  const env = { ...policy?.secrets?.env, ...checkEnv("env", options.env) };
   const timeoutMs = checkInteger("timeoutMs", options.timeoutMs ?? 120_000, 1, 3_600_000);
   const ca = options.interceptCa;
   const explicitCa: Promise<string | undefined> =

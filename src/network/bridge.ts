@@ -12,6 +12,8 @@ import { forwardQuery, parseQuery, parseResolver, servfail, type ResolverAddress
 import { Endpoint, parseIp } from "./endpoint.js";
 import type { InterceptRegistry } from "./intercept-server.js";
 import { PolicyConnection, type Grant, type NetworkEvent, type NetworkPolicy } from "./policy.js";
+import { composeMiddleware, hostAllowed } from "./http/secrets.js";
+import type { HttpMiddleware } from "./http/types.js";
 
 interface NetRequest {
   id: number;
@@ -47,6 +49,7 @@ export class NetworkService {
   readonly #conn: HelperConnection;
   readonly #policy: NetworkPolicy;
   readonly #intercepts: InterceptRegistry | undefined;
+  #secretsMiddleware: HttpMiddleware | undefined;
 
   constructor(conn: HelperConnection, policy: NetworkPolicy, intercepts: InterceptRegistry | undefined) {
     this.#conn = conn;
@@ -128,17 +131,26 @@ export class NetworkService {
       return;
     }
     if (req.proto === "dns") return this.#dns(req.id, grant, query!, question!, transport, where, elapsed);
-    const verdict = !grant ? "deny" : grant.kind === "raw" ? "accept" : grant.kind === "http" && req.proto === "tcp" ? (grant.middleware ? "intercept" : "accept") : "deny";
+    const middleware = grant?.kind === "http" ? this.#httpMiddleware(grant.hostname, grant.middleware) : undefined;
+    const verdict = !grant ? "deny" : grant.kind === "raw" ? "accept" : grant.kind === "http" && req.proto === "tcp" ? (middleware ? "intercept" : "accept") : "deny";
     if (verdict === "intercept" && grant?.kind === "http") {
       if (!this.#intercepts) {
         this.#reply(req.id, "deny");
         this.emit({ type: "intercept", ...where, message: "no interceptor socket for this lane; denied" });
         return;
       }
-      this.#intercepts.register(req.id, { src, dst, hostname: grant.hostname, middleware: grant.middleware! });
+      this.#intercepts.register(req.id, { src, dst, hostname: grant.hostname, middleware: middleware! });
     }
     this.#reply(req.id, verdict);
     this.emit({ type: "decision", protocol: req.proto, ...where, verdict, hostname: grant?.kind === "http" ? grant.hostname : undefined, elapsedMs: elapsed() });
+  }
+
+  /** The policy's middleware, preceded by the secrets substitution when the host may receive a secret. */
+  #httpMiddleware(hostname: string, own: HttpMiddleware | undefined): HttpMiddleware | undefined {
+    const secrets = this.#policy.secrets;
+    if (!secrets || !hostAllowed(hostname, secrets.hosts)) return own;
+    this.#secretsMiddleware ??= secrets.middleware((e) => this.emit(e));
+    return composeMiddleware(this.#secretsMiddleware, own);
   }
 
   /** Runs the callback; resolves with the grant when it settles, rejects on throw or deadline. */

@@ -11,7 +11,23 @@ import { Endpoint, parseHostPort, unmapIpv4 } from "./endpoint.js";
 import { normalizeHostname } from "./dns-attribution.js";
 
 import type { HttpEvent, HttpMiddleware, InterceptedRequest } from "./http/types.js";
-export type { HttpEvent, HttpMiddleware, InterceptedRequest };
+import { secretPlaceholders, secretsMiddleware, type SecretEvent, type SecretsSpec } from "./http/secrets.js";
+export type { HttpEvent, HttpMiddleware, InterceptedRequest, SecretEvent, SecretsSpec };
+
+/**
+ * Credentials the guest only ever sees as placeholders (`network.secrets(...)`): each
+ * NAME is in every process's environment as a random placeholder, and intercepted
+ * requests to that secret's hosts get the real value substituted in their headers.
+ */
+export interface SandboxSecrets {
+  readonly kind: "secrets";
+  /** NAME → placeholder, added to the guest's environment. */
+  readonly env: Readonly<Record<string, string>>;
+  /** Every host some secret may be sent to (exact names or `*.domain`). */
+  readonly hosts: readonly string[];
+  /** @internal The substituting middleware, reporting to `onEvent`. */
+  middleware(onEvent?: (event: SecretEvent) => void): HttpMiddleware;
+}
 
 export interface DnsAcceptOptions {
   /** Upstream resolvers on the host's network: "1.1.1.1", "1.1.1.1:53", "[2606:4700::1111]:53". Tried in order. */
@@ -81,7 +97,9 @@ export type NetworkEvent =
   /** Decided by the helper's network stack on its own: protected destination, flow limit, malformed frame… */
   | { type: "stack"; kind: string; protocol?: string; src?: string; dst?: string; message: string }
   /** From the HTTP interceptor on flows accepted with `matchHttp(...).accept(middleware)`. */
-  | HttpEvent;
+  | HttpEvent
+  /** A secret placeholder replaced (allowed host) or left alone (any other host). */
+  | SecretEvent;
 
 export type NetworkPolicyCallback = (conn: SandboxConnection) => void | Promise<void>;
 
@@ -105,6 +123,13 @@ export interface NetworkPolicyOptions {
    * always verified for the trusted hostname.
    */
   upstreamCa?: string | readonly string[];
+  /**
+   * `network.secrets(...)`: placeholders go into the guest's environment, and an HTTP
+   * flow to one of the secrets' hosts accepted with `matchHttp(...).accept()` is
+   * intercepted (with or without middleware) so the real values replace the
+   * placeholders in its request headers. Elsewhere placeholders go out unchanged.
+   */
+  secrets?: SandboxSecrets;
 }
 
 export interface NetworkPolicy {
@@ -117,6 +142,7 @@ export interface NetworkPolicy {
   readonly dnsTimeoutMs: number;
   readonly onEvent: ((event: NetworkEvent) => void) | undefined;
   readonly upstreamCa: string | readonly string[] | undefined;
+  readonly secrets: SandboxSecrets | undefined;
 }
 
 function positiveInt(name: string, v: number | undefined, dflt: number, max: number): number {
@@ -147,6 +173,9 @@ export const network = {
     if (caList === null || caList.some((c) => typeof c !== "string" || !c.includes("-----BEGIN CERTIFICATE-----"))) {
       throw new SandboxConfigError("network.policy option upstreamCa must be a PEM certificate string or an array of them");
     }
+    if (options.secrets !== undefined && (options.secrets as SandboxSecrets | null)?.kind !== "secrets") {
+      throw new SandboxConfigError("network.policy option secrets must come from network.secrets({ NAME: { value, hosts } })");
+    }
     return Object.freeze({
       kind: "policy" as const,
       callback,
@@ -157,6 +186,19 @@ export const network = {
       dnsTimeoutMs: positiveInt("dnsTimeoutMs", options.dnsTimeoutMs, 3000, 60_000),
       onEvent: options.onEvent,
       upstreamCa,
+      secrets: options.secrets,
+    });
+  },
+
+  /** Placeholders for credentials the guest must not hold; pass the result to `network.policy(fn, { secrets })`. */
+  secrets(spec: SecretsSpec): SandboxSecrets {
+    const env = Object.freeze(secretPlaceholders(spec));
+    const hosts = Object.freeze([...new Set(Object.values(spec).flatMap((s) => [...s.hosts]))]);
+    return Object.freeze({
+      kind: "secrets" as const,
+      env,
+      hosts,
+      middleware: (onEvent?: (event: SecretEvent) => void) => secretsMiddleware(spec, env, onEvent),
     });
   },
 };
