@@ -6,6 +6,7 @@
 
 use crate::backend::RunningVm;
 use crate::error::HostError;
+use crate::fs_bridge::FsBridge;
 use crate::node_store::Bridge;
 use sandbox_protocol::{self as proto, FrameDecoder, Kind};
 use std::os::unix::net::UnixStream as StdUnixStream;
@@ -29,16 +30,23 @@ pub struct Blocks {
     pub requests: mpsc::UnboundedReceiver<Vec<u8>>,
 }
 
-pub fn run(node: StdUnixStream, leftover: FrameDecoder, vm: RunningVm, blocks: Blocks) -> Result<(), HostError> {
+/// The filesystem bridge: FUSE operations go to Node, its answers come back to it.
+pub struct Files {
+    pub bridge: Arc<FsBridge>,
+    pub requests: mpsc::UnboundedReceiver<Vec<u8>>,
+}
+
+pub fn run(node: StdUnixStream, leftover: FrameDecoder, vm: RunningVm, blocks: Blocks, files: Files) -> Result<(), HostError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| HostError::Setup(format!("tokio runtime: {e}")))?;
-    rt.block_on(relay(node, leftover, vm, blocks))
+    rt.block_on(relay(node, leftover, vm, blocks, files))
 }
 
-async fn relay(node: StdUnixStream, leftover: FrameDecoder, vm: RunningVm, blocks: Blocks) -> Result<(), HostError> {
+async fn relay(node: StdUnixStream, leftover: FrameDecoder, vm: RunningVm, blocks: Blocks, files: Files) -> Result<(), HostError> {
     let Blocks { bridge, requests: mut block_rx } = blocks;
+    let Files { bridge: fs_bridge, requests: mut fs_rx } = files;
     let RunningVm { pid, wait, control, console, .. } = vm;
     let node = to_tokio(node)?;
     let guest = to_tokio(control)?;
@@ -52,7 +60,7 @@ async fn relay(node: StdUnixStream, leftover: FrameDecoder, vm: RunningVm, block
     });
 
     let (ended_tx, mut ended_rx) = tokio::sync::mpsc::channel::<End>(2);
-    let node_pump = tokio::spawn(node_to_guest(node_rx, leftover, guest_tx, bridge, ended_tx.clone()));
+    let node_pump = tokio::spawn(node_to_guest(node_rx, leftover, guest_tx, bridge, fs_bridge, ended_tx.clone()));
     let (fwd_tx, mut fwd_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
     let guest_pump = tokio::spawn(guest_to_node(guest_rx, fwd_tx, ended_tx));
 
@@ -61,6 +69,12 @@ async fn relay(node: StdUnixStream, leftover: FrameDecoder, vm: RunningVm, block
     let status = loop {
         tokio::select! {
             Some(bytes) = block_rx.recv() => {
+                if node_tx.write_all(&bytes).await.is_err() {
+                    kill(pid);
+                    return Ok(());
+                }
+            }
+            Some(bytes) = fs_rx.recv() => {
                 if node_tx.write_all(&bytes).await.is_err() {
                     kill(pid);
                     return Ok(());
@@ -111,6 +125,7 @@ async fn node_to_guest(
     mut dec: FrameDecoder,
     mut guest: OwnedWriteHalf,
     bridge: Arc<Bridge>,
+    fs_bridge: Arc<FsBridge>,
     ended: tokio::sync::mpsc::Sender<End>,
 ) {
     let mut buf = vec![0u8; CHUNK];
@@ -118,6 +133,7 @@ async fn node_to_guest(
         loop {
             match dec.next_raw() {
                 Ok(Some((kind, raw))) if kind == Kind::BlockReply as u8 => bridge.deliver(&raw[proto::HEADER_LEN..]),
+                Ok(Some((kind, raw))) if kind == Kind::FsReply as u8 => fs_bridge.deliver(&raw[proto::HEADER_LEN..]),
                 Ok(Some((kind, raw))) => {
                     // Helper-only kinds are never relayed to the guest.
                     if kind < 0x80 && guest.write_all(&raw).await.is_err() {

@@ -55,6 +55,10 @@ pub enum Kind {
     BlockRequest = 0x84,
     /// Node → helper, [`crate::BlockReply`] header + block bytes: the answer to one `BlockRequest`.
     BlockReply = 0x85,
+    /// helper → Node, [`crate::FsRequestHeader`]-style JSON header + write data: one FUSE operation on a JS filesystem.
+    FsRequest = 0xa0,
+    /// Node → helper, JSON header + read data: the answer to one `FsRequest`.
+    FsReply = 0xa1,
 }
 
 impl Kind {
@@ -92,6 +96,8 @@ impl TryFrom<u8> for Kind {
             0x83 => HelperError,
             0x84 => BlockRequest,
             0x85 => BlockReply,
+            0xa0 => FsRequest,
+            0xa1 => FsReply,
             other => return Err(other),
         })
     }

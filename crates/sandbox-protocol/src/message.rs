@@ -37,6 +37,25 @@ pub struct Configure {
     /// Environment every process starts with (before per-process overrides).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Virtual filesystems to mount, in order (later targets may lie inside earlier mounts).
+    #[serde(default)]
+    pub mounts: Vec<GuestMount>,
+}
+
+/// One virtio-fs mount as init performs it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GuestMount {
+    /// virtio-fs tag of the device serving it.
+    pub tag: String,
+    /// Absolute guest path.
+    pub target: String,
+    #[serde(default)]
+    pub read_only: bool,
+    /// Whether init may create a missing target on the root filesystem itself
+    /// (true only for roots whose changes are discarded, i.e. `rootfs.ephemeral`).
+    #[serde(default)]
+    pub create_on_root: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -162,6 +181,17 @@ pub struct Launch {
     /// qemu only: accelerator ("kvm" or "tcg").
     #[serde(default)]
     pub accel: Option<String>,
+    /// Virtual filesystems: one virtio-fs device each, served by the helper,
+    /// whose operations go to Node as `FsRequest` frames.
+    #[serde(default)]
+    pub mounts: Vec<FsMount>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FsMount {
+    /// virtio-fs tag (≤ 36 bytes) the guest mounts by.
+    pub tag: String,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]

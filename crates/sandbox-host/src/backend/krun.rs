@@ -113,6 +113,7 @@ mod tests {
             disks: vec![Disk { path: "/x.qcow2".into(), format: "qcow2".into(), read_only: true, cow: None }],
             qemu: None,
             accel: None,
+            mounts: vec![],
         };
         let err = to_krun(&l, OwnedFd::from(b)).err().unwrap().to_string();
         assert!(err.contains("libkrunfw"), "{err}");
