@@ -16,7 +16,7 @@ export interface VmExit {
 }
 
 /**
- * Events: `control` (frame on channel 0), `blockRequest` (a BlockRequest frame), `exit` (VmExit | undefined, once,
+ * Events: `control` (frame on channel 0), `blockRequest` (a BlockRequest frame), `fsRequest` (an FsRequest frame), `exit` (VmExit | undefined, once,
  * when the helper/VM is gone for whatever reason), `error` is never emitted:
  * failures arrive as `exit` with the helper's message in `helperError`.
  */
@@ -91,6 +91,8 @@ export class HelperConnection extends EventEmitter {
         this.helperError = (JSON.parse(frame.payload.toString("utf8")) as { message: string }).message;
       } else if (frame.kind === Kind.BlockRequest) {
         this.emit("blockRequest", frame);
+      } else if (frame.kind === Kind.FsRequest) {
+        this.emit("fsRequest", frame);
       } else if (frame.channel === 0 || frame.kind >= 0x80) {
         this.emit("control", frame);
       } else {

@@ -9,6 +9,9 @@ import { loadNative } from "./native.js";
 import { Kind, type Frame } from "./protocol/frames.js";
 import { COW_BLOCK_SIZE, isRootfsSpec, rootfs as rootfsApi, type RootfsSpec } from "./rootfs.js";
 import { serveBlockStore, type SandboxBlockStore } from "./rootfs/block-store.js";
+import { serveFileSystems } from "./fs/server.js";
+import type { VirtualMount } from "./fs/types.js";
+import { isVirtualMount } from "./fs/virtual.js";
 import { checkAbsolutePath, checkEnv, checkHostname, checkInteger } from "./validate.js";
 
 export interface SandboxResources {
@@ -37,6 +40,13 @@ export interface BootOptions {
   timeoutMs?: number;
   /** Aborts the boot; the VM is torn down and the promise rejects with an AbortError. */
   signal?: AbortSignal;
+  /**
+   * Guest path → `fs.virtual(...)` filesystem, mounted before `cwd` is checked
+   * (parents before children). Missing targets are created on init-owned tmpfs
+   * (/run, /tmp…), inside an earlier mount, or on an ephemeral root; on a
+   * built-in or durable root the target must exist (built-in images have /workspace and /mnt).
+   */
+  mounts?: Record<string, VirtualMount>;
 }
 
 export interface Sandbox {
@@ -87,6 +97,7 @@ export function launchSpec(
   resources: Required<SandboxResources>,
   choice: BackendChoice,
   root: RootfsSpec = rootfsApi.builtIn(image.name),
+  mountCount = 0,
 ) {
   const disk =
     root.kind === "builtIn"
@@ -113,7 +124,40 @@ export function launchSpec(
     disks: [disk],
     qemu: choice.backend === "qemu" ? findQemu() : undefined,
     accel: choice.accel,
+    mounts: Array.from({ length: mountCount }, (_, i) => ({ tag: mountTag(i) })),
   };
+}
+
+/** virtio-fs tag of mount number `i`. */
+function mountTag(i: number): string {
+  return `sandbox-fs-${i}`;
+}
+
+const MAX_MOUNTS = 16;
+
+/** Checks `boot({ mounts })` and orders it parents-first. */
+function checkMounts(mounts: unknown): { target: string; mount: VirtualMount }[] {
+  if (mounts === undefined) return [];
+  if (typeof mounts !== "object" || mounts === null) {
+    throw new SandboxConfigError('boot({ mounts }) must map guest paths to fs.virtual(...), e.g. { "/workspace": fs.virtual(fs.memory()) }');
+  }
+  const out: { target: string; mount: VirtualMount }[] = [];
+  for (const [path, mount] of Object.entries(mounts)) {
+    checkAbsolutePath(`mount target ${JSON.stringify(path)}`, path);
+    const parts = path.split("/").filter((p) => p !== "");
+    if (parts.length === 0 || parts.some((p) => p === "." || p === "..")) {
+      throw new SandboxConfigError(`mount target ${JSON.stringify(path)} must be a directory below / without "." or ".." components`);
+    }
+    if (!isVirtualMount(mount)) {
+      throw new SandboxConfigError(`mounts[${JSON.stringify(path)}] must come from fs.virtual(...)`);
+    }
+    const target = `/${parts.join("/")}`;
+    if (out.some((m) => m.target === target)) throw new SandboxConfigError(`mount target ${target} is given twice`);
+    out.push({ target, mount });
+  }
+  if (out.length > MAX_MOUNTS) throw new SandboxConfigError(`at most ${MAX_MOUNTS} mounts per boot, got ${out.length}`);
+  const depth = (t: string) => t.split("/").length;
+  return out.sort((a, b) => depth(a.target) - depth(b.target));
 }
 
 /** Block stores attached to a running lane of this process (a store serves one lane at a time). */
@@ -127,12 +171,18 @@ async function bootLane(root: RootfsSpec, resources: Required<SandboxResources>,
   const hostname = checkHostname(options.hostname ?? "sandbox");
   const cwd = checkAbsolutePath("cwd", options.cwd ?? "/");
   const env = checkEnv("env", options.env);
+  const mounts = checkMounts(options.mounts);
   const timeoutMs = checkInteger("timeoutMs", options.timeoutMs ?? 120_000, 1, 3_600_000);
   options.signal?.throwIfAborted();
 
   const artifacts = resolveArtifacts();
   const image = findImage(root.kind === "builtIn" ? root.name : root.base.name);
   const choice = chooseBackend(resources.backend, artifacts.helper);
+  if (mounts.length > 0 && choice.backend === "krun") {
+    throw new SandboxConfigError(
+      `virtual filesystem mounts need the qemu backend in this version (chosen: krun). Set resources.backend to "qemu" to use mounts`,
+    );
+  }
   const native = loadNative(artifacts);
   const store = root.kind === "cow" ? root.writable : undefined;
   if (store && storesInUse.has(store)) {
@@ -147,12 +197,21 @@ async function bootLane(root: RootfsSpec, resources: Required<SandboxResources>,
     serveBlockStore(conn, store, { base: image.sha256 });
   }
 
-  const launch = launchSpec(artifacts, image, resources, choice, root);
+  if (mounts.length > 0) serveFileSystems(conn, mounts.map((m) => m.mount.fs));
+
+  const launch = launchSpec(artifacts, image, resources, choice, root, mounts.length);
   const configure = {
     hostname,
     cwd,
     env,
     root: { device: "/dev/vda", fstype: image.filesystem, readOnly: root.kind === "builtIn" },
+    mounts: mounts.map((m, i) => ({
+      tag: mountTag(i),
+      target: m.target,
+      readOnly: m.mount.readOnly,
+      // Only a root whose changes are discarded may get new directories.
+      createOnRoot: root.kind === "ephemeral",
+    })),
   };
 
   try {

@@ -28,6 +28,8 @@ export const Kind = {
   HelperError: 0x83,
   BlockRequest: 0x84,
   BlockReply: 0x85,
+  FsRequest: 0xa0,
+  FsReply: 0xa1,
 } as const;
 export type Kind = (typeof Kind)[keyof typeof Kind];
 

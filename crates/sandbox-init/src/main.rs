@@ -47,7 +47,11 @@ fn main() {
         },
         None => power_off(),
     };
-    if let Err(e) = boot::switch_root(&cfg).and_then(|_| boot::finish(&cfg)) {
+    let booted = boot::load_fs_modules(&cfg)
+        .and_then(|_| boot::switch_root(&cfg))
+        .and_then(|_| boot::mount_virtual(&cfg))
+        .and_then(|_| boot::finish(&cfg));
+    if let Err(e) = booted {
         link.fail(e.stage, &e.message);
     }
     let ready = proto::Ready { uptime_ms: sys::uptime_ms(), kernel: boot::kernel_release() };
