@@ -33,6 +33,11 @@ export class NodeTable {
     return rec.path;
   }
 
+  /** Whether `id` is known but no longer has a path. */
+  isDetached(id: number): boolean {
+    return this.#byId.get(id)?.path === null;
+  }
+
   /** The id for `path`, taking one kernel reference. */
   lookup(path: string): number {
     const known = this.#byPath.get(path);

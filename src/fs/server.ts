@@ -125,8 +125,7 @@ export class MountServer {
       }
       case "getattr": {
         const open = req.fh !== undefined ? this.#files.get(req.fh) : undefined;
-        const st = open ? await open.handle.stat() : await fs.lstat(this.nodes.path(num(req.node)));
-        return ok({ attr: wireAttr(st) });
+        return ok({ attr: wireAttr(open ? await open.handle.stat() : await this.#statNode(num(req.node))) });
       }
       case "setattr":
         return ok({ attr: await this.#setattr(req) });
@@ -168,8 +167,20 @@ export class MountServer {
       case "rename": {
         const from = childPath(this.nodes.path(num(req.parent)), str(req.name));
         const to = childPath(this.nodes.path(num(req.newParent)), str(req.newName));
-        if ((num(req.flags) & RENAME_NOREPLACE) !== 0 && (await exists(fs, to))) throw fsError("EEXIST", `${to} exists`);
         if (to.startsWith(`${from}/`)) throw fsError("EINVAL", "cannot move a directory into itself");
+        // POSIX rules checked here, so every SandboxFileSystem behaves the same.
+        const src = await fs.lstat(from);
+        const dst = await lstatOrUndefined(fs, to);
+        if (dst) {
+          if ((num(req.flags) & RENAME_NOREPLACE) !== 0) throw fsError("EEXIST", `${to} exists`);
+          const srcDir = (src.mode & S_IFMT) === S_IFDIR;
+          const dstDir = (dst.mode & S_IFMT) === S_IFDIR;
+          if (srcDir && !dstDir) throw fsError("ENOTDIR", `${to} is not a directory`);
+          if (!srcDir && dstDir) throw fsError("EISDIR", `${to} is a directory`);
+          if (dstDir && (await fs.readdir(to)).length > 0) throw fsError("ENOTEMPTY", `${to} is not empty`);
+          // Two names of one file: POSIX says do nothing.
+          if (!srcDir && Number(src.ino) === Number(dst.ino) && src.nlink > 1) return ok();
+        }
         await fs.rename(from, to);
         this.nodes.rename(from, to);
         return ok();
@@ -270,6 +281,32 @@ export class MountServer {
     return fh;
   }
 
+  #openOf(node: number): OpenFile | undefined {
+    for (const f of this.#files.values()) if (f.node === node) return f;
+    return undefined;
+  }
+
+  async #hasPath(node: number): Promise<boolean> {
+    if (this.nodes.isDetached(node)) return false;
+    return (await lstatOrUndefined(this.fs, this.nodes.path(node))) !== undefined;
+  }
+
+  /**
+   * Attributes of a node: by path, or — when the path is gone (unlinked while
+   * open, here or by another lane sharing the filesystem) — through an open handle.
+   */
+  async #statNode(node: number): Promise<SandboxFileStats> {
+    const open = this.nodes.isDetached(node) ? this.#openOf(node) : undefined;
+    if (open) return open.handle.stat();
+    try {
+      return await this.fs.lstat(this.nodes.path(node));
+    } catch (err) {
+      const fallback = (err as { code?: string }).code === "ENOENT" ? this.#openOf(node) : undefined;
+      if (!fallback) throw err;
+      return fallback.handle.stat();
+    }
+  }
+
   #file(fh: number | undefined): OpenFile {
     const f = fh === undefined ? undefined : this.#files.get(fh);
     if (!f) throw fsError("EBADF", `no open file ${fh}`);
@@ -291,7 +328,10 @@ export class MountServer {
 
   async #setattr(req: FsRequest): Promise<WireAttr> {
     const set = req.set ?? {};
-    const open = req.fh !== undefined ? this.#files.get(req.fh) : undefined;
+    const node = num(req.node);
+    // A node removed while open (here or by another lane sharing the filesystem) is reached through its handle.
+    let open = req.fh !== undefined ? this.#files.get(req.fh) : undefined;
+    if (!open && !(await this.#hasPath(node))) open = this.#openOf(node);
     const fs = this.fs;
     const path = () => this.nodes.path(num(req.node));
     if (set.mode !== undefined) await fs.chmod(path(), set.mode & 0o7777);
@@ -369,12 +409,11 @@ function dtype(mode: number): number {
   }
 }
 
-async function exists(fs: SandboxFileSystem, path: string): Promise<boolean> {
+async function lstatOrUndefined(fs: SandboxFileSystem, path: string): Promise<SandboxFileStats | undefined> {
   try {
-    await fs.lstat(path);
-    return true;
+    return await fs.lstat(path);
   } catch (err) {
-    if ((err as { code?: string }).code === "ENOENT") return false;
+    if ((err as { code?: string }).code === "ENOENT") return undefined;
     throw err;
   }
 }

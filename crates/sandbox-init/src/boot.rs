@@ -200,11 +200,13 @@ pub fn switch_root(cfg: &Configure) -> Result<(), BootError> {
         sys::move_mount(Path::new(dir), &target)
             .map_err(|e| fail("root", format!("move {dir} into the root filesystem: {e}")))?;
     }
-    // Scratch space owned by init; on a read-only root also /tmp so tools work.
+    // Scratch space owned by init; on a read-only root also /tmp so tools work,
+    // and /mnt so virtual filesystems can be mounted below it (/mnt/shared…).
     let mut scratch = vec![("run", "mode=0755")];
     if root.read_only {
         scratch.push(("tmp", "mode=1777"));
         scratch.push(("var/tmp", "mode=1777"));
+        scratch.push(("mnt", "mode=0755"));
     }
     for (dir, opts) in scratch {
         let target = new_root.join(dir);
