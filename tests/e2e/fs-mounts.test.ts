@@ -1,5 +1,7 @@
 import { createHash } from "node:crypto";
-import { readFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { defineSandbox, fs, rootfs, SandboxBootError, type Lane, type MemoryFileSystem, type SandboxFileSystem } from "../../src/index.js";
 
@@ -250,5 +252,86 @@ describe("one filesystem in two running sandboxes", () => {
     expect(out).toBe("from-a\n");
     expect((await holder.exit).exitCode).toBe(0);
     expect(shared.readFileSync("/log", "utf8")).toBe("lane-a\nlane-b\n");
+  });
+});
+
+describe("host directory adapter", () => {
+  let base: string;
+  let root: string;
+  let outside: string;
+  let before: string[];
+  const snapshot = () => {
+    const out: string[] = [];
+    for (const n of readdirSync(outside).sort()) out.push(`${n}:${createHash("sha256").update(readFileSync(join(outside, n))).digest("hex")}`);
+    out.push(`passwd:${createHash("sha256").update(readFileSync("/etc/passwd")).digest("hex")}`);
+    return out;
+  };
+  beforeAll(() => {
+    base = mkdtempSync(join(tmpdir(), "sandbox-hostdir-"));
+    root = join(base, "root");
+    outside = join(base, "outside");
+    mkdirSync(join(root, "d"), { recursive: true });
+    mkdirSync(outside);
+    writeFileSync(join(outside, "secret"), "host secret\n");
+    writeFileSync(join(root, "suite.py"), suite);
+    before = snapshot();
+  });
+  afterAll(() => rmSync(base, { recursive: true, force: true }));
+
+  it("passes the POSIX suite like tmpfs (ownership aside: the host keeps its own owners)", async () => {
+    await using lane = await sandbox.boot({ mounts: { "/workspace": fs.virtual(fs.hostDir(root)) } });
+    const mount = await lane.exec("python3", ["/workspace/suite.py", "/workspace/posix", "--no-chown"], { timeoutMs: 300_000 });
+    const tmpfs = await lane.exec("python3", ["/workspace/suite.py", "/tmp/posix", "--no-chown"], { timeoutMs: 300_000 });
+    expect(mount.stderr).toBe("");
+    expect(mount.stdout.trim().split("\n").at(-1)).toBe("done");
+    expect(mount.stdout).toBe(tmpfs.stdout);
+    expect(readFileSync(join(root, "posix/h1")).length).toBeGreaterThan(0);
+    const chown = await lane.exec("sh", ["-c", "chown 1:1 /workspace/posix/h1 2>&1 | sed 's/.*: //'"]);
+    expect(chown.stdout).toBe("Operation not permitted\n");
+  });
+
+  it("resists escapes: '..', symlinks to / and outside, and a rename race across two lanes", async () => {
+    const mount = { "/workspace": fs.virtual(fs.hostDir(root)) };
+    await using a = await sandbox.boot({ hostname: "attacker-a", mounts: mount });
+    await using b = await sandbox.boot({ hostname: "attacker-b", mounts: mount });
+    const attempts = [
+      `cat /workspace/../../proc/sys/kernel/hostname`, // the guest's own file: ".." stops at the guest's root
+      `cat /workspace/../..${outside}/secret`,
+      `echo pwned > /workspace/../../${outside}/secret`,
+      `ln -s / /workspace/rootlink && echo pwned > /workspace/rootlink${outside}/pwned`,
+      `ln -s ${outside} /workspace/outlink && cat /workspace/outlink/secret`,
+      `ln -s ../outside /workspace/rel && echo pwned > /workspace/rel/pwned`,
+      `ln -s /etc/passwd /workspace/pw && echo pwned >> /workspace/pw`,
+    ];
+    const results: string[] = [];
+    for (const cmd of attempts) {
+      const r = await a.exec("sh", ["-c", cmd]);
+      results.push(`${r.exitCode === 0 ? "ok" : "failed"} ${r.stdout.trim()}`);
+    }
+    // Only the first reads something, and it is the guest's own hostname.
+    expect(results[0]).toBe("ok attacker-a");
+    expect(results.slice(1).every((r) => r.startsWith("failed"))).toBe(true);
+
+    // Rename race: A keeps working inside /workspace/d by its open directory, while B
+    // swaps d for a symlink to the host's outside directory, over and over.
+    const race = [
+      "cd /workspace/d || exit 1",
+      "i=0; while [ $i -lt 200 ]; do echo pwned > f$i 2>/dev/null; i=$((i+1)); done",
+      "echo finished",
+    ].join("; ");
+    const swapper = [
+      "i=0; while [ $i -lt 100 ]; do",
+      `mv /workspace/d /workspace/d.away 2>/dev/null; ln -s ${outside} /workspace/d 2>/dev/null;`,
+      "rm -f /workspace/d 2>/dev/null; mv /workspace/d.away /workspace/d 2>/dev/null; i=$((i+1)); done; echo swapped",
+    ].join(" ");
+    const [ra, rb] = await Promise.all([a.exec("sh", ["-c", race], { timeoutMs: 300_000 }), b.exec("sh", ["-c", swapper], { timeoutMs: 300_000 })]);
+    expect(ra.stdout).toBe("finished\n");
+    expect(rb.stdout).toBe("swapped\n");
+    // A's directory was renamed under it and the name replaced by a symlink: its next create must not follow it.
+    const stale = await a.exec("sh", ["-c", `cd /workspace/d && mv /workspace/d /workspace/d.gone && ln -s ${outside} /workspace/d && echo pwned > via-stale; echo $?`]);
+    expect(stale.stdout.trim()).toBe("0"); // the guest kernel tracks the renamed directory: the file lands in d.gone
+    expect(existsSync(join(root, "d.gone", "via-stale"))).toBe(true);
+    expect(snapshot()).toEqual(before);
+    expect(readdirSync(outside)).toEqual(["secret"]);
   });
 });
