@@ -7,7 +7,9 @@
 //  - exec round trip of `true` vs the guest's own fork+exec+wait of `true`;
 //  - stdout throughput guest→host vs the guest's own dd to /dev/null;
 //  - spawn-to-ready latency;
-//  - peak RSS (VmHWM) of helper + VMM per sandbox.
+//  - peak RSS (VmHWM) of helper + VMM per sandbox;
+//  - virtual filesystem mounts vs the guest's tmpfs (scripts/bench/fs.mjs;
+//    BENCH_FS=0 skips them).
 //
 // Env: BENCH_BOOTS (default 10), BENCH_EXECS (default 200), BENCH_IMAGE (default debian:12).
 import { execFileSync, spawn } from "node:child_process";
@@ -192,4 +194,8 @@ const result = {
     throughputOk: stats(throughput).p50 / stats(ddFloor).p50 >= 0.5,
   },
 };
+if (process.env.BENCH_FS !== "0") {
+  const { benchFs } = await import(join(root, "scripts/bench/fs.mjs"));
+  result.virtualFs = await benchFs({ image: IMAGE, log });
+}
 console.log(JSON.stringify(result, null, 2));

@@ -241,15 +241,23 @@ describe("one filesystem in two running sandboxes", () => {
     const seen = await b.exec("sh", ["-c", "ls /mnt/shared; cat /mnt/shared/log"]);
     expect(seen.stdout).toBe("a.txt\nb-moved.txt\nlog\nlane-a\nlane-b\n");
     // A file open in A stays readable after B deletes it (A's handle is its own).
-    const holder = a.spawn("sh", ["-c", "exec 3< /mnt/shared/a.txt; read line; cat <&3"]);
-    await holder.ready;
+    const holder = a.spawn("sh", ["-c", "exec 3< /mnt/shared/a.txt; echo opened; read line; cat <&3"]);
+    const reader = holder.stdout.getReader();
+    let out = "";
+    while (!out.includes("opened\n")) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      out += new TextDecoder().decode(value);
+    }
+    expect(out).toBe("opened\n");
     expect((await b.exec("rm", ["/mnt/shared/a.txt"])).exitCode).toBe(0);
+    // Opening the name again in A fails at once (close-to-open), though A still holds the file.
+    expect((await a.exec("sh", ["-c", "cat /mnt/shared/a.txt 2>/dev/null || echo gone-for-a-too"])).stdout).toBe("gone-for-a-too\n");
     const w = holder.stdin.getWriter();
     await w.write(new TextEncoder().encode("go\n"));
     await w.close();
-    let out = "";
-    for await (const chunk of holder.stdout) out += new TextDecoder().decode(chunk);
-    expect(out).toBe("from-a\n");
+    for (let r = await reader.read(); !r.done; r = await reader.read()) out += new TextDecoder().decode(r.value);
+    expect(out).toBe("opened\nfrom-a\n");
     expect((await holder.exit).exitCode).toBe(0);
     expect(shared.readFileSync("/log", "utf8")).toBe("lane-a\nlane-b\n");
   });

@@ -8,17 +8,38 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Cache policy given to the guest kernel. Zero timeouts: every path walk and
-/// stat asks the backend, so host-side changes are seen at once (see docs/decisions.md).
+/// Cache policy given to the guest kernel (see docs/decisions.md):
+/// - file attributes are never cached: sizes and modes the host changed are
+///   seen by the next stat/open/read, and the page cache is dropped at open;
+/// - directory attributes (what path-walk permission checks read) are kept
+///   for `dir_attr_timeout`, names for `entry_timeout`: node ids are
+///   path-based, so a cached name still opens whatever the host now has at
+///   that path, and missing names are never cached (new host files appear at once).
 #[derive(Debug, Clone, Copy)]
 pub struct CachePolicy {
     pub entry_timeout: Duration,
     pub attr_timeout: Duration,
+    pub dir_attr_timeout: Duration,
 }
 
 impl Default for CachePolicy {
     fn default() -> Self {
-        Self { entry_timeout: Duration::ZERO, attr_timeout: Duration::ZERO }
+        Self { entry_timeout: Duration::from_secs(1), attr_timeout: Duration::ZERO, dir_attr_timeout: Duration::from_secs(1) }
+    }
+}
+
+impl CachePolicy {
+    /// Every lookup and attribute goes to the backend.
+    pub fn uncached() -> Self {
+        Self { entry_timeout: Duration::ZERO, attr_timeout: Duration::ZERO, dir_attr_timeout: Duration::ZERO }
+    }
+
+    fn attr_timeout_for(&self, mode: u32) -> Duration {
+        if mode & 0o170000 == 0o040000 {
+            self.dir_attr_timeout
+        } else {
+            self.attr_timeout
+        }
     }
 }
 
@@ -134,7 +155,7 @@ impl<B: FsBackend> Session<B> {
         match reply {
             Reply::Entry(e) => self.entry(&mut w, &e),
             Reply::Attr(a) => {
-                let (s, ns) = split(self.cache.attr_timeout);
+                let (s, ns) = split(self.cache.attr_timeout_for(a.mode));
                 w.u64(s).u32(ns).u32(0);
                 attr(&mut w, &a);
             }
@@ -161,9 +182,16 @@ impl<B: FsBackend> Session<B> {
         ok_reply(unique, &w.buf)
     }
 
+    #[cfg(test)]
+    pub(crate) fn encode_for_test(&self, w: &mut Writer, a: &Attr) {
+        let (s, ns) = split(self.cache.attr_timeout_for(a.mode));
+        w.u64(s).u32(ns).u32(0);
+        attr(w, a);
+    }
+
     fn entry(&self, w: &mut Writer, e: &Entry) {
         let (es, ens) = split(self.cache.entry_timeout);
-        let (as_, ans) = split(self.cache.attr_timeout);
+        let (as_, ans) = split(self.cache.attr_timeout_for(e.attr.mode));
         w.u64(e.node).u64(0).u64(es).u64(as_).u32(ens).u32(ans);
         attr(w, &e.attr);
     }
@@ -430,7 +458,9 @@ fn body(opcode: u32, node: u64, r: &mut Reader<'_>) -> Result<Kind, DecodeError>
             }
             backend(Op::Write { node, fh, offset, data: data.to_vec() })
         }
-        op::FLUSH => backend(Op::Flush { node, fh: r.u64("flush_in")? }),
+        // Writes reach the backend before write() returns (no writeback cache),
+        // so close has nothing to flush: ENOSYS makes the kernel stop sending FLUSH.
+        op::FLUSH => Ok(Kind::Local(Err(Errno::ENOSYS))),
         op::FSYNC | op::FSYNCDIR => {
             let fh = r.u64("fsync_in")?;
             let flags = r.u32("fsync_in")?;

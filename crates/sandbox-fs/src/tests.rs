@@ -85,7 +85,8 @@ async fn lookup_round_trips_entry_and_attr() {
     assert_eq!(header(&r), ((16 + abi::ENTRY_OUT_LEN) as u32, 0, 9));
     let e = &r[16..];
     assert_eq!(u64::from_le_bytes(e[0..8].try_into().unwrap()), 7, "nodeid");
-    assert_eq!(u64::from_le_bytes(e[16..24].try_into().unwrap()), 0, "entry timeout 0");
+    assert_eq!(u64::from_le_bytes(e[16..24].try_into().unwrap()), 1, "entry timeout 1 s");
+    assert_eq!(u64::from_le_bytes(e[24..32].try_into().unwrap()), 0, "file attributes are not cached");
     let attr = &e[40..];
     assert_eq!(u64::from_le_bytes(attr[0..8].try_into().unwrap()), 70, "ino");
     assert_eq!(u64::from_le_bytes(attr[32..40].try_into().unwrap()), 1, "mtime seconds");
@@ -94,6 +95,18 @@ async fn lookup_round_trips_entry_and_attr() {
     let r = s.handle(&request(op::LOOKUP, 10, 1, b"missing\0")).await.unwrap();
     assert_eq!(header(&r), (16, -libc::ENOENT, 10));
     assert_eq!(mock.seen.lock().unwrap()[0], Op::Lookup { parent: 1, name: "a".into() });
+}
+
+#[tokio::test]
+async fn directory_attributes_are_cached_briefly_file_attributes_not_at_all() {
+    let (s, _) = session().await;
+    let mut w = Writer::default();
+    let attr = |mode| Attr { ino: 1, mode, ..Attr::default() };
+    s.encode_for_test(&mut w, &attr(0o040755));
+    assert_eq!(u64::from_le_bytes(w.buf[0..8].try_into().unwrap()), 1);
+    let mut w = Writer::default();
+    s.encode_for_test(&mut w, &attr(0o100644));
+    assert_eq!(u64::from_le_bytes(w.buf[0..8].try_into().unwrap()), 0);
 }
 
 #[tokio::test]
@@ -177,7 +190,7 @@ async fn rename_exchange_is_refused_locally_and_unsupported_ops_are_enosys() {
     body.u64(1).u32(abi::RENAME_EXCHANGE).u32(0).bytes(b"a\0b\0");
     let r = s.handle(&request(op::RENAME2, 14, 1, &body.buf)).await.unwrap();
     assert_eq!(header(&r).1, -libc::EINVAL);
-    for opcode in [op::GETXATTR, op::SETLK, op::ACCESS, 9999] {
+    for opcode in [op::GETXATTR, op::SETLK, op::ACCESS, op::FLUSH, 9999] {
         let r = s.handle(&request(opcode, 15, 1, &[0u8; 16])).await.unwrap();
         assert_eq!(header(&r).1, -libc::ENOSYS, "opcode {opcode}");
     }
