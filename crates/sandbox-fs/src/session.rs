@@ -130,7 +130,10 @@ impl<B: FsBackend> Session<B> {
             return ok_reply(unique, &w.buf);
         }
         use abi::init_flags::*;
-        let wanted = ASYNC_READ | BIG_WRITES | AUTO_INVAL_DATA | PARALLEL_DIROPS | MAX_PAGES;
+        // No AUTO_INVAL_DATA: it costs a GETATTR before every read. Coherence comes
+        // from attributes never being cached for files and the page cache being
+        // dropped at each open (no FOPEN_KEEP_CACHE).
+        let wanted = ASYNC_READ | BIG_WRITES | PARALLEL_DIROPS | MAX_PAGES;
         let minor = minor.min(abi::KERNEL_MINOR_VERSION);
         let mut w = Writer::with_capacity(abi::INIT_OUT_LEN);
         w.u32(abi::KERNEL_VERSION)
