@@ -102,3 +102,18 @@ impl TryFrom<u8> for Kind {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Kind;
+
+    #[test]
+    fn filesystem_kinds_are_helper_only_and_round_trip() {
+        for (v, k) in [(0xa0u8, Kind::FsRequest), (0xa1, Kind::FsReply)] {
+            assert_eq!(Kind::try_from(v), Ok(k));
+            assert_eq!(k as u8, v);
+            assert!(!k.is_guest(), "the helper must drop {k:?} coming from the guest");
+        }
+        assert!(Kind::try_from(0xa2).is_err());
+    }
+}
