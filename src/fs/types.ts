@@ -37,7 +37,11 @@ export interface SandboxFileSystem {
   lstat(path: string): Promise<SandboxFileStats>;
   /** Entry names of a directory, without "." and "..". */
   readdir(path: string): Promise<string[]>;
-  /** `flags` are numeric `O_*` flags (Linux values); never follows a final symbolic link the sandbox created on purpose. */
+  /**
+   * Opens a regular file. `flags` are numeric Linux `O_*` values: the access mode,
+   * plus `O_CREAT`/`O_EXCL` when the guest creates the file. The guest kernel resolves
+   * symbolic links itself, so `path` never needs to be followed through one.
+   */
   open(path: string, flags: number, mode?: number): Promise<SandboxFileHandle>;
   mkdir(path: string, mode?: number): Promise<unknown>;
   rmdir(path: string): Promise<void>;

@@ -106,7 +106,7 @@ pub enum DecodeError {
     LengthMismatch { declared: u32, actual: usize },
     #[error("name is not NUL-terminated")]
     Unterminated,
-    #[error("name is empty, too long or contains '/'")]
+    #[error("name is empty, '.', '..', too long or contains '/'")]
     BadName,
     #[error("name is not UTF-8 (JavaScript filesystems use string paths)")]
     NotUtf8,
@@ -152,7 +152,8 @@ impl<'a> Reader<'a> {
     /// One NUL-terminated path component, as the kernel sends entry names.
     pub fn name(&mut self) -> Result<String, DecodeError> {
         let raw = self.cstr()?;
-        if raw.is_empty() || raw.len() > 255 || raw.contains(&b'/') {
+        // "." and ".." never name an entry of ours: a path must not climb out of a mount.
+        if raw.is_empty() || raw.len() > 255 || raw.contains(&b'/') || raw == b"." || raw == b".." {
             return Err(DecodeError::BadName);
         }
         String::from_utf8(raw.to_vec()).map_err(|_| DecodeError::NotUtf8)
@@ -228,6 +229,8 @@ mod tests {
         let mut r = Reader::new(b"a/b\0");
         assert_eq!(r.name(), Err(DecodeError::BadName));
         let mut r = Reader::new(b"\0");
+        assert_eq!(r.name(), Err(DecodeError::BadName));
+        let mut r = Reader::new(b"..\0");
         assert_eq!(r.name(), Err(DecodeError::BadName));
         let mut r = Reader::new(&[0xff, 0xfe, 0]);
         assert_eq!(r.name(), Err(DecodeError::NotUtf8));

@@ -185,13 +185,6 @@ impl<B: FsBackend> Session<B> {
         ok_reply(unique, &w.buf)
     }
 
-    #[cfg(test)]
-    pub(crate) fn encode_for_test(&self, w: &mut Writer, a: &Attr) {
-        let (s, ns) = split(self.cache.attr_timeout_for(a.mode));
-        w.u64(s).u32(ns).u32(0);
-        attr(w, a);
-    }
-
     fn entry(&self, w: &mut Writer, e: &Entry) {
         let (es, ens) = split(self.cache.entry_timeout);
         let (as_, ans) = split(self.cache.attr_timeout_for(e.attr.mode));
@@ -282,8 +275,7 @@ fn peek_unique(req: &[u8]) -> Option<u64> {
 pub fn decode(req: &[u8]) -> Decoded {
     let mut r = Reader::new(req);
     let Ok(header) = header(&mut r, req.len()) else { return Decoded::Garbage };
-    let (len, opcode, unique, nodeid, caller) = header;
-    let _ = len;
+    let (_len, opcode, unique, nodeid, caller) = header;
     if opcode == op::FORGET {
         return match r.u64("forget_in") {
             Ok(n) => Decoded::Call { unique, caller, kind: Kind::Forget(vec![(nodeid, n)]) },

@@ -21,6 +21,8 @@ impl FsBackend for Mock {
             Op::Read { size, .. } => Ok(Reply::Data(vec![b'x'; size as usize + 10])),
             Op::Write { data, .. } => Ok(Reply::Written(data.len() as u32)),
             Op::Readdir { .. } => Ok(Reply::Dir((0..100).map(|i| DirEntry { ino: i, name: format!("entry-{i}"), kind: 8, off: i + 1 }).collect())),
+            Op::Getattr { node: 1, .. } => Ok(Reply::Attr(Attr { ino: 1, mode: 0o040755, nlink: 2, ..Attr::default() })),
+            Op::Getattr { node: 7, .. } => Ok(Reply::Attr(Attr { ino: 70, mode: 0o100644, nlink: 1, ..Attr::default() })),
             Op::Getattr { .. } => Err(Errno(99999)),
             _ => Ok(Reply::Empty),
         }
@@ -100,13 +102,13 @@ async fn lookup_round_trips_entry_and_attr() {
 #[tokio::test]
 async fn directory_attributes_are_cached_briefly_file_attributes_not_at_all() {
     let (s, _) = session().await;
-    let mut w = Writer::default();
-    let attr = |mode| Attr { ino: 1, mode, ..Attr::default() };
-    s.encode_for_test(&mut w, &attr(0o040755));
-    assert_eq!(u64::from_le_bytes(w.buf[0..8].try_into().unwrap()), 1);
-    let mut w = Writer::default();
-    s.encode_for_test(&mut w, &attr(0o100644));
-    assert_eq!(u64::from_le_bytes(w.buf[0..8].try_into().unwrap()), 0);
+    let mut body = Writer::default();
+    body.u32(0).u32(0).u64(0);
+    for (node, valid) in [(1u64, 1u64), (7, 0)] {
+        let r = s.handle(&request(op::GETATTR, 20, node, &body.buf)).await.unwrap();
+        assert_eq!(header(&r), ((16 + abi::ATTR_OUT_LEN) as u32, 0, 20));
+        assert_eq!(u64::from_le_bytes(r[16..24].try_into().unwrap()), valid, "attr_valid of node {node}");
+    }
 }
 
 #[tokio::test]
@@ -114,7 +116,7 @@ async fn bad_errno_from_backend_becomes_eio() {
     let (s, _) = session().await;
     let mut body = Writer::default();
     body.u32(0).u32(0).u64(0);
-    let r = s.handle(&request(op::GETATTR, 3, 7, &body.buf)).await.unwrap();
+    let r = s.handle(&request(op::GETATTR, 3, 9, &body.buf)).await.unwrap();
     assert_eq!(header(&r).1, -libc::EIO);
 }
 
