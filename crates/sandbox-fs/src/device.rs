@@ -34,8 +34,6 @@ pub enum DeviceError {
     SocketDir(PathBuf, io::Error),
     #[error("vhost-user listener on {0}: {1}")]
     Listen(PathBuf, String),
-    #[error("engine runtime: {0}")]
-    Runtime(io::Error),
     #[error("device thread: {0}")]
     Thread(io::Error),
 }
@@ -184,27 +182,24 @@ pub struct Served {
 }
 
 /// Listens on `dir/name.sock` (dir must be private to the helper), then serves
-/// the one VMM connection on its own threads until the VMM hangs up.
-pub fn serve<B: FsBackend>(dir: &Path, name: &str, backend: Arc<B>, cache: CachePolicy) -> Result<Served, DeviceError> {
+/// the one VMM connection on its own thread until the VMM hangs up. Requests
+/// are answered by tasks on `rt` — the runtime that also talks to the backend,
+/// so a request's round trip crosses no further threads.
+pub fn serve<B: FsBackend>(
+    dir: &Path,
+    name: &str,
+    backend: Arc<B>,
+    cache: CachePolicy,
+    rt: tokio::runtime::Handle,
+) -> Result<Served, DeviceError> {
     let socket = dir.join(format!("{name}.sock"));
     let mut listener = Listener::new(&socket, true).map_err(|e| DeviceError::Listen(socket.clone(), e.to_string()))?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name(format!("sandbox-fs-{name}"))
-        .enable_all()
-        .build()
-        .map_err(DeviceError::Runtime)?;
-    let device = FsDevice(Arc::new(Inner {
-        session: Arc::new(Session::new(backend, cache)),
-        mem: RwLock::new(None),
-        rt: rt.handle().clone(),
-    }));
+    let device = FsDevice(Arc::new(Inner { session: Arc::new(Session::new(backend, cache)), mem: RwLock::new(None), rt }));
     let thread_name = format!("sandbox-vu-{name}");
     let path = socket.clone();
     std::thread::Builder::new()
         .name(thread_name.clone())
         .spawn(move || {
-            let _rt = rt; // lives as long as the connection
             let mut daemon = match VhostUserDaemon::new(thread_name, device, GuestMemoryAtomic::new(GuestMemoryMmap::new())) {
                 Ok(d) => d,
                 Err(e) => return eprintln!("sandbox-host: virtio-fs device {}: {e}", path.display()),

@@ -84,13 +84,14 @@ fn run(node: &mut UnixStream) -> Result<(), HostError> {
     let (launch, leftover) = read_launch(node)?;
     let (bridge, block_requests) = node_store::Bridge::new(node_store::STORE_DEADLINE);
     let (fs_bridge, fs_requests) = fs_bridge::FsBridge::new(fs_bridge::FS_DEADLINE);
-    let vm = backend::launch(&launch, &bridge, &fs_bridge)?;
+    let rt = relay::runtime()?;
+    let vm = backend::launch(&launch, &bridge, &fs_bridge, rt.handle())?;
     let launched = proto::Launched { vmm_pid: vm.pid(), backend: launch.backend, accel: vm.accel().to_string() };
     let mut out = Vec::new();
     proto::frame_into(&mut out, Kind::Launched, 0, &proto::encode(&launched));
     node.write_all(&out).map_err(HostError::NodeIo)?;
     let node = node.try_clone().map_err(HostError::NodeIo)?;
-    relay::run(node, leftover, vm, relay::Blocks { bridge, requests: block_requests }, relay::Files { bridge: fs_bridge, requests: fs_requests })
+    relay::run(rt, node, leftover, vm, relay::Blocks { bridge, requests: block_requests }, relay::Files { bridge: fs_bridge, requests: fs_requests })
 }
 
 /// Blocks for the first frame, which must be `Launch`.

@@ -36,11 +36,22 @@ pub struct Files {
     pub requests: mpsc::UnboundedReceiver<Vec<u8>>,
 }
 
-pub fn run(node: StdUnixStream, leftover: FrameDecoder, vm: RunningVm, blocks: Blocks, files: Files) -> Result<(), HostError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
+/// The relay's single-threaded runtime; virtio-fs device tasks run on it too.
+pub fn runtime() -> Result<tokio::runtime::Runtime, HostError> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| HostError::Setup(format!("tokio runtime: {e}")))?;
+        .map_err(|e| HostError::Setup(format!("tokio runtime: {e}")))
+}
+
+pub fn run(
+    rt: tokio::runtime::Runtime,
+    node: StdUnixStream,
+    leftover: FrameDecoder,
+    vm: RunningVm,
+    blocks: Blocks,
+    files: Files,
+) -> Result<(), HostError> {
     rt.block_on(relay(node, leftover, vm, blocks, files))
 }
 

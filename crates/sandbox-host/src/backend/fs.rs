@@ -15,14 +15,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 /// The socket of each mount's device, in mount order (empty without mounts).
-pub fn serve_mounts(l: &Launch, files: &Arc<FsBridge>) -> Result<Vec<PathBuf>, HostError> {
+/// Device tasks run on `rt`, the relay's runtime.
+pub fn serve_mounts(l: &Launch, files: &Arc<FsBridge>, rt: &tokio::runtime::Handle) -> Result<Vec<PathBuf>, HostError> {
     if l.mounts.is_empty() {
         return Ok(Vec::new());
     }
     let dir = private_dir()?;
     let mut sockets = Vec::with_capacity(l.mounts.len());
     for i in 0..l.mounts.len() {
-        let served = device::serve(&dir, &format!("fs{i}"), files.mount(i as u32), CachePolicy::default())
+        let served = device::serve(&dir, &format!("fs{i}"), files.mount(i as u32), CachePolicy::default(), rt.clone())
             .map_err(|e| HostError::Setup(format!("virtio-fs device for mount {i}: {e}")))?;
         sockets.push(served.socket);
     }

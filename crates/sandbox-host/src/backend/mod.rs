@@ -44,11 +44,11 @@ pub fn qemu_args(launch: &Launch) -> Result<Vec<String>, HostError> {
 }
 
 /// Starts the VMM; persistent copy-on-write disks keep their blocks in Node's store through `bridge`.
-/// Virtual filesystem mounts are served by the FUSE engine through `files`.
-pub fn launch(launch: &Launch, bridge: &Arc<Bridge>, files: &Arc<FsBridge>) -> Result<RunningVm, HostError> {
+/// Virtual filesystem mounts are served by the FUSE engine through `files`, on `rt`.
+pub fn launch(launch: &Launch, bridge: &Arc<Bridge>, files: &Arc<FsBridge>, rt: &tokio::runtime::Handle) -> Result<RunningVm, HostError> {
     validate(launch)?;
     match launch.backend {
-        BackendKind::Qemu => qemu::spawn(launch, bridge, files),
+        BackendKind::Qemu => qemu::spawn(launch, bridge, files, rt),
         BackendKind::Krun => krun::spawn(launch),
     }
 }

@@ -105,8 +105,9 @@ pub fn spawn(
     l: &Launch,
     bridge: &std::sync::Arc<crate::node_store::Bridge>,
     files: &std::sync::Arc<crate::fs_bridge::FsBridge>,
+    rt: &tokio::runtime::Handle,
 ) -> Result<RunningVm, HostError> {
-    let fs_sockets = super::fs::serve_mounts(l, files)?;
+    let fs_sockets = super::fs::serve_mounts(l, files, rt)?;
     let argv = args(l, &fs_sockets)?;
     let qemu = l.qemu.clone().unwrap_or_else(|| "qemu-system-x86_64".into());
     let (host_end, guest_end) =
