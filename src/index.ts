@@ -10,6 +10,7 @@ export type {
   SandboxFileHandle,
   SandboxFileStats,
   VirtualMount,
+  FileSystemSource,
   MemoryFileSystem,
   MemoryFileSystemOptions,
   VirtualOptions,

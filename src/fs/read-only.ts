@@ -1,7 +1,7 @@
 /** `fs.readOnly(...)`: a view of a filesystem that refuses every change with EROFS. */
 import { fsError } from "./errno.js";
 import { O } from "./server.js";
-import type { SandboxFileHandle, SandboxFileSystem } from "./types.js";
+import type { FileSystemSource, SandboxFileHandle, SandboxFileSystem } from "./types.js";
 
 const READ_ONLY = Symbol("sandbox.readOnly");
 
@@ -11,7 +11,7 @@ export function isReadOnly(fs: SandboxFileSystem): boolean {
 
 const refuse = (what: string) => () => Promise.reject(fsError("EROFS", `${what}: the filesystem is read-only`));
 
-export function readOnly(inner: SandboxFileSystem | { promises: SandboxFileSystem }, asFs: (x: unknown) => SandboxFileSystem): SandboxFileSystem {
+export function readOnly(inner: FileSystemSource, asFs: (x: unknown) => SandboxFileSystem): SandboxFileSystem {
   const fs = asFs(inner);
   const view: SandboxFileSystem & { [READ_ONLY]: true } = {
     [READ_ONLY]: true,

@@ -67,3 +67,10 @@ export interface VirtualMount {
   /** Mounted read-only in the guest (writes fail with EROFS before reaching the filesystem). */
   readonly readOnly: boolean;
 }
+
+/**
+ * What `fs.virtual` and `fs.readOnly` accept: a {@link SandboxFileSystem}, or an
+ * object whose `promises` property is one (a memfs volume or `fs` object, e.g.
+ * `fs.memory()`); the methods are checked when the filesystem is adapted.
+ */
+export type FileSystemSource = SandboxFileSystem | { readonly promises: object };

@@ -1,7 +1,7 @@
 /** `fs.virtual(...)`: adapts a JavaScript filesystem into a guest mount. */
 import { SandboxConfigError } from "../errors.js";
 import { isReadOnly } from "./read-only.js";
-import type { SandboxFileSystem, VirtualMount } from "./types.js";
+import type { FileSystemSource, SandboxFileSystem, VirtualMount } from "./types.js";
 
 const REQUIRED = ["lstat", "readdir", "open", "mkdir", "rmdir", "unlink", "rename", "symlink", "readlink", "link", "chmod", "truncate", "utimes"] as const;
 
@@ -14,7 +14,7 @@ export interface VirtualOptions {
  * Accepts a memfs volume or `fs` object (its `promises` API is used), or any
  * object implementing {@link SandboxFileSystem}.
  */
-export function virtual(fs: SandboxFileSystem | { promises: SandboxFileSystem }, options: VirtualOptions = {}): VirtualMount {
+export function virtual(fs: FileSystemSource, options: VirtualOptions = {}): VirtualMount {
   const impl = asFileSystem(fs);
   const readOnly = options.readOnly ?? isReadOnly(impl);
   if (typeof readOnly !== "boolean") throw new SandboxConfigError("fs.virtual(fs, { readOnly }) must be a boolean");
