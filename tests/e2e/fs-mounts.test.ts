@@ -3,6 +3,7 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, 
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { alive, startFixture, waitUntil } from "./helpers.js";
 import { defineSandbox, fs, rootfs, SandboxBootError, type Lane, type MemoryFileSystem, type SandboxFileSystem } from "../../src/index.js";
 
 const suite = readFileSync(new URL("./fixtures/posix_suite.py", import.meta.url), "utf8");
@@ -126,6 +127,16 @@ describe("memfs workspace mounted in the guest", () => {
     const r = await lane.exec("sh", ["-c", "sha256sum host-big.bin | cut -c1-64; tail -c 4 host-big.bin"], { timeoutMs: 600_000 });
     expect(r.stdout).toBe(`${createHash("sha256").update(host).digest("hex")}\ntail`);
     ws.unlinkSync("/host-big.bin");
+  });
+});
+
+describe("lifecycle with mounts", () => {
+  it("kill -9 of Node mid-write leaves no helper or VMM behind", async () => {
+    const { child, line } = await startFixture("hold-mount.mjs");
+    const { helperPid, vmmPid } = JSON.parse(line) as { helperPid: number; vmmPid: number };
+    expect(alive(helperPid) && alive(vmmPid)).toBe(true);
+    child.kill("SIGKILL");
+    expect(await waitUntil(() => !alive(helperPid) && !alive(vmmPid), 5000)).toBe(true);
   });
 });
 
