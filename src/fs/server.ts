@@ -28,6 +28,8 @@ const S_IFREG = 0o100000;
 const S_IFDIR = 0o040000;
 const S_IFLNK = 0o120000;
 const RENAME_NOREPLACE = 1;
+/** Bytes of JSON one readdir answer may use (names count ×6: worst-case JSON escaping). */
+const READDIR_JSON_BUDGET = 256 * 1024;
 /** SANDBOX_FS_DEBUG=1 logs every operation and its answer to stderr. */
 const DEBUG = Boolean(process.env.SANDBOX_FS_DEBUG);
 
@@ -374,10 +376,14 @@ export class MountServer {
       }),
     );
     const out: { ino: number; name: string; type: number; off: number }[] = [];
-    names.forEach((name, i) => {
+    // Keep the JSON answer far below the frame limit whatever size the guest asked for.
+    let budget = READDIR_JSON_BUDGET;
+    for (const [i, name] of names.entries()) {
       const st = stats[i];
+      budget -= Buffer.byteLength(name) * 6 + 80;
+      if (budget < 0 && out.length > 0) break;
       if (st) out.push({ ino: Number(st.ino), name, type: dtype(st.mode), off: start + i + 1 });
-    });
+    }
     return out;
   }
 }
@@ -470,7 +476,13 @@ export function serveFileSystems(conn: HelperConnection, mounts: readonly Sandbo
     }
     void server.handle(req, bytes).then((answer) => {
       if (DEBUG) console.error("sandbox fs:", JSON.stringify(req), "→", JSON.stringify(answer?.header), answer?.bytes?.length ?? "");
-      if (answer) conn.send(Kind.FsReply, 0, encodeBlockPayload(answer.header, answer.bytes ? [answer.bytes] : []));
+      if (!answer) return;
+      try {
+        conn.send(Kind.FsReply, 0, encodeBlockPayload(answer.header, answer.bytes ? [answer.bytes] : []));
+      } catch {
+        // An answer too large for one frame (e.g. a huge link target): the guest gets EIO.
+        conn.send(Kind.FsReply, 0, encodeBlockPayload({ id: req.id, errno: 5 }));
+      }
     });
   };
   conn.on("fsRequest", onRequest);

@@ -120,6 +120,20 @@ describe("MountServer over memfs", () => {
     expect(names.length).toBe(52);
   });
 
+  it("keeps a readdir answer far below the frame limit whatever size the guest asks for", async () => {
+    const long = "n".repeat(250);
+    const files = Object.fromEntries(Array.from({ length: 3000 }, (_, i) => [`/big/${long}${i}`, ""]));
+    const vol = fs.memory({ files });
+    const { call } = driver(vol.promises as unknown as SandboxFileSystem);
+    const d = await call("lookup", { parent: ROOT_ID, name: "big" });
+    const { fh } = await call("opendir", { node: d.node as number });
+    const page = await call("readdir", { node: d.node as number, fh: fh as number, offset: 0, size: 512 * 1024 });
+    const entries = page.entries as unknown[];
+    expect(entries.length).toBeGreaterThan(10);
+    expect(entries.length).toBeLessThan(3002);
+    expect(JSON.stringify(page).length).toBeLessThan(512 * 1024);
+  });
+
   it("fs.memory lets guest root through permission bits the guest kernel already checked", async () => {
     const vol = fs.memory({ files: { "/ro.txt": "x" } });
     vol.chmodSync("/ro.txt", 0o000);

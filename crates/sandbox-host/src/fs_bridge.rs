@@ -21,6 +21,9 @@ use tokio::sync::{mpsc, oneshot};
 pub const FS_DEADLINE: Duration = Duration::from_secs(30);
 /// Directory entries one READDIR answer may carry.
 const MAX_DIR_ENTRIES: usize = 16 * 1024;
+/// Request frames queued for Node. Calls wait for room; forgets are dropped
+/// when it is full (Node then keeps a few stale ids, which costs only memory).
+const QUEUE: usize = 4096;
 
 #[derive(Serialize)]
 struct RequestHeader<'a> {
@@ -61,7 +64,7 @@ type Answer = Result<(ReplyHeader, Vec<u8>), String>;
 
 /// One per helper, shared by every mount.
 pub struct FsBridge {
-    out: mpsc::UnboundedSender<Vec<u8>>,
+    out: mpsc::Sender<Vec<u8>>,
     pending: Mutex<HashMap<u32, oneshot::Sender<Answer>>>,
     next_id: AtomicU32,
     deadline: Duration,
@@ -69,8 +72,8 @@ pub struct FsBridge {
 
 impl FsBridge {
     /// The bridge and the receiver of request frames the relay must send to Node.
-    pub fn new(deadline: Duration) -> (Arc<Self>, mpsc::UnboundedReceiver<Vec<u8>>) {
-        let (out, rx) = mpsc::unbounded_channel();
+    pub fn new(deadline: Duration) -> (Arc<Self>, mpsc::Receiver<Vec<u8>>) {
+        let (out, rx) = mpsc::channel(QUEUE);
         (Arc::new(FsBridge { out, pending: Mutex::new(HashMap::new()), next_id: AtomicU32::new(1), deadline }), rx)
     }
 
@@ -94,10 +97,10 @@ impl FsBridge {
         Arc::new(NodeFs { bridge: self.clone(), mount })
     }
 
-    fn send(&self, header: &impl Serialize, data: &[u8]) -> bool {
+    fn frame(header: &impl Serialize, data: &[u8]) -> Vec<u8> {
         let mut frame = Vec::new();
         proto::frame_into(&mut frame, Kind::FsRequest, 0, &proto::encode_block_payload(header, &[data]));
-        self.out.send(frame).is_ok()
+        frame
     }
 
     async fn call(&self, mount: u32, caller: Caller, op: &Op) -> Answer {
@@ -109,13 +112,19 @@ impl FsBridge {
             _ => &[],
         };
         let header = RequestHeader { id, mount, uid: caller.uid, gid: caller.gid, pid: caller.pid, op };
-        if !self.send(&header, data) {
-            self.pending().remove(&id);
-            return Err("the connection to Node is gone".into());
-        }
-        match tokio::time::timeout(self.deadline, rx).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(_)) => Err("the reply was lost".into()),
+        let frame = Self::frame(&header, data);
+        let exchange = async {
+            if self.out.send(frame).await.is_err() {
+                return Err("the connection to Node is gone".to_string());
+            }
+            rx.await.map_err(|_| "the reply was lost".to_string())?
+        };
+        match tokio::time::timeout(self.deadline, exchange).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(e)) => {
+                self.pending().remove(&id);
+                Err(e)
+            }
             Err(_) => {
                 self.pending().remove(&id);
                 Err(format!("no answer within {} s", self.deadline.as_secs()))
@@ -151,7 +160,7 @@ impl FsBackend for NodeFs {
     }
 
     fn forget(&self, node: u64, count: u64) {
-        let _ = self.bridge.send(&ForgetHeader { id: 0, mount: self.mount, op: "forget", node, count }, &[]);
+        let _ = self.bridge.out.try_send(FsBridge::frame(&ForgetHeader { id: 0, mount: self.mount, op: "forget", node, count }, &[]));
     }
 }
 
@@ -218,7 +227,7 @@ mod tests {
     }
 
     /// Answers each request frame with `answer(header json, data)`; None = stay silent.
-    fn serve(bridge: Arc<FsBridge>, mut rx: mpsc::UnboundedReceiver<Vec<u8>>, answer: impl Fn(&serde_json::Value, &[u8]) -> Option<Vec<u8>> + Send + 'static) {
+    fn serve(bridge: Arc<FsBridge>, mut rx: mpsc::Receiver<Vec<u8>>, answer: impl Fn(&serde_json::Value, &[u8]) -> Option<Vec<u8>> + Send + 'static) {
         tokio::spawn(async move {
             while let Some(frame) = rx.recv().await {
                 let mut dec = FrameDecoder::new();

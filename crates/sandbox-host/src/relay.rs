@@ -33,7 +33,7 @@ pub struct Blocks {
 /// The filesystem bridge: FUSE operations go to Node, its answers come back to it.
 pub struct Files {
     pub bridge: Arc<FsBridge>,
-    pub requests: mpsc::UnboundedReceiver<Vec<u8>>,
+    pub requests: mpsc::Receiver<Vec<u8>>,
 }
 
 /// The relay's single-threaded runtime; virtio-fs device tasks run on it too.
