@@ -9,7 +9,7 @@
  */
 import type { HelperConnection } from "../helper-connection.js";
 import { decodeBlockPayload, encodeBlockPayload, Kind, type Frame } from "../protocol/frames.js";
-import { errnoOf, fsError } from "./errno.js";
+import { ERRNO, errnoOf, fsError } from "./errno.js";
 import { childPath, NodeTable, ROOT_ID } from "./nodes.js";
 import type { SandboxFileHandle, SandboxFileStats, SandboxFileSystem } from "./types.js";
 
@@ -30,6 +30,9 @@ const S_IFLNK = 0o120000;
 const RENAME_NOREPLACE = 1;
 /** Bytes of JSON one readdir answer may use (names count ×6: worst-case JSON escaping). */
 const READDIR_JSON_BUDGET = 256 * 1024;
+/** The helper's per-operation deadline (crates/sandbox-host/src/fs_bridge.rs). */
+const FS_DEADLINE_MS = 30_000;
+const MAX_WARNINGS = 20;
 /** SANDBOX_FS_DEBUG=1 logs every operation and its answer to stderr. */
 const DEBUG = Boolean(process.env.SANDBOX_FS_DEBUG);
 
@@ -89,7 +92,11 @@ export class MountServer {
   readonly #dirs = new Map<number, OpenDir>();
   #nextFh = 1;
 
-  constructor(readonly fs: SandboxFileSystem) {}
+  /** `onProblem` hears about failures that are bugs rather than errno answers (the guest got EIO). */
+  constructor(
+    readonly fs: SandboxFileSystem,
+    private readonly onProblem: (message: string) => void = () => {},
+  ) {}
 
   get openHandles(): number {
     return this.#files.size + this.#dirs.size;
@@ -101,7 +108,12 @@ export class MountServer {
       return await this.#dispatch(req, data);
     } catch (err) {
       if (DEBUG) console.error("sandbox fs:", req.op, "failed:", err);
-      return { header: { id: req.id, errno: errnoOf(err) } };
+      const errno = errnoOf(err);
+      const code = (err as { code?: unknown } | null)?.code;
+      if (errno === ERRNO.EIO && code !== "EIO") {
+        this.onProblem(`filesystem ${req.op} failed without an errno code (${String((err as Error)?.message ?? err)}); the guest got EIO`);
+      }
+      return { header: { id: req.id, errno } };
     }
   }
 
@@ -457,7 +469,12 @@ export function wireAttr(st: SandboxFileStats): WireAttr {
  * handle the guest left open.
  */
 export function serveFileSystems(conn: HelperConnection, mounts: readonly SandboxFileSystem[]): MountServer[] {
-  const servers = mounts.map((fs) => new MountServer(fs));
+  // Problems are visible as process warnings (code SANDBOX_FS), a bounded number per lane.
+  let warnings = 0;
+  const warn = (message: string) => {
+    if (warnings++ < MAX_WARNINGS) process.emitWarning(message, { code: "SANDBOX_FS" });
+  };
+  const servers = mounts.map((fs, i) => new MountServer(fs, (m) => warn(`mount ${i}: ${m}`)));
   const onRequest = (frame: Frame) => {
     let req: FsRequest;
     let bytes: Buffer;
@@ -474,7 +491,11 @@ export function serveFileSystems(conn: HelperConnection, mounts: readonly Sandbo
       conn.send(Kind.FsReply, 0, encodeBlockPayload({ id: req.id, errno: 5 }));
       return;
     }
+    // The helper answers EIO after its deadline; say so when the filesystem is that slow.
+    const slow = setTimeout(() => warn(`mount ${req.mount}: filesystem ${req.op} has not answered within ${FS_DEADLINE_MS / 1000} s; the guest got EIO`), FS_DEADLINE_MS);
+    slow.unref();
     void server.handle(req, bytes).then((answer) => {
+      clearTimeout(slow);
       if (DEBUG) console.error("sandbox fs:", JSON.stringify(req), "→", JSON.stringify(answer?.header), answer?.bytes?.length ?? "");
       if (!answer) return;
       try {

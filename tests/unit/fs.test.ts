@@ -67,6 +67,12 @@ describe("node table", () => {
   });
 });
 
+/** The methods of a class-based filesystem as own, bound properties. */
+function bindAll(inner: SandboxFileSystem): SandboxFileSystem {
+  const keys = ["lstat", "readdir", "open", "mkdir", "rmdir", "unlink", "rename", "symlink", "readlink", "link", "chmod", "truncate", "utimes", "lutimes", "lchown"] as const;
+  return Object.fromEntries(keys.map((k) => [k, (inner[k] as (...a: unknown[]) => unknown).bind(inner)])) as unknown as SandboxFileSystem;
+}
+
 /** Drives a MountServer the way the helper does. */
 function driver(target: SandboxFileSystem) {
   const server = new MountServer(target);
@@ -118,6 +124,19 @@ describe("MountServer over memfs", () => {
     }
     expect(names.slice(0, 2)).toEqual([".", ".."]);
     expect(names.length).toBe(52);
+  });
+
+  it("reports failures without an errno code (bugs) besides answering EIO", async () => {
+    const problems: string[] = [];
+    const vol = fs.memory({ files: { "/a": "a" } });
+    const inner = vol.promises as unknown as SandboxFileSystem;
+    const buggy: SandboxFileSystem = { ...bindAll(inner), readlink: () => Promise.reject(new TypeError("boom")) };
+    const server = new MountServer(buggy, (m) => problems.push(m));
+    const a = await server.handle({ id: 1, mount: 0, op: "readlink", node: ROOT_ID }, new Uint8Array());
+    expect(a?.header).toEqual({ id: 1, errno: 5 });
+    const b = await server.handle({ id: 2, mount: 0, op: "lookup", parent: ROOT_ID, name: "missing" }, new Uint8Array());
+    expect(b?.header).toEqual({ id: 2, errno: 2 });
+    expect(problems).toEqual(["filesystem readlink failed without an errno code (boom); the guest got EIO"]);
   });
 
   it("keeps a readdir answer far below the frame limit whatever size the guest asks for", async () => {
