@@ -47,6 +47,7 @@ pub fn to_krun(l: &Launch, control: OwnedFd) -> Result<KrunLaunch, HostError> {
         init_path: "/init".to_string(),
         kernel_cmdline_extra: l.cmdline.clone(),
         console_log: None,
+        fs_mounts: Vec::new(),
     };
     sandbox_krun::validate(&launch).map_err(|e| HostError::InvalidLaunch(e.to_string()))?;
     Ok(launch)
