@@ -14,6 +14,8 @@
 //    the same client straight to the same upstream (scripts/bench/http.mjs).
 //  - network (scripts/bench/network.mjs): TCP echo throughput through an accepted
 //    flow vs host loopback, connection setup latency, policy decision time.
+//  - virtual filesystem mounts vs the guest's tmpfs (scripts/bench/fs.mjs;
+//    BENCH_FS=0 skips them).
 //
 // Env: BENCH_BOOTS (default 10), BENCH_EXECS (default 200), BENCH_IMAGE (default debian:12),
 // BENCH_ONLY=disk (only the disk section), BENCH_DISK_MIB / _RANDOM_S / _ROUNDS.
@@ -228,4 +230,8 @@ const result = {
     throughputOk: stats(throughput).p50 / stats(ddFloor).p50 >= 0.5,
   },
 };
+if (process.env.BENCH_FS !== "0") {
+  const { benchFs } = await import(join(root, "scripts/bench/fs.mjs"));
+  result.virtualFs = await benchFs({ image: IMAGE, log });
+}
 console.log(JSON.stringify(result, null, 2));

@@ -136,11 +136,12 @@ slug_of() { printf '%s' "$1" | tr -c 'A-Za-z0-9._\n-' '-'; }
 # Mount points, identity files and the rest both images share.
 image_skeleton() {
   local root="$1"
-  mkdir -p "$root"/{proc,sys,dev,run,tmp,etc,root,var/tmp,mnt}
-  # Mount points stay empty: the guest mounts proc/sysfs/devtmpfs/tmpfs there.
-  find "$root"/proc "$root"/sys "$root"/dev "$root"/run "$root"/tmp "$root"/var/tmp "$root"/mnt \
+  mkdir -p "$root"/{proc,sys,dev,run,tmp,etc,root,var/tmp,mnt,workspace}
+  # Mount points stay empty: the guest mounts proc/sysfs/devtmpfs/tmpfs there,
+  # and /workspace is the conventional target of a virtual filesystem mount.
+  find "$root"/proc "$root"/sys "$root"/dev "$root"/run "$root"/tmp "$root"/var/tmp "$root"/mnt "$root"/workspace \
     -mindepth 1 -delete
-  chmod 0755 "$root"/{proc,sys,dev,run,etc,mnt}
+  chmod 0755 "$root"/{proc,sys,dev,run,etc,mnt,workspace}
   chmod 1777 "$root"/tmp "$root"/var/tmp
   chmod 0700 "$root"/root
   printf '127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' > "$root/etc/hosts"

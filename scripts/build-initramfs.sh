@@ -25,6 +25,13 @@ for m in failover.ko net_failover.ko virtio_net.ko; do
   cp "$kdir/modules/$m" "$stage/lib/modules/"
   echo "/lib/modules/$m" >> "$stage/etc/sandbox/modules.net"
 done
+# Virtual filesystem mounts (virtio-fs): loaded by init only when a boot has mounts.
+: > "$stage/etc/sandbox/modules.fs"
+for m in fuse.ko virtiofs.ko; do
+  grep -qx "$m" "$kdir/modules.extra" || { echo "kernel module $m missing from modules.extra (scripts/build-kernel.sh)" >&2; exit 1; }
+  cp "$kdir/modules/$m" "$stage/lib/modules/"
+  echo "/lib/modules/$m" >> "$stage/etc/sandbox/modules.fs"
+done
 out="$ARTIFACTS_DIR/kernel/qemu/initramfs.cpio"
 # Fixed mtimes and sorted names keep the archive reproducible.
 (cd "$stage" && find . -mindepth 1 -exec touch -h -d @0 {} + && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc --reproducible -R 0:0 --quiet) > "$out.tmp"

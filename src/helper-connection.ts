@@ -16,7 +16,7 @@ export interface VmExit {
 }
 
 /**
- * Events: `control` (frame on channel 0), `blockRequest` (a BlockRequest frame),
+ * Events: `control` (frame on channel 0), `blockRequest` (a BlockRequest frame), `fsRequest` (an FsRequest frame),
  * `netRequest` / `netAudit` / `portForwarded` (network frames), `exit` (VmExit | undefined, once,
  * when the helper/VM is gone for whatever reason), `error` is never emitted:
  * failures arrive as `exit` with the helper's message in `helperError`.
@@ -98,6 +98,8 @@ export class HelperConnection extends EventEmitter {
         this.emit("netAudit", frame);
       } else if (frame.kind === Kind.PortForwarded) {
         this.emit("portForwarded", frame);
+      } else if (frame.kind === Kind.FsRequest) {
+        this.emit("fsRequest", frame);
       } else if (frame.channel === 0 || frame.kind >= 0x80) {
         this.emit("control", frame);
       } else {

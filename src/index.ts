@@ -4,6 +4,18 @@ export { Lane } from "./lane.js";
 export type { ExecOptions, ExecResult, LaneInfo, SpawnOptions, PtyOptions, SandboxProcess, SandboxPty } from "./lane.js";
 export type { ProcessExit, TerminalSize } from "./process.js";
 export { rootfs } from "./rootfs.js";
+export { fs } from "./fs/index.js";
+export type {
+  SandboxFileSystem,
+  SandboxFileHandle,
+  SandboxFileStats,
+  VirtualMount,
+  FileSystemSource,
+  MemoryFileSystem,
+  MemoryFileSystemOptions,
+  VirtualOptions,
+  HostDirOptions,
+} from "./fs/index.js";
 export type { RootfsSpec, BuiltInRootfs, EphemeralRootfs, CowRootfs } from "./rootfs.js";
 export type { SandboxBlockStore, SandboxBlockStoreContext, SandboxBlockChunk, SandboxBlockRange } from "./rootfs/block-store.js";
 export { MemoryBlockStore } from "./rootfs/memory-store.js";

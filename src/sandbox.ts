@@ -9,6 +9,9 @@ import { loadNative } from "./native.js";
 import { Kind, type Frame } from "./protocol/frames.js";
 import { COW_BLOCK_SIZE, isRootfsSpec, rootfs as rootfsApi, type RootfsSpec } from "./rootfs.js";
 import { BlockStoreFailures, checkListed, serveBlockStore, withStoreDeadline, type SandboxBlockStore } from "./rootfs/block-store.js";
+import { serveFileSystems } from "./fs/server.js";
+import type { VirtualMount } from "./fs/types.js";
+import { isVirtualMount } from "./fs/virtual.js";
 import { checkAbsolutePath, checkEnv, checkHostname, checkInteger } from "./validate.js";
 import { helperDeadlineMs, NetworkService, SANDBOX_RESOLVER } from "./network/bridge.js";
 import { interceptHandler, InterceptServer } from "./network/intercept-server.js";
@@ -60,6 +63,13 @@ export interface BootOptions {
    * generation overlaps the VM's boot.
    */
   interceptCa?: { readonly certPem: string } | Promise<{ readonly certPem: string }>;
+  /**
+   * Guest path → `fs.virtual(...)` filesystem, mounted before `cwd` is checked
+   * (parents before children). Missing targets are created on init-owned tmpfs
+   * (/run, /tmp…), inside an earlier mount, or on an ephemeral root; on a
+   * built-in or durable root the target must exist (built-in images have /workspace and /mnt).
+   */
+  mounts?: Record<string, VirtualMount>;
 }
 
 export interface Sandbox {
@@ -113,6 +123,7 @@ export function launchSpec(
   resources: Required<SandboxResources>,
   choice: BackendChoice,
   root: RootfsSpec = rootfsApi.builtIn(image.name),
+  mountCount = 0,
 ) {
   const disk =
     root.kind === "builtIn"
@@ -141,7 +152,40 @@ export function launchSpec(
     disks: [disk],
     qemu: choice.backend === "qemu" ? findQemu() : undefined,
     accel: choice.accel,
+    mounts: Array.from({ length: mountCount }, (_, i) => ({ tag: mountTag(i) })),
   };
+}
+
+/** virtio-fs tag of mount number `i`. */
+function mountTag(i: number): string {
+  return `sandbox-fs-${i}`;
+}
+
+const MAX_MOUNTS = 16;
+
+/** Checks `boot({ mounts })` and orders it parents-first. */
+function checkMounts(mounts: unknown): { target: string; mount: VirtualMount }[] {
+  if (mounts === undefined) return [];
+  if (typeof mounts !== "object" || mounts === null) {
+    throw new SandboxConfigError('boot({ mounts }) must map guest paths to fs.virtual(...), e.g. { "/workspace": fs.virtual(fs.memory()) }');
+  }
+  const out: { target: string; mount: VirtualMount }[] = [];
+  for (const [path, mount] of Object.entries(mounts)) {
+    checkAbsolutePath(`mount target ${JSON.stringify(path)}`, path);
+    const parts = path.split("/").filter((p) => p !== "");
+    if (parts.length === 0 || parts.some((p) => p === "." || p === "..")) {
+      throw new SandboxConfigError(`mount target ${JSON.stringify(path)} must be a directory below / without "." or ".." components`);
+    }
+    if (!isVirtualMount(mount)) {
+      throw new SandboxConfigError(`mounts[${JSON.stringify(path)}] must come from fs.virtual(...)`);
+    }
+    const target = `/${parts.join("/")}`;
+    if (out.some((m) => m.target === target)) throw new SandboxConfigError(`mount target ${target} is given twice`);
+    out.push({ target, mount });
+  }
+  if (out.length > MAX_MOUNTS) throw new SandboxConfigError(`at most ${MAX_MOUNTS} mounts per boot, got ${out.length}`);
+  const depth = (t: string) => t.split("/").length;
+  return out.sort((a, b) => depth(a.target) - depth(b.target));
 }
 
 /** Block stores attached to a running lane of this process (a store serves one lane at a time). */
@@ -171,6 +215,7 @@ export async function bootLane(
   const cwd = checkAbsolutePath("cwd", options.cwd ?? "/");
   // Secret placeholders first, so an explicit env entry can still override one.
   const env = { ...policy?.secrets?.env, ...checkEnv("env", options.env) };
+  const mounts = checkMounts(options.mounts);
   const timeoutMs = checkInteger("timeoutMs", options.timeoutMs ?? 120_000, 1, 3_600_000);
   const ca = options.interceptCa;
   const explicitCa: Promise<string | undefined> =
@@ -186,6 +231,11 @@ export async function bootLane(
   const artifacts = resolveArtifacts();
   const image = findImage(root.kind === "builtIn" ? root.name : root.base.name);
   const choice = chooseBackend(resources.backend, artifacts.helper);
+  if (mounts.length > 0 && choice.backend === "krun") {
+    throw new SandboxConfigError(
+      `virtual filesystem mounts need the qemu backend in this version (chosen: krun). Set resources.backend to "qemu" to use mounts`,
+    );
+  }
   const native = loadNative(artifacts);
   const store = root.kind === "cow" ? root.writable : undefined;
   if (options.onError !== undefined && typeof options.onError !== "function") {
@@ -222,6 +272,8 @@ export async function bootLane(
     serveBlockStore(conn, store, { base: image.sha256 }, { timeoutMs: root.storeTimeoutMs, failures, listed });
   }
 
+  if (mounts.length > 0) serveFileSystems(conn, mounts.map((m) => m.mount.fs));
+
   let intercept: InterceptServer | undefined;
   let net: NetworkService | undefined;
   // With a policy, HTTP interception is ready for matchHttp(...).accept(middleware):
@@ -232,13 +284,20 @@ export async function bootLane(
   const caCertPem: Promise<string | undefined> =
     options.interceptCa === undefined && interception ? interception.ca.then((c) => c.certPem) : explicitCa;
   caCertPem.catch(() => {});
-  const spec = launchSpec(artifacts, image, resources, choice, root);
+  const spec = launchSpec(artifacts, image, resources, choice, root, mounts.length);
   const launch = internals.transformLaunch ? internals.transformLaunch(spec) : spec;
   const configure = caCertPem.then((pem) => ({
     hostname,
     cwd,
     env,
     root: { device: "/dev/vda", fstype: image.filesystem, readOnly: root.kind === "builtIn" && !internals.writableRoot },
+    mounts: mounts.map((m, i) => ({
+      tag: mountTag(i),
+      target: m.target,
+      readOnly: m.mount.readOnly,
+      // Only a root whose changes are discarded may get new directories.
+      createOnRoot: root.kind === "ephemeral",
+    })),
     ...(pem === undefined ? {} : { caCertPem: pem }),
     ...(policy ? { network: GUEST_NET } : {}),
   }));

@@ -33,6 +33,8 @@ export const Kind = {
   NetAudit: 0x92,
   PortForward: 0x93,
   PortForwarded: 0x94,
+  FsRequest: 0xa0,
+  FsReply: 0xa1,
 } as const;
 export type Kind = (typeof Kind)[keyof typeof Kind];
 

@@ -30,4 +30,8 @@ describe("frame codec", () => {
   it("refuses to encode oversize payloads", () => {
     expect(() => encodeFrame(Kind.Stdin, 1, new Uint8Array(MAX_PAYLOAD + 1))).toThrow(FrameError);
   });
+
+  it("uses the Rust values for the filesystem bridge kinds (helper-only, 0xa0-0xaf)", () => {
+    expect([Kind.FsRequest, Kind.FsReply]).toEqual([0xa0, 0xa1]);
+  });
 });

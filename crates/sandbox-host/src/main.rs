@@ -9,6 +9,7 @@
 mod backend;
 mod console;
 mod error;
+mod fs_bridge;
 mod lifeline;
 mod net;
 mod node_store;
@@ -89,8 +90,10 @@ fn run(node: &mut UnixStream) -> Result<(), HostError> {
         .map(|ms| std::time::Duration::from_millis(ms.clamp(1, node_store::MAX_STORE_DEADLINE_MS)))
         .unwrap_or(node_store::STORE_DEADLINE);
     let (bridge, block_requests) = node_store::Bridge::new(deadline);
+    let (fs_bridge, fs_requests) = fs_bridge::FsBridge::new(fs_bridge::FS_DEADLINE);
+    let rt = relay::runtime()?;
     let net_cfg = launch.network.as_ref().map(net::config).transpose()?;
-    let mut vm = backend::launch(&launch, &bridge)?;
+    let mut vm = backend::launch(&launch, &bridge, &fs_bridge, rt.handle())?;
     let (net_out, net_rx) = tokio::sync::mpsc::unbounded_channel();
     let net_bridge = net::NetBridge::new(net_out);
     if let (Some(cfg), Some(stream)) = (net_cfg, vm.net.take()) {
@@ -101,7 +104,15 @@ fn run(node: &mut UnixStream) -> Result<(), HostError> {
     proto::frame_into(&mut out, Kind::Launched, 0, &proto::encode(&launched));
     node.write_all(&out).map_err(HostError::NodeIo)?;
     let node = node.try_clone().map_err(HostError::NodeIo)?;
-    relay::run(node, leftover, vm, relay::Blocks { bridge, requests: block_requests }, relay::Net { bridge: net_bridge, frames: net_rx })
+    relay::run(
+        rt,
+        node,
+        leftover,
+        vm,
+        relay::Blocks { bridge, requests: block_requests },
+        relay::Net { bridge: net_bridge, frames: net_rx },
+        relay::Files { bridge: fs_bridge, requests: fs_requests },
+    )
 }
 
 /// Blocks for the first frame, which must be `Launch`.

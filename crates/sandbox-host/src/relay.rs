@@ -7,6 +7,7 @@
 use crate::backend::RunningVm;
 use crate::error::HostError;
 use crate::net::NetBridge;
+use crate::fs_bridge::FsBridge;
 use crate::node_store::Bridge;
 use sandbox_protocol::{self as proto, FrameDecoder, Kind};
 use std::os::unix::net::UnixStream as StdUnixStream;
@@ -37,17 +38,36 @@ pub struct Net {
     pub frames: mpsc::UnboundedReceiver<Vec<u8>>,
 }
 
-pub fn run(node: StdUnixStream, leftover: FrameDecoder, vm: RunningVm, blocks: Blocks, net: Net) -> Result<(), HostError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| HostError::Setup(format!("tokio runtime: {e}")))?;
-    rt.block_on(relay(node, leftover, vm, blocks, net))
+/// The filesystem bridge: FUSE operations go to Node, its answers come back to it.
+pub struct Files {
+    pub bridge: Arc<FsBridge>,
+    pub requests: mpsc::Receiver<Vec<u8>>,
 }
 
-async fn relay(node: StdUnixStream, leftover: FrameDecoder, vm: RunningVm, blocks: Blocks, net: Net) -> Result<(), HostError> {
+/// The relay's single-threaded runtime; virtio-fs device tasks run on it too.
+pub fn runtime() -> Result<tokio::runtime::Runtime, HostError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| HostError::Setup(format!("tokio runtime: {e}")))
+}
+
+pub fn run(
+    rt: tokio::runtime::Runtime,
+    node: StdUnixStream,
+    leftover: FrameDecoder,
+    vm: RunningVm,
+    blocks: Blocks,
+    net: Net,
+    files: Files,
+) -> Result<(), HostError> {
+    rt.block_on(relay(node, leftover, vm, blocks, net, files))
+}
+
+async fn relay(node: StdUnixStream, leftover: FrameDecoder, vm: RunningVm, blocks: Blocks, net: Net, files: Files) -> Result<(), HostError> {
     let Blocks { bridge, requests: mut block_rx } = blocks;
     let Net { bridge: net_bridge, frames: mut net_rx } = net;
+    let Files { bridge: fs_bridge, requests: mut fs_rx } = files;
     let RunningVm { pid, wait, control, console, .. } = vm;
     let node = to_tokio(node)?;
     let guest = to_tokio(control)?;
@@ -61,7 +81,7 @@ async fn relay(node: StdUnixStream, leftover: FrameDecoder, vm: RunningVm, block
     });
 
     let (ended_tx, mut ended_rx) = tokio::sync::mpsc::channel::<End>(2);
-    let node_pump = tokio::spawn(node_to_guest(node_rx, leftover, guest_tx, bridge, net_bridge, ended_tx.clone()));
+    let node_pump = tokio::spawn(node_to_guest(node_rx, leftover, guest_tx, bridge, net_bridge, fs_bridge, ended_tx.clone()));
     let (fwd_tx, mut fwd_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
     let guest_pump = tokio::spawn(guest_to_node(guest_rx, fwd_tx, ended_tx));
 
@@ -76,6 +96,12 @@ async fn relay(node: StdUnixStream, leftover: FrameDecoder, vm: RunningVm, block
                 }
             }
             Some(bytes) = net_rx.recv() => {
+                if node_tx.write_all(&bytes).await.is_err() {
+                    kill(pid);
+                    return Ok(());
+                }
+            }
+            Some(bytes) = fs_rx.recv() => {
                 if node_tx.write_all(&bytes).await.is_err() {
                     kill(pid);
                     return Ok(());
@@ -127,6 +153,7 @@ async fn node_to_guest(
     mut guest: OwnedWriteHalf,
     bridge: Arc<Bridge>,
     net: Arc<NetBridge>,
+    fs_bridge: Arc<FsBridge>,
     ended: tokio::sync::mpsc::Sender<End>,
 ) {
     let mut buf = vec![0u8; CHUNK];
@@ -136,6 +163,7 @@ async fn node_to_guest(
                 Ok(Some((kind, raw))) if kind == Kind::BlockReply as u8 => bridge.deliver(&raw[proto::HEADER_LEN..]),
                 Ok(Some((kind, raw))) if kind == Kind::NetReply as u8 => net.deliver(&raw[proto::HEADER_LEN..]),
                 Ok(Some((kind, raw))) if kind == Kind::PortForward as u8 => net.forward(&raw[proto::HEADER_LEN..]),
+                Ok(Some((kind, raw))) if kind == Kind::FsReply as u8 => fs_bridge.deliver(&raw[proto::HEADER_LEN..]),
                 Ok(Some((kind, raw))) => {
                     // Helper-only kinds are never relayed to the guest.
                     if kind < 0x80 && guest.write_all(&raw).await.is_err() {

@@ -26,6 +26,10 @@ fn fail(stage: &'static str, message: impl Into<String>) -> BootError {
 }
 
 const MODULE_LIST: &str = "/etc/sandbox/modules";
+/// fuse + virtiofs, loaded only when the boot has virtual filesystem mounts.
+const FS_MODULE_LIST: &str = "/etc/sandbox/modules.fs";
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
 const NEW_ROOT: &str = "/newroot";
 
 /// /dev, /proc and /sys, needed before anything else can be found.
@@ -49,6 +53,91 @@ pub fn load_modules() -> Result<(), BootError> {
         sys::finit_module(Path::new(line)).map_err(|e| fail("modules", format!("load {line}: {e}")))?;
     }
     Ok(())
+}
+
+/// Loads the virtio-fs modules (from the initramfs, so before the root switch).
+pub fn load_fs_modules(cfg: &Configure) -> Result<(), BootError> {
+    if cfg.mounts.is_empty() {
+        return Ok(());
+    }
+    let list = fs::read_to_string(FS_MODULE_LIST).map_err(|e| fail("mounts", format!("{FS_MODULE_LIST}: {e}")))?;
+    for line in list.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        match sys::finit_module(Path::new(line)) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(fail("mounts", format!("load {line}: {e}"))),
+        }
+    }
+    Ok(())
+}
+
+/// Mounts the virtual filesystems in order, creating missing targets where
+/// that changes nothing durable: on init-owned tmpfs, inside an earlier
+/// virtual mount, or on a root whose changes are discarded (`create_on_root`).
+pub fn mount_virtual(cfg: &Configure) -> Result<(), BootError> {
+    let mut mounted: Vec<PathBuf> = Vec::new();
+    for m in &cfg.mounts {
+        let target = Path::new(&m.target);
+        if !target.is_absolute() || target.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+            return Err(fail("mounts", format!("mount target {:?} must be an absolute path without '..'", m.target)));
+        }
+        prepare_target(target, m.create_on_root, &mounted)?;
+        let mut flags = libc::MS_NOSUID | libc::MS_NODEV;
+        if m.read_only {
+            flags |= libc::MS_RDONLY;
+        }
+        // The device may still be probing right after the module load.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match sys::mount(&m.tag, target, "virtiofs", flags, None) {
+                Ok(()) => break,
+                Err(e) if Instant::now() < deadline && matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOENT) | Some(libc::ENODEV)) => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => return Err(fail("mounts", format!("mount virtio-fs {} on {}: {e}", m.tag, m.target))),
+            }
+        }
+        mounted.push(target.to_path_buf());
+    }
+    Ok(())
+}
+
+fn prepare_target(target: &Path, create_on_root: bool, mounted: &[PathBuf]) -> Result<(), BootError> {
+    let shown = target.display();
+    match fs::symlink_metadata(target) {
+        Ok(md) if md.is_dir() => return Ok(()),
+        Ok(md) if md.file_type().is_symlink() => {
+            return Err(fail("mounts", format!("mount target {shown} is a symbolic link; mount targets must be directories")))
+        }
+        Ok(_) => return Err(fail("mounts", format!("mount target {shown} exists and is not a directory"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(fail("mounts", format!("mount target {shown}: {e}"))),
+    }
+    let mut ancestor = target.parent();
+    while let Some(a) = ancestor {
+        if fs::symlink_metadata(a).is_ok() {
+            break;
+        }
+        ancestor = a.parent();
+    }
+    let ancestor = ancestor.unwrap_or(Path::new("/"));
+    let fstype = sys::statfs_type(ancestor).unwrap_or(0);
+    let creatable = fstype == TMPFS_MAGIC
+        || fstype == FUSE_SUPER_MAGIC
+        || mounted.iter().any(|m| ancestor.starts_with(m))
+        || create_on_root;
+    if !creatable {
+        return Err(fail(
+            "mounts",
+            format!(
+                "mount target {shown} does not exist and init will not create it: {} is on the root filesystem, which init never modifies \
+                 (a read-only built-in image or a durable copy-on-write root). Create the directory in the image, mount under /run or /tmp \
+                 or inside an earlier mount, or use rootfs.ephemeral",
+                ancestor.display()
+            ),
+        ));
+    }
+    fs::create_dir_all(target).map_err(|e| fail("mounts", format!("create mount target {shown}: {e}")))
 }
 
 /// Finds and opens the virtio-console port named [`CONTROL_PORT_NAME`].
@@ -111,11 +200,13 @@ pub fn switch_root(cfg: &Configure) -> Result<(), BootError> {
         sys::move_mount(Path::new(dir), &target)
             .map_err(|e| fail("root", format!("move {dir} into the root filesystem: {e}")))?;
     }
-    // Scratch space owned by init; on a read-only root also /tmp so tools work.
+    // Scratch space owned by init; on a read-only root also /tmp so tools work,
+    // and /mnt so virtual filesystems can be mounted below it (/mnt/shared…).
     let mut scratch = vec![("run", "mode=0755")];
     if root.read_only {
         scratch.push(("tmp", "mode=1777"));
         scratch.push(("var/tmp", "mode=1777"));
+        scratch.push(("mnt", "mode=0755"));
     }
     for (dir, opts) in scratch {
         let target = new_root.join(dir);

@@ -50,10 +50,13 @@ fn main() {
         None => power_off(),
     };
     let booted = (|| -> Result<Vec<(String, String)>, boot::BootError> {
+        // Modules come from the initramfs, so they load before the switch.
         if cfg.network.is_some() {
-            net::load_modules()?; // from the initramfs, so before the switch
+            net::load_modules()?;
         }
+        boot::load_fs_modules(&cfg)?;
         boot::switch_root(&cfg)?;
+        boot::mount_virtual(&cfg)?;
         let ca_env = boot::setup_ca(&cfg)?;
         boot::finish(&cfg)?;
         net::loopback_up()?;

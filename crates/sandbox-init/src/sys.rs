@@ -108,3 +108,13 @@ pub fn set_nonblocking(fd: i32) -> io::Result<()> {
     check(flags)?;
     check(unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) })
 }
+
+/// `f_type` of the filesystem holding `path` (statfs(2)).
+pub fn statfs_type(path: &Path) -> io::Result<i64> {
+    let c = cstr(path.as_os_str())?;
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.f_type as i64)
+}

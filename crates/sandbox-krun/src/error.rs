@@ -34,6 +34,10 @@ pub enum KrunError {
     #[error("disk {id:?}: {reason}")]
     Disk { id: String, reason: String },
 
+    /// A custom virtio-fs device's tag is empty, too long, has characters outside `[A-Za-z0-9_-]` or is used twice.
+    #[error("virtio-fs tag {0:?} must be 1-36 characters of [A-Za-z0-9_-] and unique")]
+    FsTag(String),
+
     /// Too many disks for the virtio-mmio interrupt budget.
     #[error("too many disks ({count}): the krun backend attaches at most {max} disks")]
     TooManyDisks { count: usize, max: usize },

@@ -113,6 +113,21 @@ pub struct KrunLaunch {
     pub kernel_cmdline_extra: Vec<String>,
     /// Where the guest kernel console goes; `None` discards it.
     pub console_log: Option<PathBuf>,
+    /// Filesystems served in-process as virtio-fs devices (see [`crate::fs::KrunFs`]).
+    pub fs_mounts: Vec<KrunFsMount>,
+}
+
+/// One virtio-fs device answered by a custom filesystem (libkrun's `DynFileSystem` hook).
+pub struct KrunFsMount {
+    /// virtio-fs tag the guest mounts by (1-36 bytes of `[A-Za-z0-9_-]`).
+    pub tag: String,
+    pub fs: Box<dyn msb_krun::backends::fs::DynFileSystem + Send + Sync>,
+}
+
+impl std::fmt::Debug for KrunFsMount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KrunFsMount").field("tag", &self.tag).finish_non_exhaustive()
+    }
 }
 
 /// A disk as it is handed to libkrun.
@@ -153,6 +168,8 @@ pub struct KrunPlan {
     /// msb_krun's private metrics device (only useful with microsandbox's
     /// own kernels). Always `false`.
     pub msb_metrics: bool,
+    /// Tags of the custom virtio-fs devices, in order.
+    pub fs_tags: Vec<String>,
 }
 
 /// A validated launch, translated into an `msb_krun::VmBuilder`.
@@ -210,6 +227,15 @@ pub fn validate(launch: &KrunLaunch) -> Result<(), KrunError> {
     for arg in &launch.kernel_cmdline_extra {
         validate_cmdline_arg(arg)?;
     }
+    for (i, m) in launch.fs_mounts.iter().enumerate() {
+        let ok = !m.tag.is_empty()
+            && m.tag.len() <= 36
+            && m.tag.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && !launch.fs_mounts[..i].iter().any(|o| o.tag == m.tag);
+        if !ok {
+            return Err(KrunError::FsTag(m.tag.clone()));
+        }
+    }
     let len = kernel_cmdline_preview(launch).len();
     if len > KERNEL_CMDLINE_MAX {
         return Err(KrunError::CmdlineTooLong {
@@ -252,9 +278,10 @@ pub fn prepare(launch: KrunLaunch) -> Result<PreparedVm, KrunError> {
     let KrunLaunch {
         control_port,
         net_fd,
+        fs_mounts,
         ..
     } = launch;
-    let builder = apply_plan(&plan, net_fd);
+    let builder = apply_plan(&plan, net_fd, fs_mounts);
     Ok(PreparedVm {
         plan,
         builder,
@@ -337,12 +364,13 @@ fn plan_for(launch: &KrunLaunch) -> KrunPlan {
         balloon: false,
         rng: true,
         msb_metrics: false,
+        fs_tags: launch.fs_mounts.iter().map(|m| m.tag.clone()).collect(),
     }
 }
 
 /// Applies a plan to a fresh `VmBuilder`. `net_fd` must be present exactly
 /// when `plan.net_mac` is.
-fn apply_plan(plan: &KrunPlan, net_fd: Option<OwnedFd>) -> VmBuilder {
+fn apply_plan(plan: &KrunPlan, net_fd: Option<OwnedFd>, fs_mounts: Vec<KrunFsMount>) -> VmBuilder {
     let mut b = VmBuilder::new()
         .machine(|m| {
             m.vcpus(plan.vcpus)
@@ -360,7 +388,11 @@ fn apply_plan(plan: &KrunPlan, net_fd: Option<OwnedFd>) -> VmBuilder {
                 None => k,
             }
         })
-        .fs(|fs| fs.root(&plan.root_dir))
+        .fs(|fs| {
+            fs_mounts
+                .into_iter()
+                .fold(fs.root(&plan.root_dir), |fs, m| fs.tag(&m.tag).custom(m.fs))
+        })
         .console(|c| {
             c.output(&plan.console_output).port(
                 &plan.control_port_name,

@@ -21,6 +21,7 @@
 //! network path is the virtio-net device backed by the project's own userspace
 //! network stack (see [`KrunLaunch::net_fd`]).
 
+pub mod fs;
 pub mod error;
 pub mod launch;
 pub mod probe;

@@ -67,6 +67,12 @@ pub enum Kind {
     PortForward = 0x93,
     /// helper → Node, JSON [`crate::PortForwarded`]: the answer to one `PortForward`.
     PortForwarded = 0x94,
+
+    // --- virtual filesystems (helper ⇄ Node, 0xa0–0xaf) ---
+    /// helper → Node, [`crate::FsRequestHeader`]-style JSON header + write data: one FUSE operation on a JS filesystem.
+    FsRequest = 0xa0,
+    /// Node → helper, JSON header + read data: the answer to one `FsRequest`.
+    FsReply = 0xa1,
 }
 
 impl Kind {
@@ -109,7 +115,24 @@ impl TryFrom<u8> for Kind {
             0x92 => NetAudit,
             0x93 => PortForward,
             0x94 => PortForwarded,
+            0xa0 => FsRequest,
+            0xa1 => FsReply,
             other => return Err(other),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Kind;
+
+    #[test]
+    fn filesystem_kinds_are_helper_only_and_round_trip() {
+        for (v, k) in [(0xa0u8, Kind::FsRequest), (0xa1, Kind::FsReply)] {
+            assert_eq!(Kind::try_from(v), Ok(k));
+            assert_eq!(k as u8, v);
+            assert!(!k.is_guest(), "the helper must drop {k:?} coming from the guest");
+        }
+        assert!(Kind::try_from(0xa2).is_err());
     }
 }

@@ -45,6 +45,25 @@ pub struct Configure {
     /// The guest NIC's addresses; absent: no network device, no DNS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<GuestNet>,
+    /// Virtual filesystems to mount, in order (later targets may lie inside earlier mounts).
+    #[serde(default)]
+    pub mounts: Vec<GuestMount>,
+}
+
+/// One virtio-fs mount as init performs it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GuestMount {
+    /// virtio-fs tag of the device serving it.
+    pub tag: String,
+    /// Absolute guest path.
+    pub target: String,
+    #[serde(default)]
+    pub read_only: bool,
+    /// Whether init may create a missing target on the root filesystem itself
+    /// (true only for roots whose changes are discarded, i.e. `rootfs.ephemeral`).
+    #[serde(default)]
+    pub create_on_root: bool,
 }
 
 /// How init configures `eth0` (IPv4 only; the stack does not serve IPv6).
@@ -185,6 +204,17 @@ pub struct Launch {
     /// A virtio-net NIC served by the helper's userspace stack; absent: no NIC.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<NetLaunch>,
+    /// Virtual filesystems: one virtio-fs device each, served by the helper,
+    /// whose operations go to Node as `FsRequest` frames.
+    #[serde(default)]
+    pub mounts: Vec<FsMount>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FsMount {
+    /// virtio-fs tag (≤ 36 bytes) the guest mounts by.
+    pub tag: String,
 }
 
 /// The helper's side of the guest network.

@@ -59,6 +59,7 @@ fn translate(l: &Launch, control: OwnedFd, net: Option<OwnedFd>) -> Result<KrunL
         init_path: "/init".to_string(),
         kernel_cmdline_extra: l.cmdline.clone(),
         console_log: None,
+        fs_mounts: Vec::new(),
     };
     Ok(launch)
 }
@@ -134,6 +135,7 @@ mod tests {
             qemu: None,
             accel: None,
             network: None,
+            mounts: vec![],
         };
         let err = to_krun(&l, OwnedFd::from(b), None).err().unwrap().to_string();
         assert!(err.contains("libkrunfw"), "{err}");
@@ -156,6 +158,7 @@ mod tests {
             qemu: None,
             accel: None,
             network: Some(sandbox_protocol::NetLaunch { policy_deadline_ms: 1000, max_flows: 4, allow_protected: vec![], intercept_socket: None }),
+            mounts: vec![],
         };
         let (_c, ctl) = UnixStream::pair().unwrap();
         let (_n, net) = UnixStream::pair().unwrap();

@@ -2,11 +2,13 @@
 //! block disks), so the guest init and protocol do not care which one runs.
 
 mod block;
+mod fs;
 mod krun;
 mod qemu;
 
 use crate::console::ConsoleTail;
 use crate::error::HostError;
+use crate::fs_bridge::FsBridge;
 use crate::node_store::Bridge;
 use sandbox_protocol::{BackendKind, Launch};
 use std::os::unix::net::UnixStream;
@@ -40,14 +42,15 @@ impl RunningVm {
 /// QEMU's argument list for `launch` (used by benchmarks for the floor run).
 pub fn qemu_args(launch: &Launch) -> Result<Vec<String>, HostError> {
     validate(launch)?;
-    qemu::args(launch)
+    qemu::args(launch, &[])
 }
 
 /// Starts the VMM; persistent copy-on-write disks keep their blocks in Node's store through `bridge`.
-pub fn launch(launch: &Launch, bridge: &Arc<Bridge>) -> Result<RunningVm, HostError> {
+/// Virtual filesystem mounts are served by the FUSE engine through `files`, on `rt`.
+pub fn launch(launch: &Launch, bridge: &Arc<Bridge>, files: &Arc<FsBridge>, rt: &tokio::runtime::Handle) -> Result<RunningVm, HostError> {
     validate(launch)?;
     match launch.backend {
-        BackendKind::Qemu => qemu::spawn(launch, bridge),
+        BackendKind::Qemu => qemu::spawn(launch, bridge, files, rt),
         BackendKind::Krun => krun::spawn(launch),
     }
 }
@@ -86,6 +89,17 @@ fn validate(l: &Launch) -> Result<(), HostError> {
         if d.path.contains(',') {
             return Err(HostError::InvalidLaunch(format!("disk path {:?} contains a comma", d.path)));
         }
+    }
+    if l.mounts.len() > qemu::MAX_MOUNTS {
+        return Err(HostError::InvalidLaunch(format!("at most {} virtual filesystem mounts", qemu::MAX_MOUNTS)));
+    }
+    for m in &l.mounts {
+        if m.tag.is_empty() || m.tag.len() > 36 || !m.tag.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return Err(HostError::InvalidLaunch(format!("virtio-fs tag {:?} must be 1-36 characters of [A-Za-z0-9_-]", m.tag)));
+        }
+    }
+    if !l.mounts.is_empty() && l.backend == BackendKind::Krun {
+        return Err(HostError::InvalidLaunch("virtual filesystem mounts need the qemu backend in this version".into()));
     }
     Ok(())
 }

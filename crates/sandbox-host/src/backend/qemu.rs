@@ -10,6 +10,7 @@ use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 /// The control-port socket's descriptor number inside the QEMU process.
@@ -26,8 +27,15 @@ fn net_fd(l: &Launch) -> i32 {
     FIRST_NBD_FD + l.disks.iter().filter(|d| d.cow.is_some()).count() as i32
 }
 
-/// Builds QEMU's argument list; pure so it can be unit-tested.
-pub fn args(l: &Launch) -> Result<Vec<String>, HostError> {
+/// virtio-fs devices per VM.
+pub const MAX_MOUNTS: usize = 16;
+
+/// Builds QEMU's argument list; pure so it can be unit-tested. `fs_sockets`
+/// holds the vhost-user socket of each mount, in mount order.
+pub fn args(l: &Launch, fs_sockets: &[PathBuf]) -> Result<Vec<String>, HostError> {
+    if fs_sockets.len() != l.mounts.len() {
+        return Err(HostError::InvalidLaunch(format!("{} mounts but {} virtio-fs sockets", l.mounts.len(), fs_sockets.len())));
+    }
     let accel = l.accel.as_deref().unwrap_or("tcg");
     if !matches!(accel, "tcg" | "kvm") {
         return Err(HostError::InvalidLaunch(format!("accel must be tcg or kvm, got {accel:?}")));
@@ -47,11 +55,17 @@ pub fn args(l: &Launch) -> Result<Vec<String>, HostError> {
     cmdline.extend(l.cmdline.iter().cloned());
     let mut a: Vec<String> = vec![
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-        "-M", "q35",
     ]
     .into_iter()
     .map(String::from)
     .collect();
+    // vhost-user devices access guest RAM directly: it must be a shareable memfd.
+    if l.mounts.is_empty() {
+        a.extend(["-M".into(), "q35".into()]);
+    } else {
+        a.extend(["-M".into(), "q35,memory-backend=mem".into()]);
+        a.extend(["-object".into(), format!("memory-backend-memfd,id=mem,size={}M,share=on", l.memory_mib)]);
+    }
     a.push("-accel".into());
     a.push(if accel == "tcg" { "tcg,thread=multi".into() } else { "kvm".into() });
     a.extend(["-cpu".into(), if accel == "kvm" { "host".into() } else { "max".into() }]);
@@ -94,11 +108,26 @@ pub fn args(l: &Launch) -> Result<Vec<String>, HostError> {
             format!("virtio-net-pci,netdev=net0,mac={GUEST_MAC},romfile="),
         ]);
     }
+    for (i, (m, sock)) in l.mounts.iter().zip(fs_sockets).enumerate() {
+        let path = sock.to_str().filter(|p| !p.contains(',')).ok_or_else(|| HostError::Setup(format!("unusable socket path {}", sock.display())))?;
+        a.extend([
+            "-chardev".into(),
+            format!("socket,id=vfs{i},path={path}"),
+            "-device".into(),
+            format!("vhost-user-fs-pci,chardev=vfs{i},tag={},queue-size={}", m.tag, sandbox_fs::device::QUEUE_SIZE),
+        ]);
+    }
     Ok(a)
 }
 
-pub fn spawn(l: &Launch, bridge: &std::sync::Arc<crate::node_store::Bridge>) -> Result<RunningVm, HostError> {
-    let argv = args(l)?;
+pub fn spawn(
+    l: &Launch,
+    bridge: &std::sync::Arc<crate::node_store::Bridge>,
+    files: &std::sync::Arc<crate::fs_bridge::FsBridge>,
+    rt: &tokio::runtime::Handle,
+) -> Result<RunningVm, HostError> {
+    let fs_sockets = super::fs::serve_mounts(l, files, rt)?;
+    let argv = args(l, &fs_sockets)?;
     let qemu = l.qemu.clone().unwrap_or_else(|| "qemu-system-x86_64".into());
     let (host_end, guest_end) =
         UnixStream::pair().map_err(|e| HostError::Setup(format!("socketpair: {e}")))?;
@@ -204,24 +233,25 @@ mod tests {
             qemu: None,
             accel: Some("tcg".into()),
             network: None,
+            mounts: vec![],
         }
     }
 
     #[test]
     fn network_is_a_stream_netdev_after_the_nbd_sockets() {
         let mut l = launch();
-        assert!(!args(&l).unwrap().join(" ").contains("netdev"), "no network option, no NIC");
+        assert!(!args(&l, &[]).unwrap().join(" ").contains("netdev"), "no network option, no NIC");
         l.network = Some(sandbox_protocol::NetLaunch { policy_deadline_ms: 1000, max_flows: 4, allow_protected: vec![], intercept_socket: None });
-        let a = args(&l).unwrap().join(" ");
+        let a = args(&l, &[]).unwrap().join(" ");
         assert!(a.contains("-netdev stream,id=net0,server=off,addr.type=fd,addr.str=4"), "{a}");
         assert!(a.contains(&format!("virtio-net-pci,netdev=net0,mac={GUEST_MAC},romfile=")), "{a}");
         l.disks[0].cow = Some(sandbox_protocol::CowSpec { mode: "ephemeral".into(), max_dirty_bytes: 1 << 26, block_size: 65536, store_timeout_ms: None });
-        assert!(args(&l).unwrap().join(" ").contains("addr.str=5"));
+        assert!(args(&l, &[]).unwrap().join(" ").contains("addr.str=5"));
     }
 
     #[test]
     fn builds_tcg_command_line() {
-        let a = args(&launch()).unwrap().join(" ");
+        let a = args(&launch(), &[]).unwrap().join(" ");
         assert!(a.contains("-accel tcg,thread=multi -cpu max -smp 2 -m 512"));
         assert!(a.contains("-chardev socket,id=ctl,fd=3"));
         assert!(a.contains("virtserialport,chardev=ctl,name=sandbox.control"));
@@ -235,17 +265,45 @@ mod tests {
         let mut l = launch();
         l.disks[0].read_only = false;
         l.disks[0].cow = Some(sandbox_protocol::CowSpec { mode: "ephemeral".into(), max_dirty_bytes: 1 << 26, block_size: 65536, store_timeout_ms: None });
-        let a = args(&l).unwrap().join(" ");
+        let a = args(&l, &[]).unwrap().join(" ");
         assert!(a.contains("-blockdev driver=nbd,node-name=disk0,server.type=fd,server.str=4,read-only=off"), "{a}");
         assert!(a.contains("virtio-blk-pci,drive=disk0,werror=report,rerror=report"), "{a}");
         assert!(!a.contains("file=/img/root.qcow2"), "the VMM must not open the base image itself: {a}");
     }
 
     #[test]
+    fn mounts_get_shared_memory_and_a_vhost_user_fs_device_each() {
+        let mut l = launch();
+        l.mounts = vec![sandbox_protocol::FsMount { tag: "sbxfs0".into() }, sandbox_protocol::FsMount { tag: "sbxfs1".into() }];
+        let socks = [PathBuf::from("/run/x/fs0.sock"), PathBuf::from("/run/x/fs1.sock")];
+        let a = args(&l, &socks).unwrap().join(" ");
+        assert!(a.contains("-M q35,memory-backend=mem -object memory-backend-memfd,id=mem,size=512M,share=on"), "{a}");
+        assert!(a.contains("-chardev socket,id=vfs1,path=/run/x/fs1.sock -device vhost-user-fs-pci,chardev=vfs1,tag=sbxfs1,queue-size=1024"), "{a}");
+        assert!(args(&l, &socks[..1]).is_err(), "one socket per mount");
+        let plain = args(&launch(), &[]).unwrap().join(" ");
+        assert!(!plain.contains("memory-backend"), "no shared memory without mounts: {plain}");
+    }
+
+    #[test]
+    fn mounts_are_validated_and_refused_on_krun() {
+        let mut l = launch();
+        l.mounts = vec![sandbox_protocol::FsMount { tag: "bad tag".into() }];
+        assert!(super::super::validate(&l).is_err(), "tags are [A-Za-z0-9_-]");
+        l.mounts = vec![sandbox_protocol::FsMount { tag: "sandbox-fs-0".into() }];
+        assert!(super::super::validate(&l).is_ok());
+        l.backend = BackendKind::Krun;
+        let err = super::super::validate(&l).unwrap_err().to_string();
+        assert!(err.contains("qemu backend"), "{err}");
+        l.backend = BackendKind::Qemu;
+        l.mounts = (0..=MAX_MOUNTS).map(|i| sandbox_protocol::FsMount { tag: format!("t{i}") }).collect();
+        assert!(super::super::validate(&l).is_err());
+    }
+
+    #[test]
     fn kvm_uses_host_cpu() {
         let mut l = launch();
         l.accel = Some("kvm".into());
-        let a = args(&l).unwrap().join(" ");
+        let a = args(&l, &[]).unwrap().join(" ");
         assert!(a.contains("-accel kvm -cpu host"));
     }
 
@@ -253,10 +311,10 @@ mod tests {
     fn rejects_unknown_accel_and_missing_initrd() {
         let mut l = launch();
         l.accel = Some("hvf".into());
-        assert!(matches!(args(&l), Err(HostError::InvalidLaunch(_))));
+        assert!(matches!(args(&l, &[]), Err(HostError::InvalidLaunch(_))));
         let mut l = launch();
         l.initrd = None;
-        assert!(matches!(args(&l), Err(HostError::InvalidLaunch(_))));
+        assert!(matches!(args(&l, &[]), Err(HostError::InvalidLaunch(_))));
     }
 
     #[test]

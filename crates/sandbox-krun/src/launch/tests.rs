@@ -72,6 +72,7 @@ fn fixture() -> Fixture {
         init_path: "/sandbox-init".into(),
         kernel_cmdline_extra: vec!["loglevel=4".into()],
         console_log: None,
+        fs_mounts: Vec::new(),
     };
     Fixture {
         scratch,
@@ -403,4 +404,30 @@ fn libkrun_without_network_also_builds() {
     f.launch.net_fd = None;
     f.launch.disks.clear();
     prepare(f.launch).unwrap().build().unwrap();
+}
+
+/// A filesystem answering nothing: enough for libkrun to build the device.
+struct NoFs;
+impl msb_krun::backends::fs::DynFileSystem for NoFs {}
+
+#[test]
+fn custom_filesystems_become_virtio_fs_devices_libkrun_accepts() {
+    let mut f = fixture();
+    f.launch.fs_mounts = vec![
+        KrunFsMount { tag: "sandbox-fs-0".into(), fs: Box::new(NoFs) },
+        KrunFsMount { tag: "sandbox-fs-1".into(), fs: Box::new(NoFs) },
+    ];
+    let prepared = prepare(f.launch).unwrap();
+    assert_eq!(prepared.plan().fs_tags, ["sandbox-fs-0", "sandbox-fs-1"]);
+    let built = prepared.build();
+    assert!(built.is_ok(), "{:?}", built.err());
+}
+
+#[test]
+fn custom_filesystem_tags_are_checked() {
+    for tags in [vec!["bad tag"], vec![""], vec!["x"; 2], vec!["t".repeat(37).leak() as &str]] {
+        let mut f = fixture();
+        f.launch.fs_mounts = tags.iter().map(|t| KrunFsMount { tag: t.to_string(), fs: Box::new(NoFs) }).collect();
+        assert!(matches!(validate(&f.launch), Err(KrunError::FsTag(_))), "{tags:?}");
+    }
 }

@@ -1,0 +1,20 @@
+//! FUSE engine for guest filesystems implemented on the host.
+//!
+//! Layers, each usable on its own:
+//! - [`abi`]: the FUSE wire format (bounded reader/writer, opcodes, flags);
+//! - [`session`]: one FUSE session — decode a request, answer INIT and
+//!   unsupported operations locally, forward the rest to an [`FsBackend`],
+//!   encode the reply. Bytes in, bytes out: no VM needed to test it;
+//! - [`device`]: a vhost-user-fs device (QEMU `vhost-user-fs-pci`) that feeds
+//!   virtqueue chains through a session on its own runtime.
+
+pub mod abi;
+pub mod backend;
+pub mod device;
+pub mod session;
+
+pub use backend::{Attr, Caller, DirEntry, Entry, Errno, FsBackend, Op, Reply, SetAttr, Statfs, Time};
+pub use session::{CachePolicy, Session, MAX_WRITE};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,50 @@
+/** `fs.memory(...)`: an in-memory POSIX filesystem (memfs) the host can use while a guest has it mounted. */
+import { Buffer } from "node:buffer";
+import { createFsFromVolume, Volume, type IFs } from "memfs";
+import { SandboxConfigError } from "../errors.js";
+
+/** A memfs filesystem: the full `node:fs`-style API (`readFileSync`, `promises`…) over memory. */
+export type MemoryFileSystem = IFs;
+
+export interface MemoryFileSystemOptions {
+  /** Initial tree: absolute paths → file contents (`string` or bytes); `null` makes an empty directory. Parents are created. */
+  files?: Record<string, string | Uint8Array | null>;
+}
+
+interface PermissionChecked {
+  canRead(): boolean;
+  canWrite(): boolean;
+  canExecute(): boolean;
+}
+
+/**
+ * Creates the filesystem. Permission checks are left to the guest kernel,
+ * which enforces mode, uid and gid for every guest process (virtio-fs mounts
+ * use `default_permissions`); the volume itself lets every caller through,
+ * as a root-owned host process would. memfs would otherwise check modes
+ * against the *host* process' uid and refuse what guest root may do.
+ */
+export function memory(options: MemoryFileSystemOptions = {}): MemoryFileSystem {
+  if (typeof options !== "object" || options === null) throw new SandboxConfigError("fs.memory(options) needs an object");
+  const vol = new Volume();
+  const core = (vol as unknown as { _core?: { inodes?: Record<string, PermissionChecked>; createNode?: (mode: number) => PermissionChecked } })._core;
+  if (core?.createNode && core.inodes) {
+    const allow = (node: PermissionChecked) => {
+      node.canRead = node.canWrite = node.canExecute = () => true;
+      return node;
+    };
+    Object.values(core.inodes).forEach(allow);
+    const create = core.createNode.bind(core);
+    core.createNode = (mode: number) => allow(create(mode));
+  }
+  const json: Record<string, string | Buffer | null> = {};
+  for (const [path, content] of Object.entries(options.files ?? {})) {
+    if (!path.startsWith("/")) throw new SandboxConfigError(`fs.memory({ files }): path ${JSON.stringify(path)} must be absolute`);
+    if (content !== null && typeof content !== "string" && !(content instanceof Uint8Array)) {
+      throw new SandboxConfigError(`fs.memory({ files }): ${path} must map to a string, a Uint8Array or null (directory)`);
+    }
+    json[path] = content instanceof Uint8Array ? Buffer.from(content) : content;
+  }
+  vol.fromJSON(json, "/");
+  return createFsFromVolume(vol);
+}

@@ -1,0 +1,271 @@
+import { createHash } from "node:crypto";
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { ERRNO, errnoOf, fsError } from "../../src/fs/errno.js";
+import { NodeTable, ROOT_ID } from "../../src/fs/nodes.js";
+import { MountServer, O, type FsRequest } from "../../src/fs/server.js";
+import { fs, SandboxConfigError, type SandboxFileSystem } from "../../src/index.js";
+
+describe("errno mapping", () => {
+  it("maps every errno name a JavaScript filesystem throws to its Linux number", () => {
+    const table: [string, number][] = [
+      ["EPERM", 1], ["ENOENT", 2], ["EIO", 5], ["EBADF", 9], ["EAGAIN", 11], ["ENOMEM", 12], ["EACCES", 13],
+      ["EBUSY", 16], ["EEXIST", 17], ["EXDEV", 18], ["ENOTDIR", 20], ["EISDIR", 21], ["EINVAL", 22], ["EMFILE", 24],
+      ["EFBIG", 27], ["ENOSPC", 28], ["EROFS", 30], ["EMLINK", 31], ["ENAMETOOLONG", 36], ["ENOSYS", 38],
+      ["ENOTEMPTY", 39], ["ELOOP", 40], ["EOPNOTSUPP", 95], ["ENOTSUP", 95], ["EDQUOT", 122], ["ESTALE", 116],
+    ];
+    for (const [code, n] of table) {
+      expect(errnoOf(Object.assign(new Error(code), { code })), code).toBe(n);
+      expect(ERRNO[code]).toBe(n);
+    }
+  });
+
+  it("falls back to a numeric errno, and to EIO for anything else", () => {
+    expect(errnoOf({ errno: -13 })).toBe(13);
+    expect(errnoOf({ errno: 28 })).toBe(28);
+    expect(errnoOf({ code: "ERR_SOMETHING_NODE_SPECIFIC" })).toBe(5);
+    expect(errnoOf(new TypeError("bug"))).toBe(5);
+    expect(errnoOf(undefined)).toBe(5);
+    expect(errnoOf("string")).toBe(5);
+    expect(errnoOf({ errno: 0 })).toBe(5);
+    expect(errnoOf({ errno: 99999 })).toBe(5);
+    expect(fsError("EROFS", "x")).toMatchObject({ code: "EROFS", errno: -30 });
+  });
+});
+
+describe("node table", () => {
+  it("keeps one id per path, moves ids with renames and detaches replaced names", () => {
+    const t = new NodeTable();
+    const a = t.lookup("/a");
+    const ab = t.lookup("/a/b");
+    const c = t.lookup("/c");
+    expect(t.lookup("/a")).toBe(a);
+    t.rename("/a", "/c");
+    expect(t.path(a)).toBe("/c");
+    expect(t.path(ab)).toBe("/c/b");
+    expect(() => t.path(c)).toThrow(expect.objectContaining({ code: "ENOENT" }));
+    expect(t.isDetached(c)).toBe(true);
+    t.detach("/c/b");
+    expect(() => t.path(ab)).toThrow(expect.objectContaining({ code: "ENOENT" }));
+    expect(t.path(ROOT_ID)).toBe("/");
+  });
+
+  it("forgets ids when the kernel drops its references", () => {
+    const t = new NodeTable();
+    const x = t.lookup("/x");
+    t.lookup("/x");
+    t.forget(x, 1);
+    expect(t.path(x)).toBe("/x");
+    t.forget(x, 1);
+    expect(() => t.path(x)).toThrow(expect.objectContaining({ code: "ESTALE" }));
+    expect(t.lookup("/x")).not.toBe(x);
+    t.forget(ROOT_ID, 100);
+    expect(t.path(ROOT_ID)).toBe("/");
+    expect(t.size).toBe(2);
+  });
+});
+
+/** The methods of a class-based filesystem as own, bound properties. */
+function bindAll(inner: SandboxFileSystem): SandboxFileSystem {
+  const keys = ["lstat", "readdir", "open", "mkdir", "rmdir", "unlink", "rename", "symlink", "readlink", "link", "chmod", "truncate", "utimes", "lutimes", "lchown"] as const;
+  return Object.fromEntries(keys.map((k) => [k, (inner[k] as (...a: unknown[]) => unknown).bind(inner)])) as unknown as SandboxFileSystem;
+}
+
+/** Drives a MountServer the way the helper does. */
+function driver(target: SandboxFileSystem) {
+  const server = new MountServer(target);
+  let id = 0;
+  const call = async (op: string, fields: Partial<FsRequest> = {}, data = new Uint8Array()) => {
+    const a = await server.handle({ id: ++id, mount: 0, op, uid: 0, gid: 0, ...fields }, data);
+    return { ...(a?.header ?? {}), bytes: a?.bytes } as Record<string, unknown> & { bytes?: Uint8Array };
+  };
+  return { server, call };
+}
+
+describe("MountServer over memfs", () => {
+  it("creates, writes, reads, renames and reports errno like POSIX", async () => {
+    const vol = fs.memory({ files: { "/dir/old": "old" } });
+    const { server, call } = driver(vol.promises as unknown as SandboxFileSystem);
+    const created = await call("create", { parent: ROOT_ID, name: "f", mode: 0o640, flags: O.EXCL | 2, uid: 1000, gid: 1001 });
+    expect(created).toMatchObject({ node: expect.any(Number), fh: expect.any(Number), attr: { mode: 0o100640, uid: 1000, gid: 1001 } });
+    expect(await call("write", { node: created.node as number, fh: created.fh as number, offset: 3 }, Buffer.from("abc"))).toMatchObject({ size: 3 });
+    const read = await call("read", { node: created.node as number, fh: created.fh as number, offset: 0, size: 100 });
+    expect(Buffer.from(read.bytes!)).toEqual(Buffer.from("\0\0\0abc"));
+    expect(await call("create", { parent: ROOT_ID, name: "f", mode: 0o644, flags: O.EXCL | 1 })).toMatchObject({ errno: 17 });
+    const dir = await call("lookup", { parent: ROOT_ID, name: "dir" });
+    expect(await call("rename", { parent: ROOT_ID, name: "f", newParent: dir.node as number, newName: "old", flags: 0 })).not.toHaveProperty("errno");
+    expect(vol.readFileSync("/dir/old", "utf8")).toBe("\0\0\0abc");
+    expect(await call("rename", { parent: ROOT_ID, name: "dir", newParent: ROOT_ID, newName: "x", flags: 0 })).not.toHaveProperty("errno");
+    expect(await call("rmdir", { parent: ROOT_ID, name: "x" })).toMatchObject({ errno: 39 });
+    expect(await call("lookup", { parent: ROOT_ID, name: ".." })).toMatchObject({ errno: 22 });
+    expect(await call("lookup", { parent: ROOT_ID, name: "missing" })).toMatchObject({ errno: 2 });
+    expect(await call("read", { fh: 999, offset: 0, size: 1 })).toMatchObject({ errno: 9 });
+    expect(await call("bogus")).toMatchObject({ errno: 38 });
+    expect(await call("release", { fh: created.fh as number })).not.toHaveProperty("errno");
+    expect(server.openHandles).toBe(0);
+  });
+
+  it("lists directories in pages with stable offsets", async () => {
+    const files = Object.fromEntries(Array.from({ length: 50 }, (_, i) => [`/d/f${i}`, `${i}`]));
+    const vol = fs.memory({ files });
+    const { call } = driver(vol.promises as unknown as SandboxFileSystem);
+    const d = await call("lookup", { parent: ROOT_ID, name: "d" });
+    const { fh } = await call("opendir", { node: d.node as number });
+    const names: string[] = [];
+    let offset = 0;
+    for (;;) {
+      const page = (await call("readdir", { node: d.node as number, fh: fh as number, offset, size: 320 })).entries as { name: string; off: number; type: number }[];
+      if (page.length === 0) break;
+      expect(page.length).toBeLessThanOrEqual(10);
+      names.push(...page.map((e) => e.name));
+      offset = page.at(-1)!.off;
+    }
+    expect(names.slice(0, 2)).toEqual([".", ".."]);
+    expect(names.length).toBe(52);
+  });
+
+  it("reports failures without an errno code (bugs) besides answering EIO", async () => {
+    const problems: string[] = [];
+    const vol = fs.memory({ files: { "/a": "a" } });
+    const inner = vol.promises as unknown as SandboxFileSystem;
+    const buggy: SandboxFileSystem = { ...bindAll(inner), readlink: () => Promise.reject(new TypeError("boom")) };
+    const server = new MountServer(buggy, (m) => problems.push(m));
+    const a = await server.handle({ id: 1, mount: 0, op: "readlink", node: ROOT_ID }, new Uint8Array());
+    expect(a?.header).toEqual({ id: 1, errno: 5 });
+    const b = await server.handle({ id: 2, mount: 0, op: "lookup", parent: ROOT_ID, name: "missing" }, new Uint8Array());
+    expect(b?.header).toEqual({ id: 2, errno: 2 });
+    expect(problems).toEqual(["filesystem readlink failed without an errno code (boom); the guest got EIO"]);
+  });
+
+  it("keeps a readdir answer far below the frame limit whatever size the guest asks for", async () => {
+    const long = "n".repeat(250);
+    const files = Object.fromEntries(Array.from({ length: 3000 }, (_, i) => [`/big/${long}${i}`, ""]));
+    const vol = fs.memory({ files });
+    const { call } = driver(vol.promises as unknown as SandboxFileSystem);
+    const d = await call("lookup", { parent: ROOT_ID, name: "big" });
+    const { fh } = await call("opendir", { node: d.node as number });
+    const page = await call("readdir", { node: d.node as number, fh: fh as number, offset: 0, size: 512 * 1024 });
+    const entries = page.entries as unknown[];
+    expect(entries.length).toBeGreaterThan(10);
+    expect(entries.length).toBeLessThan(3002);
+    expect(JSON.stringify(page).length).toBeLessThan(512 * 1024);
+  });
+
+  it("fs.memory lets guest root through permission bits the guest kernel already checked", async () => {
+    const vol = fs.memory({ files: { "/ro.txt": "x" } });
+    vol.chmodSync("/ro.txt", 0o000);
+    vol.chownSync("/ro.txt", 4242, 4242);
+    const { call } = driver(vol.promises as unknown as SandboxFileSystem);
+    const f = await call("lookup", { parent: ROOT_ID, name: "ro.txt" });
+    const opened = await call("open", { node: f.node as number, flags: 0 });
+    expect(opened).toHaveProperty("fh");
+  });
+});
+
+describe("fs.virtual / fs.readOnly", () => {
+  it("accepts memfs volumes and SandboxFileSystem objects, rejects the rest with a typed error", () => {
+    const vol = fs.memory();
+    expect(fs.virtual(vol).fs).toBe(vol.promises);
+    expect(fs.virtual(vol).readOnly).toBe(false);
+    expect(fs.virtual(fs.readOnly(vol)).readOnly).toBe(true);
+    expect(() => fs.virtual({} as never)).toThrow(SandboxConfigError);
+    expect(() => fs.virtual({ lstat() {} } as never)).toThrow(/missing readdir, open/);
+    expect(() => fs.memory({ files: { "relative.txt": "x" } })).toThrow(SandboxConfigError);
+  });
+
+  it("refuses every change with EROFS and still reads", async () => {
+    const vol = fs.memory({ files: { "/a": "a" } });
+    const ro = fs.readOnly(vol);
+    await expect(ro.open("/a", O.ACCMODE & 1)).rejects.toMatchObject({ code: "EROFS" });
+    await expect(ro.open("/a", O.CREAT)).rejects.toMatchObject({ code: "EROFS" });
+    await expect(ro.unlink("/a")).rejects.toMatchObject({ code: "EROFS" });
+    await expect(ro.rename("/a", "/b")).rejects.toMatchObject({ code: "EROFS" });
+    const h = await ro.open("/a", 0);
+    const buf = Buffer.alloc(1);
+    await h.read(buf, 0, 1, 0);
+    expect(buf.toString()).toBe("a");
+    await expect(h.write(buf, 0, 1, 0)).rejects.toMatchObject({ code: "EROFS" });
+    await h.close();
+  });
+});
+
+describe("fs.hostDir confinement", () => {
+  let base: string;
+  let root: string;
+  let outside: string;
+  const snapshot = () =>
+    readdirSync(outside)
+      .sort()
+      .map((n) => `${n}:${createHash("sha256").update(readFileSync(join(outside, n))).digest("hex")}`);
+  beforeEach(() => {
+    base = mkdtempSync(join(tmpdir(), "hostdir-"));
+    root = join(base, "root");
+    outside = join(base, "outside");
+    mkdirSync(join(root, "sub"), { recursive: true });
+    mkdirSync(outside);
+    writeFileSync(join(outside, "secret"), "secret");
+    writeFileSync(join(root, "inside"), "inside");
+  });
+  afterEach(() => rmSync(base, { recursive: true, force: true }));
+
+  it("never resolves '..', follows no symlink to outside the root, and leaves the outside untouched", async () => {
+    const before = snapshot();
+    const h = fs.hostDir(root);
+    await expect(h.lstat("/../outside/secret")).rejects.toMatchObject({ code: "EINVAL" });
+    await expect(h.open("/sub/../../outside/secret", 0)).rejects.toMatchObject({ code: "EINVAL" });
+    // Symlinks the guest makes are stored as text; the host never follows them.
+    await h.symlink(outside, "/out");
+    await h.symlink("/", "/rootlink");
+    await h.symlink("../outside/secret", "/rel");
+    await expect(h.open("/out/secret", 0)).rejects.toMatchObject({ code: "ELOOP" });
+    await expect(h.open("/rel", 1)).rejects.toMatchObject({ code: "ELOOP" });
+    await expect(h.open("/rootlink/etc/passwd", 0)).rejects.toMatchObject({ code: "ELOOP" });
+    await expect(h.truncate("/rel", 0)).rejects.toMatchObject({ code: "ELOOP" });
+    await expect(h.chmod("/rel", 0o777)).rejects.toMatchObject({ code: "EOPNOTSUPP" });
+    await expect(h.readdir("/out")).rejects.toMatchObject({ code: "ENOTDIR" });
+    await expect(h.mkdir("/out/newdir")).rejects.toMatchObject({ code: "ELOOP" });
+    await expect(h.rename("/inside", "/out/moved")).rejects.toMatchObject({ code: "ELOOP" });
+    await expect(h.link("/rel", "/hard")).resolves.toBeUndefined(); // links the symlink itself, not its target
+    expect((await h.lstat("/hard")).mode & 0o170000).toBe(0o120000);
+    await h.lutimes!("/rel", 1, 1);
+    expect(statSync(join(outside, "secret")).mtimeMs).toBeGreaterThan(1000);
+    expect(snapshot()).toEqual(before);
+  });
+
+  it("serialises path operations, so a directory swapped for a symlink mid-flight is never followed", async () => {
+    const before = snapshot();
+    const h = fs.hostDir(root);
+    // Many creates under /sub race with renames that swap /sub for a symlink to the outside.
+    const attacks: Promise<unknown>[] = [];
+    for (let i = 0; i < 200; i++) {
+      attacks.push(h.open(`/sub/f${i}`, O.CREAT | 1, 0o644).then((f) => f.close(), () => undefined));
+      if (i % 2 === 0) {
+        attacks.push(
+          h
+            .rename("/sub", "/sub.away")
+            .then(() => h.symlink(outside, "/sub"))
+            .then(() => h.unlink("/sub"))
+            .then(() => h.rename("/sub.away", "/sub"))
+            .catch(() => undefined),
+        );
+      }
+    }
+    // And the same race made from outside the adapter's view of the tree:
+    // the path the server holds for /sub now names a symlink.
+    await Promise.all(attacks);
+    rmSync(join(root, "sub"), { recursive: true, force: true });
+    symlinkSync(outside, join(root, "sub"));
+    await expect(h.open("/sub/pwned", O.CREAT | 1, 0o644)).rejects.toMatchObject({ code: "ELOOP" });
+    expect(snapshot()).toEqual(before);
+  });
+
+  it("read-only host directories refuse changes with EROFS", async () => {
+    const h = fs.hostDir(root, { readOnly: true });
+    await expect(h.open("/inside", 1)).rejects.toMatchObject({ code: "EROFS" });
+    await expect(h.mkdir("/x")).rejects.toMatchObject({ code: "EROFS" });
+    expect(fs.virtual(h).readOnly).toBe(true);
+    expect(() => fs.hostDir(join(base, "missing"))).toThrow(SandboxConfigError);
+  });
+});
