@@ -38,7 +38,7 @@ fi
 # functions changes what ends up in them.
 RECIPE_VERSION=1
 
-DEBIAN_12_PACKAGES=(ca-certificates curl git python3 procps iproute2 netcat-openbsd
+DEBIAN_12_PACKAGES=(ca-certificates curl git python3 nodejs procps iproute2 netcat-openbsd
   bind9-dnsutils openssl xz-utils)
 DEBIAN_12_SUITES=(
   "deb http://deb.debian.org/debian bookworm main"

@@ -17,6 +17,10 @@ export const ADDR = {
   udp: "203.0.113.11",
   other: "203.0.113.12",
   privateSvc: "10.99.0.1",
+  // HTTP interception test: api.test, other.test, denied.test.
+  api: "203.0.113.20",
+  api2: "203.0.113.21",
+  api3: "203.0.113.22",
 } as const;
 
 function ip(...args: string[]): void {
@@ -58,7 +62,7 @@ export function createNetns(): Netns {
     ip("-n", inet, "addr", "add", `${ADDR.inetSide}/24`, "dev", `vi${id}`);
     ip("-n", host, "link", "set", `vh${id}`, "up");
     ip("-n", inet, "link", "set", `vi${id}`, "up");
-    for (const a of [ADDR.dns, ADDR.tcp, ADDR.udp, ADDR.other, ADDR.privateSvc]) {
+    for (const a of [ADDR.dns, ADDR.tcp, ADDR.udp, ADDR.other, ADDR.privateSvc, ADDR.api, ADDR.api2, ADDR.api3]) {
       ip("-n", inet, "addr", "add", `${a}/32`, "dev", "lo");
     }
     ip("-n", host, "route", "add", "203.0.113.0/24", "via", ADDR.inetSide);
