@@ -26,7 +26,7 @@ import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
-const { defineSandbox, rootfs, MemoryBlockStore } = await import(join(root, "dist/src/index.js"));
+const { defineSandbox, rootfs, MemoryBlockStore, DirectoryBlockStore } = await import(join(root, "dist/src/index.js"));
 const { launchSpec, findImage, bootLane } = await import(join(root, "dist/src/sandbox.js"));
 const { diskBench } = await import(join(root, "scripts/bench/disk.mjs"));
 const { resolveArtifacts } = await import(join(root, "dist/src/artifacts.js"));
@@ -51,7 +51,7 @@ const choice = chooseBackend("auto", artifacts.helper);
 const image = findImage(IMAGE);
 const work = mkdtempSync(join(tmpdir(), "sandbox-bench-"));
 const diskContext = () => ({
-  api: { rootfs, MemoryBlockStore },
+  api: { rootfs, MemoryBlockStore, DirectoryBlockStore },
   bootLane,
   resources,
   image,

@@ -1,11 +1,15 @@
-// Disk benchmark: the same guest workload on three writable roots of one base
-// image, run in the same process one after the other:
+// Disk benchmark: the same guest workload on roots of one base image, run in the
+// same process one after the other:
 //   floor      QEMU opens a qcow2 overlay on the base image itself (virtio-blk,
-//              cache=unsafe): no helper in the data path;
+//              cache=unsafe): the image as a plain read-write disk, no helper;
+//   builtIn    rootfs.builtIn: QEMU reads the qcow2 itself, read-only;
 //   ephemeral  rootfs.ephemeral: helper NBD copy-on-write, dirty blocks in memory;
-//   cow        rootfs.cow with a MemoryBlockStore: the same plus the Node block bridge.
-// Workload in /root on the root disk, bypassing the guest page cache (O_DIRECT):
+//   cow        rootfs.cow with a DirectoryBlockStore: the same plus the Node block
+//              bridge and a store on the host's disk.
+// Writable roots: a file in /root, bypassing the guest page cache (O_DIRECT):
 // sequential 1 MiB writes and reads (MB/s) and 4 KiB random writes and reads (IOPS).
+// Every root (builtIn included): O_DIRECT reads of the device itself (/dev/vda,
+// clean base blocks): sequential MB/s and 4 KiB random IOPS.
 import { execFileSync } from "node:child_process";
 import { join } from "node:path";
 
@@ -46,15 +50,38 @@ os.unlink(path); os.sync()
 print(json.dumps({"seqWriteMBs": w, "seqReadMBs": r, "randWriteIops": rw, "randReadIops": rr}))
 `;
 
+// Reads of the block device itself: what a builtIn root can be measured on too.
+const deviceScript = `
+import os, mmap, random, time, json
+span = ${FILE_MIB} << 20
+buf = mmap.mmap(-1, 1 << 20); page = mmap.mmap(-1, 4096)
+fd = os.open("/dev/vda", os.O_RDONLY | os.O_DIRECT)
+t = time.perf_counter()
+for i in range(${FILE_MIB}):
+    assert os.preadv(fd, [buf], i << 20) == 1 << 20
+seq = ${FILE_MIB} * 1.048576 / (time.perf_counter() - t)
+rng = random.Random(11); n = 0
+t = time.perf_counter(); end = t + ${RANDOM_SECONDS}
+while time.perf_counter() < end:
+    for _ in range(64):
+        os.preadv(fd, [page], rng.randrange(span // 4096) * 4096)
+    n += 64
+rnd = n / (time.perf_counter() - t)
+os.close(fd)
+print(json.dumps({"deviceSeqReadMBs": seq, "deviceRandReadIops": rnd}))
+`;
+
 /** Runs the workload ROUNDS times on one freshly booted lane; returns per-metric samples. */
-async function measure(boot, log, label) {
+async function measure(boot, log, label, { writable = true } = {}) {
   const lane = await boot();
-  const samples = { seqWriteMBs: [], seqReadMBs: [], randWriteIops: [], randReadIops: [] };
+  const samples = writable
+    ? { seqWriteMBs: [], seqReadMBs: [], randWriteIops: [], randReadIops: [], deviceSeqReadMBs: [], deviceRandReadIops: [] }
+    : { deviceSeqReadMBs: [], deviceRandReadIops: [] };
   try {
     for (let i = 0; i < ROUNDS; i++) {
-      const r = await lane.exec("python3", ["-c", guestScript], { timeoutMs: 600_000 });
+      const r = await lane.exec("sh", ["-c", writable ? 'python3 -c "$1" && python3 -c "$2"' : 'python3 -c "$2"', "sh", guestScript, deviceScript], { timeoutMs: 600_000 });
       if (r.exitCode !== 0) throw new Error(`${label} disk workload failed (${r.exitCode}): ${r.stderr.slice(-500)}`);
-      const m = JSON.parse(r.stdout);
+      const m = Object.assign({}, ...r.stdout.trim().split("\n").map((l) => JSON.parse(l)));
       for (const k of Object.keys(samples)) samples[k].push(m[k]);
       log(`disk ${label} ${i + 1}/${ROUNDS}: ${Object.entries(m).map(([k, v]) => `${k} ${Math.round(v)}`).join(", ")}`);
     }
@@ -79,11 +106,13 @@ export async function diskBench(ctx) {
     });
   const budget = 2 * FILE_MIB * 1048576 + 64 * 1048576;
   const ephemeralBoot = () => bootLane(api.rootfs.ephemeral({ base, maxDirtyBytes: budget }), resources, {}, undefined);
-  const store = new api.MemoryBlockStore();
+  const store = new api.DirectoryBlockStore(join(work, "cow-store"));
   const cowBoot = () => bootLane(api.rootfs.cow({ base, writable: store }), resources, {}, undefined);
+  const builtInBoot = () => bootLane(base, resources, {}, undefined);
 
   log(`disk: ${FILE_MIB} MiB file, ${RANDOM_SECONDS} s random phases, ${ROUNDS} rounds per root (floor: QEMU-opened qcow2 overlay)`);
   const floor = await measure(floorBoot, log, "floor");
+  const builtIn = await measure(builtInBoot, log, "builtIn", { writable: false });
   const ephemeral = await measure(ephemeralBoot, log, "ephemeral");
   const cow = await measure(cowBoot, log, "cow");
 
@@ -92,8 +121,10 @@ export async function diskBench(ctx) {
   return {
     fileMiB: FILE_MIB,
     floor: summarize(floor),
+    builtIn: summarize(builtIn),
     ephemeral: summarize(ephemeral),
     cow: summarize(cow),
+    builtInRatio: ratios(builtIn),
     ephemeralRatio: ratios(ephemeral),
     cowRatio: ratios(cow),
   };

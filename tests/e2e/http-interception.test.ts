@@ -98,4 +98,16 @@ describe("HTTP(S) interception and credential injection, end to end", () => {
     expect(denied).toEqual(expect.arrayContaining(["host-mismatch", "sni-mismatch"]));
     expect(events.some((e: any) => e.type === "decision" && e.verdict === "deny" && e.dst?.startsWith(ADDR.api3))).toBe(true);
   }, 600_000);
+
+  it("runs the GitHub-style token injection example (examples/github-token-injection)", async () => {
+    const { child, lines } = await ns.startNode(ns.host, "example-token-injection.mjs", [join(dir, "lane.json")], (l) => l.startsWith('{"outcome"'));
+    child.kill();
+    const { outcome, tokens } = JSON.parse(lines.find((l) => l.startsWith('{"outcome"'))!);
+    expect(JSON.parse(outcome.body)).toEqual({ server: "api.test", path: "/user", authorized: false });
+    expect(outcome.tokenVisibleInGuest).toBe(false);
+    // The upstream got the per-request token minted on the host.
+    expect(tokens).toHaveLength(1);
+    expect(requests().filter((q) => q.path === "/user")).toMatchObject([{ host: "api.test", authorization: `Bearer ${tokens[0]}` }]);
+  }, 600_000);
 });
+

@@ -12,6 +12,8 @@ it("examples/ type-check under tsc --strict", async () => {
   }).catch((e: { stdout?: string; stderr?: string; code?: number }) => e);
   // --listFilesOnly proves the examples are part of the program; the real check runs next.
   expect(result.stdout ?? "").toContain("examples/s3-block-store/s3-block-store.ts");
+  expect(result.stdout ?? "").toContain("examples/agent-workspace/agent-workspace.ts");
+  expect(result.stdout ?? "").toContain("examples/github-token-injection/github-token-injection.ts");
   const check = await promisify(execFile)(process.execPath, [tsc, "-p", "examples/tsconfig.json", "--noEmit", "--strict"], { cwd: root }).then(
     () => ({ code: 0, stdout: "" }),
     (e: { stdout?: string; code?: number }) => ({ code: e.code ?? 1, stdout: e.stdout ?? "" }),
