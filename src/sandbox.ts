@@ -17,6 +17,7 @@ import { helperDeadlineMs, NetworkService, SANDBOX_RESOLVER } from "./network/br
 import { interceptHandler, InterceptServer } from "./network/intercept-server.js";
 import { isNetworkPolicy, type NetworkPolicy } from "./network/policy.js";
 import { startInterception } from "./network/http/interception.js";
+import { helperSigningProblem } from "./setup-macos.js";
 
 export interface SandboxResources {
   /** Virtual CPUs (1-64). Default 1. */
@@ -200,6 +201,9 @@ export interface BootInternals {
   writableRoot?: boolean;
 }
 
+/** Helper path → why macOS would refuse it Hypervisor.framework (checked once per helper). */
+const signingChecked = new Map<string, string | undefined>();
+
 /** The guest's side of the network (sandbox-net's defaults). */
 const GUEST_NET = { address: "10.0.2.15", prefixLen: 24, gateway: "10.0.2.2", nameserver: SANDBOX_RESOLVER, mtu: 1500 };
 
@@ -231,6 +235,17 @@ export async function bootLane(
   const artifacts = resolveArtifacts();
   const image = findImage(root.kind === "builtIn" ? root.name : root.base.name);
   const choice = chooseBackend(resources.backend, artifacts.helper);
+  if (choice.backend === "krun") {
+    // macOS: an unsigned helper would die inside Hypervisor.framework with a bare error.
+    if (!signingChecked.has(artifacts.helper)) {
+      signingChecked.set(artifacts.helper, helperSigningProblem({ platform: process.platform, helper: artifacts.helper }));
+    }
+    const problem = signingChecked.get(artifacts.helper);
+    if (problem) {
+      signingChecked.delete(artifacts.helper); // checked again after the user ran setup-macos
+      throw new SandboxConfigError(problem);
+    }
+  }
   if (mounts.length > 0 && choice.backend === "krun") {
     throw new SandboxConfigError(
       `virtual filesystem mounts need the qemu backend in this version (chosen: krun). Set resources.backend to "qemu" to use mounts`,

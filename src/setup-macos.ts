@@ -52,3 +52,33 @@ export function setupMacos(deps: SetupMacosDeps): number {
     rmSync(dir, { recursive: true, force: true });
   }
 }
+
+export interface SigningCheckDeps {
+  platform: NodeJS.Platform;
+  helper: string;
+  /** Prints the helper's entitlements (`codesign -d --entitlements - --xml helper`); throws if unsigned. */
+  readEntitlements?: (helper: string) => string;
+}
+
+/**
+ * On macOS, the reason the helper cannot use Hypervisor.framework (unsigned, or
+ * signed without the entitlement) with the command that fixes it; undefined
+ * when it can (and on every other platform).
+ */
+export function helperSigningProblem(deps: SigningCheckDeps): string | undefined {
+  if (deps.platform !== "darwin") return undefined;
+  const read =
+    deps.readEntitlements ??
+    ((helper: string) => execFileSync("codesign", ["-d", "--entitlements", "-", "--xml", helper], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] }));
+  let entitlements: string;
+  try {
+    entitlements = read(deps.helper);
+  } catch {
+    entitlements = "";
+  }
+  if (entitlements.includes("com.apple.security.hypervisor")) return undefined;
+  return (
+    `the sandbox-host helper (${deps.helper}) is not signed with the com.apple.security.hypervisor entitlement, ` +
+    `so macOS refuses it Hypervisor.framework; run \`npx @torkbot/sandbox setup-macos\` once (ad-hoc, no Apple account needed)`
+  );
+}

@@ -2,7 +2,7 @@ import { spawnSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
-import { codesignArgs, HYPERVISOR_ENTITLEMENTS, setupMacos } from "../../src/setup-macos.js";
+import { codesignArgs, helperSigningProblem, HYPERVISOR_ENTITLEMENTS, setupMacos } from "../../src/setup-macos.js";
 
 describe("setup-macos", () => {
   it("signs ad-hoc with the hypervisor entitlement on macOS", () => {
@@ -30,5 +30,29 @@ describe("setup-macos", () => {
       expect(r.stderr).toContain("setup-macos only applies to macOS");
       expect(r.stderr).toContain("com.apple.security.hypervisor");
     }
+  });
+});
+
+describe("helper signing check (boot on macOS)", () => {
+  const helper = "/opt/sandbox/bin/sandbox-host";
+  it("names setup-macos when the helper lacks the hypervisor entitlement or is unsigned", () => {
+    const missing = helperSigningProblem({ platform: "darwin", helper, readEntitlements: () => "<plist><dict></dict></plist>" });
+    expect(missing).toMatch(/not signed with the com\.apple\.security\.hypervisor entitlement/);
+    expect(missing).toContain("npx @torkbot/sandbox setup-macos");
+    const unsigned = helperSigningProblem({
+      platform: "darwin",
+      helper,
+      readEntitlements: () => {
+        throw new Error("code object is not signed at all");
+      },
+    });
+    expect(unsigned).toContain("setup-macos");
+  });
+  it("is satisfied by a helper signed with the entitlement, and never checks elsewhere", () => {
+    expect(helperSigningProblem({ platform: "darwin", helper, readEntitlements: () => HYPERVISOR_ENTITLEMENTS })).toBeUndefined();
+    const never = () => {
+      throw new Error("must not run");
+    };
+    expect(helperSigningProblem({ platform: "linux", helper, readEntitlements: never })).toBeUndefined();
   });
 });
