@@ -20,12 +20,13 @@ export interface CaOptions {
   validityDays?: number;
 }
 
+/** A key pair for leaf certificates, as PEM (no node-forge types in the public API). */
 export interface LeafKey {
   readonly privateKeyPem: string;
-  readonly publicKey: forge.pki.rsa.PublicKey;
+  readonly publicKeyPem: string;
 }
 
-/** An RSA-2048 key pair made by Node's native crypto; the public half as forge wants it. */
+/** An RSA-2048 key pair made by Node's native crypto. */
 export async function generateRsaKey(): Promise<LeafKey & { privateKey: KeyObject }> {
   const { publicKey, privateKey } = await generateKeyPairAsync("rsa", {
     modulusLength: 2048,
@@ -35,7 +36,7 @@ export async function generateRsaKey(): Promise<LeafKey & { privateKey: KeyObjec
   return {
     privateKeyPem: privateKey,
     privateKey: createPrivateKey(privateKey),
-    publicKey: forge.pki.publicKeyFromPem(publicKey) as forge.pki.rsa.PublicKey,
+    publicKeyPem: publicKey,
   };
 }
 
@@ -83,9 +84,9 @@ export class SandboxCa {
   static async create(options: CaOptions = {}): Promise<SandboxCa> {
     const commonName = options.commonName ?? "torkbot sandbox interception CA";
     const days = options.validityDays ?? 365;
-    const { privateKey, publicKey } = await generateRsaKey();
+    const { privateKey, publicKeyPem } = await generateRsaKey();
     const cert = forge.pki.createCertificate();
-    cert.publicKey = publicKey;
+    cert.publicKey = forge.pki.publicKeyFromPem(publicKeyPem);
     cert.serialNumber = randomSerial();
     cert.validity.notBefore = new Date(Date.now() - BACKDATE_MS);
     cert.validity.notAfter = new Date(Date.now() + days * 24 * 3600 * 1000);
@@ -106,9 +107,9 @@ export class SandboxCa {
   }
 
   /** Issues a server certificate for one DNS name, valid until the CA expires. */
-  issueLeaf(hostname: string, key: Pick<LeafKey, "publicKey">): string {
+  issueLeaf(hostname: string, key: Pick<LeafKey, "publicKeyPem">): string {
     const cert = forge.pki.createCertificate();
-    cert.publicKey = key.publicKey;
+    cert.publicKey = forge.pki.publicKeyFromPem(key.publicKeyPem);
     cert.serialNumber = randomSerial();
     cert.validity.notBefore = new Date(Date.now() - BACKDATE_MS);
     cert.validity.notAfter = this.notAfter;
