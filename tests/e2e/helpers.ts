@@ -1,15 +1,5 @@
-import { readFileSync } from "node:fs";
-
 /** Whether a host pid is alive (zombies count as gone: they hold no resources but a slot). */
-export function alive(pid: number): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    const state = stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3);
-    return state !== "Z" && state !== "X";
-  } catch {
-    return false;
-  }
-}
+export { alive } from "./helpers-alive.mjs";
 
 export async function waitUntil(cond: () => boolean, timeoutMs: number): Promise<boolean> {
   const end = Date.now() + timeoutMs;

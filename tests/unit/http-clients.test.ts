@@ -4,7 +4,7 @@
  * interceptor, trusting only the sandbox CA, with the host-side credential
  * injected on the way and never shown to them.
  */
-import { execFile, spawn } from "node:child_process";
+import { execFile } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -14,6 +14,7 @@ import WebSocket, { WebSocketServer } from "ws";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createSecrets } from "../../src/network/http/secrets.js";
 import type { HttpMiddleware } from "../../src/network/http/types.js";
+import { serveGit } from "../git-http-backend.mjs";
 import { certificates, GUEST_IP, HOST, readBody, startGuestSide, startUpstream, type Guest, type Upstream } from "./http-harness.js";
 
 const run = promisify(execFile);
@@ -150,7 +151,6 @@ describe("git over https", () => {
     await run("sh", ["-c", `echo 'intercepted clone' > README && git add README`], { cwd: join(dir, "work") });
     await g(["commit", "-qm", "first"], join(dir, "work"));
     await g(["clone", "-q", "--bare", "work", "repo.git"]);
-    const execPath = (await run("git", ["--exec-path"])).stdout.trim();
     // A smart-HTTP server: `git http-backend` as CGI behind Node's HTTPS server, requiring Basic auth with the real token.
     gitUp = await startUpstream((req, res) => {
       basicSeen.push(req.headers.authorization ?? "");
@@ -159,41 +159,7 @@ describe("git over https", () => {
         res.writeHead(401, { "www-authenticate": 'Basic realm="git"' }).end();
         return;
       }
-      const u = new URL(req.url!, "http://x");
-      const cgi = spawn(join(execPath, "git-http-backend"), [], {
-        env: {
-          GIT_PROJECT_ROOT: dir,
-          GIT_HTTP_EXPORT_ALL: "1",
-          PATH_INFO: u.pathname,
-          QUERY_STRING: u.search.slice(1),
-          REQUEST_METHOD: req.method!,
-          CONTENT_TYPE: req.headers["content-type"] ?? "",
-          ...(req.headers["content-length"] ? { CONTENT_LENGTH: req.headers["content-length"] } : {}),
-          ...(req.headers["content-encoding"] ? { HTTP_CONTENT_ENCODING: req.headers["content-encoding"] } : {}),
-          ...(req.headers["git-protocol"] ? { GIT_PROTOCOL: req.headers["git-protocol"] as string } : {}),
-          REMOTE_ADDR: "127.0.0.1",
-        },
-      });
-      req.pipe(cgi.stdin);
-      let head = Buffer.alloc(0);
-      let inBody = false;
-      cgi.stdout.on("data", (d: Buffer) => {
-        if (inBody) return void res.write(d);
-        head = Buffer.concat([head, d]);
-        const end = head.indexOf("\r\n\r\n");
-        if (end < 0) return;
-        inBody = true;
-        let status = 200;
-        for (const line of head.subarray(0, end).toString().split("\r\n")) {
-          const i = line.indexOf(":");
-          const [k, v] = [line.slice(0, i).trim(), line.slice(i + 1).trim()];
-          if (k.toLowerCase() === "status") status = Number(v.split(" ")[0]);
-          else res.setHeader(k, v);
-        }
-        res.writeHead(status);
-        res.write(head.subarray(end + 4));
-      });
-      cgi.stdout.on("end", () => res.end());
+      serveGit(req, res, dir);
     });
     gitGuest = await startGuestSide(gitUp.port, secrets.middleware);
   });
