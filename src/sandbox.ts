@@ -246,11 +246,6 @@ export async function bootLane(
       throw new SandboxConfigError(problem);
     }
   }
-  if (mounts.length > 0 && choice.backend === "krun") {
-    throw new SandboxConfigError(
-      `virtual filesystem mounts need the qemu backend in this version (chosen: krun). Set resources.backend to "qemu" to use mounts`,
-    );
-  }
   const native = loadNative(artifacts);
   const store = root.kind === "cow" ? root.writable : undefined;
   if (options.onError !== undefined && typeof options.onError !== "function") {

@@ -66,6 +66,8 @@ type Answer = Result<(ReplyHeader, Vec<u8>), String>;
 pub struct FsBridge {
     out: mpsc::Sender<Vec<u8>>,
     pending: Mutex<HashMap<u32, oneshot::Sender<Answer>>>,
+    /// krun: the VMM child runs the calls; Node's replies are passed on to it as frames.
+    relay: Mutex<Option<mpsc::UnboundedSender<Vec<u8>>>>,
     next_id: AtomicU32,
     deadline: Duration,
 }
@@ -74,15 +76,32 @@ impl FsBridge {
     /// The bridge and the receiver of request frames the relay must send to Node.
     pub fn new(deadline: Duration) -> (Arc<Self>, mpsc::Receiver<Vec<u8>>) {
         let (out, rx) = mpsc::channel(QUEUE);
-        (Arc::new(FsBridge { out, pending: Mutex::new(HashMap::new()), next_id: AtomicU32::new(1), deadline }), rx)
+        (Arc::new(FsBridge { out, pending: Mutex::new(HashMap::new()), relay: Mutex::new(None), next_id: AtomicU32::new(1), deadline }), rx)
     }
 
     fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u32, oneshot::Sender<Answer>>> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// From now on, Node's replies go to `to` as `FsReply` frames instead of to
+    /// calls made here (the krun child makes the calls; see backend/krun_fs.rs).
+    pub fn relay_replies_to(&self, to: mpsc::UnboundedSender<Vec<u8>>) {
+        *self.relay.lock().unwrap_or_else(|p| p.into_inner()) = Some(to);
+    }
+
+    /// Queues a request frame made elsewhere (the krun child) for Node; false once Node is gone.
+    pub async fn forward_request(&self, frame: Vec<u8>) -> bool {
+        self.out.send(frame).await.is_ok()
+    }
+
     /// Routes one `FsReply` payload from Node to its call.
     pub fn deliver(&self, payload: &[u8]) {
+        if let Some(to) = self.relay.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            let mut frame = Vec::with_capacity(payload.len() + proto::HEADER_LEN);
+            proto::frame_into(&mut frame, Kind::FsReply, 0, payload);
+            let _ = to.send(frame);
+            return;
+        }
         let (header, bytes) = match proto::decode_block_payload::<ReplyHeader>(payload) {
             Ok(r) => r,
             Err(e) => return eprintln!("sandbox-host: ignoring malformed FsReply: {e}"),

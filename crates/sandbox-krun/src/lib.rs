@@ -29,7 +29,7 @@ pub mod probe;
 pub use error::KrunError;
 pub use launch::{
     enter, kernel_cmdline_preview, prepare, validate, BuiltVm, ControlPort, DiskFormat, KrunDisk,
-    KrunLaunch, KrunPlan, PlannedDisk, PreparedVm, DISK_ID_MAX_LEN, KERNEL_CMDLINE_MAX, MAX_CPUS,
+    KrunFsMount, KrunLaunch, KrunPlan, PlannedDisk, PreparedVm, DISK_ID_MAX_LEN, KERNEL_CMDLINE_MAX, MAX_CPUS,
     MAX_DISKS, MAX_MEMORY_MIB, MIN_MEMORY_MIB,
 };
 pub use probe::{

@@ -64,9 +64,16 @@ fn translate(l: &Launch, control: OwnedFd, net: Option<OwnedFd>) -> Result<KrunL
     Ok(launch)
 }
 
-pub fn spawn(l: &Launch) -> Result<RunningVm, HostError> {
+pub fn spawn(l: &Launch, files: &std::sync::Arc<crate::fs_bridge::FsBridge>, rt: &tokio::runtime::Handle) -> Result<RunningVm, HostError> {
     let (host_end, guest_end) =
         UnixStream::pair().map_err(|e| HostError::Setup(format!("socketpair: {e}")))?;
+    // Virtual filesystems: the child serves them in libkrun and asks Node through us.
+    let (fs_host, fs_vmm) = if l.mounts.is_empty() {
+        (None, None)
+    } else {
+        let (a, b) = UnixStream::pair().map_err(|e| HostError::Setup(format!("socketpair for mounts: {e}")))?;
+        (Some(a), Some(b))
+    };
     let (net_host, net_vmm) = match &l.network {
         Some(_) => {
             let (a, b) = UnixStream::pair().map_err(|e| HostError::Setup(format!("socketpair for the network: {e}")))?;
@@ -84,7 +91,21 @@ pub fn spawn(l: &Launch) -> Result<RunningVm, HostError> {
     if pid == 0 {
         drop(host_end);
         drop(net_host);
+        drop(fs_host);
         unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+        let mut launch = launch;
+        // Kept alive for the VM's life: its thread drives the mount socket.
+        let _mount_rt = match fs_vmm.map(|sock| super::krun_fs::child_mounts(l, sock)).transpose() {
+            Ok(Some((rt, mounts))) => {
+                launch.fs_mounts = mounts;
+                Some(rt)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                eprintln!("sandbox-host: krun mounts: {e}");
+                unsafe { libc::_exit(1) };
+            }
+        };
         let err = match sandbox_krun::enter(launch) {
             Ok(never) => match never {},
             Err(e) => e,
@@ -93,6 +114,10 @@ pub fn spawn(l: &Launch) -> Result<RunningVm, HostError> {
         unsafe { libc::_exit(1) };
     }
     drop(launch);
+    drop(fs_vmm);
+    if let Some(sock) = fs_host {
+        super::krun_fs::serve_child(sock, files, rt)?;
+    }
     Ok(RunningVm {
         pid,
         wait: Box::new(move || {

@@ -3,6 +3,7 @@
 
 mod block;
 mod fs;
+mod krun_fs;
 mod krun;
 mod qemu;
 
@@ -51,7 +52,7 @@ pub fn launch(launch: &Launch, bridge: &Arc<Bridge>, files: &Arc<FsBridge>, rt: 
     validate(launch)?;
     match launch.backend {
         BackendKind::Qemu => qemu::spawn(launch, bridge, files, rt),
-        BackendKind::Krun => krun::spawn(launch),
+        BackendKind::Krun => krun::spawn(launch, files, rt),
     }
 }
 
@@ -97,9 +98,6 @@ fn validate(l: &Launch) -> Result<(), HostError> {
         if m.tag.is_empty() || m.tag.len() > 36 || !m.tag.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
             return Err(HostError::InvalidLaunch(format!("virtio-fs tag {:?} must be 1-36 characters of [A-Za-z0-9_-]", m.tag)));
         }
-    }
-    if !l.mounts.is_empty() && l.backend == BackendKind::Krun {
-        return Err(HostError::InvalidLaunch("virtual filesystem mounts need the qemu backend in this version".into()));
     }
     Ok(())
 }
