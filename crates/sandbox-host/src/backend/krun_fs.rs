@@ -58,7 +58,7 @@ fn child_bridge(sock: StdUnixStream) -> Result<(tokio::runtime::Runtime, Arc<FsB
 
 /// Child side: requests out to the parent, `FsReply` frames back to the bridge.
 async fn child_pump(sock: UnixStream, bridge: Arc<FsBridge>, mut requests: mpsc::Receiver<Vec<u8>>) {
-    let (mut rx, mut tx) = sock.into_split();
+    let (rx, mut tx) = sock.into_split();
     let writer = tokio::spawn(async move {
         while let Some(frame) = requests.recv().await {
             if tx.write_all(&frame).await.is_err() {
@@ -66,20 +66,10 @@ async fn child_pump(sock: UnixStream, bridge: Arc<FsBridge>, mut requests: mpsc:
             }
         }
     });
-    let mut dec = FrameDecoder::new();
-    let mut buf = vec![0u8; CHUNK];
-    'read: loop {
-        match rx.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => dec.push(&buf[..n]),
-        }
-        loop {
-            match dec.next_raw() {
-                Ok(Some((kind, raw))) if kind == Kind::FsReply as u8 => bridge.deliver(&raw[sandbox_protocol::HEADER_LEN..]),
-                Ok(Some(_)) => {}
-                Ok(None) => break,
-                Err(_) => break 'read,
-            }
+    let mut frames = FrameReader::new(rx);
+    while let Some((kind, raw)) = frames.next().await {
+        if kind == Kind::FsReply as u8 {
+            bridge.deliver(&raw[sandbox_protocol::HEADER_LEN..]);
         }
     }
     // Parent gone: pending calls fail at their deadline with EIO; the VMM dies with it anyway.
@@ -94,7 +84,7 @@ pub fn serve_child(sock: StdUnixStream, files: &Arc<FsBridge>, rt: &tokio::runti
         let _guard = rt.enter();
         UnixStream::from_std(sock).map_err(|e| HostError::Setup(format!("krun mount socket: {e}")))?
     };
-    let (mut rx, mut tx) = sock.into_split();
+    let (rx, mut tx) = sock.into_split();
     let (replies_tx, mut replies) = mpsc::unbounded_channel::<Vec<u8>>();
     files.relay_replies_to(replies_tx);
     rt.spawn(async move {
@@ -106,32 +96,47 @@ pub fn serve_child(sock: StdUnixStream, files: &Arc<FsBridge>, rt: &tokio::runti
     });
     let files = files.clone();
     rt.spawn(async move {
-        let mut dec = FrameDecoder::new();
-        let mut buf = vec![0u8; CHUNK];
-        'read: loop {
-            match rx.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => dec.push(&buf[..n]),
-            }
-            loop {
-                match dec.next_raw() {
-                    // Only filesystem requests may come this way; the frame is forwarded as is.
-                    Ok(Some((kind, raw))) if kind == Kind::FsRequest as u8 => {
-                        if !files.forward_request(raw).await {
-                            break 'read;
-                        }
-                    }
-                    Ok(Some((kind, _))) => eprintln!("sandbox-host: krun mount socket: ignoring frame kind {kind:#x}"),
-                    Ok(None) => break,
-                    Err(e) => {
-                        eprintln!("sandbox-host: krun mount socket: {e}");
-                        break 'read;
-                    }
-                }
+        let mut frames = FrameReader::new(rx);
+        while let Some((kind, raw)) = frames.next().await {
+            // Only filesystem requests may come this way; the frame is forwarded as is.
+            if kind != Kind::FsRequest as u8 {
+                eprintln!("sandbox-host: krun mount socket: ignoring frame kind {kind:#x}");
+            } else if !files.forward_request(raw).await {
+                break;
             }
         }
     });
     Ok(())
+}
+
+/// Whole frames from a byte stream; ends at EOF, on an error or on a malformed frame.
+struct FrameReader<R> {
+    rx: R,
+    dec: FrameDecoder,
+    buf: Vec<u8>,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> FrameReader<R> {
+    fn new(rx: R) -> Self {
+        Self { rx, dec: FrameDecoder::new(), buf: vec![0u8; CHUNK] }
+    }
+
+    async fn next(&mut self) -> Option<(u8, Vec<u8>)> {
+        loop {
+            match self.dec.next_raw() {
+                Ok(Some(frame)) => return Some(frame),
+                Ok(None) => {}
+                Err(e) => {
+                    eprintln!("sandbox-host: krun mount socket: {e}");
+                    return None;
+                }
+            }
+            match self.rx.read(&mut self.buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.dec.push(&self.buf[..n]),
+            }
+        }
+    }
 }
 
 #[cfg(test)]
