@@ -54,6 +54,22 @@ describe("DirectoryBlockStore on disk", () => {
     expect(await new DirectoryBlockStore(d).list(ctx)).toEqual([255n]);
     expect(() => new DirectoryBlockStore("")).toThrow(SandboxConfigError);
   });
+  it("writes many blocks at once (in parallel) with the last chunk of a repeated index winning", async () => {
+    const d = mkdtempSync(join(tmpdir(), "blockstore-"));
+    dirs.push(d);
+    const store = new DirectoryBlockStore(d);
+    const chunks = Array.from({ length: 40 }, (_, i) => ({ index: BigInt(i), bytes: block(i + 1) }));
+    chunks.push({ index: 7n, bytes: block(99) });
+    await store.write(chunks, ctx);
+    await store.flush(ctx);
+    expect(await store.list(ctx)).toEqual(Array.from({ length: 40 }, (_, i) => BigInt(i)));
+    const got = await store.read({ start: 0n, count: 40 }, ctx);
+    expect(got.map((c) => c.bytes[0])).toEqual(Array.from({ length: 40 }, (_, i) => (i === 7 ? 99 : i + 1)));
+    expect(readdirSync(join(d, ctx.base)).filter((n) => n.startsWith(".tmp"))).toEqual([]);
+    // A wrong-sized chunk fails the whole call before anything is written.
+    await expect(store.write([{ index: 100n, bytes: block(1) }, { index: 101n, bytes: new Uint8Array(10) }], ctx)).rejects.toThrow(RangeError);
+    expect(await store.list(ctx)).not.toContain(100n);
+  });
 });
 
 describe("rootfs.cow validation", () => {
