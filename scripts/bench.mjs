@@ -5,7 +5,9 @@
 //    kernel-to-init floor: the same QEMU command line and kernel (asked from
 //    the helper itself) with a trivial static init that prints a marker;
 //  - exec round trip of `true` vs the guest's own fork+exec+wait of `true`;
-//  - stdout throughput guest→host vs the guest's own dd to /dev/null;
+//  - stdout throughput guest→host vs the guest's own dd to /dev/null, with two
+//    reference points (scripts/bench/stdout-ceiling.mjs): the guest's own pipe
+//    and dd into a virtio-serial port whose host end discards;
 //  - spawn-to-ready latency;
 //  - peak RSS (VmHWM) of helper + VMM per sandbox;
 //  - disk: sequential MB/s and 4 KiB random IOPS on ephemeral and cow roots vs
@@ -177,6 +179,13 @@ for (let i = 0; i < 3; i++) {
   ]);
   ddFloor.push(MIB / (Number(f.stdout.trim()) / 1e9));
 }
+log("stdout reference points: the guest's own pipe; dd into a discarding virtio-serial port");
+const { guestPipeMiBs, virtioPortCeiling } = await import(join(root, "scripts/bench/stdout-ceiling.mjs"));
+const guestPipe = await guestPipeMiBs(lane, MIB, 3);
+const portCeiling =
+  choice.backend === "qemu"
+    ? await virtioPortCeiling({ defineSandbox, rootfs, image: IMAGE, resources, qemu: spec().qemu, work, mib: MIB, rounds: 3 })
+    : null;
 log("spawn-to-ready latency");
 const spawnReady = [];
 for (let i = 0; i < 50; i++) {
@@ -216,6 +225,15 @@ const result = {
   stdoutThroughputMiBs: stats(throughput),
   guestDdToDevNullMiBs: stats(ddFloor),
   throughputRatio: round(stats(throughput).p50 / stats(ddFloor).p50),
+  // What the ratio can be at most here: bytes that never leave the guest, and
+  // bytes written straight into a virtio-serial port nobody reads on the host.
+  stdoutReference: {
+    guestPipeMiBs: stats(guestPipe),
+    guestPipeRatio: round(stats(guestPipe).p50 / stats(ddFloor).p50),
+    virtioPortDiscardMiBs: portCeiling ? stats(portCeiling.portMiBs) : null,
+    sameVmDdToDevNullMiBs: portCeiling ? stats(portCeiling.nullMiBs) : null,
+    virtioPortRatio: portCeiling ? round(stats(portCeiling.portMiBs).p50 / stats(portCeiling.nullMiBs).p50) : null,
+  },
   spawnToReadyMs: stats(spawnReady),
   peakRssMiB: { helperPlusVmm: round(peak), helper: round(helperPeak), perBoot: stats(rss) },
   disk,

@@ -36,12 +36,19 @@ impl Frame {
     }
 }
 
+/// The header of a frame whose payload is `payload_len` bytes, for writers
+/// that place the payload after it themselves (no copy of the payload).
+pub fn encode_header(kind: Kind, channel: u32, payload_len: usize) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[..4].copy_from_slice(&((payload_len + 5) as u32).to_be_bytes());
+    h[4] = kind as u8;
+    h[5..].copy_from_slice(&channel.to_be_bytes());
+    h
+}
+
 /// Appends one encoded frame to `out`.
 pub fn encode_into(out: &mut Vec<u8>, kind: Kind, channel: u32, payload: &[u8]) {
-    let len = (payload.len() + 5) as u32;
-    out.extend_from_slice(&len.to_be_bytes());
-    out.push(kind as u8);
-    out.extend_from_slice(&channel.to_be_bytes());
+    out.extend_from_slice(&encode_header(kind, channel, payload.len()));
     out.extend_from_slice(payload);
 }
 

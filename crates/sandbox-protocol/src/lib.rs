@@ -12,7 +12,7 @@ mod frame;
 mod kind;
 mod message;
 
-pub use frame::{encode_into as frame_into, Frame, FrameDecoder, FrameError, HEADER_LEN, MAX_PAYLOAD};
+pub use frame::{encode_header as frame_header, encode_into as frame_into, Frame, FrameDecoder, FrameError, HEADER_LEN, MAX_PAYLOAD};
 pub use kind::Kind;
 pub use message::*;
 

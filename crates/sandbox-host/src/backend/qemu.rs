@@ -32,6 +32,12 @@ pub const MAX_MOUNTS: usize = 16;
 
 /// Builds QEMU's argument list; pure so it can be unit-tested. `fs_sockets`
 /// holds the vhost-user socket of each mount, in mount order.
+/// The TCG guest CPU. Without ERMS/FSRM the guest kernel copies and clears
+/// with `rep movsq`/`rep stosq` instead of `rep movsb`/`stosb`, which TCG runs
+/// one byte per iteration: measured 2.6x more stdout throughput and 11% faster
+/// boots (docs/decisions.md).
+const TCG_CPU: &str = "max,erms=off,fsrm=off";
+
 pub fn args(l: &Launch, fs_sockets: &[PathBuf]) -> Result<Vec<String>, HostError> {
     if fs_sockets.len() != l.mounts.len() {
         return Err(HostError::InvalidLaunch(format!("{} mounts but {} virtio-fs sockets", l.mounts.len(), fs_sockets.len())));
@@ -68,7 +74,7 @@ pub fn args(l: &Launch, fs_sockets: &[PathBuf]) -> Result<Vec<String>, HostError
     }
     a.push("-accel".into());
     a.push(if accel == "tcg" { "tcg,thread=multi".into() } else { "kvm".into() });
-    a.extend(["-cpu".into(), if accel == "kvm" { "host".into() } else { "max".into() }]);
+    a.extend(["-cpu".into(), if accel == "kvm" { "host".into() } else { TCG_CPU.into() }]);
     a.extend(["-smp".into(), l.cpus.to_string(), "-m".into(), l.memory_mib.to_string()]);
     a.extend(["-kernel".into(), l.kernel.clone(), "-initrd".into(), initrd.to_string()]);
     a.extend(["-append".into(), cmdline.join(" ")]);
@@ -252,7 +258,7 @@ mod tests {
     #[test]
     fn builds_tcg_command_line() {
         let a = args(&launch(), &[]).unwrap().join(" ");
-        assert!(a.contains("-accel tcg,thread=multi -cpu max -smp 2 -m 512"));
+        assert!(a.contains("-accel tcg,thread=multi -cpu max,erms=off,fsrm=off -smp 2 -m 512"));
         assert!(a.contains("-chardev socket,id=ctl,fd=3"));
         assert!(a.contains("virtserialport,chardev=ctl,name=sandbox.control"));
         assert!(a.contains("file=/img/root.qcow2,if=none,id=disk0,format=qcow2,readonly=on"));

@@ -1,0 +1,63 @@
+// Reference points for the stdout throughput ratio, measured in the same run:
+// how fast the guest can move bytes at all when something consumes them.
+//
+//  - guest pipe: `dd | dd of=/dev/null` inside the guest, the cost of any
+//    pipe-based stdout before a single byte leaves the VM;
+//  - virtio port: `dd` straight into a virtio-serial port whose host end is
+//    /dev/null (a second virtio-serial device added through a SANDBOX_QEMU
+//    wrapper, bench only): the ceiling of any design built on virtio-serial,
+//    since it has one guest copy and no host consumer at all.
+import { chmodSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+
+const timed = async (lane, mib, cmd) => {
+  const r = await lane.exec("sh", ["-c", `s=$(date +%s%N); ${cmd}; e=$(date +%s%N); echo $((e-s))`]);
+  if (r.exitCode !== 0) throw new Error(`bench command failed (${r.exitCode}): ${cmd}: ${r.stderr}`);
+  return mib / (Number(r.stdout.trim().split("\n").pop()) / 1e9);
+};
+
+const dd = (mib) => `dd if=/dev/zero bs=1M count=${mib} status=none`;
+
+/** MiB/s of the guest's own pipe between two processes, on an existing lane. */
+export async function guestPipeMiBs(lane, mib, rounds) {
+  const out = [];
+  for (let i = 0; i < rounds; i++) out.push(await timed(lane, mib, `${dd(mib)} | dd of=/dev/null bs=1M status=none`));
+  return out;
+}
+
+/**
+ * MiB/s of dd straight into a discarding virtio-serial port, with the guest's
+ * dd to /dev/null in the same VM. Null when the backend is not qemu.
+ */
+export async function virtioPortCeiling({ defineSandbox, rootfs, image, resources, qemu, work, mib, rounds }) {
+  const wrapper = join(work, "qemu-with-discard-port");
+  writeFileSync(
+    wrapper,
+    `#!/bin/sh\nexec '${qemu}' "$@" -device virtio-serial-pci,id=benchser ` +
+      `-chardev file,id=benchnull,path=/dev/null -device virtserialport,bus=benchser.0,chardev=benchnull,name=bench.discard\n`,
+  );
+  chmodSync(wrapper, 0o755);
+  const saved = process.env.SANDBOX_QEMU;
+  process.env.SANDBOX_QEMU = wrapper;
+  let lane;
+  try {
+    lane = await defineSandbox({ rootfs: rootfs.builtIn(image), resources }).boot();
+  } finally {
+    if (saved === undefined) delete process.env.SANDBOX_QEMU;
+    else process.env.SANDBOX_QEMU = saved;
+  }
+  try {
+    const find = await lane.exec("sh", ["-c", "for p in /sys/class/virtio-ports/*; do [ \"$(cat $p/name)\" = bench.discard ] && echo /dev/${p##*/}; done"]);
+    const port = find.stdout.trim();
+    if (!port) throw new Error(`the bench.discard port did not appear in the guest: ${find.stderr}`);
+    const portMiBs = [];
+    const nullMiBs = [];
+    for (let i = 0; i < rounds; i++) {
+      portMiBs.push(await timed(lane, mib, `${dd(mib)} of=${port}`));
+      nullMiBs.push(await timed(lane, mib, `${dd(mib)} of=/dev/null`));
+    }
+    return { portMiBs, nullMiBs };
+  } finally {
+    await lane.close();
+  }
+}
