@@ -52,23 +52,44 @@ export function artifactPaths(dir = process.env.SANDBOX_ARTIFACTS_DIR ?? findPac
   };
 }
 
+/** The helper and the addon: every backend needs them. */
 export function resolveArtifacts(): Artifacts {
   if (cached) return cached;
   const a = artifactPaths();
-  for (const [what, path] of [
+  requirePresent([
     ["sandbox-host helper", a.helper],
     ["native addon", a.addon],
-    ["guest kernel", a.qemuKernel],
-    ["guest initramfs", a.qemuInitrd],
-  ] as const) {
+  ]);
+  cached = a;
+  return a;
+}
+
+/**
+ * The guest kernel and init of one backend. Checked once the backend is chosen,
+ * so a platform package that ships only one backend (darwin: krun) is complete.
+ */
+export function requireBackendArtifacts(a: Artifacts, backend: "qemu" | "krun"): void {
+  requirePresent(
+    backend === "qemu"
+      ? [
+          ["guest kernel (qemu)", a.qemuKernel],
+          ["guest initramfs (qemu)", a.qemuInitrd],
+        ]
+      : [
+          ["guest kernel (krun, libkrunfw)", a.krunfw],
+          ["guest init (krun)", join(a.krunInitRoot, "init")],
+        ],
+  );
+}
+
+function requirePresent(entries: ReadonlyArray<readonly [string, string]>): void {
+  for (const [what, path] of entries) {
     if (!existsSync(path)) {
       throw new SandboxArtifactError(
         `the ${what} is missing at ${path}; reinstall ${platformPackageName()} (or, in a clone, run \`npm run setup\`)`,
       );
     }
   }
-  cached = a;
-  return a;
 }
 
 function findPackageArtifacts(): string {

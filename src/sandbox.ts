@@ -1,6 +1,6 @@
 /** `defineSandbox` and boot: from a description to a running lane. */
 import { join } from "node:path";
-import { readCatalog, resolveArtifacts, type Artifacts, type ImageEntry } from "./artifacts.js";
+import { readCatalog, requireBackendArtifacts, resolveArtifacts, type Artifacts, type ImageEntry } from "./artifacts.js";
 import { chooseBackend, findQemu, type BackendChoice, type BackendName } from "./backend.js";
 import { BlockStoreError, SandboxBootError, SandboxConfigError, UnknownImageError } from "./errors.js";
 import { HelperConnection } from "./helper-connection.js";
@@ -235,6 +235,7 @@ export async function bootLane(
   const artifacts = resolveArtifacts();
   const image = findImage(root.kind === "builtIn" ? root.name : root.base.name);
   const choice = chooseBackend(resources.backend, artifacts.helper);
+  requireBackendArtifacts(artifacts, choice.backend);
   if (choice.backend === "krun") {
     // macOS: an unsigned helper would die inside Hypervisor.framework with a bare error.
     if (!signingChecked.has(artifacts.helper)) {

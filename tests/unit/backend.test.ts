@@ -38,3 +38,33 @@ describe("krun probe against this machine's facts", () => {
     }
   });
 });
+
+describe("artifacts per backend", () => {
+  it("asks only for the chosen backend's kernel, so a krun-only package is complete", async () => {
+    const { mkdtempSync, mkdirSync, writeFileSync, rmSync } = await import("node:fs");
+    const { tmpdir } = await import("node:os");
+    const { join } = await import("node:path");
+    const { artifactPaths, requireBackendArtifacts } = await import("../../src/artifacts.js");
+    const { SandboxArtifactError } = await import("../../src/errors.js");
+    const dir = mkdtempSync(join(tmpdir(), "artifacts-"));
+    try {
+      const a = artifactPaths(dir);
+      mkdirSync(join(dir, "kernel", "krun", "root"), { recursive: true });
+      writeFileSync(a.krunfw, "");
+      writeFileSync(join(a.krunInitRoot, "init"), "");
+      expect(() => requireBackendArtifacts(a, "krun")).not.toThrow();
+      const err = (() => {
+        try {
+          requireBackendArtifacts(a, "qemu");
+        } catch (e) {
+          return e;
+        }
+      })();
+      expect(err).toBeInstanceOf(SandboxArtifactError);
+      expect((err as Error).message).toContain(`guest kernel (qemu) is missing at ${a.qemuKernel}`);
+      expect((err as Error).message).toContain("npm run setup");
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
