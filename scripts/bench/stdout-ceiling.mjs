@@ -1,6 +1,8 @@
 // Reference points for the stdout throughput ratio, measured in the same run:
 // how fast the guest can move bytes at all when something consumes them.
 //
+//  - guest copy: dd of a tmpfs file to /dev/null, one kernel copy per byte
+//    and no clear (the floor is one clear and no copy);
 //  - guest pipe: `dd | dd of=/dev/null` inside the guest, the cost of any
 //    pipe-based stdout before a single byte leaves the VM;
 //  - virtio port: `dd` straight into a virtio-serial port whose host end is
@@ -23,6 +25,24 @@ export async function guestPipeMiBs(lane, mib, rounds) {
   const out = [];
   for (let i = 0; i < rounds; i++) out.push(await timed(lane, mib, `${dd(mib)} | dd of=/dev/null bs=1M status=none`));
   return out;
+}
+
+/**
+ * MiB/s of one kernel copy and nothing else: dd reads a file on the guest's
+ * tmpfs into its buffer (copy_to_user) and writes to /dev/null. Set against
+ * the floor (one kernel clear, no copy) it says what a single copy of every
+ * byte costs under this accelerator.
+ */
+export async function guestCopyMiBs(lane, rounds) {
+  const mib = 128; // fits the default tmpfs of a 512 MiB guest
+  await lane.exec("sh", ["-c", `${dd(mib)} of=/tmp/bench-copy`]);
+  try {
+    const out = [];
+    for (let i = 0; i < rounds; i++) out.push(await timed(lane, mib, `dd if=/tmp/bench-copy bs=1M of=/dev/null status=none`));
+    return out;
+  } finally {
+    await lane.exec("rm", ["-f", "/tmp/bench-copy"]);
+  }
 }
 
 /**
