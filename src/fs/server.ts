@@ -8,7 +8,7 @@
  * nothing a filesystem throws can take the lane down.
  */
 import type { HelperConnection } from "../helper-connection.js";
-import { decodeBlockPayload, encodeBlockPayload, Kind, type Frame } from "../protocol/frames.js";
+import { decodeHelperRequest, encodeBlockPayload, Kind, type Frame } from "../protocol/frames.js";
 import { ERRNO, errnoOf, fsError } from "./errno.js";
 import { childPath, NodeTable, ROOT_ID } from "./nodes.js";
 import type { SandboxFileHandle, SandboxFileStats, SandboxFileSystem } from "./types.js";
@@ -476,16 +476,9 @@ export function serveFileSystems(conn: HelperConnection, mounts: readonly Sandbo
   };
   const servers = mounts.map((fs, i) => new MountServer(fs, (m) => warn(`mount ${i}: ${m}`)));
   const onRequest = (frame: Frame) => {
-    let req: FsRequest;
-    let bytes: Buffer;
-    try {
-      const decoded = decodeBlockPayload(frame.payload);
-      req = decoded.header as FsRequest;
-      bytes = decoded.bytes;
-      if (!Number.isInteger(req?.id) || !Number.isInteger(req.mount)) return;
-    } catch {
-      return; // only our own helper sends these; nothing to answer without an id
-    }
+    const decoded = decodeHelperRequest<FsRequest>(frame.payload);
+    if (!decoded || !Number.isInteger(decoded.req.mount)) return;
+    const { req, bytes } = decoded;
     const server = servers[req.mount];
     if (!server) {
       conn.send(Kind.FsReply, 0, encodeBlockPayload({ id: req.id, errno: 5 }));

@@ -126,3 +126,18 @@ export function decodeBlockPayload(payload: Buffer): { header: unknown; bytes: B
   if (4 + len > payload.length) throw new FrameError(`block header length ${len} exceeds the payload`);
   return { header: JSON.parse(payload.subarray(4, 4 + len).toString("utf8")), bytes: payload.subarray(4 + len) };
 }
+
+/**
+ * A request from the helper (block store or filesystem call): its JSON header
+ * and trailing bytes, or undefined when it cannot be decoded or has no integer
+ * `id` — nothing can be answered without one, and only our own helper sends these.
+ */
+export function decodeHelperRequest<T extends { id: number }>(payload: Buffer): { req: T; bytes: Buffer } | undefined {
+  try {
+    const { header, bytes } = decodeBlockPayload(payload);
+    const req = header as T;
+    return Number.isInteger(req?.id) ? { req, bytes } : undefined;
+  } catch {
+    return undefined;
+  }
+}

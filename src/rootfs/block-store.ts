@@ -5,7 +5,7 @@
  */
 import { BlockStoreError, SandboxConfigError, type BlockStoreOp } from "../errors.js";
 import type { HelperConnection } from "../helper-connection.js";
-import { decodeBlockPayload, encodeBlockPayload, Kind, MAX_PAYLOAD, type Frame } from "../protocol/frames.js";
+import { decodeHelperRequest, encodeBlockPayload, Kind, MAX_PAYLOAD, type Frame } from "../protocol/frames.js";
 
 export interface SandboxBlockStoreContext {
   /** sha256 of the built-in base image the blocks belong to. */
@@ -244,16 +244,9 @@ export function serveBlockStore(
   };
 
   const onRequest = (frame: Frame) => {
-    let req: BlockRequest;
-    let bytes: Buffer;
-    try {
-      const decoded = decodeBlockPayload(frame.payload);
-      req = decoded.header as BlockRequest;
-      bytes = decoded.bytes;
-      if (!Number.isInteger(req?.id)) throw new Error("no id");
-    } catch {
-      return; // Only our own helper sends these; nothing to answer without an id.
-    }
+    const decoded = decodeHelperRequest<BlockRequest>(frame.payload);
+    if (!decoded) return;
+    const { req, bytes } = decoded;
     withStoreDeadline(req.op, describe(req), options.timeoutMs, () => handle(req, bytes)).then(
       (replies) => replies.forEach(([header, blocks]) => conn.send(Kind.BlockReply, 0, encodeBlockPayload(header, blocks))),
       (err: BlockStoreError) => {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { encodeFrame, encodeJson, FrameDecoder, FrameError, Kind, MAX_PAYLOAD } from "../../src/protocol/frames.js";
+import { decodeHelperRequest, encodeBlockPayload, encodeFrame, encodeJson, FrameDecoder, FrameError, Kind, MAX_PAYLOAD } from "../../src/protocol/frames.js";
 
 describe("frame codec", () => {
   it("round-trips frames split at every byte boundary", () => {
@@ -33,5 +33,15 @@ describe("frame codec", () => {
 
   it("uses the Rust values for the filesystem bridge kinds (helper-only, 0xa0-0xaf)", () => {
     expect([Kind.FsRequest, Kind.FsReply]).toEqual([0xa0, 0xa1]);
+  });
+
+  it("decodes helper requests only when they carry an integer id", () => {
+    const ok = decodeHelperRequest<{ id: number; op: string }>(encodeBlockPayload({ id: 3, op: "read" }, [Buffer.from("xy")]));
+    expect(ok?.req).toEqual({ id: 3, op: "read" });
+    expect(ok?.bytes.toString()).toBe("xy");
+    expect(decodeHelperRequest(encodeBlockPayload({ op: "read" }, []))).toBeUndefined();
+    expect(decodeHelperRequest(encodeBlockPayload({ id: "3" }, []))).toBeUndefined();
+    expect(decodeHelperRequest(Buffer.from([0, 0, 0, 9, 1]))).toBeUndefined(); // header longer than the payload
+    expect(decodeHelperRequest(Buffer.from([0, 0, 0, 1, 0x7b]))).toBeUndefined(); // not JSON
   });
 });
