@@ -62,9 +62,38 @@ export class LaneClosedError extends SandboxError {
 /** The VM or its helper ended unexpectedly. */
 export class SandboxCrashedError extends SandboxError {
   readonly consoleTail: string | undefined;
-  constructor(message: string, consoleTail?: string) {
-    super("ERR_SANDBOX_CRASHED", message);
+  /** The helper's last diagnostics before the end (newest last), for the why. */
+  readonly diagnostics: readonly string[];
+  constructor(message: string, consoleTail?: string, options: { code?: string; diagnostics?: readonly string[] } = {}) {
+    super(options.code ?? "ERR_SANDBOX_CRASHED", message);
     this.consoleTail = consoleTail;
+    this.diagnostics = options.diagnostics ?? [];
+  }
+}
+
+/** Who broke the wire contract: the guest (a hostile or broken guest) or the helper process. */
+export type ProtocolOffender = "guest" | "helper";
+
+/**
+ * A frame broke the wire contract, so the lane was ended: its VM and helper
+ * are gone, and every pending call of the lane rejects with this error. Other
+ * lanes are not affected. A guest with root can write frames to the control
+ * port, so this is what a hostile guest gets; `offender` says who sent the
+ * frame, `frameKind` and `channel` which frame it was.
+ */
+export class SandboxProtocolError extends SandboxCrashedError {
+  readonly offender: ProtocolOffender;
+  /** Kind name of the offending frame ("Exit"), or `0x…` for a byte no kind has; undefined for broken framing. */
+  readonly frameKind: string | undefined;
+  readonly channel: number | undefined;
+  constructor(
+    message: string,
+    details: { offender: ProtocolOffender; frameKind?: string; channel?: number; consoleTail?: string; diagnostics?: readonly string[] },
+  ) {
+    super(message, details.consoleTail, { code: "ERR_SANDBOX_PROTOCOL", diagnostics: details.diagnostics });
+    this.offender = details.offender;
+    this.frameKind = details.frameKind;
+    this.channel = details.channel;
   }
 }
 
@@ -89,7 +118,8 @@ export class OutputLimitError extends SandboxError {
   }
 }
 
-export type BlockStoreOp = "list" | "read" | "write" | "flush";
+/** The store call that failed; `request`: the helper's request itself could not be read. */
+export type BlockStoreOp = "list" | "read" | "write" | "flush" | "request";
 
 /**
  * A `rootfs.cow` block store call failed (threw, rejected, answered badly or

@@ -1,5 +1,5 @@
 export { defineSandbox, listBuiltInImages } from "./sandbox.js";
-export type { Sandbox, SandboxDefinition, SandboxResources, BootOptions } from "./sandbox.js";
+export type { Sandbox, SandboxDefinition, SandboxResources, BootOptions, LaneEvent } from "./sandbox.js";
 export { Lane } from "./lane.js";
 export type { ExecOptions, ExecResult, LaneInfo, SpawnOptions, PtyOptions, SandboxProcess, SandboxPty } from "./lane.js";
 export type { ProcessExit, TerminalSize } from "./process.js";
@@ -31,6 +31,7 @@ export {
   SandboxArtifactError,
   SandboxBootError,
   SandboxCrashedError,
+  SandboxProtocolError,
   LaneClosedError,
   ProcessStartError,
   OutputLimitError,
@@ -38,7 +39,7 @@ export {
   BlockStoreBaseMismatchError,
   PortForwardError,
 } from "./errors.js";
-export type { BlockStoreOp } from "./errors.js";
+export type { BlockStoreOp, ProtocolOffender } from "./errors.js";
 export { network } from "./network/policy.js";
 export type {
   NetworkPolicy,

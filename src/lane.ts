@@ -1,6 +1,6 @@
 /** A running sandbox instance and the processes it runs. */
-import { abortError, LaneClosedError, OutputLimitError, PortForwardError, SandboxCrashedError } from "./errors.js";
-import type { HelperConnection } from "./helper-connection.js";
+import { abortError, LaneClosedError, OutputLimitError, PortForwardError, SandboxCrashedError, type SandboxError } from "./errors.js";
+import type { ConnectionEnd, HelperConnection } from "./helper-connection.js";
 import type { BlockStoreFailures } from "./rootfs/block-store.js";
 import {
   OUTPUT_WINDOW,
@@ -13,7 +13,7 @@ import {
   type StartRequest,
   type TerminalSize,
 } from "./process.js";
-import { Kind, type Frame } from "./protocol/frames.js";
+import { Kind } from "./protocol/frames.js";
 import { checkAbsolutePath, checkArgv, checkEnv, checkInteger } from "./validate.js";
 
 export interface LaneInfo {
@@ -145,18 +145,10 @@ export class Lane implements AsyncDisposable {
     this.info = Object.freeze(info);
     this.#exited = new Promise((resolve) => {
       if (conn.closed) resolve();
-      conn.once("exit", () => {
-        const crashed = !this.#closing;
-        for (const p of [...this.#pending]) {
-          p.fail(
-            crashed
-              ? new SandboxCrashedError(
-                  `the sandbox VM ended unexpectedly${conn.helperError ? `: ${conn.helperError}` : ""}`,
-                  conn.vmExit?.consoleTail,
-                )
-              : new LaneClosedError("the lane was closed while the command was running"),
-          );
-        }
+      conn.once("exit", (end: ConnectionEnd) => {
+        const error = this.#endError(end);
+        this.#endedWith = error;
+        for (const p of [...this.#pending]) p.fail(error);
         this.#pending.clear();
         resolve();
       });
@@ -167,7 +159,29 @@ export class Lane implements AsyncDisposable {
     return this.#closing !== undefined || this.#conn.closed;
   }
 
-  #nextForward = 1;
+  #endedWith: SandboxError | undefined;
+
+  /**
+   * Why the lane ended, once it has: `undefined` while it runs or after a
+   * plain `close()`; a `SandboxCrashedError` (or its subclass
+   * `SandboxProtocolError`) when the VM or helper ended on its own.
+   */
+  get endError(): SandboxError | undefined {
+    return this.#endedWith;
+  }
+
+  /** The error the lane's pending calls get when it ends. */
+  #endError(end: ConnectionEnd): SandboxError {
+    // A contract violation is the cause even when it happened during close().
+    if (end.error) return end.error;
+    if (this.#closing) return new LaneClosedError("the lane was closed while the command was running");
+    const why = this.#conn.diagnostics.at(-1);
+    return new SandboxCrashedError(
+      `the sandbox VM ended unexpectedly${end.vmExit ? ` (VMM exit ${end.vmExit.exitCode ?? `signal ${end.vmExit.signal}`})` : ""}${why ? `; the helper's last diagnostic: ${why}` : ""}`,
+      end.vmExit?.consoleTail,
+      { diagnostics: this.#conn.diagnostics },
+    );
+  }
 
   /**
    * Forwards host connections to a guest listener: the helper listens on
@@ -179,31 +193,9 @@ export class Lane implements AsyncDisposable {
     const port = checkInteger("guestPort", guestPort, 1, 65535);
     const hostPort = checkInteger("hostPort", options.hostPort ?? 0, 0, 65535);
     if (this.closed) return Promise.reject(new LaneClosedError("forwardPort() on a closed lane"));
-    const id = this.#nextForward++;
-    return new Promise((resolve, reject) => {
-      const cleanup = () => {
-        this.#conn.off("portForwarded", onReply);
-        this.#conn.off("exit", onExit);
-      };
-      const onReply = (frame: Frame) => {
-        let body: { id: number; port?: number | null; error?: string | null };
-        try {
-          body = JSON.parse(frame.payload.toString("utf8")) as typeof body;
-        } catch {
-          return;
-        }
-        if (body.id !== id) return;
-        cleanup();
-        if (typeof body.port === "number") resolve({ host: "127.0.0.1", port: body.port });
-        else reject(new PortForwardError(`cannot forward to guest port ${port}: ${body.error ?? "unknown error"}`));
-      };
-      const onExit = () => {
-        cleanup();
-        reject(new LaneClosedError("the lane closed before the port was forwarded"));
-      };
-      this.#conn.on("portForwarded", onReply);
-      this.#conn.once("exit", onExit);
-      this.#conn.sendJson(Kind.PortForward, 0, { id, guestPort: port, hostPort });
+    return this.#conn.request("PortForward", { guestPort: port, hostPort }).then((reply) => {
+      if (reply.status === "listening") return { host: "127.0.0.1" as const, port: reply.port };
+      throw new PortForwardError(`cannot forward to guest port ${port}: ${reply.error}`);
     });
   }
 

@@ -5,7 +5,7 @@
  */
 import { abortError, ProcessStartError } from "./errors.js";
 import type { HelperConnection } from "./helper-connection.js";
-import { Kind, type Frame } from "./protocol/frames.js";
+import { ContractViolation, decodeJson, Kind, WIRE, type Start } from "./protocol/contract.js";
 
 export interface ProcessExit {
   /** Exit status; 128+N when killed by signal N; 124 after a timeout. */
@@ -20,10 +20,10 @@ export interface TerminalSize {
   cols: number;
 }
 
-/** Output window per stream the guest starts with (matches the Rust default). */
-export const OUTPUT_WINDOW = 1024 * 1024;
+/** Output window per stream the guest starts with. */
+export const OUTPUT_WINDOW = WIRE.defaultWindow;
 /** Stdin bytes in flight before the guest acknowledges them. */
-export const STDIN_WINDOW = 256 * 1024;
+export const STDIN_WINDOW = WIRE.stdinWindow;
 const STDIN_CHUNK = 64 * 1024;
 
 /** Linux signal numbers (the guest is always Linux, whatever the host is). */
@@ -40,15 +40,7 @@ export function signalNumber(signal: string | number): number {
   return n;
 }
 
-export interface StartRequest {
-  argv: string[];
-  env: Record<string, string>;
-  cwd: string | undefined;
-  timeoutMs: number | undefined;
-  stdin: boolean;
-  pty?: TerminalSize | undefined;
-  window?: number;
-}
+export type StartRequest = Start;
 
 export interface ChannelHooks {
   /** Output chunk; whoever consumes it returns credit with `grant`. */
@@ -71,6 +63,10 @@ export class ProcessChannel {
   #stdinCredit = STDIN_WINDOW;
   #creditWaiters: Array<() => void> = [];
   #settled = false;
+  #started = false;
+  #pty = false;
+  /** Output bytes the guest may still send per stream: what was granted minus what arrived. */
+  readonly #window = [0, 0];
   #aborted: AbortSignal | undefined;
   /** Set when output should be rejected instead of the normal exit (e.g. output limit). */
   overrideError: Error | undefined;
@@ -90,7 +86,7 @@ export class ProcessChannel {
     // Callers may await only one of the two; neither should crash the process.
     this.ready.catch(() => {});
     this.exit.catch(() => {});
-    conn.onChannel(channel, (f) => this.#onFrame(f));
+    conn.onChannel(channel, (kind, payload) => this.#onFrame(kind, payload));
   }
 
   get settled(): boolean {
@@ -106,21 +102,26 @@ export class ProcessChannel {
       signal.addEventListener("abort", onAbort, { once: true });
       this.exit.finally(() => signal.removeEventListener("abort", onAbort)).catch(() => {});
     }
-    this.#conn.sendJson(Kind.Start, this.#channel, req);
+    const window = req.window ?? OUTPUT_WINDOW;
+    this.#window[0] = window;
+    this.#window[1] = window;
+    this.#pty = req.pty !== undefined && req.pty !== null;
+    this.#conn.sendJson("Start", this.#channel, req);
   }
 
   /** Returns output credit to the guest after the host consumed `bytes` of a stream. */
   grant(stream: 0 | 1, bytes: number): void {
     if (this.#settled || bytes <= 0) return;
-    this.#conn.sendJson(Kind.Credit, this.#channel, stream === 0 ? { stdout: bytes } : { stderr: bytes });
+    this.#window[stream]! += bytes;
+    this.#conn.sendJson("Credit", this.#channel, stream === 0 ? { stdout: bytes } : { stderr: bytes });
   }
 
   signal(sig: number): void {
-    if (!this.#settled) this.#conn.sendJson(Kind.Signal, this.#channel, { signal: sig });
+    if (!this.#settled) this.#conn.sendJson("Signal", this.#channel, { signal: sig });
   }
 
   resize(size: TerminalSize): void {
-    if (!this.#settled) this.#conn.sendJson(Kind.Resize, this.#channel, size);
+    if (!this.#settled) this.#conn.sendJson("Resize", this.#channel, size);
   }
 
   /** Sends stdin respecting the guest's acknowledgement window. After exit, data is discarded. */
@@ -155,13 +156,24 @@ export class ProcessChannel {
     this.#hooks.onSettled?.();
   }
 
-  #onFrame(frame: Frame): void {
-    switch (frame.kind) {
-      case Kind.Started:
-        this.#resolveReady(JSON.parse(frame.payload.toString("utf8")) as { pid: number });
+  /**
+   * One frame of this process. Payloads are validated by the contract's
+   * decoders, and output must stay within the credit granted: a guest that
+   * breaks either throws a ContractViolation, which ends the lane.
+   */
+  #onFrame(kind: number, payload: Buffer): void {
+    const violation = (reason: string) => new ContractViolation(kind, this.#channel, reason);
+    switch (kind) {
+      case Kind.Started: {
+        const { pid } = decodeJson("Started", payload, this.#channel);
+        if (this.#started) throw violation("the process was already started");
+        this.#started = true;
+        this.#resolveReady({ pid });
         return;
+      }
       case Kind.StartFailed: {
-        const f = JSON.parse(frame.payload.toString("utf8")) as { code: string; message: string };
+        const f = decodeJson("StartFailed", payload, this.#channel);
+        if (this.#started) throw violation("the process was already started");
         const err = new ProcessStartError(f.code, f.message);
         this.#settle();
         this.#rejectReady(err);
@@ -169,24 +181,35 @@ export class ProcessChannel {
         return;
       }
       case Kind.Stdout:
-      case Kind.Stderr:
-        this.#hooks.onOutput(frame.kind === Kind.Stdout ? 0 : 1, frame.payload);
+      case Kind.Stderr: {
+        const stream = kind === Kind.Stdout ? 0 : 1;
+        if (!this.#started) throw violation("output before the process started");
+        if (stream === 1 && this.#pty) throw violation("a pty process has no separate stderr");
+        if (payload.length > this.#window[stream]!) {
+          throw violation(`${payload.length} bytes of output, but only ${this.#window[stream]} were granted`);
+        }
+        this.#window[stream]! -= payload.length;
+        this.#hooks.onOutput(stream, payload);
         return;
+      }
       case Kind.StdinAck: {
-        const { bytes } = JSON.parse(frame.payload.toString("utf8")) as { bytes: number };
-        this.#stdinCredit = Math.min(STDIN_WINDOW, this.#stdinCredit + bytes);
+        const { bytes } = decodeJson("StdinAck", payload, this.#channel);
+        if (this.#stdinCredit + bytes > STDIN_WINDOW) throw violation(`acknowledges ${bytes} stdin bytes that were never sent`);
+        this.#stdinCredit += bytes;
         for (const w of this.#creditWaiters.splice(0)) w();
         return;
       }
       case Kind.Exit: {
-        const e = JSON.parse(frame.payload.toString("utf8")) as ProcessExit;
+        const e = decodeJson("Exit", payload, this.#channel);
+        if (!this.#started) throw violation("exit of a process that never started");
         this.#settle();
-        this.#resolveReady({ pid: -1 }); // no-op if Started came first, as it always does
         if (this.#aborted) this.#rejectExit(abortError(this.#aborted));
         else if (this.overrideError) this.#rejectExit(this.overrideError);
         else this.#resolveExit({ exitCode: e.exitCode, signal: e.signal ?? null, timedOut: e.timedOut });
         return;
       }
+      default:
+        throw violation("not a process frame");
     }
   }
 }

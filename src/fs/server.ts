@@ -8,7 +8,7 @@
  * nothing a filesystem throws can take the lane down.
  */
 import type { HelperConnection } from "../helper-connection.js";
-import { decodeHelperRequest, encodeBlockPayload, Kind, type Frame } from "../protocol/frames.js";
+import type { Attr, DirEntry, FsReply, FsRequest, Op } from "../protocol/contract.js";
 import { ERRNO, errnoOf, fsError } from "./errno.js";
 import { childPath, NodeTable, ROOT_ID } from "./nodes.js";
 import type { SandboxFileHandle, SandboxFileStats, SandboxFileSystem } from "./types.js";
@@ -37,43 +37,18 @@ const MAX_WARNINGS = 20;
 const DEBUG = Boolean(process.env.SANDBOX_FS_DEBUG);
 
 /** What the engine expects back for a FUSE attribute. */
-export interface WireAttr {
-  ino: number;
-  size: number;
-  blocks: number;
-  atimeMs: number;
-  mtimeMs: number;
-  ctimeMs: number;
-  mode: number;
-  nlink: number;
-  uid: number;
-  gid: number;
-  rdev: number;
+export type WireAttr = Attr;
+
+export type { FsRequest };
+
+/** One answer: the reply header and, for read and readlink, the bytes after it. */
+export interface FsAnswer {
+  reply: FsReply;
+  bytes?: Uint8Array;
 }
 
-export interface FsRequest {
-  id: number;
-  mount: number;
-  op: string;
-  uid?: number;
-  gid?: number;
-  node?: number;
-  parent?: number;
-  name?: string;
-  newParent?: number;
-  newName?: string;
-  target?: string;
-  mode?: number;
-  rdev?: number;
-  flags?: number;
-  fh?: number;
-  offset?: number;
-  size?: number;
-  count?: number;
-  set?: { mode?: number; uid?: number; gid?: number; size?: number; atime?: number | "now"; mtime?: number | "now" };
-}
-
-export type FsAnswer = { header: Record<string, unknown>; bytes?: Uint8Array } | undefined;
+/** An operation of one kind, e.g. `OpOf<"rename">`. */
+type OpOf<K extends Op["op"]> = Extract<Op, { op: K }>;
 
 interface OpenFile {
   handle: SandboxFileHandle;
@@ -102,19 +77,25 @@ export class MountServer {
     return this.#files.size + this.#dirs.size;
   }
 
-  /** Answers one request; `undefined` for requests that take no answer (forget). */
+  /** Answers one request; every failure becomes an errno answer. */
   async handle(req: FsRequest, data: Uint8Array): Promise<FsAnswer> {
+    const op = req.call.op;
     try {
       return await this.#dispatch(req, data);
     } catch (err) {
-      if (DEBUG) console.error("sandbox fs:", req.op, "failed:", err);
+      if (DEBUG) console.error("sandbox fs:", op, "failed:", err);
       const errno = errnoOf(err);
       const code = (err as { code?: unknown } | null)?.code;
       if (errno === ERRNO.EIO && code !== "EIO") {
-        this.onProblem(`filesystem ${req.op} failed without an errno code (${String((err as Error)?.message ?? err)}); the guest got EIO`);
+        this.onProblem(`filesystem ${op} failed without an errno code (${String((err as Error)?.message ?? err)}); the guest got EIO`);
       }
-      return { header: { id: req.id, errno } };
+      return { reply: { result: "error", errno } };
     }
+  }
+
+  /** The guest kernel dropped `count` references to `node`. */
+  forget(node: number, count: number): void {
+    this.nodes.forget(node, count);
   }
 
   /** Closes every handle still open (the lane ended). */
@@ -127,161 +108,159 @@ export class MountServer {
 
   async #dispatch(req: FsRequest, data: Uint8Array): Promise<FsAnswer> {
     const fs = this.fs;
-    const id = req.id;
-    const ok = (extra: Record<string, unknown> = {}, bytes?: Uint8Array): FsAnswer => ({ header: { id, ...extra }, bytes });
-    switch (req.op) {
-      case "forget":
-        this.nodes.forget(num(req.node), num(req.count));
-        return undefined;
-      case "lookup": {
-        const path = childPath(this.nodes.path(num(req.parent)), str(req.name));
-        return ok(await this.#entry(path));
-      }
+    const op = req.call;
+    const done: FsAnswer = { reply: { result: "done" } };
+    const entry = async (path: string): Promise<FsAnswer> => ({ reply: { result: "entry", ...(await this.#entry(path)) } });
+    switch (op.op) {
+      case "lookup":
+        return entry(childPath(this.nodes.path(op.parent), op.name));
       case "getattr": {
-        const open = req.fh !== undefined ? this.#files.get(req.fh) : undefined;
-        return ok({ attr: wireAttr(open ? await open.handle.stat() : await this.#statNode(num(req.node))) });
+        const open = op.fh !== undefined && op.fh !== null ? this.#files.get(op.fh) : undefined;
+        return { reply: { result: "attr", attr: wireAttr(open ? await open.handle.stat() : await this.#statNode(op.node)) } };
       }
       case "setattr":
-        return ok({ attr: await this.#setattr(req) });
+        return { reply: { result: "attr", attr: await this.#setattr(op) } };
       case "readlink": {
-        const target = await fs.readlink(this.nodes.path(num(req.node)));
-        return ok({}, Buffer.from(target, "utf8"));
+        const target = await fs.readlink(this.nodes.path(op.node));
+        return { reply: { result: "data" }, bytes: Buffer.from(target, "utf8") };
       }
       case "symlink": {
-        const path = childPath(this.nodes.path(num(req.parent)), str(req.name));
-        await fs.symlink(str(req.target), path);
+        const path = childPath(this.nodes.path(op.parent), op.name);
+        await fs.symlink(op.target, path);
         await this.#own(path, req);
-        return ok(await this.#entry(path));
+        return entry(path);
       }
       case "mknod": {
-        const mode = num(req.mode);
-        if ((mode & S_IFMT) !== S_IFREG) throw fsError("EPERM", "only regular files can be created with mknod on this filesystem");
-        const path = childPath(this.nodes.path(num(req.parent)), str(req.name));
-        const h = await fs.open(path, O.CREAT | O.EXCL | 1, mode & 0o7777);
+        if ((op.mode & S_IFMT) !== S_IFREG) throw fsError("EPERM", "only regular files can be created with mknod on this filesystem");
+        const path = childPath(this.nodes.path(op.parent), op.name);
+        const h = await fs.open(path, O.CREAT | O.EXCL | 1, op.mode & 0o7777);
         await h.close();
-        await this.#mode(path, mode & 0o7777);
+        await this.#mode(path, op.mode & 0o7777);
         await this.#own(path, req);
-        return ok(await this.#entry(path));
+        return entry(path);
       }
       case "mkdir": {
-        const path = childPath(this.nodes.path(num(req.parent)), str(req.name));
-        const mode = num(req.mode) & 0o7777;
+        const path = childPath(this.nodes.path(op.parent), op.name);
+        const mode = op.mode & 0o7777;
         await fs.mkdir(path, mode);
         await this.#mode(path, mode);
         await this.#own(path, req);
-        return ok(await this.#entry(path));
+        return entry(path);
       }
       case "unlink":
       case "rmdir": {
-        const path = childPath(this.nodes.path(num(req.parent)), str(req.name));
-        await (req.op === "unlink" ? fs.unlink(path) : fs.rmdir(path));
+        const path = childPath(this.nodes.path(op.parent), op.name);
+        await (op.op === "unlink" ? fs.unlink(path) : fs.rmdir(path));
         this.nodes.detach(path);
-        return ok();
+        return done;
       }
-      case "rename": {
-        const from = childPath(this.nodes.path(num(req.parent)), str(req.name));
-        const to = childPath(this.nodes.path(num(req.newParent)), str(req.newName));
-        if (to.startsWith(`${from}/`)) throw fsError("EINVAL", "cannot move a directory into itself");
-        // POSIX rules checked here, so every SandboxFileSystem behaves the same.
-        const src = await fs.lstat(from);
-        const dst = await lstatOrUndefined(fs, to);
-        if (dst) {
-          if ((num(req.flags) & RENAME_NOREPLACE) !== 0) throw fsError("EEXIST", `${to} exists`);
-          const srcDir = (src.mode & S_IFMT) === S_IFDIR;
-          const dstDir = (dst.mode & S_IFMT) === S_IFDIR;
-          if (srcDir && !dstDir) throw fsError("ENOTDIR", `${to} is not a directory`);
-          if (!srcDir && dstDir) throw fsError("EISDIR", `${to} is a directory`);
-          if (dstDir && (await fs.readdir(to)).length > 0) throw fsError("ENOTEMPTY", `${to} is not empty`);
-          // Two names of one file: POSIX says do nothing.
-          if (!srcDir && Number(src.ino) === Number(dst.ino) && src.nlink > 1) return ok();
-        }
-        await fs.rename(from, to);
-        this.nodes.rename(from, to);
-        return ok();
-      }
+      case "rename":
+        await this.#rename(op);
+        return done;
       case "link": {
-        const existing = this.nodes.path(num(req.node));
-        const path = childPath(this.nodes.path(num(req.newParent)), str(req.newName));
+        const existing = this.nodes.path(op.node);
+        const path = childPath(this.nodes.path(op.newParent), op.newName);
         await fs.link(existing, path);
-        return ok(await this.#entry(path));
+        return entry(path);
       }
       case "open": {
-        const node = num(req.node);
         // Writes carry explicit offsets (the guest kernel resolves O_APPEND),
         // and truncation arrives as a separate setattr: only the access mode matters.
-        const handle = await fs.open(this.nodes.path(node), num(req.flags) & O.ACCMODE);
-        return ok({ fh: this.#addFile(handle, node) });
+        const handle = await fs.open(this.nodes.path(op.node), op.flags & O.ACCMODE);
+        return { reply: { result: "open", fh: this.#addFile(handle, op.node) } };
       }
       case "create": {
-        const path = childPath(this.nodes.path(num(req.parent)), str(req.name));
-        const flags = num(req.flags);
-        const mode = num(req.mode) & 0o7777;
-        const handle = await fs.open(path, O.CREAT | (flags & O.EXCL) | (flags & O.ACCMODE), mode);
+        const path = childPath(this.nodes.path(op.parent), op.name);
+        const mode = op.mode & 0o7777;
+        const handle = await fs.open(path, O.CREAT | (op.flags & O.EXCL) | (op.flags & O.ACCMODE), mode);
         try {
           await this.#mode(path, mode);
           await this.#own(path, req);
-          const entry = await this.#entry(path);
-          return ok({ ...entry, fh: this.#addFile(handle, entry.node) });
+          const e = await this.#entry(path);
+          return { reply: { result: "created", ...e, fh: this.#addFile(handle, e.node) } };
         } catch (err) {
           await handle.close().catch(() => {});
           throw err;
         }
       }
       case "read": {
-        const file = this.#file(req.fh);
-        const size = num(req.size);
-        const buf = Buffer.allocUnsafe(size);
+        const file = this.#file(op.fh);
+        const buf = Buffer.allocUnsafe(op.size);
         let got = 0;
-        while (got < size) {
-          const { bytesRead } = await file.handle.read(buf, got, size - got, num(req.offset) + got);
+        while (got < op.size) {
+          const { bytesRead } = await file.handle.read(buf, got, op.size - got, op.offset + got);
           if (!bytesRead) break;
           got += bytesRead;
         }
-        return ok({}, buf.subarray(0, got));
+        return { reply: { result: "data" }, bytes: buf.subarray(0, got) };
       }
       case "write": {
-        const file = this.#file(req.fh);
-        let done = 0;
-        while (done < data.length) {
-          const { bytesWritten } = await file.handle.write(data, done, data.length - done, num(req.offset) + done);
+        const file = this.#file(op.fh);
+        let written = 0;
+        while (written < data.length) {
+          const { bytesWritten } = await file.handle.write(data, written, data.length - written, op.offset + written);
           if (!bytesWritten) throw fsError("EIO", "the filesystem wrote nothing");
-          done += bytesWritten;
+          written += bytesWritten;
         }
-        return ok({ size: done });
+        return { reply: { result: "written", size: written } };
       }
       case "flush":
-        this.#file(req.fh);
-        return ok();
-      case "fsync": {
-        const file = this.#file(req.fh);
-        await file.handle.sync?.();
-        return ok();
-      }
+        this.#file(op.fh);
+        return done;
+      case "fsync":
+        await this.#file(op.fh).handle.sync?.();
+        return done;
       case "release": {
-        const file = this.#files.get(num(req.fh));
-        this.#files.delete(num(req.fh));
+        const file = this.#files.get(op.fh);
+        this.#files.delete(op.fh);
         await file?.handle.close();
-        return ok();
+        return done;
       }
       case "opendir": {
-        const path = this.nodes.path(num(req.node));
+        const path = this.nodes.path(op.node);
         const names = await fs.readdir(path);
         const fh = this.#nextFh++;
         this.#dirs.set(fh, { path, names: [".", "..", ...names.map(String)] });
-        return ok({ fh });
+        return { reply: { result: "open", fh } };
       }
       case "readdir":
-        return ok({ entries: await this.#readdir(req) });
+        return { reply: { result: "dir", entries: await this.#readdir(op) } };
       case "releasedir":
-        this.#dirs.delete(num(req.fh));
-        return ok();
+        this.#dirs.delete(op.fh);
+        return done;
       case "statfs":
-        return ok({
-          statfs: { blocks: 1 << 26, bfree: 1 << 25, bavail: 1 << 25, files: 1 << 24, ffree: 1 << 23, bsize: 4096, namelen: 255 },
-        });
+        return {
+          reply: {
+            result: "statfs",
+            statfs: { blocks: 1 << 26, bfree: 1 << 25, bavail: 1 << 25, files: 1 << 24, ffree: 1 << 23, bsize: 4096, namelen: 255 },
+          },
+        };
       default:
-        throw fsError("ENOSYS", `operation ${req.op} is not supported`);
+        // The contract's validator admits only the operations above; this is for direct callers.
+        throw fsError("ENOSYS", `operation ${(op as { op: string }).op} is not supported`);
     }
+  }
+
+  async #rename(op: OpOf<"rename">): Promise<void> {
+    const fs = this.fs;
+    const from = childPath(this.nodes.path(op.parent), op.name);
+    const to = childPath(this.nodes.path(op.newParent), op.newName);
+    if (to.startsWith(`${from}/`)) throw fsError("EINVAL", "cannot move a directory into itself");
+    // POSIX rules checked here, so every SandboxFileSystem behaves the same.
+    const src = await fs.lstat(from);
+    const dst = await lstatOrUndefined(fs, to);
+    if (dst) {
+      if ((op.flags & RENAME_NOREPLACE) !== 0) throw fsError("EEXIST", `${to} exists`);
+      const srcDir = (src.mode & S_IFMT) === S_IFDIR;
+      const dstDir = (dst.mode & S_IFMT) === S_IFDIR;
+      if (srcDir && !dstDir) throw fsError("ENOTDIR", `${to} is not a directory`);
+      if (!srcDir && dstDir) throw fsError("EISDIR", `${to} is a directory`);
+      if (dstDir && (await fs.readdir(to)).length > 0) throw fsError("ENOTEMPTY", `${to} is not empty`);
+      // Two names of one file: POSIX says do nothing.
+      if (!srcDir && Number(src.ino) === Number(dst.ino) && src.nlink > 1) return;
+    }
+    await fs.rename(from, to);
+    this.nodes.rename(from, to);
   }
 
   async #entry(path: string): Promise<{ node: number; attr: WireAttr }> {
@@ -340,27 +319,27 @@ export class MountServer {
     if (st.uid !== req.uid || st.gid !== req.gid) await this.fs.lchown(path, req.uid, req.gid);
   }
 
-  async #setattr(req: FsRequest): Promise<WireAttr> {
-    const set = req.set ?? {};
-    const node = num(req.node);
+  async #setattr(op: OpOf<"setattr">): Promise<WireAttr> {
+    const set = op.set;
+    const node = op.node;
     // A node removed while open (here or by another lane sharing the filesystem) is reached through its handle.
-    let open = req.fh !== undefined ? this.#files.get(req.fh) : undefined;
+    let open = op.fh !== undefined && op.fh !== null ? this.#files.get(op.fh) : undefined;
     if (!open && !(await this.#hasPath(node))) open = this.#openOf(node);
     const fs = this.fs;
-    const path = () => this.nodes.path(num(req.node));
-    if (set.mode !== undefined) await fs.chmod(path(), set.mode & 0o7777);
-    if (set.uid !== undefined || set.gid !== undefined) {
+    const path = () => this.nodes.path(node);
+    if (set.mode !== undefined && set.mode !== null) await fs.chmod(path(), set.mode & 0o7777);
+    if ((set.uid ?? undefined) !== undefined || (set.gid ?? undefined) !== undefined) {
       if (!fs.lchown) throw fsError("EPERM", "this filesystem does not record owners");
       const st = await fs.lstat(path());
       await fs.lchown(path(), set.uid ?? st.uid, set.gid ?? st.gid);
     }
-    if (set.size !== undefined) {
+    if (set.size !== undefined && set.size !== null) {
       if (open) await open.handle.truncate(set.size);
       else await fs.truncate(path(), set.size);
     }
-    if (set.atime !== undefined || set.mtime !== undefined) {
+    if ((set.atime ?? undefined) !== undefined || (set.mtime ?? undefined) !== undefined) {
       const st = open ? await open.handle.stat() : await fs.lstat(path());
-      const sec = (t: number | "now" | undefined, keep: number) => (t === "now" ? Date.now() / 1000 : t === undefined ? keep / 1000 : t / 1000);
+      const sec = (t: number | "now" | null | undefined, keep: number) => (t === "now" ? Date.now() / 1000 : t === undefined || t === null ? keep / 1000 : t / 1000);
       const atime = sec(set.atime, st.atimeMs);
       const mtime = sec(set.mtime, st.mtimeMs);
       if (fs.lutimes) await fs.lutimes(path(), atime, mtime);
@@ -370,12 +349,12 @@ export class MountServer {
     return wireAttr(st);
   }
 
-  async #readdir(req: FsRequest): Promise<{ ino: number; name: string; type: number; off: number }[]> {
-    const dir = this.#dirs.get(num(req.fh));
-    if (!dir) throw fsError("EBADF", `no open directory ${req.fh}`);
-    const start = num(req.offset);
+  async #readdir(op: OpOf<"readdir">): Promise<DirEntry[]> {
+    const dir = this.#dirs.get(op.fh);
+    if (!dir) throw fsError("EBADF", `no open directory ${op.fh}`);
+    const start = op.offset;
     // Each entry takes at least 32 bytes of the guest's buffer.
-    const max = Math.max(1, Math.floor(num(req.size) / 32));
+    const max = Math.max(1, Math.floor(op.size / 32));
     const names = dir.names.slice(start, start + max);
     const stats = await Promise.all(
       names.map(async (name) => {
@@ -387,7 +366,7 @@ export class MountServer {
         }
       }),
     );
-    const out: { ino: number; name: string; type: number; off: number }[] = [];
+    const out: DirEntry[] = [];
     // Keep the JSON answer far below the frame limit whatever size the guest asked for.
     let budget = READDIR_JSON_BUDGET;
     for (const [i, name] of names.entries()) {
@@ -436,16 +415,6 @@ async function lstatOrUndefined(fs: SandboxFileSystem, path: string): Promise<Sa
   }
 }
 
-function num(v: unknown): number {
-  if (typeof v !== "number" || !Number.isFinite(v)) throw fsError("EINVAL", "malformed request");
-  return v;
-}
-
-function str(v: unknown): string {
-  if (typeof v !== "string") throw fsError("EINVAL", "malformed request");
-  return v;
-}
-
 export function wireAttr(st: SandboxFileStats): WireAttr {
   const size = Number(st.size);
   return {
@@ -475,33 +444,28 @@ export function serveFileSystems(conn: HelperConnection, mounts: readonly Sandbo
     if (warnings++ < MAX_WARNINGS) process.emitWarning(message, { code: "SANDBOX_FS" });
   };
   const servers = mounts.map((fs, i) => new MountServer(fs, (m) => warn(`mount ${i}: ${m}`)));
-  const onRequest = (frame: Frame) => {
-    const decoded = decodeHelperRequest<FsRequest>(frame.payload);
-    if (!decoded || !Number.isInteger(decoded.req.mount)) return;
-    const { req, bytes } = decoded;
-    const server = servers[req.mount];
-    if (!server) {
-      conn.send(Kind.FsReply, 0, encodeBlockPayload({ id: req.id, errno: 5 }));
-      return;
-    }
-    // The helper answers EIO after its deadline; say so when the filesystem is that slow.
-    const slow = setTimeout(() => warn(`mount ${req.mount}: filesystem ${req.op} has not answered within ${FS_DEADLINE_MS / 1000} s; the guest got EIO`), FS_DEADLINE_MS);
-    slow.unref();
-    void server.handle(req, bytes).then((answer) => {
+  const eio = (id: number) => conn.sendFramed("FsReply", id, { result: "error", errno: ERRNO.EIO! });
+  conn.serve("FsRequest", {
+    handle: async (req, bytes, id) => {
+      const server = servers[req.mount];
+      if (!server) return void eio(id);
+      // The helper answers EIO after its deadline; say so when the filesystem is that slow.
+      const slow = setTimeout(() => warn(`mount ${req.mount}: filesystem ${req.call.op} has not answered within ${FS_DEADLINE_MS / 1000} s; the guest got EIO`), FS_DEADLINE_MS);
+      slow.unref();
+      const answer = await server.handle(req, bytes);
       clearTimeout(slow);
-      if (DEBUG) console.error("sandbox fs:", JSON.stringify(req), "→", JSON.stringify(answer?.header), answer?.bytes?.length ?? "");
-      if (!answer) return;
+      if (DEBUG) console.error("sandbox fs:", JSON.stringify(req), "→", JSON.stringify(answer.reply), answer.bytes?.length ?? "");
       try {
-        conn.send(Kind.FsReply, 0, encodeBlockPayload(answer.header, answer.bytes ? [answer.bytes] : []));
+        conn.sendFramed("FsReply", id, answer.reply, answer.bytes ? [answer.bytes] : []);
       } catch {
         // An answer too large for one frame (e.g. a huge link target): the guest gets EIO.
-        conn.send(Kind.FsReply, 0, encodeBlockPayload({ id: req.id, errno: 5 }));
+        eio(id);
       }
-    });
-  };
-  conn.on("fsRequest", onRequest);
+    },
+    malformed: (id) => void eio(id),
+    forget: (msg) => servers[msg.mount]?.forget(msg.node, msg.count),
+  });
   conn.once("exit", () => {
-    conn.off("fsRequest", onRequest);
     for (const s of servers) void s.closeAll();
   });
   return servers;

@@ -5,7 +5,7 @@
  * registers intercepted flows, and turns the helper's audit records into events.
  */
 import type { HelperConnection } from "../helper-connection.js";
-import { Kind, type Frame } from "../protocol/frames.js";
+import type { NetAudit, NetRequest, NetVerdict } from "../protocol/contract.js";
 import { cidrContains } from "./cidr.js";
 import { DnsAttribution } from "./dns-attribution.js";
 import { forwardQuery, parseQuery, parseResolver, servfail, type ResolverAddress } from "./dns-forward.js";
@@ -14,25 +14,6 @@ import type { InterceptRegistry } from "./intercept-server.js";
 import { PolicyConnection, type Grant, type NetworkEvent, type NetworkPolicy } from "./policy.js";
 import { composeMiddleware, hostAllowed } from "./http/secrets.js";
 import type { HttpMiddleware } from "./http/types.js";
-
-interface NetRequest {
-  id: number;
-  proto: "tcp" | "udp" | "dns";
-  srcIp: string;
-  srcPort: number;
-  dstIp: string;
-  dstPort: number;
-  transport?: "udp" | "tcp";
-  query?: string;
-}
-
-interface NetAudit {
-  kind: string;
-  proto?: string;
-  src?: string;
-  dst?: string;
-  message: string;
-}
 
 /** The guest's resolver address (`/etc/resolv.conf`); DNS "to" it has no real destination. */
 export const SANDBOX_RESOLVER = "10.0.2.3";
@@ -55,8 +36,11 @@ export class NetworkService {
     this.#conn = conn;
     this.#policy = policy;
     this.#intercepts = intercepts;
-    conn.on("netRequest", (f: Frame) => void this.#onRequest(f));
-    conn.on("netAudit", (f: Frame) => this.#onAudit(f));
+    conn.serve("NetRequest", {
+      handle: (req, query, id) => this.#onRequest(req, query, id),
+      malformed: (id) => this.#reply(id, "deny"),
+    });
+    conn.on("netAudit", (a: NetAudit) => this.#onAudit(a));
   }
 
   emit(event: NetworkEvent): void {
@@ -67,45 +51,33 @@ export class NetworkService {
     }
   }
 
-  #reply(id: number, verdict: "deny" | "accept" | "intercept" | "answer", answer?: Buffer): void {
-    this.#conn.sendJson(Kind.NetReply, 0, { id, verdict, answer: answer?.toString("base64") });
+  #reply(id: number, verdict: NetVerdict, answer?: Buffer): void {
+    this.#conn.sendFramed("NetReply", id, { verdict }, answer ? [answer] : []);
   }
 
-  #onAudit(f: Frame): void {
-    let a: NetAudit;
-    try {
-      a = JSON.parse(f.payload.toString("utf8")) as NetAudit;
-    } catch {
-      return;
-    }
-    this.emit({ type: "stack", kind: a.kind, protocol: a.proto, src: a.src, dst: a.dst, message: a.message });
+  #onAudit(a: NetAudit): void {
+    this.emit({ type: "stack", kind: a.kind, protocol: a.proto ?? undefined, src: a.src ?? undefined, dst: a.dst ?? undefined, message: a.message });
   }
 
-  async #onRequest(f: Frame): Promise<void> {
-    let req: NetRequest;
+  async #onRequest(req: NetRequest, query: Buffer, id: number): Promise<void> {
     try {
-      req = JSON.parse(f.payload.toString("utf8")) as NetRequest;
-    } catch {
-      return; // no id to answer: the helper's deadline denies
-    }
-    try {
-      await this.#decide(req, performance.now());
+      await this.#decide(req, query, id, performance.now());
     } catch (err) {
       // Anything unexpected denies (fail closed).
-      this.#reply(req.id, "deny");
+      this.#reply(id, "deny");
       this.emit({ type: "policy-error", protocol: req.proto, src: `${req.srcIp}:${req.srcPort}`, dst: `${req.dstIp}:${req.dstPort}`, error: err, message: String(err) });
     }
   }
 
-  async #decide(req: NetRequest, t0: number): Promise<void> {
+  async #decide(req: NetRequest, raw: Buffer, id: number, t0: number): Promise<void> {
     const elapsed = () => Math.round((performance.now() - t0) * 1000) / 1000;
     const src = new Endpoint(req.srcIp, req.srcPort);
     const dst = new Endpoint(req.dstIp, req.dstPort);
     const where = { src: src.toString(), dst: dst.toString() };
-    const query = req.proto === "dns" && req.query ? Buffer.from(req.query, "base64") : undefined;
+    const query = req.proto === "dns" && raw.length > 0 ? raw : undefined;
     const question = query ? parseQuery(query) : undefined;
     if (req.proto === "dns" && !question) {
-      this.#reply(req.id, "deny");
+      this.#reply(id, "deny");
       return;
     }
     const transport = req.transport === "tcp" ? "tcp" : "udp";
@@ -121,7 +93,7 @@ export class NetworkService {
     try {
       grant = await this.#run(conn);
     } catch (err) {
-      this.#reply(req.id, "deny");
+      this.#reply(id, "deny");
       if (err instanceof PolicyTimeout) {
         this.emit({ type: "policy-timeout", protocol: req.proto, ...where, message: `the policy callback did not settle within ${this.#policy.timeoutMs} ms; denied` });
       } else {
@@ -130,18 +102,18 @@ export class NetworkService {
       }
       return;
     }
-    if (req.proto === "dns") return this.#dns(req.id, grant, query!, question!, transport, where, elapsed);
+    if (req.proto === "dns") return this.#dns(id, grant, query!, question!, transport, where, elapsed);
     const middleware = grant?.kind === "http" ? this.#httpMiddleware(grant.hostname, grant.middleware) : undefined;
     const verdict = !grant ? "deny" : grant.kind === "raw" ? "accept" : grant.kind === "http" && req.proto === "tcp" ? (middleware ? "intercept" : "accept") : "deny";
     if (verdict === "intercept" && grant?.kind === "http") {
       if (!this.#intercepts) {
-        this.#reply(req.id, "deny");
+        this.#reply(id, "deny");
         this.emit({ type: "intercept", ...where, message: "no interceptor socket for this lane; denied" });
         return;
       }
-      this.#intercepts.register(req.id, { src, dst, hostname: grant.hostname, middleware: middleware! });
+      this.#intercepts.register(req.flow, { src, dst, hostname: grant.hostname, middleware: middleware! });
     }
-    this.#reply(req.id, verdict);
+    this.#reply(id, verdict);
     this.emit({ type: "decision", protocol: req.proto, ...where, verdict, hostname: grant?.kind === "http" ? grant.hostname : undefined, elapsedMs: elapsed() });
   }
 

@@ -11,6 +11,8 @@
  * spelling can move a guest flow out of its class.
  */
 
+import { ADDRESS_ROWS_V4, ADDRESS_ROWS_V6, ALWAYS_PROTECTED, type AddressRow, type Category } from "../protocol/contract.js";
+
 export type IpFamily = 4 | 6;
 
 export interface ParsedIp {
@@ -30,16 +32,7 @@ export interface HostPort {
  * Category names, one per address, for audit logs. Embedded-IPv4 forms
  * (`::ffff:a.b.c.d`, `64:ff9b::a.b.c.d`, ...) take the embedded address's category.
  */
-export type IpCategory =
-  | "unspecified"
-  | "loopback"
-  | "private"
-  | "link-local"
-  | "multicast"
-  | "broadcast"
-  | "documentation"
-  | "reserved"
-  | "public";
+export type IpCategory = Category;
 
 // ---------------------------------------------------------------------------
 // Parsing and formatting
@@ -195,70 +188,18 @@ interface Range {
   readonly protect?: boolean;
 }
 
-function range(cidr: string, category: IpCategory, extra: { embedAt?: number; protect?: boolean } = {}): Range {
-  const [addr, len] = cidr.split("/");
+function range(row: AddressRow): Range {
+  const [addr, len] = row.cidr.split("/");
   const ip = parseIp(addr!);
-  if (!ip) throw new Error(`bad range ${cidr}`);
-  return { net: ip.bytes, len: Number(len), category, ...extra };
+  if (!ip) throw new Error(`bad range ${row.cidr}`);
+  return { net: ip.bytes, len: Number(len), category: row.category, embedAt: row.embedAt ?? undefined, protect: row.protect };
 }
-const embedded = (cidr: string, embedAt: number) => range(cidr, "reserved", { embedAt });
 
-// First match wins, so exceptions precede their enclosing blocks.
-const V4_RANGES: readonly Range[] = [
-  range("255.255.255.255/32", "broadcast"), // limited broadcast, RFC 919 / RFC 8190
-  range("0.0.0.0/32", "unspecified"), // RFC 1122
-  // Linux routes 0.0.0.0 to the host itself; nothing else in the block is usable, so deny it all.
-  range("0.0.0.0/8", "reserved", { protect: true }), // "this network", RFC 791 / RFC 1122
-  range("10.0.0.0/8", "private"), // RFC 1918
-  range("100.64.0.0/10", "private"), // carrier-grade NAT shared space, RFC 6598
-  range("127.0.0.0/8", "loopback"), // RFC 1122
-  range("169.254.0.0/16", "link-local"), // RFC 3927 (incl. cloud metadata 169.254.169.254)
-  range("172.16.0.0/12", "private"), // RFC 1918
-  range("192.0.0.9/32", "public"), // PCP anycast, RFC 7723 (globally reachable exception)
-  range("192.0.0.10/32", "public"), // TURN anycast, RFC 8155 (globally reachable exception)
-  range("192.0.0.0/24", "reserved"), // IETF protocol assignments, RFC 6890
-  range("192.0.2.0/24", "documentation"), // TEST-NET-1, RFC 5737
-  range("192.88.99.0/24", "reserved"), // deprecated 6to4 relay anycast, RFC 7526
-  range("192.168.0.0/16", "private"), // RFC 1918
-  range("198.18.0.0/15", "reserved"), // benchmarking, RFC 2544
-  range("198.51.100.0/24", "documentation"), // TEST-NET-2, RFC 5737
-  range("203.0.113.0/24", "documentation"), // TEST-NET-3, RFC 5737
-  range("224.0.0.0/4", "multicast"), // RFC 5771
-  range("240.0.0.0/4", "reserved"), // future use, RFC 1112
-];
-
-const V6_RANGES: readonly Range[] = [
-  range("::/128", "unspecified"), // RFC 4291
-  range("::1/128", "loopback"), // RFC 4291
-  embedded("::ffff:0:0/96", 12), // IPv4-mapped, RFC 4291
-  embedded("::/96", 12), // IPv4-compatible (deprecated), RFC 4291
-  embedded("64:ff9b::/96", 12), // NAT64 well-known prefix, RFC 6052
-  // A local NAT64 may translate to any IPv4 (private too) at a site-chosen offset, so deny it.
-  range("64:ff9b:1::/48", "reserved", { protect: true }), // local-use IPv4/IPv6 translation, RFC 8215
-  range("100::/64", "reserved"), // discard-only, RFC 6666
-  range("2001:1::1/128", "public"), // PCP anycast, RFC 7723
-  range("2001:1::2/128", "public"), // TURN anycast, RFC 8155
-  range("2001:1::3/128", "public"), // DNS-SD SRP anycast, RFC 9665
-  range("2001:3::/32", "public"), // AMT, RFC 7450
-  range("2001:4:112::/48", "public"), // AS112-v6, RFC 7535
-  range("2001:20::/28", "public"), // ORCHIDv2, RFC 7343
-  range("2001:30::/28", "public"), // drone remote ID DETs, RFC 9374
-  range("2001::/23", "reserved"), // IETF protocol assignments (Teredo, benchmarking, ...), RFC 2928
-  range("2001:db8::/32", "documentation"), // RFC 3849
-  embedded("2002::/16", 2), // 6to4, RFC 3056
-  range("3fff::/20", "documentation"), // RFC 9637
-  range("2000::/3", "public"), // global unicast, RFC 4291 / IANA IPv6 address space
-  range("fc00::/7", "private"), // unique local, RFC 4193
-  range("fe80::/10", "link-local"), // RFC 4291
-  // Still routed like private space where it survives.
-  range("fec0::/10", "reserved", { protect: true }), // deprecated site-local, RFC 3879
-  range("ff00::/8", "multicast"), // RFC 4291
-  // Everything else in IPv6 is unassigned or reserved by the IETF (e.g. 5f00::/16 SRv6, RFC 9602).
-  range("::/0", "reserved"),
-];
-
-// The classes the architecture denies before the JavaScript policy runs.
-const PROTECTED = new Set<IpCategory>(["unspecified", "loopback", "private", "link-local", "multicast", "broadcast"]);
+// The contract's rows (crates/sandbox-protocol/src/addr.rs, where each cites its RFC):
+// the helper's stack classifies with the very same table. First match wins.
+const V4_RANGES: readonly Range[] = ADDRESS_ROWS_V4.map(range);
+const V6_RANGES: readonly Range[] = ADDRESS_ROWS_V6.map(range);
+const PROTECTED = new Set<IpCategory>(ALWAYS_PROTECTED);
 
 function inRange(b: Uint8Array, r: Range): boolean {
   const full = r.len >> 3;

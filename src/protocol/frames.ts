@@ -1,45 +1,14 @@
 /**
  * Framing shared with the Rust side (crates/sandbox-protocol):
  * `u32 BE length | u8 kind | u32 BE channel | payload`, length counting the
- * kind, channel and payload bytes.
+ * kind, channel and payload bytes. Kinds and limits come from the generated
+ * contract (src/protocol/generated/wire.ts).
  */
+import { Kind, WIRE } from "./generated/wire.js";
 
-export const Kind = {
-  Hello: 0x01,
-  Configure: 0x02,
-  Ready: 0x03,
-  InitError: 0x04,
-  Shutdown: 0x05,
-  Start: 0x10,
-  Started: 0x11,
-  StartFailed: 0x12,
-  Stdin: 0x13,
-  StdinEof: 0x14,
-  Stdout: 0x15,
-  Stderr: 0x16,
-  Exit: 0x17,
-  Signal: 0x18,
-  Credit: 0x19,
-  StdinAck: 0x1a,
-  Resize: 0x1b,
-  Launch: 0x80,
-  Launched: 0x81,
-  VmExited: 0x82,
-  HelperError: 0x83,
-  BlockRequest: 0x84,
-  BlockReply: 0x85,
-  NetRequest: 0x90,
-  NetReply: 0x91,
-  NetAudit: 0x92,
-  PortForward: 0x93,
-  PortForwarded: 0x94,
-  FsRequest: 0xa0,
-  FsReply: 0xa1,
-} as const;
-export type Kind = (typeof Kind)[keyof typeof Kind];
-
-export const HEADER_LEN = 9;
-export const MAX_PAYLOAD = 1 << 20;
+export { Kind };
+export const HEADER_LEN = WIRE.headerLen;
+export const MAX_PAYLOAD = WIRE.maxPayload;
 
 export interface Frame {
   kind: number;
@@ -47,10 +16,14 @@ export interface Frame {
   payload: Buffer;
 }
 
+/** The byte stream is broken (a length no frame can have); the connection cannot continue. */
 export class FrameError extends Error {
   override name = "FrameError";
 }
 
+const EMPTY = new Uint8Array(0);
+
+/** One frame; throws FrameError for a payload over MAX_PAYLOAD (callers check sizes first). */
 export function encodeFrame(kind: Kind, channel: number, payload: Uint8Array = EMPTY): Buffer {
   if (payload.length > MAX_PAYLOAD) {
     throw new FrameError(`frame payload of ${payload.length} bytes exceeds ${MAX_PAYLOAD}`);
@@ -63,13 +36,7 @@ export function encodeFrame(kind: Kind, channel: number, payload: Uint8Array = E
   return out;
 }
 
-export function encodeJson(kind: Kind, channel: number, body: unknown): Buffer {
-  return encodeFrame(kind, channel, Buffer.from(JSON.stringify(body)));
-}
-
-const EMPTY = new Uint8Array(0);
-
-/** Incremental decoder: feed socket chunks, get whole frames. */
+/** Incremental decoder: feed socket chunks, get whole frames. Throws FrameError on a broken stream. */
 export class FrameDecoder {
   #chunks: Buffer[] = [];
   #buffered = 0;
@@ -109,35 +76,5 @@ export class FrameDecoder {
     if (rest.length === 0) this.#chunks.shift();
     this.#buffered -= n;
     return taken;
-  }
-}
-
-/** Block frame payload (BlockRequest/BlockReply): `u32 BE header length | JSON header | block bytes`. */
-export function encodeBlockPayload(header: unknown, blocks: readonly Uint8Array[] = []): Buffer {
-  const json = Buffer.from(JSON.stringify(header));
-  const len = Buffer.allocUnsafe(4);
-  len.writeUInt32BE(json.length, 0);
-  return Buffer.concat([len, json, ...blocks]);
-}
-
-export function decodeBlockPayload(payload: Buffer): { header: unknown; bytes: Buffer } {
-  if (payload.length < 4) throw new FrameError("block payload shorter than its header length");
-  const len = payload.readUInt32BE(0);
-  if (4 + len > payload.length) throw new FrameError(`block header length ${len} exceeds the payload`);
-  return { header: JSON.parse(payload.subarray(4, 4 + len).toString("utf8")), bytes: payload.subarray(4 + len) };
-}
-
-/**
- * A request from the helper (block store or filesystem call): its JSON header
- * and trailing bytes, or undefined when it cannot be decoded or has no integer
- * `id` — nothing can be answered without one, and only our own helper sends these.
- */
-export function decodeHelperRequest<T extends { id: number }>(payload: Buffer): { req: T; bytes: Buffer } | undefined {
-  try {
-    const { header, bytes } = decodeBlockPayload(payload);
-    const req = header as T;
-    return Number.isInteger(req?.id) ? { req, bytes } : undefined;
-  } catch {
-    return undefined;
   }
 }

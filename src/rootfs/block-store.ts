@@ -5,7 +5,8 @@
  */
 import { BlockStoreError, SandboxConfigError, type BlockStoreOp } from "../errors.js";
 import type { HelperConnection } from "../helper-connection.js";
-import { decodeHelperRequest, encodeBlockPayload, Kind, MAX_PAYLOAD, type Frame } from "../protocol/frames.js";
+import { MAX_PAYLOAD } from "../protocol/frames.js";
+import type { BlockReply, BlockRequest } from "../protocol/contract.js";
 
 export interface SandboxBlockStoreContext {
   /** sha256 of the built-in base image the blocks belong to. */
@@ -81,14 +82,6 @@ export function checkBlockStore(store: unknown, blockSize: number): SandboxBlock
     );
   }
   return store as SandboxBlockStore;
-}
-
-interface BlockRequest {
-  id: number;
-  op: BlockStoreOp;
-  start?: number;
-  count?: number;
-  blocks?: number[];
 }
 
 /** Room for a reply's JSON header within one frame. */
@@ -172,7 +165,7 @@ export interface BlockBridgeOptions {
   listed?: readonly number[];
 }
 
-type Reply = [header: object, blocks: readonly Uint8Array[]];
+type Reply = [header: BlockReply, blocks: readonly Uint8Array[]];
 
 /**
  * Answers the helper's BlockRequests from `store` until the connection ends.
@@ -197,13 +190,12 @@ export function serveBlockStore(
         const replies: Reply[] = [];
         for (let at = 0; at === 0 || at < all.length; at += LIST_PER_FRAME) {
           const more = at + LIST_PER_FRAME < all.length;
-          replies.push([{ id: req.id, ok: true, blocks: all.slice(at, at + LIST_PER_FRAME), more }, []]);
+          replies.push([{ status: "ok", blocks: all.slice(at, at + LIST_PER_FRAME), more }, []]);
         }
         return replies;
       }
       case "read": {
-        const start = req.start ?? 0;
-        const count = req.count ?? 0;
+        const { start, count } = req;
         const chunks = await store.read({ start: BigInt(start), count }, context);
         if (!Array.isArray(chunks)) throw new Error(`read() returned ${typeof chunks}, not an array of chunks`);
         const out: { index: number; bytes: Uint8Array }[] = [];
@@ -220,12 +212,12 @@ export function serveBlockStore(
         for (let at = 0; at === 0 || at < out.length; at += perFrame) {
           const part = out.slice(at, at + perFrame);
           const more = at + perFrame < out.length;
-          replies.push([{ id: req.id, ok: true, blocks: part.map((c) => c.index), more }, part.map((c) => c.bytes)]);
+          replies.push([{ status: "ok", blocks: part.map((c) => c.index), more }, part.map((c) => c.bytes)]);
         }
         return replies;
       }
       case "write": {
-        const indices = req.blocks ?? [];
+        const indices = req.blocks;
         if (bytes.length !== indices.length * bs) throw new Error("write request with a bad byte count");
         // Fresh copies: the store owns them and nothing else references them.
         const chunks = indices.map((index, k) => ({
@@ -233,41 +225,40 @@ export function serveBlockStore(
           bytes: new Uint8Array(bytes.subarray(k * bs, (k + 1) * bs)),
         }));
         await store.write(chunks, context);
-        return [[{ id: req.id, ok: true }, []]];
+        return [[{ status: "ok" }, []]];
       }
       case "flush":
         await store.flush?.(context);
-        return [[{ id: req.id, ok: true }, []]];
-      default:
-        throw new Error(`unknown block operation ${JSON.stringify((req as { op: unknown }).op)}`);
+        return [[{ status: "ok" }, []]];
     }
   };
 
-  const onRequest = (frame: Frame) => {
-    const decoded = decodeHelperRequest<BlockRequest>(frame.payload);
-    if (!decoded) return;
-    const { req, bytes } = decoded;
-    withStoreDeadline(req.op, describe(req), options.timeoutMs, () => handle(req, bytes)).then(
-      (replies) => replies.forEach(([header, blocks]) => conn.send(Kind.BlockReply, 0, encodeBlockPayload(header, blocks))),
-      (err: BlockStoreError) => {
-        options.failures.report(err);
-        conn.send(Kind.BlockReply, 0, encodeBlockPayload({ id: req.id, ok: false, error: err.message }, []));
-      },
-    );
-  };
-  conn.on("blockRequest", onRequest);
-  conn.once("exit", () => conn.off("blockRequest", onRequest));
+  const failed = (id: number, error: string) => conn.sendFramed("BlockReply", id, { status: "failed", error: error.slice(0, 4096) });
+  conn.serve("BlockRequest", {
+    handle: (req, bytes, id) =>
+      withStoreDeadline(req.op, describe(req), options.timeoutMs, () => handle(req, bytes)).then(
+        (replies) => replies.forEach(([header, blocks]) => conn.sendFramed("BlockReply", id, header, blocks)),
+        (err: BlockStoreError) => {
+          options.failures.report(err);
+          failed(id, err.message);
+        },
+      ),
+    malformed: (id, reason) => {
+      options.failures.report(new BlockStoreError("request", `the helper sent a block request that could not be read (${reason}); the guest saw an I/O error`));
+      failed(id, reason);
+    },
+  });
 }
 
 /** `read(blocks 5-8)`, for messages. */
 function describe(req: BlockRequest): string {
   switch (req.op) {
     case "read":
-      return `read(blocks ${req.start ?? 0}+${req.count ?? 0})`;
+      return `read(blocks ${req.start}+${req.count})`;
     case "write":
-      return `write(${req.blocks?.length ?? 0} blocks from ${req.blocks?.[0] ?? 0})`;
+      return `write(${req.blocks.length} blocks from ${req.blocks[0]})`;
     default:
-      return `${String(req.op)}()`;
+      return `${req.op}()`;
   }
 }
 

@@ -5,8 +5,7 @@ import { afterAll, describe, expect, it } from "vitest";
 import { DirectoryBlockStore, MemoryBlockStore, rootfs, SandboxConfigError } from "../../src/index.js";
 import { BlockStoreFailures, serveBlockStore } from "../../src/rootfs/block-store.js";
 import { BlockStoreError } from "../../src/errors.js";
-import { decodeBlockPayload, encodeBlockPayload, Kind } from "../../src/protocol/frames.js";
-import { EventEmitter } from "node:events";
+import { connectFakeHelper } from "./fake-helper.js";
 
 const BS = 65536;
 const ctx = { base: "ab".repeat(32) };
@@ -95,90 +94,85 @@ function bind(s: MemoryBlockStore) {
 }
 
 describe("serveBlockStore", () => {
-  /** A stand-in HelperConnection that records replies. */
-  function fakeConn() {
-    const conn = Object.assign(new EventEmitter(), {
-      replies: [] as { header: Record<string, unknown>; bytes: Buffer }[],
-      send(kind: number, _ch: number, payload: Buffer) {
-        expect(kind).toBe(Kind.BlockReply);
-        const { header, bytes } = decodeBlockPayload(payload);
-        this.replies.push({ header: header as Record<string, unknown>, bytes });
-        return true;
-      },
-    });
-    const request = (header: object, bytes: Uint8Array[] = []) =>
-      conn.emit("blockRequest", { kind: Kind.BlockRequest, channel: 0, payload: encodeBlockPayload(header, bytes) });
-    return { conn, request };
+  /** A real HelperConnection whose far end plays the helper; `call` sends one request and returns every reply frame. */
+  async function served(store: Parameters<typeof serveBlockStore>[1], options: Parameters<typeof serveBlockStore>[3]) {
+    const link = await connectFakeHelper();
+    closers.push(link.close);
+    serveBlockStore(link.conn, store, ctx, options);
+    const call = async (id: number, header: object, bytes: Uint8Array[] = []) => {
+      const replies = [await link.helper.call("BlockRequest", "BlockReply", id, header as never, bytes)];
+      while (replies.at(-1)!.header.status === "ok" && (replies.at(-1)!.header as { more?: boolean }).more) {
+        replies.push(await link.helper.call("BlockRequest", "BlockReply", id, { op: "flush" }).catch(() => undefined as never));
+      }
+      return replies;
+    };
+    return { ...link, call };
   }
-  const settle = () => new Promise((r) => setTimeout(r, 20));
+  const closers: (() => void)[] = [];
+  afterAll(() => closers.forEach((c) => c()));
 
   it("answers list/read/write/flush and splits big replies into frames", async () => {
     const store = new MemoryBlockStore();
-    const { conn, request } = fakeConn();
     const failures = new BlockStoreFailures();
-    serveBlockStore(conn as never, store, ctx, { timeoutMs: 5000, failures });
-    request({ id: 1, op: "write", blocks: [0, 1] }, [block(1), block(2)]);
-    await settle();
-    expect(conn.replies.pop()!.header).toEqual({ id: 1, ok: true });
+    const { helper } = await served(store, { timeoutMs: 5000, failures });
+    expect((await helper.call("BlockRequest", "BlockReply", 1, { op: "write", blocks: [0, 1] }, [block(1), block(2)])).header).toEqual({ status: "ok" });
     await store.write(Array.from({ length: 20 }, (_, i) => ({ index: BigInt(10 + i), bytes: block(i) })), ctx);
-    request({ id: 2, op: "read", start: 0, count: 40 });
-    await settle();
-    const parts = conn.replies.splice(0);
-    expect(parts.map((p) => p.header.more)).toEqual([true, false]);
-    expect(parts.flatMap((p) => p.header.blocks)).toHaveLength(22);
+    helper.framed("BlockRequest", 2, { op: "read", start: 0, count: 40 });
+    const first = await helper.next(0x85, 2);
+    const second = await helper.next(0x85, 2);
+    const { decodeFramed } = await import("../../src/protocol/contract.js");
+    const parts = [first, second].map((f) => decodeFramed("BlockReply", f.payload));
+    expect(parts.map((p) => (p.header as { more: boolean }).more)).toEqual([true, false]);
+    expect(parts.flatMap((p) => (p.header as { blocks: number[] }).blocks)).toHaveLength(22);
     expect(parts[0]!.bytes.length).toBe(15 * BS);
-    request({ id: 3, op: "list" });
-    request({ id: 4, op: "flush" });
-    await settle();
-    expect(conn.replies.map((r) => r.header)).toEqual([
-      { id: 3, ok: true, blocks: [0, 1, ...Array.from({ length: 20 }, (_, i) => 10 + i)], more: false },
-      { id: 4, ok: true },
-    ]);
+    expect((await helper.call("BlockRequest", "BlockReply", 3, { op: "list" })).header).toEqual({
+      status: "ok",
+      blocks: [0, 1, ...Array.from({ length: 20 }, (_, i) => 10 + i)],
+      more: false,
+    });
+    expect((await helper.call("BlockRequest", "BlockReply", 4, { op: "flush" })).header).toEqual({ status: "ok" });
     expect(failures.count).toBe(0);
   });
 
-  it("turns store failures and malformed store answers into error replies", async () => {
+  it("turns store failures, malformed store answers and unreadable requests into error replies", async () => {
     const store = new MemoryBlockStore();
     store.write = async () => {
       throw new Error("quota");
     };
     store.read = async () => [{ index: 99n, bytes: block(0) }];
-    const { conn, request } = fakeConn();
     const seen: BlockStoreError[] = [];
     const failures = new BlockStoreFailures((e) => {
       seen.push(e);
       throw new Error("a throwing observer is ignored");
     });
-    serveBlockStore(conn as never, store, ctx, { timeoutMs: 5000, failures });
-    request({ id: 5, op: "write", blocks: [0] }, [block(0)]);
-    request({ id: 6, op: "read", start: 0, count: 4 });
-    request({ id: 7, op: "bogus" });
-    await settle();
-    const byId = Object.fromEntries(conn.replies.map((r) => [r.header.id, r.header]));
-    expect(byId[5]).toMatchObject({ id: 5, ok: false, error: expect.stringMatching(/write\(1 blocks from 0\) failed: quota/) });
-    expect(byId[6]).toMatchObject({ ok: false, error: expect.stringMatching(/outside/) });
-    expect(byId[7]).toMatchObject({ ok: false });
-    expect(seen.map((e) => e.op).sort()).toEqual(["bogus", "read", "write"].sort());
+    const { helper, conn } = await served(store, { timeoutMs: 5000, failures });
+    const write = await helper.call("BlockRequest", "BlockReply", 5, { op: "write", blocks: [0] }, [block(0)]);
+    expect(write.header).toMatchObject({ status: "failed", error: expect.stringMatching(/write\(1 blocks from 0\) failed: quota/) });
+    const read = await helper.call("BlockRequest", "BlockReply", 6, { op: "read", start: 0, count: 4 });
+    expect(read.header).toMatchObject({ status: "failed", error: expect.stringMatching(/outside/) });
+    // Not a valid BlockRequest: the id is known from the channel, so it is answered at once.
+    const bogus = await helper.call("BlockRequest", "BlockReply", 7, { op: "bogus" } as never);
+    expect(bogus.header).toMatchObject({ status: "failed", error: expect.stringMatching(/not a valid BlockRequest/) });
+    expect(seen.map((e) => e.op).sort()).toEqual(["read", "request", "write"]);
     expect(seen.every((e) => e instanceof BlockStoreError)).toBe(true);
     expect((seen.find((e) => e.op === "write")!.cause as Error).message).toBe("quota");
     expect(failures.count).toBe(3);
     expect(failures.first!.failures).toBe(3);
+    expect(conn.closed).toBe(false);
   });
 
   it("fails a call that misses its deadline, and drops the late answer", async () => {
     const store = new MemoryBlockStore();
     let release!: () => void;
     store.flush = () => new Promise<void>((r) => (release = r));
-    const { conn, request } = fakeConn();
     const failures = new BlockStoreFailures();
-    serveBlockStore(conn as never, store, ctx, { timeoutMs: 50, failures });
-    request({ id: 8, op: "flush" });
-    await new Promise((r) => setTimeout(r, 120));
-    expect(conn.replies.map((r) => r.header)).toEqual([{ id: 8, ok: false, error: expect.stringMatching(/did not settle within 50 ms/) }]);
+    const { helper } = await served(store, { timeoutMs: 50, failures });
+    const reply = await helper.call("BlockRequest", "BlockReply", 8, { op: "flush" });
+    expect(reply.header).toEqual({ status: "failed", error: expect.stringMatching(/did not settle within 50 ms/) });
     expect(failures.first).toMatchObject({ op: "flush", timedOut: true });
     release();
-    await settle();
-    expect(conn.replies).toHaveLength(1);
+    await new Promise((r) => setTimeout(r, 30));
+    expect(helper.frames).toHaveLength(0);
   });
 
   it("answers the engine's first list from the boot's own list() call", async () => {
@@ -188,13 +182,9 @@ describe("serveBlockStore", () => {
       lists++;
       return [3n];
     };
-    const { conn, request } = fakeConn();
-    serveBlockStore(conn as never, store, ctx, { timeoutMs: 5000, failures: new BlockStoreFailures(), listed: [1, 2] });
-    request({ id: 9, op: "list" });
-    await settle();
-    request({ id: 10, op: "list" });
-    await settle();
-    expect(conn.replies.map((r) => r.header.blocks)).toEqual([[1, 2], [3]]);
+    const { helper } = await served(store, { timeoutMs: 5000, failures: new BlockStoreFailures(), listed: [1, 2] });
+    expect((await helper.call("BlockRequest", "BlockReply", 9, { op: "list" })).header).toMatchObject({ blocks: [1, 2] });
+    expect((await helper.call("BlockRequest", "BlockReply", 10, { op: "list" })).header).toMatchObject({ blocks: [3] });
     expect(lists).toBe(1);
   });
 });

@@ -77,9 +77,11 @@ function bindAll(inner: SandboxFileSystem): SandboxFileSystem {
 function driver(target: SandboxFileSystem) {
   const server = new MountServer(target);
   let id = 0;
-  const call = async (op: string, fields: Partial<FsRequest> = {}, data = new Uint8Array()) => {
-    const a = await server.handle({ id: ++id, mount: 0, op, uid: 0, gid: 0, ...fields }, data);
-    return { ...(a?.header ?? {}), bytes: a?.bytes } as Record<string, unknown> & { bytes?: Uint8Array };
+  const call = async (op: string, fields: Record<string, unknown> = {}, data = new Uint8Array()) => {
+    const { uid = 0, gid = 0, ...rest } = fields as { uid?: number; gid?: number };
+    const req = { mount: 0, uid, gid, pid: ++id, call: { op, ...rest } } as unknown as FsRequest;
+    const a = await server.handle(req, data);
+    return { ...a.reply, bytes: a.bytes } as Record<string, unknown> & { bytes?: Uint8Array };
   };
   return { server, call };
 }
@@ -132,10 +134,11 @@ describe("MountServer over memfs", () => {
     const inner = vol.promises as unknown as SandboxFileSystem;
     const buggy: SandboxFileSystem = { ...bindAll(inner), readlink: () => Promise.reject(new TypeError("boom")) };
     const server = new MountServer(buggy, (m) => problems.push(m));
-    const a = await server.handle({ id: 1, mount: 0, op: "readlink", node: ROOT_ID }, new Uint8Array());
-    expect(a?.header).toEqual({ id: 1, errno: 5 });
-    const b = await server.handle({ id: 2, mount: 0, op: "lookup", parent: ROOT_ID, name: "missing" }, new Uint8Array());
-    expect(b?.header).toEqual({ id: 2, errno: 2 });
+    const req = (call: object) => ({ mount: 0, uid: 0, gid: 0, pid: 1, call }) as FsRequest;
+    const a = await server.handle(req({ op: "readlink", node: ROOT_ID }), new Uint8Array());
+    expect(a.reply).toEqual({ result: "error", errno: 5 });
+    const b = await server.handle(req({ op: "lookup", parent: ROOT_ID, name: "missing" }), new Uint8Array());
+    expect(b.reply).toEqual({ result: "error", errno: 2 });
     expect(problems).toEqual(["filesystem readlink failed without an errno code (boom); the guest got EIO"]);
   });
 

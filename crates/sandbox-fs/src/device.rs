@@ -184,13 +184,15 @@ pub struct Served {
 /// Listens on `dir/name.sock` (dir must be private to the helper), then serves
 /// the one VMM connection on its own thread until the VMM hangs up. Requests
 /// are answered by tasks on `rt` — the runtime that also talks to the backend,
-/// so a request's round trip crosses no further threads.
+/// so a request's round trip crosses no further threads. A failure of the
+/// device thread is passed to `report`.
 pub fn serve<B: FsBackend>(
     dir: &Path,
     name: &str,
     backend: Arc<B>,
     cache: CachePolicy,
     rt: tokio::runtime::Handle,
+    report: impl Fn(String) + Send + 'static,
 ) -> Result<Served, DeviceError> {
     let socket = dir.join(format!("{name}.sock"));
     let mut listener = Listener::new(&socket, true).map_err(|e| DeviceError::Listen(socket.clone(), e.to_string()))?;
@@ -202,13 +204,13 @@ pub fn serve<B: FsBackend>(
         .spawn(move || {
             let mut daemon = match VhostUserDaemon::new(thread_name, device, GuestMemoryAtomic::new(GuestMemoryMmap::new())) {
                 Ok(d) => d,
-                Err(e) => return eprintln!("sandbox-host: virtio-fs device {}: {e}", path.display()),
+                Err(e) => return report(format!("{}: {e}", path.display())),
             };
             let started = daemon.start(&mut listener);
             // Connected (or failed): the path has done its job.
             let _ = std::fs::remove_file(&path);
             if let Err(e) = started {
-                return eprintln!("sandbox-host: virtio-fs device {}: {e}", path.display());
+                return report(format!("{}: {e}", path.display()));
             }
             if let Err(e) = daemon.wait() {
                 log::debug!("virtio-fs device ended: {e}");

@@ -7,36 +7,49 @@
 //! with it, so no VM outlives the Node process that asked for it.
 
 mod backend;
+mod block_store;
 mod console;
+mod diag;
 mod error;
+mod faults;
 mod fs_bridge;
+mod guest;
 mod lifeline;
+mod link;
 mod net;
-mod node_store;
+mod rate;
 mod relay;
+mod service;
 
+use diag::Diag;
 use error::HostError;
+use faults::Faults;
+use link::{NodeTx, NODE_QUEUE};
 use sandbox_protocol::{self as proto, FrameDecoder, Kind};
+use service::{Router, Service};
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::os::fd::FromRawFd;
 use std::os::unix::net::UnixStream;
+use std::sync::Arc;
 
 /// The descriptor the addon hands us the Node socket on.
 const NODE_FD: i32 = 3;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("--version") => {
+    let mut faults = None;
+    match args.as_slice() {
+        [flag] if flag == "--version" => {
             println!("sandbox-host {}", env!("CARGO_PKG_VERSION"));
             return;
         }
-        Some("--probe-krun") => {
+        [flag] if flag == "--probe-krun" => {
             let p = backend::probe_krun();
             println!("{}", serde_json::json!({ "usable": p.usable, "reason": p.reason, "hardwareVirtualization": p.hardware_virtualization }));
             return;
         }
-        Some("--qemu-args") => {
+        [flag] if flag == "--qemu-args" => {
             // Prints the QEMU argv for a Launch read from stdin, so benchmarks
             // can measure the very same machine without the project's stack.
             let mut input = String::new();
@@ -50,69 +63,72 @@ fn main() {
             }
             return;
         }
-        Some(other) => {
-            eprintln!("sandbox-host: unknown argument {other:?}; this helper is started by @torkbot/sandbox");
+        [flag, spec] if flag == "--inject-faults" => match Faults::parse(spec) {
+            Ok(f) => faults = Some(Arc::new(f)),
+            Err(e) => {
+                eprintln!("sandbox-host: {e}");
+                std::process::exit(2);
+            }
+        },
+        [] => {}
+        _ => {
+            eprintln!("sandbox-host: unknown arguments {args:?}; this helper is started by @torkbot/sandbox");
             std::process::exit(2);
         }
-        None => {}
     }
     if let Err(e) = lifeline::die_with_parent() {
         eprintln!("sandbox-host: {e}");
         std::process::exit(1);
     }
     // The inherited descriptor must not leak into the VMM or any other child.
+    // SAFETY: fcntl on a descriptor number has no memory effects.
     if unsafe { libc::fcntl(NODE_FD, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
         eprintln!("sandbox-host: fd {NODE_FD} is not open: start this helper through @torkbot/sandbox");
         std::process::exit(2);
     }
     // SAFETY: the addon passes a connected socket as fd 3 and nothing else owns it.
     let mut node = unsafe { UnixStream::from_raw_fd(NODE_FD) };
-    let code = match run(&mut node) {
+    let code = match run(&mut node, faults) {
         Ok(()) => 0,
+        Err(HostError::Reported) => 1,
         Err(e) => {
-            let msg = proto::HelperError { message: e.to_string() };
-            let mut out = Vec::new();
-            proto::frame_into(&mut out, Kind::HelperError, 0, &proto::encode(&msg));
-            let _ = node.write_all(&out);
-            eprintln!("sandbox-host: {e}");
+            // Best effort: Node may already be gone.
+            let _ = node.write_all(&proto::encode(0, &e.to_wire()));
             1
         }
     };
     std::process::exit(code);
 }
 
-fn run(node: &mut UnixStream) -> Result<(), HostError> {
+fn run(node: &mut UnixStream, faults: Option<Arc<Faults>>) -> Result<(), HostError> {
     let (launch, leftover) = read_launch(node)?;
-    let deadline = launch
-        .disks
-        .iter()
-        .find_map(|d| d.cow.as_ref()?.store_timeout_ms)
-        .map(|ms| std::time::Duration::from_millis(ms.clamp(1, node_store::MAX_STORE_DEADLINE_MS)))
-        .unwrap_or(node_store::STORE_DEADLINE);
-    let (bridge, block_requests) = node_store::Bridge::new(deadline);
-    let (fs_bridge, fs_requests) = fs_bridge::FsBridge::new(fs_bridge::FS_DEADLINE);
     let rt = relay::runtime()?;
+    let (tx, rx) = NodeTx::new(NODE_QUEUE);
+    let diag = Diag::new(tx.clone());
+    let service = |spec| Service::new(spec, tx.clone(), diag.clone(), faults.clone());
+    let persistent = launch.disks.iter().find_map(|d| d.cow.as_ref().filter(|c| c.mode == proto::CowMode::Persistent));
+    let block = persistent.map(|c| {
+        let deadline = c.store_timeout_ms.map_or(block_store::STORE_DEADLINE, |ms| std::time::Duration::from_millis(ms.get()));
+        service(block_store::spec(deadline))
+    });
+    let files = (!launch.mounts.is_empty()).then(|| service(fs_bridge::spec()));
     let net_cfg = launch.network.as_ref().map(net::config).transpose()?;
-    let mut vm = backend::launch(&launch, &bridge, &fs_bridge, rt.handle())?;
-    let (net_out, net_rx) = tokio::sync::mpsc::unbounded_channel();
-    let net_bridge = net::NetBridge::new(net_out);
-    if let (Some(cfg), Some(stream)) = (net_cfg, vm.net.take()) {
-        net::start(cfg, stream, net_bridge.clone())?;
+    let net = net_cfg.as_ref().map(|c| service(net::spec(c.policy_deadline)));
+    let services = backend::Services { tx: tx.clone(), diag: diag.clone(), faults: faults.clone(), block, files };
+    let mut router = Router::default();
+    let mut vm = backend::launch(&launch, &services, &mut router, rt.handle())?;
+    let forwards = net::PortForwards::new(tx.clone());
+    if let (Some(cfg), Some(stream), Some(net)) = (net_cfg, vm.net.take(), net) {
+        router.add_service(net.clone());
+        net::start(cfg, stream, net, &forwards, tx.clone(), diag.clone())?;
     }
-    let launched = proto::Launched { vmm_pid: vm.pid(), backend: launch.backend, accel: vm.accel().to_string() };
-    let mut out = Vec::new();
-    proto::frame_into(&mut out, Kind::Launched, 0, &proto::encode(&launched));
-    node.write_all(&out).map_err(HostError::NodeIo)?;
+    let mut requests: HashMap<u8, Arc<dyn relay::NodeRequestHandler>> = HashMap::new();
+    requests.insert(Kind::PortForward as u8, forwards);
+    let launched = proto::Launched { vmm_pid: vm.pid(), backend: launch.backend, accel: vm.accel() };
+    // The queue is empty: the first frame always fits.
+    let _ = tx.try_send(proto::encode(0, &launched));
     let node = node.try_clone().map_err(HostError::NodeIo)?;
-    relay::run(
-        rt,
-        node,
-        leftover,
-        vm,
-        relay::Blocks { bridge, requests: block_requests },
-        relay::Net { bridge: net_bridge, frames: net_rx },
-        relay::Files { bridge: fs_bridge, requests: fs_requests },
-    )
+    relay::run(rt, node, leftover, vm, relay::Wiring { tx, rx, router, requests })
 }
 
 /// Blocks for the first frame, which must be `Launch`.
@@ -122,9 +138,9 @@ fn read_launch(node: &mut UnixStream) -> Result<(proto::Launch, FrameDecoder), H
     loop {
         if let Some(frame) = dec.next_frame().map_err(|e| HostError::Protocol(e.to_string()))? {
             if frame.kind != Kind::Launch {
-                return Err(HostError::Protocol(format!("expected a Launch frame first, got {:?}", frame.kind)));
+                return Err(HostError::Protocol(format!("expected a Launch frame first, got {}", frame.kind.name())));
             }
-            let launch = proto::decode(&frame.payload).map_err(|e| HostError::Protocol(format!("bad Launch: {e}")))?;
+            let launch = proto::decode(&frame.payload).map_err(|e| HostError::InvalidLaunch(e.to_string()))?;
             return Ok((launch, dec));
         }
         let n = node.read(&mut buf).map_err(HostError::NodeIo)?;

@@ -1,141 +1,133 @@
 //! The guest network: sandbox-net's userspace stack on its own thread, serving the
-//! VMM's virtio-net stream. Every policy question becomes a `NetRequest` frame to
-//! Node; `NetReply` frames are routed back by id. Audit events become `NetAudit`
-//! frames. Node is trusted less than the stack: an unknown id, an unknown verdict or
-//! an undecodable DNS answer is a denial.
+//! VMM's virtio-net stream. Every policy question is a `NetRequest` on the
+//! network service (the guest's DNS query follows the header); audit events
+//! become `NetAudit` frames; Node's `PortForward` requests are answered here.
+//! Node is trusted less than the stack: a malformed or late verdict is a denial.
 
+use crate::diag::Diag;
 use crate::error::HostError;
+use crate::link::NodeTx;
+use crate::rate::{Admit, RateLimit};
+use crate::relay::NodeRequestHandler;
+use crate::service::{CallError, Service, ServiceSpec, Step};
 use sandbox_net::{BoxFuture, Cidr, Decision, FlowInfo, NetConfig, NetControl, NetEvent, NetStack, Policy, PolicyError, Proto};
-use sandbox_protocol::{self as proto, b64, Kind, NetAudit, NetLaunch, NetReply, NetRequest};
-use std::collections::HashMap;
+use sandbox_protocol::{self as proto, AuditKind, DiagnosticSource, DnsTransport, JsU64, Kind, NetAudit, NetLaunch, NetProto, NetReply, NetRequest, NetVerdict, Text};
 use std::net::IpAddr;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
-/// Routes verdicts from Node to the questions waiting for them.
-pub struct NetBridge {
-    out: mpsc::UnboundedSender<Vec<u8>>,
-    pending: Mutex<HashMap<u64, oneshot::Sender<NetReply>>>,
-    control: Mutex<Option<NetControl>>,
-}
+/// Policy questions in flight (flows being decided plus DNS queries).
+const MAX_IN_FLIGHT: usize = 2048;
 
-impl NetBridge {
-    pub fn new(out: mpsc::UnboundedSender<Vec<u8>>) -> Arc<Self> {
-        Arc::new(Self { out, pending: Mutex::new(HashMap::new()), control: Mutex::new(None) })
-    }
-
-    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<NetReply>>> {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// One `NetReply` payload from Node.
-    pub fn deliver(&self, payload: &[u8]) {
-        let Ok(reply) = proto::decode::<NetReply>(payload) else {
-            return eprintln!("sandbox-host: ignoring malformed NetReply");
-        };
-        if let Some(tx) = self.pending().remove(&reply.id) {
-            let _ = tx.send(reply);
-        }
-    }
-
-    /// One `PortForward` payload from Node; the answer goes back as `PortForwarded`.
-    pub fn forward(&self, payload: &[u8]) {
-        let out = self.out.clone();
-        let send = move |msg: proto::PortForwarded| {
-            let mut frame = Vec::new();
-            proto::frame_into(&mut frame, Kind::PortForwarded, 0, &proto::encode(&msg));
-            let _ = out.send(frame);
-        };
-        let req = match proto::decode::<proto::PortForward>(payload) {
-            Ok(r) => r,
-            Err(e) => return send(proto::PortForwarded { id: 0, port: None, error: Some(format!("bad PortForward: {e}")) }),
-        };
-        let control = self.control.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let Some(control) = control else {
-            return send(proto::PortForwarded { id: req.id, port: None, error: Some("this sandbox has no network".into()) });
-        };
-        tokio::spawn(async move {
-            let r = control.forward_port(req.guest_port, req.host_port).await;
-            let (port, error) = match r {
-                Ok(p) => (Some(p), None),
-                Err(e) => (None, Some(e)),
-            };
-            send(proto::PortForwarded { id: req.id, port, error });
-        });
-    }
-
-    fn send_frame(&self, kind: Kind, body: &impl serde::Serialize) -> bool {
-        let mut frame = Vec::new();
-        proto::frame_into(&mut frame, kind, 0, &proto::encode(body));
-        self.out.send(frame).is_ok()
+pub fn spec(deadline: Duration) -> ServiceSpec {
+    ServiceSpec {
+        name: "network policy",
+        request: Kind::NetRequest,
+        reply: Kind::NetReply,
+        deadline,
+        max_in_flight: MAX_IN_FLIGHT,
+        source: DiagnosticSource::Net,
     }
 }
 
-/// Removes a question's slot when its future is dropped (deadline, stack gone).
-struct Slot(Arc<NetBridge>, u64);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.pending().remove(&self.1);
-    }
-}
-
-struct NodePolicy(Arc<NetBridge>);
-
-fn proto_name(p: Proto) -> &'static str {
+fn proto_of(p: Proto) -> NetProto {
     match p {
-        Proto::Tcp => "tcp",
-        Proto::Udp => "udp",
-        Proto::Dns => "dns",
+        Proto::Tcp => NetProto::Tcp,
+        Proto::Udp => NetProto::Udp,
+        Proto::Dns => NetProto::Dns,
     }
 }
+
+struct NodePolicy(Arc<Service>);
 
 impl Policy for NodePolicy {
     fn decide(&self, flow: FlowInfo) -> BoxFuture<Result<Decision, PolicyError>> {
-        let bridge = self.0.clone();
+        let service = self.0.clone();
         Box::pin(async move {
-            let (tx, rx) = oneshot::channel();
-            bridge.pending().insert(flow.id, tx);
-            let _slot = Slot(bridge.clone(), flow.id);
             let req = NetRequest {
-                id: flow.id,
-                proto: proto_name(flow.proto).into(),
-                src_ip: flow.src.ip().to_string(),
+                flow: JsU64::saturating(flow.id),
+                proto: proto_of(flow.proto),
+                src_ip: Text::truncated(flow.src.ip().to_string()),
                 src_port: flow.src.port(),
-                dst_ip: flow.dst.ip().to_string(),
+                dst_ip: Text::truncated(flow.dst.ip().to_string()),
                 dst_port: flow.dst.port(),
-                transport: (flow.proto == Proto::Dns).then(|| if flow.dns_over_tcp { "tcp" } else { "udp" }.to_string()),
-                query: flow.query.as_deref().map(b64::encode),
+                transport: (flow.proto == Proto::Dns).then_some(if flow.dns_over_tcp { DnsTransport::Tcp } else { DnsTransport::Udp }),
             };
-            if !bridge.send_frame(Kind::NetRequest, &req) {
-                return Err(PolicyError("the connection to Node is gone".into()));
-            }
-            let reply = rx.await.map_err(|_| PolicyError("the verdict was lost".into()))?;
-            Ok(match reply.verdict.as_str() {
-                "accept" => Decision::AcceptRaw,
-                "intercept" => Decision::Intercept,
-                "answer" => match reply.answer.as_deref().and_then(b64::decode) {
-                    Some(a) => Decision::DnsAnswer(a),
-                    None => return Err(PolicyError("Node sent a DNS answer that is not base64".into())),
-                },
-                _ => Decision::Deny,
+            let query = flow.query.as_deref().unwrap_or_default();
+            let verdict = service
+                .call(
+                    |id| proto::encode_framed(id, &req, &[query]),
+                    |payload| {
+                        let (reply, answer) = proto::decode_framed::<NetReply>(payload).map_err(|e| e.to_string())?;
+                        Ok(Step::Done((reply.verdict, answer.to_vec())))
+                    },
+                )
+                .await;
+            Ok(match verdict {
+                Ok((NetVerdict::Accept, _)) => Decision::AcceptRaw,
+                Ok((NetVerdict::Intercept, _)) => Decision::Intercept,
+                Ok((NetVerdict::Answer, answer)) if !answer.is_empty() => Decision::DnsAnswer(answer),
+                Ok((NetVerdict::Answer, _)) => return Err(PolicyError("Node answered a DNS question with no message".into())),
+                Ok((NetVerdict::Deny, _)) => Decision::Deny,
+                Err(CallError::Malformed(why)) => return Err(PolicyError(format!("bad verdict from Node: {why}"))),
+                Err(e) => return Err(PolicyError(e.to_string())),
             })
         })
+    }
+}
+
+/// Answers Node's `PortForward` requests once the stack runs.
+pub struct PortForwards {
+    tx: NodeTx,
+    control: Mutex<Option<NetControl>>,
+}
+
+impl PortForwards {
+    pub fn new(tx: NodeTx) -> Arc<Self> {
+        Arc::new(Self { tx, control: Mutex::new(None) })
+    }
+}
+
+impl NodeRequestHandler for PortForwards {
+    fn handle(&self, channel: u32, payload: Vec<u8>) {
+        let tx = self.tx.clone();
+        let answer = move |msg: proto::PortForwarded| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(proto::encode(channel, &msg)).await;
+            }
+        };
+        let failed = |error: String| proto::PortForwarded::Failed { error: Text::truncated(error) };
+        let req = match proto::decode::<proto::PortForward>(&payload) {
+            Ok(r) => r,
+            Err(e) => {
+                tokio::spawn(answer(failed(format!("bad PortForward: {e}"))));
+                return;
+            }
+        };
+        let control = self.control.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        tokio::spawn(async move {
+            let msg = match control {
+                None => failed("this sandbox has no network".into()),
+                Some(c) => match c.forward_port(req.guest_port.get(), req.host_port).await {
+                    Ok(port) => match proto::U16In::new(port) {
+                        Some(port) => proto::PortForwarded::Listening { port },
+                        None => failed(format!("the helper listened on port {port}")),
+                    },
+                    Err(e) => failed(e),
+                },
+            };
+            answer(msg).await;
+        });
     }
 }
 
 /// The stack's configuration from the launch request.
 pub fn config(n: &NetLaunch) -> Result<NetConfig, HostError> {
     let bad = |m: String| HostError::InvalidLaunch(m);
-    if !(1..=600_000).contains(&n.policy_deadline_ms) {
-        return Err(bad(format!("network policyDeadlineMs must be 1..=600000, got {}", n.policy_deadline_ms)));
-    }
-    if !(1..=65_536).contains(&n.max_flows) {
-        return Err(bad(format!("network maxFlows must be 1..=65536, got {}", n.max_flows)));
-    }
     let allow_protected = n
         .allow_protected
         .iter()
@@ -147,8 +139,8 @@ pub fn config(n: &NetLaunch) -> Result<NetConfig, HostError> {
         }
     }
     Ok(NetConfig {
-        policy_deadline: Duration::from_millis(n.policy_deadline_ms),
-        max_flows: n.max_flows as usize,
+        policy_deadline: Duration::from_millis(n.policy_deadline_ms.get()),
+        max_flows: n.max_flows.get() as usize,
         allow_protected,
         host_addrs: host_addresses(),
         intercept_socket: n.intercept_socket.as_ref().map(PathBuf::from),
@@ -157,10 +149,10 @@ pub fn config(n: &NetLaunch) -> Result<NetConfig, HostError> {
 }
 
 /// Runs the stack on its own thread until the VMM closes its end of `stream`.
-pub fn start(cfg: NetConfig, stream: UnixStream, bridge: Arc<NetBridge>) -> Result<(), HostError> {
+pub fn start(cfg: NetConfig, stream: UnixStream, service: Arc<Service>, forwards: &PortForwards, tx: NodeTx, diag: Diag) -> Result<(), HostError> {
     stream.set_nonblocking(true).map_err(|e| HostError::Setup(format!("nonblocking net socket: {e}")))?;
-    let stack = NetStack::new(cfg, Arc::new(NodePolicy(bridge.clone()))).map_err(|e| HostError::Setup(e.to_string()))?;
-    *bridge.control.lock().unwrap_or_else(|p| p.into_inner()) = Some(stack.control());
+    let stack = NetStack::new(cfg, Arc::new(NodePolicy(service))).map_err(|e| HostError::Setup(e.to_string()))?;
+    *forwards.control.lock().unwrap_or_else(|p| p.into_inner()) = Some(stack.control());
     let (etx, mut erx) = mpsc::channel::<NetEvent>(256);
     let stack = stack.with_events(etx);
     std::thread::Builder::new()
@@ -168,19 +160,19 @@ pub fn start(cfg: NetConfig, stream: UnixStream, bridge: Arc<NetBridge>) -> Resu
         .spawn(move || {
             let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(rt) => rt,
-                Err(e) => return eprintln!("sandbox-host: network runtime: {e}"),
+                Err(e) => return diag.error(DiagnosticSource::Net, format!("network runtime: {e}; the guest has no network")),
             };
             rt.block_on(async move {
-                let audit = bridge.clone();
                 tokio::spawn(async move {
-                    let mut limit = AuditLimit::new(AUDITS_PER_SECOND);
+                    let mut limit = RateLimit::new(AUDITS_PER_SECOND);
                     while let Some(ev) = erx.recv().await {
                         let Some(a) = audit_of(&ev) else { continue };
+                        let send = |a: &NetAudit| tx.try_send(proto::encode(0, a));
                         match limit.admit(std::time::Instant::now()) {
-                            Admit::Yes => audit.send_frame(Kind::NetAudit, &a),
+                            Admit::Yes => send(&a),
                             Admit::YesAfterDropping(n) => {
-                                audit.send_frame(Kind::NetAudit, &dropped_audit(n));
-                                audit.send_frame(Kind::NetAudit, &a)
+                                send(&dropped_audit(n));
+                                send(&a)
                             }
                             Admit::No => true,
                         };
@@ -188,10 +180,10 @@ pub fn start(cfg: NetConfig, stream: UnixStream, bridge: Arc<NetBridge>) -> Resu
                 });
                 let stream = match tokio::net::UnixStream::from_std(stream) {
                     Ok(s) => s,
-                    Err(e) => return eprintln!("sandbox-host: network socket: {e}"),
+                    Err(e) => return diag.error(DiagnosticSource::Net, format!("network socket: {e}; the guest has no network")),
                 };
                 if let Err(e) = stack.run(stream).await {
-                    eprintln!("sandbox-host: guest network ended: {e}");
+                    diag.error(DiagnosticSource::Net, format!("the guest network stopped: {e}"));
                 }
             });
         })
@@ -203,56 +195,24 @@ pub fn start(cfg: NetConfig, stream: UnixStream, bridge: Arc<NetBridge>) -> Resu
 /// so a guest spraying bad frames cannot queue unbounded frames towards Node.
 const AUDITS_PER_SECOND: u32 = 200;
 
-#[derive(Debug, PartialEq, Eq)]
-enum Admit {
-    Yes,
-    /// Admitted; `n` records were dropped since the last admitted one.
-    YesAfterDropping(u64),
-    No,
-}
-
-/// A one-second window rate limit.
-struct AuditLimit {
-    per_second: u32,
-    window: Option<std::time::Instant>,
-    used: u32,
-    dropped: u64,
-}
-
-impl AuditLimit {
-    fn new(per_second: u32) -> Self {
-        Self { per_second, window: None, used: 0, dropped: 0 }
-    }
-
-    fn admit(&mut self, now: std::time::Instant) -> Admit {
-        if self.window.is_none_or(|w| now.duration_since(w) >= Duration::from_secs(1)) {
-            self.window = Some(now);
-            self.used = 0;
-        }
-        if self.used >= self.per_second {
-            self.dropped += 1;
-            return Admit::No;
-        }
-        self.used += 1;
-        match std::mem::take(&mut self.dropped) {
-            0 => Admit::Yes,
-            n => Admit::YesAfterDropping(n),
-        }
-    }
-}
-
 fn dropped_audit(n: u64) -> NetAudit {
-    NetAudit { kind: "audit-dropped".into(), proto: None, src: None, dst: None, message: format!("{n} audit records dropped (more than {AUDITS_PER_SECOND} per second)") }
+    NetAudit {
+        kind: AuditKind::AuditDropped,
+        proto: None,
+        src: None,
+        dst: None,
+        message: Text::truncated(format!("{n} audit records dropped (more than {AUDITS_PER_SECOND} per second)")),
+    }
 }
 
 /// The audit records Node cannot know on its own (its own verdicts it knows).
 fn audit_of(ev: &NetEvent) -> Option<NetAudit> {
-    let flow = |kind: &str, f: &FlowInfo, message: String| NetAudit {
-        kind: kind.into(),
-        proto: Some(proto_name(f.proto).into()),
-        src: Some(f.src.to_string()),
-        dst: Some(f.dst.to_string()),
-        message,
+    let flow = |kind: AuditKind, f: &FlowInfo, message: String| NetAudit {
+        kind,
+        proto: Some(proto_of(f.proto)),
+        src: Some(Text::truncated(f.src.to_string())),
+        dst: Some(Text::truncated(f.dst.to_string())),
+        message: Text::truncated(message),
     };
     Some(match ev {
         NetEvent::DeniedProtected { flow: f, category } => {
@@ -260,12 +220,18 @@ fn audit_of(ev: &NetEvent) -> Option<NetAudit> {
                 Some(c) => format!("{c:?} address").to_lowercase(),
                 None => "the sandbox's or the host's own address".into(),
             };
-            flow("protected", f, format!("denied before the policy: {} is a {what}; opt the range in with allowProtected", f.dst.ip()))
+            flow(AuditKind::Protected, f, format!("denied before the policy: {} is a {what}; opt the range in with allowProtected", f.dst.ip()))
         }
-        NetEvent::PolicyFailed { flow: f, failure } => flow("policy-failed", f, format!("denied: {failure:?}")),
-        NetEvent::FlowLimit { flow: f } => flow("flow-limit", f, "denied: the sandbox's concurrent flow limit is reached".into()),
-        NetEvent::UpstreamFailed { flow: f, error } => flow("upstream-failed", f, format!("accepted but the destination failed: {error}")),
-        NetEvent::MalformedFrame { reason } => NetAudit { kind: "malformed".into(), proto: None, src: None, dst: None, message: format!("{reason:?}") },
+        NetEvent::PolicyFailed { flow: f, failure } => flow(AuditKind::PolicyFailed, f, format!("denied: {failure:?}")),
+        NetEvent::FlowLimit { flow: f } => flow(AuditKind::FlowLimit, f, "denied: the sandbox's concurrent flow limit is reached".into()),
+        NetEvent::UpstreamFailed { flow: f, error } => flow(AuditKind::UpstreamFailed, f, format!("accepted but the destination failed: {error}")),
+        NetEvent::MalformedFrame { reason } => NetAudit {
+            kind: AuditKind::Malformed,
+            proto: None,
+            src: None,
+            dst: None,
+            message: Text::truncated(format!("{reason:?}")),
+        },
         _ => return None,
     })
 }
@@ -305,65 +271,53 @@ fn host_addresses() -> Vec<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn audit_limit_counts_what_it_drops() {
-        let t0 = std::time::Instant::now();
-        let mut l = AuditLimit::new(2);
-        assert_eq!(l.admit(t0), Admit::Yes);
-        assert_eq!(l.admit(t0), Admit::Yes);
-        assert_eq!(l.admit(t0), Admit::No);
-        assert_eq!(l.admit(t0 + Duration::from_millis(500)), Admit::No);
-        assert_eq!(l.admit(t0 + Duration::from_secs(1)), Admit::YesAfterDropping(2));
-        assert_eq!(l.admit(t0 + Duration::from_secs(1)), Admit::Yes);
-    }
+    use crate::service::ReplySink;
+    use sandbox_protocol::FrameDecoder;
 
     #[tokio::test]
     async fn node_verdicts_map_to_decisions_and_bad_ones_fail() {
-        let (out, mut frames) = mpsc::unbounded_channel();
-        let bridge = NetBridge::new(out);
-        let policy = NodePolicy(bridge.clone());
+        let (tx, mut frames) = NodeTx::new(16);
+        let service = Service::new(spec(Duration::from_secs(5)), tx, Diag::none(), None);
+        let policy = NodePolicy(service.clone());
         let flow = |id: u64| FlowInfo::new(Proto::Tcp, "10.0.2.15:1000".parse().unwrap(), "203.0.113.1:80".parse().unwrap()).with_test_id(id);
-        for (verdict, answer, want) in [
-            ("accept", None, Ok(Decision::AcceptRaw)),
-            ("intercept", None, Ok(Decision::Intercept)),
-            ("deny", None, Ok(Decision::Deny)),
-            ("something-new", None, Ok(Decision::Deny)),
-            ("answer", Some("AQI=".to_string()), Ok(Decision::DnsAnswer(vec![1, 2]))),
-            ("answer", Some("not base64!".to_string()), Err(())),
+        let reply = |v: NetVerdict, answer: &[u8]| proto::encode_framed(1, &NetReply { verdict: v }, &[answer])[proto::HEADER_LEN..].to_vec();
+        for (payload, want) in [
+            (reply(NetVerdict::Accept, &[]), Ok(Decision::AcceptRaw)),
+            (reply(NetVerdict::Intercept, &[]), Ok(Decision::Intercept)),
+            (reply(NetVerdict::Deny, &[]), Ok(Decision::Deny)),
+            (reply(NetVerdict::Answer, &[1, 2]), Ok(Decision::DnsAnswer(vec![1, 2]))),
+            (reply(NetVerdict::Answer, &[]), Err(())),
+            (b"\0\0\0\x02{}".to_vec(), Err(())),
+            (br#"xx"#.to_vec(), Err(())),
         ] {
-            let fut = policy.decide(flow(7));
-            let task = tokio::spawn(fut);
+            let task = tokio::spawn(policy.decide(flow(7)));
             let frame = frames.recv().await.unwrap();
-            let req: NetRequest = proto::decode(&frame[proto::HEADER_LEN..]).unwrap();
-            assert_eq!((req.id, req.proto.as_str(), req.dst_port), (7, "tcp", 80));
-            bridge.deliver(&proto::encode(&NetReply { id: 7, verdict: verdict.into(), answer }));
+            let mut dec = FrameDecoder::new();
+            dec.push(&frame);
+            let f = dec.next_frame().unwrap().unwrap();
+            let (req, _) = proto::decode_framed::<NetRequest>(&f.payload).unwrap();
+            assert_eq!((req.flow.get(), req.proto, req.dst_port), (7, NetProto::Tcp, 80));
+            service.deliver(f.channel, payload);
             let got = task.await.unwrap().map_err(|_| ());
-            assert_eq!(got, want, "{verdict}");
+            assert_eq!(got, want);
         }
-        // A question whose future is dropped (deadline) leaves nothing behind.
-        let t = tokio::spawn(policy.decide(flow(9)));
-        let _ = frames.recv().await.unwrap();
-        assert_eq!(bridge.pending().len(), 1);
-        t.abort();
-        let _ = t.await;
-        assert!(bridge.pending().is_empty());
     }
 
     #[test]
     fn config_checks_its_inputs() {
-        let ok = NetLaunch { policy_deadline_ms: 5000, max_flows: 10, allow_protected: vec!["10.0.0.0/8".into()], intercept_socket: Some("/tmp/x.sock".into()) };
+        let ok: NetLaunch = serde_json::from_str(r#"{"policyDeadlineMs":5000,"maxFlows":10,"allowProtected":["10.0.0.0/8"],"interceptSocket":"/tmp/x.sock"}"#).unwrap();
         let c = config(&ok).unwrap();
         assert_eq!(c.max_flows, 10);
         assert_eq!(c.allow_protected.len(), 1);
         assert!(c.host_addrs.iter().any(|a| a.is_loopback()), "the host's loopback is its own: {:?}", c.host_addrs);
         for bad in [
-            NetLaunch { max_flows: 0, ..ok.clone() },
-            NetLaunch { policy_deadline_ms: 0, ..ok.clone() },
-            NetLaunch { allow_protected: vec!["10.0.0.0".into()], ..ok.clone() },
+            NetLaunch { allow_protected: vec![Text::truncated("10.0.0.0")], ..ok.clone() },
             NetLaunch { intercept_socket: Some("rel.sock".into()), ..ok.clone() },
         ] {
             assert!(matches!(config(&bad), Err(HostError::InvalidLaunch(_))), "{bad:?}");
+        }
+        for bad in [r#"{"policyDeadlineMs":0,"maxFlows":10,"allowProtected":[]}"#, r#"{"policyDeadlineMs":5,"maxFlows":0,"allowProtected":[]}"#] {
+            assert!(serde_json::from_str::<NetLaunch>(bad).is_err(), "{bad}");
         }
     }
 }

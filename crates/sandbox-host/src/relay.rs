@@ -1,47 +1,62 @@
-//! Moves frames between Node and the guest control port.
+//! Moves frames between Node, the guest control port and the helper's
+//! services, and enforces who may send what.
 //!
-//! Guest frames are forwarded verbatim after validation (length bound, known
-//! guest-side kind); helper-only kinds coming from the guest end the VM,
-//! because only a hostile or broken guest would send them.
+//! ```text
+//!   guest port ──reader──▶ Session::from_guest ──▶ NodeTx ──writer──▶ Node
+//!   guest port ◀──writer── guest queue ◀── Session::from_node ◀──┐
+//!   services (block, fs, net) ── requests ──▶ NodeTx            │
+//!   Node ──reader──┬── reply kinds ──▶ Router ──▶ the waiting call
+//!                  ├── Node requests (PortForward) ──▶ its handler
+//!                  └── guest kinds ────────────────────────────┘
+//! ```
+//!
+//! Nothing here waits on the guest while reading from Node: guest-bound
+//! frames queue (bounded by the windows Node keeps, and by a byte cap), so a
+//! guest whose port is full never delays a block or filesystem reply.
 
 use crate::backend::RunningVm;
 use crate::error::HostError;
-use crate::net::NetBridge;
-use crate::fs_bridge::FsBridge;
-use crate::node_store::Bridge;
-use sandbox_protocol::{self as proto, FrameDecoder, Kind};
+use crate::guest::{Session, Violation};
+use crate::link::{self, NodeTx};
+use sandbox_protocol::{self as proto, Direction, FrameDecoder, Kind};
+use std::collections::HashMap;
 use std::os::unix::net::UnixStream as StdUnixStream;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
-use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
-const CHUNK: usize = 64 * 1024;
+const CHUNK: usize = 256 * 1024;
+/// An incomplete guest frame with no further byte for this long is a violation:
+/// init writes whole frames, so only a hostile writer leaves one hanging.
+const PARTIAL_FRAME_STALL: Duration = Duration::from_secs(10);
+/// Guest-bound bytes Node may have queued here; Node's windows keep it far below.
+const GUEST_QUEUE_BYTES: usize = 64 << 20;
+/// How long the guest's last frames may take to reach Node once the VMM ended.
+const DRAIN_GRACE: Duration = Duration::from_millis(500);
 
+/// Handles one kind of request Node makes of the helper (e.g. `PortForward`);
+/// it answers on the same channel through the `NodeTx` it holds.
+pub trait NodeRequestHandler: Send + Sync {
+    fn handle(&self, channel: u32, payload: Vec<u8>);
+}
+
+/// What the relay serves besides guest frames.
+pub struct Wiring {
+    pub tx: NodeTx,
+    pub rx: mpsc::Receiver<Vec<u8>>,
+    pub router: crate::service::Router,
+    pub requests: HashMap<u8, Arc<dyn NodeRequestHandler>>,
+}
+
+/// How the relay ended.
 enum End {
     NodeGone,
-    NodeError(HostError),
-    GuestError(HostError),
-}
-
-/// The block-store bridge: its requests go to Node, Node's replies come back to it.
-pub struct Blocks {
-    pub bridge: Arc<Bridge>,
-    pub requests: mpsc::UnboundedReceiver<Vec<u8>>,
-}
-
-/// The network bridge: its frames (questions, audit, port answers) go to Node,
-/// Node's verdicts and port requests come back to it.
-pub struct Net {
-    pub bridge: Arc<NetBridge>,
-    pub frames: mpsc::UnboundedReceiver<Vec<u8>>,
-}
-
-/// The filesystem bridge: FUSE operations go to Node, its answers come back to it.
-pub struct Files {
-    pub bridge: Arc<FsBridge>,
-    pub requests: mpsc::Receiver<Vec<u8>>,
+    Node(HostError),
+    Guest(Violation),
 }
 
 /// The relay's single-threaded runtime; virtio-fs device tasks run on it too.
@@ -52,135 +67,185 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, HostError> {
         .map_err(|e| HostError::Setup(format!("tokio runtime: {e}")))
 }
 
-pub fn run(
-    rt: tokio::runtime::Runtime,
-    node: StdUnixStream,
-    leftover: FrameDecoder,
-    vm: RunningVm,
-    blocks: Blocks,
-    net: Net,
-    files: Files,
-) -> Result<(), HostError> {
-    rt.block_on(relay(node, leftover, vm, blocks, net, files))
+/// Runs until the VMM exits or either side breaks the contract. On return the
+/// VMM is gone and everything meant for Node has been written (`VmExited` or
+/// the `HelperError` naming the violation last).
+pub fn run(rt: tokio::runtime::Runtime, node: StdUnixStream, leftover: FrameDecoder, vm: RunningVm, wiring: Wiring) -> Result<(), HostError> {
+    rt.block_on(relay(node, leftover, vm, wiring))
 }
 
-async fn relay(node: StdUnixStream, leftover: FrameDecoder, vm: RunningVm, blocks: Blocks, net: Net, files: Files) -> Result<(), HostError> {
-    let Blocks { bridge, requests: mut block_rx } = blocks;
-    let Net { bridge: net_bridge, frames: mut net_rx } = net;
-    let Files { bridge: fs_bridge, requests: mut fs_rx } = files;
+async fn relay(node: StdUnixStream, leftover: FrameDecoder, vm: RunningVm, wiring: Wiring) -> Result<(), HostError> {
+    let Wiring { tx, rx, router, requests } = wiring;
     let RunningVm { pid, wait, control, console, .. } = vm;
-    let node = to_tokio(node)?;
-    let guest = to_tokio(control)?;
-    let (node_rx, mut node_tx) = node.into_split();
-    let (guest_rx, guest_tx) = guest.into_split();
+    let (node_rx, node_wr) = to_tokio(node)?.into_split();
+    let (guest_rx, guest_wr) = to_tokio(control)?.into_split();
 
     // The VMM is waited for on a plain thread: Child::wait blocks.
-    let (exit_tx, exit_rx) = oneshot::channel();
+    let (exit_tx, mut exit_rx) = oneshot::channel();
     std::thread::spawn(move || {
         let _ = exit_tx.send(wait());
     });
 
-    let (ended_tx, mut ended_rx) = tokio::sync::mpsc::channel::<End>(2);
-    let node_pump = tokio::spawn(node_to_guest(node_rx, leftover, guest_tx, bridge, net_bridge, fs_bridge, ended_tx.clone()));
-    let (fwd_tx, mut fwd_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
-    let guest_pump = tokio::spawn(guest_to_node(guest_rx, fwd_tx, ended_tx));
+    let session = Arc::new(Mutex::new(Session::new()));
+    let (ended_tx, mut ended_rx) = mpsc::channel::<End>(4);
+    let writer = tokio::spawn(link::write_frames(node_wr, rx));
+    let (guest_q, guest_q_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let guest_writer = tokio::spawn(write_guest(guest_wr, guest_q_rx, queued.clone()));
+    let from_node = tokio::spawn(node_reader(
+        node_rx,
+        leftover,
+        NodeSide { session: session.clone(), guest: guest_q, queued, router, requests, ended: ended_tx.clone() },
+    ));
+    let (guest_done_tx, guest_done) = oneshot::channel();
+    let from_guest = tokio::spawn(async move {
+        guest_reader(guest_rx, session, tx.clone(), ended_tx).await;
+        let _ = guest_done_tx.send(tx);
+    });
 
-    let mut exit_rx = exit_rx;
     let mut fatal: Option<HostError> = None;
     let status = loop {
         tokio::select! {
-            Some(bytes) = block_rx.recv() => {
-                if node_tx.write_all(&bytes).await.is_err() {
-                    kill(pid);
-                    return Ok(());
-                }
-            }
-            Some(bytes) = net_rx.recv() => {
-                if node_tx.write_all(&bytes).await.is_err() {
-                    kill(pid);
-                    return Ok(());
-                }
-            }
-            Some(bytes) = fs_rx.recv() => {
-                if node_tx.write_all(&bytes).await.is_err() {
-                    kill(pid);
-                    return Ok(());
-                }
-            }
-            Some(bytes) = fwd_rx.recv() => {
-                if node_tx.write_all(&bytes).await.is_err() {
-                    kill(pid);
-                    return Ok(());
-                }
-            }
             Some(end) = ended_rx.recv() => match end {
-                End::NodeGone => { kill(pid); return Ok(()); }
-                End::NodeError(e) => { kill(pid); return Err(e); }
-                End::GuestError(e) => { kill(pid); fatal = Some(e); }
+                End::NodeGone => {
+                    kill(pid);
+                    from_guest.abort();
+                    return Ok(());
+                }
+                End::Node(e) => {
+                    kill(pid);
+                    fatal = Some(e);
+                }
+                End::Guest(v) => {
+                    kill(pid);
+                    fatal.get_or_insert(HostError::GuestProtocol(v));
+                }
             },
             status = &mut exit_rx => break status.ok().flatten(),
         }
     };
-    node_pump.abort();
-    // Deliver what the guest wrote before the VMM ended.
-    let _ = tokio::time::timeout(std::time::Duration::from_millis(500), async {
-        while let Some(bytes) = fwd_rx.recv().await {
-            if node_tx.write_all(&bytes).await.is_err() {
-                break;
-            }
+    from_node.abort();
+    guest_writer.abort();
+    // What the guest wrote before the VMM ended reaches Node first.
+    let tx = match tokio::time::timeout(DRAIN_GRACE, guest_done).await {
+        Ok(Ok(tx)) => Some(tx),
+        _ => {
+            from_guest.abort();
+            None
         }
-    })
-    .await;
-    guest_pump.abort();
-    if let Some(e) = fatal {
-        return Err(e);
+    };
+    // A violation found while draining still counts.
+    while let Ok(end) = ended_rx.try_recv() {
+        match end {
+            End::Guest(v) => {
+                fatal.get_or_insert(HostError::GuestProtocol(v));
+            }
+            End::Node(e) => {
+                fatal.get_or_insert(e);
+            }
+            End::NodeGone => {}
+        }
     }
     use std::os::unix::process::ExitStatusExt;
-    let exited = proto::VmExited {
-        exit_code: status.and_then(|s| s.code()),
-        signal: status.and_then(|s| s.signal()),
-        console_tail: console.text(),
+    let last = match &fatal {
+        Some(e) => proto::encode(0, &e.to_wire()),
+        None => proto::encode(
+            0,
+            &proto::VmExited {
+                exit_code: status.and_then(|s| s.code()),
+                signal: status.and_then(|s| s.signal()),
+                console_tail: proto::Text::truncated(console.text()),
+            },
+        ),
     };
-    let mut out = Vec::new();
-    proto::frame_into(&mut out, Kind::VmExited, 0, &proto::encode(&exited));
-    let _ = node_tx.write_all(&out).await;
-    Ok(())
+    // Bounded: a Node that stopped reading must not keep the helper alive.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        if let Some(tx) = tx {
+            tx.finish(last).await;
+        }
+        let _ = writer.await;
+    })
+    .await;
+    match fatal {
+        // Already reported to Node as the last frame.
+        Some(_) => Err(HostError::Reported),
+        None => Ok(()),
+    }
 }
 
-async fn node_to_guest(
-    mut rx: OwnedReadHalf,
-    mut dec: FrameDecoder,
-    mut guest: OwnedWriteHalf,
-    bridge: Arc<Bridge>,
-    net: Arc<NetBridge>,
-    fs_bridge: Arc<FsBridge>,
-    ended: tokio::sync::mpsc::Sender<End>,
-) {
+struct NodeSide {
+    session: Arc<Mutex<Session>>,
+    guest: mpsc::UnboundedSender<Vec<u8>>,
+    queued: Arc<AtomicUsize>,
+    router: crate::service::Router,
+    requests: HashMap<u8, Arc<dyn NodeRequestHandler>>,
+    ended: mpsc::Sender<End>,
+}
+
+impl NodeSide {
+    /// One frame from Node. An error ends the helper: Node broke the contract.
+    fn dispatch(&self, f: proto::Frame) -> Result<(), HostError> {
+        let info = f.kind.info();
+        match info.direction {
+            Direction::HostToGuest => {
+                self.session
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .from_node(f.kind, f.channel, &f.payload)
+                    .map_err(|v| HostError::Protocol(v.to_string()))?;
+                let queued = self.queued.fetch_add(f.payload.len(), Ordering::Relaxed) + f.payload.len();
+                if queued > GUEST_QUEUE_BYTES {
+                    return Err(HostError::Protocol(format!("more than {GUEST_QUEUE_BYTES} guest-bound bytes queued: Node ignores the stdin window")));
+                }
+                let mut frame = Vec::with_capacity(proto::HEADER_LEN + f.payload.len());
+                frame.extend_from_slice(&proto::frame_header(f.kind, f.channel, f.payload.len()));
+                frame.extend_from_slice(&f.payload);
+                // The writer is gone only when the VMM is; its exit is reported separately.
+                let _ = self.guest.send(frame);
+                Ok(())
+            }
+            Direction::NodeToHelper => {
+                if f.kind == Kind::Launch {
+                    return Err(HostError::Protocol("a second Launch".into()));
+                }
+                if self.router.deliver(f.kind, f.channel, f.payload.clone()) {
+                    return Ok(());
+                }
+                match self.requests.get(&(f.kind as u8)) {
+                    Some(h) => {
+                        h.handle(f.channel, f.payload);
+                        Ok(())
+                    }
+                    // A service this launch does not have (e.g. a block reply without a cow disk).
+                    None => Err(HostError::Protocol(format!("{} frame, but this VM has no such service", f.kind.name()))),
+                }
+            }
+            dir => Err(HostError::Protocol(format!("{} frame travels {} only", f.kind.name(), dir.as_str()))),
+        }
+    }
+}
+
+async fn node_reader(mut rx: OwnedReadHalf, mut dec: FrameDecoder, side: NodeSide) {
     let mut buf = vec![0u8; CHUNK];
     loop {
         loop {
-            match dec.next_raw() {
-                Ok(Some((kind, raw))) if kind == Kind::BlockReply as u8 => bridge.deliver(&raw[proto::HEADER_LEN..]),
-                Ok(Some((kind, raw))) if kind == Kind::NetReply as u8 => net.deliver(&raw[proto::HEADER_LEN..]),
-                Ok(Some((kind, raw))) if kind == Kind::PortForward as u8 => net.forward(&raw[proto::HEADER_LEN..]),
-                Ok(Some((kind, raw))) if kind == Kind::FsReply as u8 => fs_bridge.deliver(&raw[proto::HEADER_LEN..]),
-                Ok(Some((kind, raw))) => {
-                    // Helper-only kinds are never relayed to the guest.
-                    if kind < 0x80 && guest.write_all(&raw).await.is_err() {
-                        // The VMM is going away; its exit is reported separately.
-                        std::future::pending::<()>().await;
+            match dec.next_frame() {
+                Ok(Some(f)) => {
+                    if let Err(e) = side.dispatch(f) {
+                        let _ = side.ended.send(End::Node(e)).await;
+                        return;
                     }
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    let _ = ended.send(End::NodeError(HostError::Protocol(e.to_string()))).await;
+                    let _ = side.ended.send(End::Node(HostError::Protocol(e.to_string()))).await;
                     return;
                 }
             }
         }
         match rx.read(&mut buf).await {
             Ok(0) | Err(_) => {
-                let _ = ended.send(End::NodeGone).await;
+                let _ = side.ended.send(End::NodeGone).await;
                 return;
             }
             Ok(n) => dec.push(&buf[..n]),
@@ -188,38 +253,64 @@ async fn node_to_guest(
     }
 }
 
-async fn guest_to_node(
-    mut rx: OwnedReadHalf,
-    fwd: tokio::sync::mpsc::Sender<Vec<u8>>,
-    ended: tokio::sync::mpsc::Sender<End>,
-) {
+async fn write_guest(mut port: OwnedWriteHalf, mut frames: mpsc::UnboundedReceiver<Vec<u8>>, queued: Arc<AtomicUsize>) {
+    while let Some(frame) = frames.recv().await {
+        let payload = frame.len() - proto::HEADER_LEN;
+        if port.write_all(&frame).await.is_err() {
+            // The VMM is going away; its exit is reported separately.
+            return;
+        }
+        queued.fetch_sub(payload, Ordering::Relaxed);
+    }
+}
+
+/// Reads the guest's frames, checks each, forwards the good ones; ends at EOF
+/// or at the first violation.
+async fn guest_reader(mut rx: OwnedReadHalf, session: Arc<Mutex<Session>>, node: NodeTx, ended: mpsc::Sender<End>) {
     let mut dec = FrameDecoder::new();
     let mut buf = vec![0u8; CHUNK];
     loop {
-        match rx.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => dec.push(&buf[..n]),
-        }
-        let mut batch = Vec::new();
-        loop {
-            match dec.next_raw() {
-                Ok(Some((kind, raw))) => match Kind::try_from(kind) {
-                    Ok(k) if k.is_guest() => batch.extend_from_slice(&raw),
-                    _ => {
-                        let e = HostError::GuestProtocol(format!("frame kind 0x{kind:02x} is not allowed from the guest"));
-                        let _ = ended.send(End::GuestError(e)).await;
-                        return;
-                    }
-                },
-                Ok(None) => break,
-                Err(e) => {
-                    let _ = ended.send(End::GuestError(HostError::GuestProtocol(e.to_string()))).await;
+        let read = rx.read(&mut buf);
+        let n = if dec.has_partial() {
+            match tokio::time::timeout(PARTIAL_FRAME_STALL, read).await {
+                Ok(r) => r,
+                Err(_) => {
+                    let reason = format!(
+                        "an incomplete frame ({} bytes buffered) and nothing more for {} s",
+                        dec.buffered(),
+                        PARTIAL_FRAME_STALL.as_secs()
+                    );
+                    let _ = ended.send(End::Guest(Violation { kind: 0, channel: 0, reason })).await;
                     return;
                 }
             }
+        } else {
+            read.await
+        };
+        match n {
+            Ok(0) | Err(_) => return,
+            Ok(n) => dec.push(&buf[..n]),
         }
-        if !batch.is_empty() && fwd.send(batch).await.is_err() {
-            return;
+        loop {
+            match dec.next_raw() {
+                Ok(Some((kind, raw))) => {
+                    let channel = u32::from_be_bytes([raw[5], raw[6], raw[7], raw[8]]);
+                    let checked = session.lock().unwrap_or_else(|p| p.into_inner()).from_guest(kind, channel, &raw[proto::HEADER_LEN..]);
+                    if let Err(v) = checked {
+                        let _ = ended.send(End::Guest(v)).await;
+                        return;
+                    }
+                    if node.send(raw).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let v = Violation { kind: 0, channel: 0, reason: format!("broken framing: {e}") };
+                    let _ = ended.send(End::Guest(v)).await;
+                    return;
+                }
+            }
         }
     }
 }
@@ -230,5 +321,6 @@ fn to_tokio(s: StdUnixStream) -> Result<UnixStream, HostError> {
 }
 
 fn kill(pid: i32) {
+    // SAFETY: kill(2) has no memory effects; pid is our own VMM child.
     unsafe { libc::kill(pid, libc::SIGKILL) };
 }

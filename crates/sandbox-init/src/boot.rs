@@ -2,7 +2,7 @@
 //! kernel modules, the control port and the switch into the block rootfs.
 
 use crate::sys;
-use sandbox_protocol::{Configure, CONTROL_PORT_NAME};
+use sandbox_protocol::{BootStage, Configure, Fstype, CONTROL_PORT_NAME};
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -11,17 +11,17 @@ use std::time::{Duration, Instant};
 /// A boot step that failed, with the step name reported to the host.
 #[derive(Debug)]
 pub struct BootError {
-    pub stage: &'static str,
+    pub stage: BootStage,
     pub message: String,
 }
 
 impl fmt::Display for BootError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.stage, self.message)
+        write!(f, "{}: {}", self.stage.as_str(), self.message)
     }
 }
 
-fn fail(stage: &'static str, message: impl Into<String>) -> BootError {
+fn fail(stage: BootStage, message: impl Into<String>) -> BootError {
     BootError { stage, message: message.into() }
 }
 
@@ -37,7 +37,7 @@ pub fn early_mounts() -> Result<(), BootError> {
     for (src, dir, fstype) in [("devtmpfs", "/dev", "devtmpfs"), ("proc", "/proc", "proc"), ("sysfs", "/sys", "sysfs")] {
         let _ = fs::create_dir_all(dir);
         sys::mount(src, Path::new(dir), fstype, libc::MS_NOSUID, None)
-            .map_err(|e| fail("early-mounts", format!("mount {fstype} on {dir}: {e}")))?;
+            .map_err(|e| fail(BootStage::EarlyMounts, format!("mount {fstype} on {dir}: {e}")))?;
     }
     Ok(())
 }
@@ -47,10 +47,10 @@ pub fn load_modules() -> Result<(), BootError> {
     let list = match fs::read_to_string(MODULE_LIST) {
         Ok(list) => list,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(fail("modules", format!("{MODULE_LIST}: {e}"))),
+        Err(e) => return Err(fail(BootStage::Modules, format!("{MODULE_LIST}: {e}"))),
     };
     for line in list.lines().map(str::trim).filter(|l| !l.is_empty()) {
-        sys::finit_module(Path::new(line)).map_err(|e| fail("modules", format!("load {line}: {e}")))?;
+        sys::finit_module(Path::new(line)).map_err(|e| fail(BootStage::Modules, format!("load {line}: {e}")))?;
     }
     Ok(())
 }
@@ -60,12 +60,12 @@ pub fn load_fs_modules(cfg: &Configure) -> Result<(), BootError> {
     if cfg.mounts.is_empty() {
         return Ok(());
     }
-    let list = fs::read_to_string(FS_MODULE_LIST).map_err(|e| fail("mounts", format!("{FS_MODULE_LIST}: {e}")))?;
+    let list = fs::read_to_string(FS_MODULE_LIST).map_err(|e| fail(BootStage::Mounts, format!("{FS_MODULE_LIST}: {e}")))?;
     for line in list.lines().map(str::trim).filter(|l| !l.is_empty()) {
         match sys::finit_module(Path::new(line)) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
-            Err(e) => return Err(fail("mounts", format!("load {line}: {e}"))),
+            Err(e) => return Err(fail(BootStage::Mounts, format!("load {line}: {e}"))),
         }
     }
     Ok(())
@@ -79,7 +79,7 @@ pub fn mount_virtual(cfg: &Configure) -> Result<(), BootError> {
     for m in &cfg.mounts {
         let target = Path::new(&m.target);
         if !target.is_absolute() || target.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-            return Err(fail("mounts", format!("mount target {:?} must be an absolute path without '..'", m.target)));
+            return Err(fail(BootStage::Mounts, format!("mount target {:?} must be an absolute path without '..'", m.target)));
         }
         prepare_target(target, m.create_on_root, &mounted)?;
         let mut flags = libc::MS_NOSUID | libc::MS_NODEV;
@@ -94,7 +94,7 @@ pub fn mount_virtual(cfg: &Configure) -> Result<(), BootError> {
                 Err(e) if Instant::now() < deadline && matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOENT) | Some(libc::ENODEV)) => {
                     std::thread::sleep(Duration::from_millis(5));
                 }
-                Err(e) => return Err(fail("mounts", format!("mount virtio-fs {} on {}: {e}", m.tag, m.target))),
+                Err(e) => return Err(fail(BootStage::Mounts, format!("mount virtio-fs {} on {}: {e}", m.tag, m.target))),
             }
         }
         mounted.push(target.to_path_buf());
@@ -107,11 +107,11 @@ fn prepare_target(target: &Path, create_on_root: bool, mounted: &[PathBuf]) -> R
     match fs::symlink_metadata(target) {
         Ok(md) if md.is_dir() => return Ok(()),
         Ok(md) if md.file_type().is_symlink() => {
-            return Err(fail("mounts", format!("mount target {shown} is a symbolic link; mount targets must be directories")))
+            return Err(fail(BootStage::Mounts, format!("mount target {shown} is a symbolic link; mount targets must be directories")))
         }
-        Ok(_) => return Err(fail("mounts", format!("mount target {shown} exists and is not a directory"))),
+        Ok(_) => return Err(fail(BootStage::Mounts, format!("mount target {shown} exists and is not a directory"))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(fail("mounts", format!("mount target {shown}: {e}"))),
+        Err(e) => return Err(fail(BootStage::Mounts, format!("mount target {shown}: {e}"))),
     }
     let mut ancestor = target.parent();
     while let Some(a) = ancestor {
@@ -128,7 +128,7 @@ fn prepare_target(target: &Path, create_on_root: bool, mounted: &[PathBuf]) -> R
         || create_on_root;
     if !creatable {
         return Err(fail(
-            "mounts",
+            BootStage::Mounts,
             format!(
                 "mount target {shown} does not exist and init will not create it: {} is on the root filesystem, which init never modifies \
                  (a read-only built-in image or a durable copy-on-write root). Create the directory in the image, mount under /run or /tmp \
@@ -137,7 +137,7 @@ fn prepare_target(target: &Path, create_on_root: bool, mounted: &[PathBuf]) -> R
             ),
         ));
     }
-    fs::create_dir_all(target).map_err(|e| fail("mounts", format!("create mount target {shown}: {e}")))
+    fs::create_dir_all(target).map_err(|e| fail(BootStage::Mounts, format!("create mount target {shown}: {e}")))
 }
 
 /// Finds and opens the virtio-console port named [`CONTROL_PORT_NAME`].
@@ -152,7 +152,7 @@ pub fn open_control_port() -> Result<File, BootError> {
         }
         if Instant::now() > deadline {
             return Err(fail(
-                "control-port",
+                BootStage::ControlPort,
                 format!("no virtio-console port named {CONTROL_PORT_NAME} appeared within 20 s"),
             ));
         }
@@ -177,7 +177,7 @@ pub fn switch_root(cfg: &Configure) -> Result<(), BootError> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !dev.exists() {
         if Instant::now() > deadline {
-            return Err(fail("root", format!("block device {} did not appear within 10 s", root.device)));
+            return Err(fail(BootStage::Root, format!("block device {} did not appear within 10 s", root.device)));
         }
         std::thread::sleep(Duration::from_millis(2));
     }
@@ -188,17 +188,17 @@ pub fn switch_root(cfg: &Configure) -> Result<(), BootError> {
         flags |= libc::MS_RDONLY;
     }
     // A read-only ext4 with a dirty journal refuses to mount unless told not to replay it.
-    let data = if root.read_only && root.fstype == "ext4" { Some("noload") } else { None };
-    sys::mount(&root.device, new_root, &root.fstype, flags, data)
-        .map_err(|e| fail("root", format!("mount {} ({}) on /: {e}", root.device, root.fstype)))?;
+    let data = if root.read_only && root.fstype == Fstype::Ext4 { Some("noload") } else { None };
+    sys::mount(&root.device, new_root, root.fstype.as_str(), flags, data)
+        .map_err(|e| fail(BootStage::Root, format!("mount {} ({}) on /: {e}", root.device, root.fstype.as_str())))?;
 
     for dir in ["/dev", "/proc", "/sys"] {
         let target = new_root.join(&dir[1..]);
         if !target.is_dir() {
-            return Err(fail("root", format!("the root filesystem has no {dir} directory to mount on")));
+            return Err(fail(BootStage::Root, format!("the root filesystem has no {dir} directory to mount on")));
         }
         sys::move_mount(Path::new(dir), &target)
-            .map_err(|e| fail("root", format!("move {dir} into the root filesystem: {e}")))?;
+            .map_err(|e| fail(BootStage::Root, format!("move {dir} into the root filesystem: {e}")))?;
     }
     // Scratch space owned by init; on a read-only root also /tmp so tools work,
     // and /mnt so virtual filesystems can be mounted below it (/mnt/shared…).
@@ -212,21 +212,21 @@ pub fn switch_root(cfg: &Configure) -> Result<(), BootError> {
         let target = new_root.join(dir);
         if target.is_dir() {
             sys::mount("tmpfs", &target, "tmpfs", libc::MS_NOSUID | libc::MS_NODEV, Some(opts))
-                .map_err(|e| fail("root", format!("mount tmpfs on /{dir}: {e}")))?;
+                .map_err(|e| fail(BootStage::Root, format!("mount tmpfs on /{dir}: {e}")))?;
         }
     }
     let pts = new_root.join("dev/pts");
     let _ = fs::create_dir_all(&pts);
     sys::mount("devpts", &pts, "devpts", libc::MS_NOSUID | libc::MS_NOEXEC, Some("newinstance,ptmxmode=0666,mode=0620"))
-        .map_err(|e| fail("root", format!("mount devpts: {e}")))?;
+        .map_err(|e| fail(BootStage::Root, format!("mount devpts: {e}")))?;
     let shm = new_root.join("dev/shm");
     let _ = fs::create_dir_all(&shm);
     let _ = sys::mount("tmpfs", &shm, "tmpfs", libc::MS_NOSUID | libc::MS_NODEV, Some("mode=1777"));
 
-    std::env::set_current_dir(new_root).map_err(|e| fail("root", format!("chdir {NEW_ROOT}: {e}")))?;
-    sys::move_mount(Path::new("."), Path::new("/")).map_err(|e| fail("root", format!("move root: {e}")))?;
-    sys::chroot(Path::new(".")).map_err(|e| fail("root", format!("chroot: {e}")))?;
-    std::env::set_current_dir("/").map_err(|e| fail("root", format!("chdir /: {e}")))?;
+    std::env::set_current_dir(new_root).map_err(|e| fail(BootStage::Root, format!("chdir {NEW_ROOT}: {e}")))?;
+    sys::move_mount(Path::new("."), Path::new("/")).map_err(|e| fail(BootStage::Root, format!("move root: {e}")))?;
+    sys::chroot(Path::new(".")).map_err(|e| fail(BootStage::Root, format!("chroot: {e}")))?;
+    std::env::set_current_dir("/").map_err(|e| fail(BootStage::Root, format!("chdir /: {e}")))?;
     Ok(())
 }
 
@@ -245,7 +245,7 @@ pub fn setup_ca(cfg: &Configure) -> Result<Vec<(String, String)>, BootError> {
     };
     let root = Path::new("/");
     match &cfg.ca_cert_pem {
-        Some(pem) => crate::ca::setup(root, pem, !cfg.root.read_only, &run).map_err(|e| fail("ca", e.to_string())),
+        Some(pem) => crate::ca::setup(root, pem, !cfg.root.read_only, &run).map_err(|e| fail(BootStage::Ca, e.to_string())),
         None => {
             if !cfg.root.read_only {
                 crate::ca::remove_stale(root, &run);
@@ -257,11 +257,11 @@ pub fn setup_ca(cfg: &Configure) -> Result<Vec<(String, String)>, BootError> {
 
 /// Hostname and the default working directory, checked after the switch.
 pub fn finish(cfg: &Configure) -> Result<(), BootError> {
-    sys::sethostname(&cfg.hostname).map_err(|e| fail("hostname", format!("sethostname {:?}: {e}", cfg.hostname)))?;
+    sys::sethostname(&cfg.hostname).map_err(|e| fail(BootStage::Hostname, format!("sethostname {:?}: {e}", cfg.hostname)))?;
     match fs::metadata(&cfg.cwd) {
         Ok(m) if m.is_dir() => Ok(()),
-        Ok(_) => Err(fail("cwd", format!("working directory {} is not a directory", cfg.cwd))),
-        Err(e) => Err(fail("cwd", format!("working directory {}: {e}", cfg.cwd))),
+        Ok(_) => Err(fail(BootStage::Cwd, format!("working directory {} is not a directory", cfg.cwd))),
+        Err(e) => Err(fail(BootStage::Cwd, format!("working directory {}: {e}", cfg.cwd))),
     }
 }
 

@@ -13,7 +13,7 @@ mod process;
 mod server;
 mod sys;
 
-use sandbox_protocol::{self as proto, FrameDecoder, Kind};
+use sandbox_protocol::{self as proto, BootStage, FrameDecoder, Kind};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Write};
@@ -35,17 +35,17 @@ fn main() {
     let mut link = Link { port, decoder: FrameDecoder::new() };
     let hello = proto::Hello {
         protocol: proto::PROTOCOL_VERSION,
-        uptime_ms: sys::uptime_ms(),
-        init_started_ms,
-        modules_loaded_ms,
+        uptime_ms: ms(sys::uptime_ms()),
+        init_started_ms: ms(init_started_ms),
+        modules_loaded_ms: ms(modules_loaded_ms),
     };
-    if link.send(Kind::Hello, &proto::encode(&hello)).is_err() {
+    if link.send(&hello).is_err() {
         console_fatal("cannot write to the control port");
     }
     let cfg: proto::Configure = match link.wait_for(Kind::Configure) {
         Some(payload) => match proto::decode(&payload) {
             Ok(cfg) => cfg,
-            Err(e) => link.fail("configure", &format!("bad configuration from host: {e}")),
+            Err(e) => link.fail(BootStage::Configure, &format!("bad configuration from host: {e}")),
         },
         None => power_off(),
     };
@@ -67,19 +67,19 @@ fn main() {
         Ok(env) => env,
         Err(e) => link.fail(e.stage, &e.message),
     };
-    let ready = proto::Ready { uptime_ms: sys::uptime_ms(), kernel: boot::kernel_release() };
-    if link.send(Kind::Ready, &proto::encode(&ready)).is_err() {
+    let ready = proto::Ready { uptime_ms: ms(sys::uptime_ms()), kernel: proto::Text::truncated(boot::kernel_release()) };
+    if link.send(&ready).is_err() {
         power_off();
     }
     let mut env = BTreeMap::from([
         ("PATH".to_string(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()),
         ("HOME".to_string(), "/root".to_string()),
-        ("HOSTNAME".to_string(), cfg.hostname.clone()),
+        ("HOSTNAME".to_string(), cfg.hostname.to_string()),
     ]);
     // The CA variables come before the host's env so a caller can still override them.
     env.extend(ca_env);
     env.extend(cfg.env.clone());
-    let server = match server::Server::new(link.port, link.decoder, env, cfg.cwd.clone()) {
+    let server = match server::Server::new(link.port, link.decoder, env, cfg.cwd.to_string()) {
         Ok(s) => s,
         Err(e) => console_fatal(&format!("control loop: {e}")),
     };
@@ -97,10 +97,8 @@ struct Link {
 }
 
 impl Link {
-    fn send(&mut self, kind: Kind, payload: &[u8]) -> std::io::Result<()> {
-        let mut out = Vec::new();
-        proto::frame_into(&mut out, kind, 0, payload);
-        self.port.write_all(&out)
+    fn send<M: proto::Message>(&mut self, msg: &M) -> std::io::Result<()> {
+        self.port.write_all(&proto::encode(0, msg))
     }
 
     /// Blocks until a frame of `kind` arrives; `None` on EOF, Shutdown or a corrupt stream.
@@ -124,13 +122,18 @@ impl Link {
     }
 
     /// Reports a boot failure to the host, then waits to be shut down.
-    fn fail(&mut self, stage: &str, message: &str) -> ! {
-        eprintln!("sandbox-init: {stage}: {message}");
-        let err = proto::InitError { stage: stage.to_string(), message: message.to_string() };
-        let _ = self.send(Kind::InitError, &proto::encode(&err));
+    fn fail(&mut self, stage: BootStage, message: &str) -> ! {
+        eprintln!("sandbox-init: {}: {message}", stage.as_str());
+        let err = proto::InitError { stage, message: proto::Text::truncated(message) };
+        let _ = self.send(&err);
         while self.wait_for(Kind::Shutdown).is_some() {}
         power_off()
     }
+}
+
+/// A guest uptime as a wire number (uptimes never approach 2^53 ms).
+fn ms(v: u64) -> proto::JsU64 {
+    proto::JsU64::saturating(v)
 }
 
 fn console_fatal(message: &str) -> ! {

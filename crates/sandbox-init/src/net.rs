@@ -3,6 +3,7 @@
 //! at the sandbox resolver without writing to a read-only root.
 
 use crate::boot::BootError;
+use sandbox_protocol::BootStage;
 use sandbox_protocol::GuestNet;
 use std::fs;
 use std::io;
@@ -15,7 +16,7 @@ const RESOLV: &str = "/etc/resolv.conf";
 const RUN_RESOLV: &str = "/run/sandbox/resolv.conf";
 
 fn fail(message: impl Into<String>) -> BootError {
-    BootError { stage: "network", message: message.into() }
+    BootError { stage: BootStage::Network, message: message.into() }
 }
 
 /// Loads the NIC driver; called from the initramfs, before the root switch.
@@ -39,9 +40,6 @@ pub fn configure(n: &GuestNet, hostname: &str) -> Result<(), BootError> {
     let addr = parse("address", &n.address)?;
     let gw = parse("gateway", &n.gateway)?;
     let ns = parse("nameserver", &n.nameserver)?;
-    if !(1..=30).contains(&n.prefix_len) || !(576..=65535).contains(&n.mtu) {
-        return Err(fail(format!("prefix length {} or mtu {} out of range", n.prefix_len, n.mtu)));
-    }
     let deadline = Instant::now() + Duration::from_secs(10);
     while !Path::new("/sys/class/net/eth0").exists() {
         if Instant::now() > deadline {
@@ -49,11 +47,11 @@ pub fn configure(n: &GuestNet, hostname: &str) -> Result<(), BootError> {
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-    let mask = Ipv4Addr::from(u32::MAX << (32 - u32::from(n.prefix_len)));
+    let mask = Ipv4Addr::from(u32::MAX << (32 - n.prefix_len.get()));
     let s = Sock::new().map_err(|e| fail(format!("socket: {e}")))?;
     s.set_addr("eth0", libc::SIOCSIFADDR, addr).map_err(|e| fail(format!("eth0 address {addr}: {e}")))?;
     s.set_addr("eth0", libc::SIOCSIFNETMASK, mask).map_err(|e| fail(format!("eth0 netmask {mask}: {e}")))?;
-    s.set_mtu("eth0", n.mtu).map_err(|e| fail(format!("eth0 mtu: {e}")))?;
+    s.set_mtu("eth0", n.mtu.get()).map_err(|e| fail(format!("eth0 mtu: {e}")))?;
     s.up("eth0").map_err(|e| fail(format!("bring eth0 up: {e}")))?;
     s.default_route(gw).map_err(|e| fail(format!("default route via {gw}: {e}")))?;
     resolv_conf(ns)?;

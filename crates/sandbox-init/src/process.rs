@@ -2,7 +2,7 @@
 //! and pending stdin.
 
 use crate::sys;
-use sandbox_protocol::{PtySize, Start, StartFailed, DEFAULT_WINDOW};
+use sandbox_protocol::{I32In, Resize, Start, StartFailed, Text};
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::io::{self, Write};
@@ -70,7 +70,7 @@ impl Process {
         }
         let mut cmd = Command::new(program);
         cmd.args(&start.argv[1..]).env_clear().envs(base_env).envs(&start.env).current_dir(cwd);
-        let window = start.window.unwrap_or(DEFAULT_WINDOW);
+        let window = start.initial_window();
         let spawn_err = |e: io::Error| start_failed(e.raw_os_error().unwrap_or(libc::EIO), format!("{program}: {e}"));
 
         if let Some(size) = start.pty {
@@ -103,7 +103,7 @@ impl Process {
                 stdin_unacked: 0,
                 out: [Output::new(Some(reader), window), Output::new(None, window)],
                 pty_master: Some(master),
-                deadline: start.timeout_ms.map(|ms| Instant::now() + Duration::from_millis(ms)),
+                deadline: start.timeout_ms.map(|ms| Instant::now() + Duration::from_millis(u64::from(ms.get()))),
                 timed_out: false,
                 status: None,
             });
@@ -135,7 +135,7 @@ impl Process {
             stdin_unacked: 0,
             out: [Output::new(stdout, window), Output::new(stderr, window)],
             pty_master: None,
-            deadline: start.timeout_ms.map(|ms| Instant::now() + Duration::from_millis(ms)),
+            deadline: start.timeout_ms.map(|ms| Instant::now() + Duration::from_millis(u64::from(ms.get()))),
             timed_out: false,
             status: None,
         })
@@ -146,9 +146,9 @@ impl Process {
         let _ = sys::kill(-self.pid, signal);
     }
 
-    pub fn resize(&self, size: PtySize) {
+    pub fn resize(&self, size: Resize) {
         if let Some(m) = &self.pty_master {
-            let ws = libc::winsize { ws_row: size.rows, ws_col: size.cols, ws_xpixel: 0, ws_ypixel: 0 };
+            let ws = libc::winsize { ws_row: size.rows.get(), ws_col: size.cols.get(), ws_xpixel: 0, ws_ypixel: 0 };
             // The kernel sends SIGWINCH to the terminal's foreground process group.
             unsafe { libc::ioctl(m.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
         }
@@ -198,7 +198,7 @@ impl Process {
     }
 }
 
-fn open_pty(size: PtySize) -> io::Result<(File, File)> {
+fn open_pty(size: Resize) -> io::Result<(File, File)> {
     unsafe {
         let master = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
         if master < 0 {
@@ -217,12 +217,22 @@ fn open_pty(size: PtySize) -> io::Result<(File, File)> {
             return Err(io::Error::last_os_error());
         }
         let slave = File::from_raw_fd(slave);
-        let ws = libc::winsize { ws_row: size.rows, ws_col: size.cols, ws_xpixel: 0, ws_ypixel: 0 };
+        let ws = libc::winsize { ws_row: size.rows.get(), ws_col: size.cols.get(), ws_xpixel: 0, ws_ypixel: 0 };
         libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws);
         Ok((master, slave))
     }
 }
 
-fn start_failed(errno: i32, message: String) -> StartFailed {
-    StartFailed { code: sys::errno_name(errno).to_string(), errno, message }
+/// The errno reported when the real one is not a valid errno value.
+const EIO: I32In<1, 4095> = match I32In::new(libc::EIO) {
+    Some(e) => e,
+    None => panic!("EIO is an errno"),
+};
+
+pub fn start_failed(errno: i32, message: String) -> StartFailed {
+    StartFailed {
+        code: Text::truncated(sys::errno_name(errno)),
+        errno: I32In::new(errno).unwrap_or(EIO),
+        message: Text::truncated(message),
+    }
 }

@@ -1,8 +1,8 @@
 //! The control loop: one poll(2) over the control port, SIGCHLD and every
 //! process pipe. Single-threaded on purpose: PID 1 must stay simple.
 
-use crate::process::Process;
-use sandbox_protocol::{self as proto, Frame, FrameDecoder, Kind};
+use crate::process::{start_failed, Process};
+use sandbox_protocol::{self as proto, Frame, FrameDecoder, Kind, Message};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -42,9 +42,9 @@ impl Server {
         })
     }
 
-    pub fn send(&mut self, kind: Kind, channel: u32, payload: &[u8]) -> io::Result<()> {
+    fn send<M: Message>(&mut self, channel: u32, msg: &M) -> io::Result<()> {
         self.out.clear();
-        proto::frame_into(&mut self.out, kind, channel, payload);
+        proto::encode_into(&mut self.out, channel, msg);
         self.port.write_all(&self.out)
     }
 
@@ -145,22 +145,23 @@ impl Server {
                 let start: proto::Start = match proto::decode(&frame.payload) {
                     Ok(s) => s,
                     Err(e) => {
-                        let failed = proto::StartFailed { code: "EINVAL".into(), errno: libc::EINVAL, message: format!("bad start request: {e}") };
-                        return self.send(Kind::StartFailed, ch, &proto::encode(&failed)).map(|_| Flow::Continue);
+                        return self.send(ch, &start_failed(libc::EINVAL, format!("bad start request: {e}"))).map(|_| Flow::Continue);
                     }
                 };
                 if self.procs.contains_key(&ch) {
-                    let failed = proto::StartFailed { code: "EEXIST".into(), errno: libc::EEXIST, message: format!("channel {ch} is already in use") };
-                    return self.send(Kind::StartFailed, ch, &proto::encode(&failed)).map(|_| Flow::Continue);
+                    return self.send(ch, &start_failed(libc::EEXIST, format!("channel {ch} is already in use"))).map(|_| Flow::Continue);
                 }
                 match Process::spawn(&start, &self.base_env, &self.default_cwd) {
                     Ok(p) => {
-                        let started = proto::Started { pid: p.pid };
+                        let Some(pid) = proto::I32In::new(p.pid) else {
+                            return Ok(Flow::Continue);
+                        };
+                        let started = proto::Started { pid };
                         self.by_pid.insert(p.pid, ch);
                         self.procs.insert(ch, p);
-                        self.send(Kind::Started, ch, &proto::encode(&started))?;
+                        self.send(ch, &started)?;
                     }
-                    Err(failed) => self.send(Kind::StartFailed, ch, &proto::encode(&failed))?,
+                    Err(failed) => self.send(ch, &failed)?,
                 }
             }
             Kind::Stdin => {
@@ -199,9 +200,7 @@ impl Server {
             }
             Kind::Signal => {
                 if let (Some(p), Ok(sig)) = (self.procs.get(&ch), proto::decode::<proto::Signal>(&frame.payload)) {
-                    if (1..=64).contains(&sig.signal) {
-                        p.kill_group(sig.signal);
-                    }
+                    p.kill_group(sig.signal.get());
                 }
             }
             Kind::Shutdown => return Ok(Flow::Shutdown),
@@ -277,17 +276,18 @@ impl Server {
         }
         let Some(p) = self.procs.remove(&ch) else { return Ok(()) };
         let exit = exit_of(p.status.unwrap_or(0), p.timed_out);
-        self.send(Kind::Exit, ch, &proto::encode(&exit))
+        self.send(ch, &exit)
     }
 
     fn ack_stdin(&mut self, ch: u32) -> io::Result<()> {
-        let Some(p) = self.procs.get_mut(&ch) else { return Ok(()) };
-        if p.stdin_unacked == 0 {
-            return Ok(());
+        loop {
+            let Some(p) = self.procs.get_mut(&ch) else { return Ok(()) };
+            // One ack is at most the stdin window (the host never has more in flight).
+            let bytes = u32::try_from(p.stdin_unacked.min(u64::from(proto::STDIN_WINDOW))).unwrap_or(proto::STDIN_WINDOW);
+            let Some(ack) = proto::U32In::new(bytes) else { return Ok(()) };
+            p.stdin_unacked -= u64::from(bytes);
+            self.send(ch, &proto::StdinAck { bytes: ack })?;
         }
-        let bytes = p.stdin_unacked.min(u32::MAX as u64) as u32;
-        p.stdin_unacked -= bytes as u64;
-        self.send(Kind::StdinAck, ch, &proto::encode(&proto::StdinAck { bytes }))
     }
 
     fn drain_sigchld(&mut self) {
@@ -345,6 +345,12 @@ impl Server {
     }
 }
 
+/// The exit code of a status that is neither an exit nor a signal.
+const EXIT_UNKNOWN: proto::I32In<0, 255> = match proto::I32In::new(255) {
+    Some(c) => c,
+    None => panic!("255 is an exit code"),
+};
+
 fn exit_of(status: i32, timed_out: bool) -> proto::Exit {
     let (code, signal) = if libc::WIFEXITED(status) {
         (libc::WEXITSTATUS(status), None)
@@ -354,10 +360,11 @@ fn exit_of(status: i32, timed_out: bool) -> proto::Exit {
     } else {
         (255, None)
     };
-    if timed_out {
-        proto::Exit { exit_code: 124, signal, timed_out: true }
-    } else {
-        proto::Exit { exit_code: code, signal, timed_out: false }
+    let code = if timed_out { 124 } else { code };
+    proto::Exit {
+        exit_code: proto::I32In::new(code).unwrap_or(EXIT_UNKNOWN),
+        signal: signal.and_then(proto::I32In::new),
+        timed_out,
     }
 }
 

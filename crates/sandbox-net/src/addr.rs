@@ -1,24 +1,14 @@
-//! Destination classification. Mirrors the tables of `src/network/endpoint.ts` so the
-//! helper and the JavaScript policy agree on what "protected" means.
+//! Destination classification from the contract's address table
+//! (`sandbox_protocol::addr`), the same rows the JavaScript policy's
+//! `Endpoint` helpers are generated from.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 use std::str::FromStr;
 use std::sync::OnceLock;
 
-/// One category per address (embedded-IPv4 forms take the embedded address's).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Category {
-    Unspecified,
-    Loopback,
-    Private,
-    LinkLocal,
-    Multicast,
-    Broadcast,
-    Documentation,
-    Reserved,
-    Public,
-}
+pub use sandbox_protocol::addr::Category;
+use sandbox_protocol::addr::{Row, V4, V6};
 
 /// An address prefix such as `127.0.0.0/8` or `fc00::/7`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -98,74 +88,18 @@ struct Range {
     net: Vec<u8>,
     len: u8,
     category: Category,
-    /// Byte offset of an embedded IPv4 address that decides the class instead.
     embed_at: Option<usize>,
-    /// Protected although its category is not.
     protect: bool,
 }
 
 use Category::*;
-
-// (cidr, category, embed_at, protect); first match wins, so exceptions precede their blocks.
-type Row = (&'static str, Category, Option<usize>, bool);
-
-const V4: &[Row] = &[
-    ("255.255.255.255/32", Broadcast, None, false),
-    ("0.0.0.0/32", Unspecified, None, false),
-    // Linux routes 0.0.0.0/8 to the host itself.
-    ("0.0.0.0/8", Reserved, None, true),
-    ("10.0.0.0/8", Private, None, false),
-    ("100.64.0.0/10", Private, None, false), // CGNAT, RFC 6598
-    ("127.0.0.0/8", Loopback, None, false),
-    ("169.254.0.0/16", LinkLocal, None, false), // incl. 169.254.169.254
-    ("172.16.0.0/12", Private, None, false),
-    ("192.0.0.9/32", Public, None, false),
-    ("192.0.0.10/32", Public, None, false),
-    ("192.0.0.0/24", Reserved, None, false),
-    ("192.0.2.0/24", Documentation, None, false),
-    ("192.88.99.0/24", Reserved, None, false),
-    ("192.168.0.0/16", Private, None, false),
-    ("198.18.0.0/15", Reserved, None, false),
-    ("198.51.100.0/24", Documentation, None, false),
-    ("203.0.113.0/24", Documentation, None, false),
-    ("224.0.0.0/4", Multicast, None, false),
-    ("240.0.0.0/4", Reserved, None, false),
-];
-
-const V6: &[Row] = &[
-    ("::/128", Unspecified, None, false),
-    ("::1/128", Loopback, None, false),
-    ("::ffff:0:0/96", Reserved, Some(12), false), // IPv4-mapped
-    ("::/96", Reserved, Some(12), false),         // IPv4-compatible
-    ("64:ff9b::/96", Reserved, Some(12), false),  // NAT64 well-known prefix
-    // A local NAT64 may translate to any IPv4 at a site-chosen offset.
-    ("64:ff9b:1::/48", Reserved, None, true),
-    ("100::/64", Reserved, None, false),
-    ("2001:1::1/128", Public, None, false),
-    ("2001:1::2/128", Public, None, false),
-    ("2001:1::3/128", Public, None, false),
-    ("2001:3::/32", Public, None, false),
-    ("2001:4:112::/48", Public, None, false),
-    ("2001:20::/28", Public, None, false),
-    ("2001:30::/28", Public, None, false),
-    ("2001::/23", Reserved, None, false),
-    ("2001:db8::/32", Documentation, None, false),
-    ("2002::/16", Reserved, Some(2), false), // 6to4
-    ("3fff::/20", Documentation, None, false),
-    ("2000::/3", Public, None, false),
-    ("fc00::/7", Private, None, false),
-    ("fe80::/10", LinkLocal, None, false),
-    ("fec0::/10", Reserved, None, true), // deprecated site-local
-    ("ff00::/8", Multicast, None, false),
-    ("::/0", Reserved, None, false),
-];
 
 fn tables() -> &'static (Vec<Range>, Vec<Range>) {
     static T: OnceLock<(Vec<Range>, Vec<Range>)> = OnceLock::new();
     T.get_or_init(|| {
         let build = |rows: &[Row]| {
             rows.iter()
-                .filter_map(|&(cidr, category, embed_at, protect)| {
+                .filter_map(|&Row { cidr, category, embed_at, protect }| {
                     // The tables are constants checked by the unit tests; a typo would
                     // drop one row rather than bring the helper down.
                     let c: Cidr = cidr.parse().ok()?;
@@ -191,8 +125,7 @@ fn lookup(bytes: &[u8]) -> (Category, bool) {
         if let Some(at) = r.embed_at {
             return lookup(&bytes[at..at + 4]);
         }
-        let protect = r.protect
-            || matches!(r.category, Unspecified | Loopback | Private | LinkLocal | Multicast | Broadcast);
+        let protect = r.protect || r.category.always_protected();
         return (r.category, protect);
     }
     (Public, false)

@@ -28,14 +28,12 @@ pub struct NetConfig {
     pub policy_deadline: Duration,
     /// Concurrent TCP + UDP flows; SYNs beyond it are reset, datagrams dropped.
     pub max_flows: usize,
-    /// Concurrent DNS queries being decided or forwarded.
+    /// Concurrent DNS queries being decided.
     pub max_dns_inflight: usize,
     /// From SYN to established (policy, upstream connect and handshake included).
     pub handshake_timeout: Duration,
     pub connect_timeout: Duration,
     pub udp_idle_timeout: Duration,
-    /// Per upstream resolver attempt.
-    pub dns_timeout: Duration,
     /// smoltcp socket buffer per direction per TCP flow (bounds memory and the window).
     pub tcp_buffer: usize,
     /// Unix socket receiving `Decision::Intercept` flows (header line `{"flow":<id>}\n`).
@@ -62,7 +60,6 @@ impl Default for NetConfig {
             handshake_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             udp_idle_timeout: Duration::from_secs(60),
-            dns_timeout: Duration::from_secs(3),
             tcp_buffer: 256 * 1024,
             intercept_socket: None,
             max_port_forwards: 64,

@@ -15,7 +15,8 @@ pub enum Verdict {
     Accepted,
     /// TCP handed to the interceptor socket.
     Intercepted,
-    DnsForward,
+    /// DNS answered with the policy's own message.
+    DnsAnswered,
     Denied,
     /// The policy answered with a decision that does not fit the flow's protocol.
     Mismatch,

@@ -53,15 +53,14 @@ impl FlowInfo {
 }
 
 /// The answer for one flow. Anything but the variant that fits the flow's protocol
-/// (`AcceptRaw` for TCP/UDP, `DnsForward` for DNS) is a denial.
+/// (`AcceptRaw` or `Intercept` for TCP, `AcceptRaw` for UDP, `DnsAnswer` for DNS)
+/// is a denial.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Decision {
     Deny,
     /// Splice the flow to a real host socket connected to `dst`.
     AcceptRaw,
-    /// Answer the query by forwarding it to these resolvers, in order.
-    DnsForward { resolvers: Vec<SocketAddr> },
     /// Answer the query with this message (the policy resolved it itself). It must
     /// answer the guest's question, or the guest gets SERVFAIL.
     DnsAnswer(Vec<u8>),

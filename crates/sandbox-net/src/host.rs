@@ -12,7 +12,6 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket, UnixStream};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::dns;
 use crate::flows::{Decision, PolicyFailure};
 
 pub(crate) type Key = (SocketAddrV4, SocketAddrV4);
@@ -194,23 +193,4 @@ pub(crate) async fn udp_reader(sock: Arc<UdpSocket>, credit: Arc<Semaphore>, tx:
             }
         }
     }
-}
-
-/// Forwards one query to each resolver in turn; the first matching answer wins.
-pub(crate) async fn dns_forward(q: &[u8], query: dns::Query, resolvers: &[SocketAddr], per: Duration) -> Option<Vec<u8>> {
-    let mut buf = vec![0u8; 65535];
-    for r in resolvers {
-        let Ok(sock) = udp_bind(*r, &[]) else { continue };
-        if sock.send(q).await.is_err() {
-            continue;
-        }
-        let deadline = tokio::time::Instant::now() + per;
-        // Stray or spoofed datagrams are skipped, not taken as the answer.
-        while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, sock.recv(&mut buf)).await {
-            if dns::answer_matches(q, query, &buf[..n]) {
-                return Some(buf[..n].to_vec());
-            }
-        }
-    }
-    None
 }

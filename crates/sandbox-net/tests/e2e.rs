@@ -204,43 +204,48 @@ fn query(id: u16, name: &str) -> Vec<u8> {
     q
 }
 
-/// Answers every query with one A record 192.0.2.7.
-async fn dns_responder() -> SocketAddr {
-    let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = s.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 512];
-        while let Ok((n, from)) = s.recv_from(&mut buf).await {
-            let mut a = buf[..n].to_vec();
-            a[2] |= 0x80; // QR
-            a[7] = 1; // ANCOUNT
-            a.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 7]);
-            let _ = s.send_to(&a, from).await;
-        }
-    });
-    addr
-}
-
 const RESOLVER: &str = "10.0.2.3:53";
 
+/// The answer a resolver would give to `q`: one A record 192.0.2.7.
+fn answer_for(q: &[u8]) -> Vec<u8> {
+    let mut a = q.to_vec();
+    a[2] |= 0x80; // QR
+    a[7] = 1; // ANCOUNT
+    a.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 7]);
+    a
+}
+
 #[tokio::test]
-async fn dns_forwarded_to_policy_resolver() {
-    let upstream = dns_responder().await;
-    let policy = move |f: FlowInfo| -> sandbox_net::BoxFuture<Result<Decision, PolicyError>> {
-        let d = if f.proto == Proto::Dns { Decision::DnsForward { resolvers: vec![upstream] } } else { Decision::Deny };
+async fn dns_answered_by_the_policy_and_checked_against_the_question() {
+    let policy = |f: FlowInfo| -> sandbox_net::BoxFuture<Result<Decision, PolicyError>> {
+        let d = match (f.proto, f.query.as_deref()) {
+            (Proto::Dns, Some(q)) => Decision::DnsAnswer(answer_for(q)),
+            _ => Decision::Deny,
+        };
         Box::pin(async move { Ok(d) })
     };
-    let mut h = start(loopback_allowed(), policy);
+    let mut h = start(NetConfig::default(), policy);
     let q = query(0x1234, "example.com");
     let a = udp_exchange(&mut h, RESOLVER.parse().unwrap(), &q, Duration::from_secs(3)).await.expect("an answer");
     assert_eq!(&a[..2], &[0x12, 0x34]);
     assert_eq!(dns::rcode(&a), Some(0));
     assert_eq!(&a[a.len() - 4..], &[192, 0, 2, 7]);
 
-    // Same policy, loopback not opted in: the resolver itself is protected → REFUSED.
-    let mut h = start(NetConfig::default(), policy);
+    // An answer to another question (here: another id) is not passed on.
+    let wrong = |f: FlowInfo| -> sandbox_net::BoxFuture<Result<Decision, PolicyError>> {
+        let d = match f.query.as_deref() {
+            Some(q) => {
+                let mut a = answer_for(q);
+                a[0] ^= 0xff;
+                Decision::DnsAnswer(a)
+            }
+            None => Decision::Deny,
+        };
+        Box::pin(async move { Ok(d) })
+    };
+    let mut h = start(NetConfig::default(), wrong);
     let a = udp_exchange(&mut h, RESOLVER.parse().unwrap(), &q, Duration::from_secs(3)).await.expect("an answer");
-    assert_eq!(dns::rcode(&a), Some(dns::RCODE_REFUSED));
+    assert_eq!(dns::rcode(&a), Some(dns::RCODE_SERVFAIL));
 }
 
 #[tokio::test]

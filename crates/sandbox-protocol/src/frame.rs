@@ -40,7 +40,9 @@ impl Frame {
 /// that place the payload after it themselves (no copy of the payload).
 pub fn encode_header(kind: Kind, channel: u32, payload_len: usize) -> [u8; HEADER_LEN] {
     let mut h = [0u8; HEADER_LEN];
-    h[..4].copy_from_slice(&((payload_len + 5) as u32).to_be_bytes());
+    // Payloads are at most MAX_PAYLOAD (1 MiB), far below u32::MAX.
+    let len = u32::try_from(payload_len + 5).unwrap_or(u32::MAX);
+    h[..4].copy_from_slice(&len.to_be_bytes());
     h[4] = kind as u8;
     h[5..].copy_from_slice(&channel.to_be_bytes());
     h
@@ -141,6 +143,11 @@ impl FrameDecoder {
 
     pub fn buffered(&self) -> usize {
         self.buf.len() - self.start
+    }
+
+    /// Whether bytes of an incomplete frame are waiting for the rest.
+    pub fn has_partial(&self) -> bool {
+        self.buffered() > 0
     }
 }
 

@@ -1,138 +1,247 @@
-/// Frame kinds. Values below 0x80 travel between host and guest; values from
-/// 0x80 are spoken only between Node and the helper and are never relayed to
-/// the guest (the helper drops any such frame coming from the guest).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum Kind {
-    // --- guest lifecycle ---
-    /// guest → host, JSON [`crate::Hello`]: init is up and listening.
-    Hello = 0x01,
-    /// host → guest, JSON [`crate::Configure`]: how to finish booting.
-    Configure = 0x02,
-    /// guest → host, JSON [`crate::Ready`]: the guest accepts processes.
-    Ready = 0x03,
-    /// guest → host, JSON [`crate::InitError`]: boot failed in the guest.
-    InitError = 0x04,
-    /// host → guest: sync filesystems and power off.
-    Shutdown = 0x05,
+//! Frame kinds, and for each: who may send it, what its channel means and
+//! what its payload is. This table is the contract: the relay enforces it,
+//! and the TypeScript side is generated from it (crates/sandbox-contract).
+
+use crate::message::*;
+
+/// Who sends a kind to whom.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    GuestToHost,
+    HostToGuest,
+    HelperToNode,
+    NodeToHelper,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::GuestToHost => "guest-to-host",
+            Direction::HostToGuest => "host-to-guest",
+            Direction::HelperToNode => "helper-to-node",
+            Direction::NodeToHelper => "node-to-helper",
+        }
+    }
+}
+
+/// What the frame's channel field carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelUse {
+    /// Always 0 (boot handshake, lifecycle, events).
+    Zero,
+    /// A process channel, ≥ 1, chosen by the host with `Start`.
+    Process,
+    /// The id of one request (≥ 1); its reply carries the same id.
+    Request,
+}
+
+impl ChannelUse {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChannelUse::Zero => "zero",
+            ChannelUse::Process => "process",
+            ChannelUse::Request => "request",
+        }
+    }
+}
+
+/// How the payload is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Payload {
+    /// Nothing.
+    Empty,
+    /// Raw bytes (process I/O).
+    Raw,
+    /// One JSON message.
+    Json,
+    /// `u32 BE header length | JSON header | bytes`.
+    Framed,
+}
+
+impl Payload {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Payload::Empty => "empty",
+            Payload::Raw => "raw",
+            Payload::Json => "json",
+            Payload::Framed => "framed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KindInfo {
+    pub name: &'static str,
+    pub direction: Direction,
+    pub channel: ChannelUse,
+    pub payload: Payload,
+    /// The message type of Json and Framed payloads.
+    pub message: Option<&'static str>,
+    pub doc: &'static str,
+}
+
+macro_rules! kinds {
+    ($( #[doc = $doc:literal] $name:ident = $value:literal, $dir:ident, $chan:ident, $payload:ident $(($ty:ty))? ; )*) => {
+        /// A frame kind. Values below 0x80 travel between host and guest;
+        /// values from 0x80 are spoken only between Node and the helper and
+        /// are never relayed to the guest.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub enum Kind {
+            $( #[doc = $doc] $name = $value, )*
+        }
+
+        impl Kind {
+            /// Every kind, in value order.
+            pub const ALL: &'static [Kind] = &[$(Kind::$name),*];
+
+            pub fn info(self) -> KindInfo {
+                match self {
+                    $( Kind::$name => KindInfo {
+                        name: stringify!($name),
+                        direction: Direction::$dir,
+                        channel: ChannelUse::$chan,
+                        payload: Payload::$payload,
+                        message: kinds!(@msg $($ty)?),
+                        doc: $doc.trim_ascii(),
+                    }, )*
+                }
+            }
+        }
+
+        impl TryFrom<u8> for Kind {
+            type Error = u8;
+            fn try_from(v: u8) -> Result<Self, u8> {
+                match v {
+                    $( $value => Ok(Kind::$name), )*
+                    other => Err(other),
+                }
+            }
+        }
+
+        $( kinds!(@impl $name $($ty)?); )*
+
+        /// The JSON schema of every message type, by type name.
+        #[cfg(feature = "schema")]
+        pub fn message_schemas(gen: &mut schemars::SchemaGenerator) -> Vec<(&'static str, schemars::Schema)> {
+            let mut out = Vec::new();
+            $( kinds!(@schema out gen $($ty)?); )*
+            out
+        }
+    };
+    (@msg) => { None };
+    (@msg $ty:ty) => { Some(stringify!($ty)) };
+    (@impl $name:ident) => {};
+    (@impl $name:ident $ty:ty) => {
+        impl crate::codec::Message for $ty {
+            const KIND: Kind = Kind::$name;
+        }
+    };
+    (@schema $out:ident $gen:ident) => {};
+    (@schema $out:ident $gen:ident $ty:ty) => {
+        $out.push((stringify!($ty), $gen.subschema_for::<$ty>()));
+    };
+}
+
+kinds! {
+    // --- guest lifecycle (channel 0) ---
+    /// init is up and listening.
+    Hello = 0x01, GuestToHost, Zero, Json(Hello);
+    /// how to finish booting.
+    Configure = 0x02, HostToGuest, Zero, Json(Configure);
+    /// the guest accepts processes.
+    Ready = 0x03, GuestToHost, Zero, Json(Ready);
+    /// boot failed in the guest.
+    InitError = 0x04, GuestToHost, Zero, Json(InitError);
+    /// kill everything, sync, unmount and power off.
+    Shutdown = 0x05, HostToGuest, Zero, Empty;
 
     // --- processes (channel = process id chosen by the host) ---
-    /// host → guest, JSON [`crate::Start`].
-    Start = 0x10,
-    /// guest → host, JSON [`crate::Started`].
-    Started = 0x11,
-    /// guest → host, JSON [`crate::StartFailed`].
-    StartFailed = 0x12,
-    /// host → guest, raw bytes for the process' stdin.
-    Stdin = 0x13,
-    /// host → guest, empty: close the process' stdin.
-    StdinEof = 0x14,
-    /// guest → host, raw bytes.
-    Stdout = 0x15,
-    /// guest → host, raw bytes.
-    Stderr = 0x16,
-    /// guest → host, JSON [`crate::Exit`]; the channel is finished after it.
-    Exit = 0x17,
-    /// host → guest, JSON [`crate::Signal`]: signal the whole process group.
-    Signal = 0x18,
-    /// host → guest, JSON [`crate::Credit`]: the host consumed output; the guest may send this much more.
-    Credit = 0x19,
-    /// guest → host, JSON [`crate::StdinAck`]: stdin bytes handed to the process; the host may send this much more.
-    StdinAck = 0x1a,
-    /// host → guest, JSON [`crate::Resize`]: new terminal size of a pty process.
-    Resize = 0x1b,
+    /// start a process.
+    Start = 0x10, HostToGuest, Process, Json(Start);
+    /// the process runs.
+    Started = 0x11, GuestToHost, Process, Json(Started);
+    /// the process could not start; the channel is finished.
+    StartFailed = 0x12, GuestToHost, Process, Json(StartFailed);
+    /// bytes for the process' stdin, within the stdin window.
+    Stdin = 0x13, HostToGuest, Process, Raw;
+    /// close the process' stdin.
+    StdinEof = 0x14, HostToGuest, Process, Empty;
+    /// stdout bytes, within the granted output credit.
+    Stdout = 0x15, GuestToHost, Process, Raw;
+    /// stderr bytes, within the granted output credit.
+    Stderr = 0x16, GuestToHost, Process, Raw;
+    /// the process ended; the channel is finished.
+    Exit = 0x17, GuestToHost, Process, Json(Exit);
+    /// signal the whole process group.
+    Signal = 0x18, HostToGuest, Process, Json(Signal);
+    /// the host consumed output: the guest may send this much more per stream.
+    Credit = 0x19, HostToGuest, Process, Json(Credit);
+    /// stdin bytes handed to the process: the host may send this much more.
+    StdinAck = 0x1a, GuestToHost, Process, Json(StdinAck);
+    /// new terminal size of a pty process.
+    Resize = 0x1b, HostToGuest, Process, Json(Resize);
 
-    // --- Node ⇄ helper only ---
-    /// Node → helper, JSON launch spec.
-    Launch = 0x80,
-    /// helper → Node, JSON: the VMM is running.
-    Launched = 0x81,
-    /// helper → Node, JSON: the VMM process ended.
-    VmExited = 0x82,
-    /// helper → Node, JSON: the helper failed.
-    HelperError = 0x83,
-    /// helper → Node, [`crate::BlockRequest`] header + block bytes: a call on the JS block store.
-    BlockRequest = 0x84,
-    /// Node → helper, [`crate::BlockReply`] header + block bytes: the answer to one `BlockRequest`.
-    BlockReply = 0x85,
+    // --- Node ⇄ helper: the VMM (channel 0) ---
+    /// everything needed to start the VMM; the first frame.
+    Launch = 0x80, NodeToHelper, Zero, Json(Launch);
+    /// the VMM is running.
+    Launched = 0x81, HelperToNode, Zero, Json(Launched);
+    /// the VMM process ended.
+    VmExited = 0x82, HelperToNode, Zero, Json(VmExited);
+    /// the helper failed and is exiting.
+    HelperError = 0x83, HelperToNode, Zero, Json(HelperError);
+    /// a call on the JavaScript block store.
+    BlockRequest = 0x84, HelperToNode, Request, Framed(BlockRequest);
+    /// one frame of the answer to a BlockRequest.
+    BlockReply = 0x85, NodeToHelper, Request, Framed(BlockReply);
+    /// something the helper wants the user to know.
+    Diagnostic = 0x86, HelperToNode, Zero, Json(Diagnostic);
 
-    // --- network (Node ⇄ helper only, 0x90–0x9f) ---
-    /// helper → Node, JSON [`crate::NetRequest`]: a policy question for one new flow or DNS message.
-    NetRequest = 0x90,
-    /// Node → helper, JSON [`crate::NetReply`]: the verdict for one `NetRequest`.
-    NetReply = 0x91,
-    /// helper → Node, JSON [`crate::NetAudit`]: something the network stack decided on its own.
-    NetAudit = 0x92,
-    /// Node → helper, JSON [`crate::PortForward`]: listen on host loopback, forward to a guest port.
-    PortForward = 0x93,
-    /// helper → Node, JSON [`crate::PortForwarded`]: the answer to one `PortForward`.
-    PortForwarded = 0x94,
+    // --- network (0x90–0x9f) ---
+    /// a policy question for one new flow or DNS message (the query follows the header).
+    NetRequest = 0x90, HelperToNode, Request, Framed(NetRequest);
+    /// the verdict for one NetRequest (a DNS answer follows the header).
+    NetReply = 0x91, NodeToHelper, Request, Framed(NetReply);
+    /// something the network stack decided on its own.
+    NetAudit = 0x92, HelperToNode, Zero, Json(NetAudit);
+    /// listen on host loopback and forward to a guest port.
+    PortForward = 0x93, NodeToHelper, Request, Json(PortForward);
+    /// the answer to one PortForward.
+    PortForwarded = 0x94, HelperToNode, Request, Json(PortForwarded);
 
-    // --- virtual filesystems (helper ⇄ Node, 0xa0–0xaf) ---
-    /// helper → Node, [`crate::FsRequestHeader`]-style JSON header + write data: one FUSE operation on a JS filesystem.
-    FsRequest = 0xa0,
-    /// Node → helper, JSON header + read data: the answer to one `FsRequest`.
-    FsReply = 0xa1,
+    // --- virtual filesystems (0xa0–0xaf) ---
+    /// one FUSE operation on a JavaScript filesystem (write data follows the header).
+    FsRequest = 0xa0, HelperToNode, Request, Framed(FsRequest);
+    /// the answer to one FsRequest (read data follows the header).
+    FsReply = 0xa1, NodeToHelper, Request, Framed(FsReply);
+    /// the guest kernel dropped references to a node; no answer.
+    FsForget = 0xa2, HelperToNode, Zero, Json(FsForget);
 }
 
 impl Kind {
     /// Whether the helper may relay this kind between Node and the guest.
     pub fn is_guest(self) -> bool {
-        (self as u8) < 0x80
+        matches!(self.info().direction, Direction::GuestToHost | Direction::HostToGuest)
     }
-}
 
-impl TryFrom<u8> for Kind {
-    type Error = u8;
-    fn try_from(v: u8) -> Result<Self, u8> {
-        use Kind::*;
-        Ok(match v {
-            0x01 => Hello,
-            0x02 => Configure,
-            0x03 => Ready,
-            0x04 => InitError,
-            0x05 => Shutdown,
-            0x10 => Start,
-            0x11 => Started,
-            0x12 => StartFailed,
-            0x13 => Stdin,
-            0x14 => StdinEof,
-            0x15 => Stdout,
-            0x16 => Stderr,
-            0x17 => Exit,
-            0x18 => Signal,
-            0x19 => Credit,
-            0x1a => StdinAck,
-            0x1b => Resize,
-            0x80 => Launch,
-            0x81 => Launched,
-            0x82 => VmExited,
-            0x83 => HelperError,
-            0x84 => BlockRequest,
-            0x85 => BlockReply,
-            0x90 => NetRequest,
-            0x91 => NetReply,
-            0x92 => NetAudit,
-            0x93 => PortForward,
-            0x94 => PortForwarded,
-            0xa0 => FsRequest,
-            0xa1 => FsReply,
-            other => return Err(other),
-        })
+    pub fn name(self) -> &'static str {
+        self.info().name
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::Kind;
+    use super::*;
 
     #[test]
-    fn filesystem_kinds_are_helper_only_and_round_trip() {
-        for (v, k) in [(0xa0u8, Kind::FsRequest), (0xa1, Kind::FsReply)] {
-            assert_eq!(Kind::try_from(v), Ok(k));
-            assert_eq!(k as u8, v);
-            assert!(!k.is_guest(), "the helper must drop {k:?} coming from the guest");
+    fn values_round_trip_and_sides_follow_the_value_split() {
+        for &k in Kind::ALL {
+            assert_eq!(Kind::try_from(k as u8), Ok(k));
+            assert_eq!(k.is_guest(), (k as u8) < 0x80, "{k:?}");
+            let i = k.info();
+            assert_eq!(i.message.is_some(), matches!(i.payload, Payload::Json | Payload::Framed), "{k:?}");
         }
-        assert!(Kind::try_from(0xa2).is_err());
+        assert!(Kind::try_from(0x7f).is_err());
     }
 }

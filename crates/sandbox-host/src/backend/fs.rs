@@ -5,8 +5,10 @@
 //! helper can enter (0700, random name); every device removes its socket as
 //! soon as QEMU is connected, and the last one removes the directory.
 
+use crate::diag::Diag;
 use crate::error::HostError;
-use crate::fs_bridge::FsBridge;
+use crate::fs_bridge::NodeFs;
+use crate::service::Service;
 use sandbox_fs::device;
 use sandbox_fs::CachePolicy;
 use sandbox_protocol::Launch;
@@ -16,14 +18,17 @@ use std::sync::Arc;
 
 /// The socket of each mount's device, in mount order (empty without mounts).
 /// Device tasks run on `rt`, the relay's runtime.
-pub fn serve_mounts(l: &Launch, files: &Arc<FsBridge>, rt: &tokio::runtime::Handle) -> Result<Vec<PathBuf>, HostError> {
+pub fn serve_mounts(l: &Launch, files: &Arc<Service>, diag: &Diag, rt: &tokio::runtime::Handle) -> Result<Vec<PathBuf>, HostError> {
     if l.mounts.is_empty() {
         return Ok(Vec::new());
     }
     let dir = private_dir()?;
     let mut sockets = Vec::with_capacity(l.mounts.len());
-    for i in 0..l.mounts.len() {
-        let served = device::serve(&dir, &format!("fs{i}"), files.mount(i as u32), CachePolicy::default(), rt.clone())
+    for (i, mount) in (0u32..).zip(&l.mounts) {
+        let d = diag.clone();
+        let tag = mount.tag.to_string();
+        let report = move |e: String| d.error(sandbox_protocol::DiagnosticSource::Fs, format!("virtio-fs device of mount {tag}: {e}"));
+        let served = device::serve(&dir, &format!("fs{i}"), NodeFs::new(files.clone(), i), CachePolicy::default(), rt.clone(), report)
             .map_err(|e| HostError::Setup(format!("virtio-fs device for mount {i}: {e}")))?;
         sockets.push(served.socket);
     }

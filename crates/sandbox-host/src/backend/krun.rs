@@ -4,12 +4,14 @@
 //! helper forks first: the child becomes the VMM, the helper stays the
 //! supervisor and relay, exactly as with QEMU.
 
-use super::RunningVm;
+use super::{RunningVm, Services};
 use crate::console::ConsoleTail;
 use crate::error::HostError;
+use crate::service::Router;
 use sandbox_krun::{ControlPort, DiskFormat, KrunDisk, KrunLaunch};
-use sandbox_protocol::{Launch, CONTROL_PORT_NAME};
-use std::os::fd::OwnedFd;
+use sandbox_protocol::{self as proto, Accel, DiagnosticSource, Launch, CONTROL_PORT_NAME};
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
@@ -39,32 +41,32 @@ fn translate(l: &Launch, control: OwnedFd, net: Option<OwnedFd>) -> Result<KrunL
                 id: format!("disk{i}"),
                 path: PathBuf::from(&d.path),
                 read_only: d.read_only,
-                format: match d.format.as_str() {
-                    "qcow2" => DiskFormat::Qcow2,
-                    "raw" => DiskFormat::Raw,
-                    other => return Err(HostError::InvalidLaunch(format!("disk format {other:?}"))),
+                format: match d.format {
+                    proto::DiskFormat::Qcow2 => DiskFormat::Qcow2,
+                    proto::DiskFormat::Raw => DiskFormat::Raw,
                 },
             })
         })
         .collect::<Result<Vec<_>, HostError>>()?;
     let launch = KrunLaunch {
         libkrunfw_path: PathBuf::from(l.krunfw.as_deref().ok_or_else(|| missing("a libkrunfw path"))?),
-        cpus: l.cpus,
-        memory_mib: l.memory_mib,
+        // 1..=64 by the launch's own type.
+        cpus: u8::try_from(l.cpus.get()).unwrap_or(u8::MAX),
+        memory_mib: l.memory_mib.get(),
         root_fs_dir: PathBuf::from(l.init_root.as_deref().ok_or_else(|| missing("an init root directory"))?),
         disks,
         control_port: ControlPort { name: CONTROL_PORT_NAME.to_string(), fd: control },
         net_mac: net.as_ref().map(|_| super::qemu::GUEST_MAC_BYTES),
         net_fd: net,
         init_path: "/init".to_string(),
-        kernel_cmdline_extra: l.cmdline.clone(),
+        kernel_cmdline_extra: l.cmdline.iter().map(|a| a.to_string()).collect(),
         console_log: None,
         fs_mounts: Vec::new(),
     };
     Ok(launch)
 }
 
-pub fn spawn(l: &Launch, files: &std::sync::Arc<crate::fs_bridge::FsBridge>, rt: &tokio::runtime::Handle) -> Result<RunningVm, HostError> {
+pub fn spawn(l: &Launch, services: &Services, router: &mut Router, rt: &tokio::runtime::Handle) -> Result<RunningVm, HostError> {
     let (host_end, guest_end) =
         UnixStream::pair().map_err(|e| HostError::Setup(format!("socketpair: {e}")))?;
     // Virtual filesystems: the child serves them in libkrun and asks Node through us.
@@ -82,6 +84,9 @@ pub fn spawn(l: &Launch, files: &std::sync::Arc<crate::fs_bridge::FsBridge>, rt:
         None => (None, None),
     };
     let launch = to_krun(l, OwnedFd::from(guest_end), net_vmm)?;
+    // The child's stderr (libkrun's and our own messages) becomes console tail and diagnostics.
+    let (err_rx, err_tx) = std::io::pipe().map_err(|e| HostError::Setup(format!("pipe for the VMM's stderr: {e}")))?;
+    let faults = services.faults.clone();
     // SAFETY: the helper is still single-threaded here (no runtime, no console
     // threads), so the child may run arbitrary code after fork.
     let pid = unsafe { libc::fork() };
@@ -92,17 +97,25 @@ pub fn spawn(l: &Launch, files: &std::sync::Arc<crate::fs_bridge::FsBridge>, rt:
         drop(host_end);
         drop(net_host);
         drop(fs_host);
-        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+        drop(err_rx);
+        // SAFETY: prctl and dup2 have no memory effects; err_tx is an open pipe end we own.
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+            libc::dup2(err_tx.as_raw_fd(), 2);
+        }
+        drop(err_tx);
         let mut launch = launch;
         // Kept alive for the VM's life: its thread drives the mount socket.
-        let _mount_rt = match fs_vmm.map(|sock| super::krun_fs::child_mounts(l, sock)).transpose() {
+        let _mount_rt = match fs_vmm.map(|sock| super::krun_fs::child_mounts(l, sock, faults)).transpose() {
             Ok(Some((rt, mounts))) => {
                 launch.fs_mounts = mounts;
                 Some(rt)
             }
             Ok(None) => None,
             Err(e) => {
-                eprintln!("sandbox-host: krun mounts: {e}");
+                // Read by the parent from our stderr pipe.
+                eprintln!("krun mounts: {e}");
+                // SAFETY: _exit ends this forked child without running the parent's destructors.
                 unsafe { libc::_exit(1) };
             }
         };
@@ -110,19 +123,35 @@ pub fn spawn(l: &Launch, files: &std::sync::Arc<crate::fs_bridge::FsBridge>, rt:
             Ok(never) => match never {},
             Err(e) => e,
         };
-        eprintln!("sandbox-host: krun: {err}");
+        eprintln!("krun: {err}");
+        // SAFETY: as above.
         unsafe { libc::_exit(1) };
     }
     drop(launch);
     drop(fs_vmm);
+    drop(err_tx);
     if let Some(sock) = fs_host {
-        super::krun_fs::serve_child(sock, files, rt)?;
+        super::krun_fs::serve_child(sock, services.tx.clone(), services.diag.clone(), router, rt)?;
     }
+    let console = ConsoleTail::default();
+    let (tail, diag) = (console.clone(), services.diag.clone());
+    std::thread::spawn(move || {
+        let mut err_rx = err_rx;
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = err_rx.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            tail.push(&buf[..n]);
+            diag.warn(DiagnosticSource::Vmm, String::from_utf8_lossy(&buf[..n]).trim_end().to_string());
+        }
+    });
     Ok(RunningVm {
         pid,
         wait: Box::new(move || {
             let mut status = 0;
             loop {
+                // SAFETY: waitpid writes only `status`; pid is our own child.
                 let r = unsafe { libc::waitpid(pid, &mut status, 0) };
                 if r == pid {
                     return Some(ExitStatus::from_raw(status));
@@ -134,57 +163,43 @@ pub fn spawn(l: &Launch, files: &std::sync::Arc<crate::fs_bridge::FsBridge>, rt:
         }),
         control: host_end,
         net: net_host,
-        console: ConsoleTail::default(),
-        accel: if cfg!(target_os = "macos") { "hvf".into() } else { "kvm".into() },
+        console,
+        accel: if cfg!(target_os = "macos") { Accel::Hvf } else { Accel::Kvm },
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sandbox_protocol::{BackendKind, Disk};
+    use serde_json::json;
+
+    fn launch(krunfw: Option<String>, disk: &str, network: bool) -> Launch {
+        let mut l = json!({
+            "backend": "krun", "cpus": 1, "memoryMib": 512, "kernel": "", "initRoot": std::env::temp_dir(),
+            "cmdline": [], "mounts": [], "disks": [{ "path": disk, "format": "qcow2", "readOnly": true }],
+        });
+        if let Some(fw) = krunfw {
+            l["krunfw"] = json!(fw);
+        }
+        if network {
+            l["network"] = json!({ "policyDeadlineMs": 1000, "maxFlows": 4, "allowProtected": [] });
+        }
+        serde_json::from_value(l).unwrap()
+    }
 
     #[test]
     fn translation_requires_krun_inputs() {
         let (_a, b) = UnixStream::pair().unwrap();
-        let l = Launch {
-            backend: BackendKind::Krun,
-            cpus: 1,
-            memory_mib: 512,
-            kernel: String::new(),
-            initrd: None,
-            krunfw: None,
-            init_root: Some("/tmp".into()),
-            cmdline: vec![],
-            disks: vec![Disk { path: "/x.qcow2".into(), format: "qcow2".into(), read_only: true, cow: None }],
-            qemu: None,
-            accel: None,
-            network: None,
-            mounts: vec![],
-        };
-        let err = to_krun(&l, OwnedFd::from(b), None).err().unwrap().to_string();
+        let err = to_krun(&launch(None, "/x.qcow2", false), OwnedFd::from(b), None).err().unwrap().to_string();
         assert!(err.contains("libkrunfw"), "{err}");
     }
 
     #[test]
     fn network_socket_becomes_the_virtio_net_device() {
         let dir = std::env::temp_dir();
-        let (fw, disk) = (dir.join("libkrunfw.so.5"), dir.join("root.qcow2"));
-        let mut l = Launch {
-            backend: BackendKind::Krun,
-            cpus: 1,
-            memory_mib: 512,
-            kernel: String::new(),
-            initrd: None,
-            krunfw: Some(fw.display().to_string()),
-            init_root: Some(dir.display().to_string()),
-            cmdline: vec![],
-            disks: vec![Disk { path: disk.display().to_string(), format: "qcow2".into(), read_only: true, cow: None }],
-            qemu: None,
-            accel: None,
-            network: Some(sandbox_protocol::NetLaunch { policy_deadline_ms: 1000, max_flows: 4, allow_protected: vec![], intercept_socket: None }),
-            mounts: vec![],
-        };
+        let fw = dir.join("libkrunfw.so.5").display().to_string();
+        let disk = dir.join("root.qcow2").display().to_string();
+        let l = launch(Some(fw.clone()), &disk, true);
         let (_c, ctl) = UnixStream::pair().unwrap();
         let (_n, net) = UnixStream::pair().unwrap();
         let k = translate(&l, OwnedFd::from(ctl), Some(OwnedFd::from(net))).unwrap();
@@ -192,7 +207,7 @@ mod tests {
         assert_eq!(k.net_mac, Some(crate::backend::qemu::GUEST_MAC_BYTES));
         let (_c, ctl) = UnixStream::pair().unwrap();
         assert!(translate(&l, OwnedFd::from(ctl), None).unwrap_err().to_string().contains("network socket"));
-        l.network = None;
+        let l = launch(Some(fw), &disk, false);
         let (_c, ctl) = UnixStream::pair().unwrap();
         assert!(translate(&l, OwnedFd::from(ctl), None).unwrap().net_fd.is_none());
         let (_c, ctl) = UnixStream::pair().unwrap();

@@ -2,17 +2,22 @@
 //!
 //! libkrun serves virtio-fs in the VMM process itself (`DynFileSystem`), and the
 //! krun VMM is a forked child of the helper with no connection to Node. So the
-//! child runs its own [`FsBridge`] whose request frames go to the parent over a
-//! socketpair; the parent forwards them to Node with the qemu path's frames and
-//! sends Node's replies back. Same frames, same checks (the child's `NodeFs`
-//! validates every answer), one more socket hop.
+//! child runs its own filesystem service whose request frames go to the parent
+//! over a socketpair; the parent forwards them to Node unchanged (the call id
+//! is the frame's channel, so nothing is rewritten) and routes Node's
+//! `FsReply` frames back to the child. Same frames, same checks (the child's
+//! `NodeFs` validates every answer), one more socket hop.
 
+use crate::diag::Diag;
 use crate::error::HostError;
-use crate::fs_bridge::{FsBridge, FS_DEADLINE};
+use crate::faults::Faults;
+use crate::fs_bridge::{self, NodeFs};
+use crate::link::{self, NodeTx, NODE_QUEUE};
+use crate::service::{ReplySink, Router, Service};
 use sandbox_fs::CachePolicy;
 use sandbox_krun::fs::KrunFs;
 use sandbox_krun::KrunFsMount;
-use sandbox_protocol::{FrameDecoder, Kind, Launch};
+use sandbox_protocol::{self as proto, DiagnosticSource, FrameDecoder, Kind, Launch};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -21,24 +26,25 @@ use tokio::sync::mpsc;
 
 const CHUNK: usize = 256 * 1024;
 
+/// Kinds the child may send the parent; all are forwarded to Node as they are.
+const FROM_CHILD: [Kind; 3] = [Kind::FsRequest, Kind::FsForget, Kind::Diagnostic];
+
 /// In the forked VMM child: the libkrun filesystems for `l.mounts`, served through
 /// `sock` to the parent. The runtime must outlive the VM (it never returns anyway).
-pub fn child_mounts(l: &Launch, sock: StdUnixStream) -> Result<(tokio::runtime::Runtime, Vec<KrunFsMount>), HostError> {
-    let (rt, bridge) = child_bridge(sock)?;
-    let mounts = l
-        .mounts
-        .iter()
-        .enumerate()
+pub fn child_mounts(l: &Launch, sock: StdUnixStream, faults: Option<Arc<Faults>>) -> Result<(tokio::runtime::Runtime, Vec<KrunFsMount>), HostError> {
+    let (rt, service) = child_service(sock, faults)?;
+    let mounts = (0u32..)
+        .zip(&l.mounts)
         .map(|(i, m)| KrunFsMount {
-            tag: m.tag.clone(),
-            fs: Box::new(KrunFs::new(bridge.mount(i as u32), rt.handle().clone(), CachePolicy::default())),
+            tag: m.tag.to_string(),
+            fs: Box::new(KrunFs::new(NodeFs::new(service.clone(), i), rt.handle().clone(), CachePolicy::default())),
         })
         .collect();
     Ok((rt, mounts))
 }
 
-/// The child's bridge, its frames pumped over `sock` by the returned runtime.
-fn child_bridge(sock: StdUnixStream) -> Result<(tokio::runtime::Runtime, Arc<FsBridge>), HostError> {
+/// The child's filesystem service, its frames pumped over `sock` by the returned runtime.
+fn child_service(sock: StdUnixStream, faults: Option<Arc<Faults>>) -> Result<(tokio::runtime::Runtime, Arc<Service>), HostError> {
     // Multi-threaded: libkrun's worker threads block on calls while the runtime's
     // own thread drives the socket.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -46,62 +52,69 @@ fn child_bridge(sock: StdUnixStream) -> Result<(tokio::runtime::Runtime, Arc<FsB
         .enable_all()
         .build()
         .map_err(|e| HostError::Setup(format!("tokio runtime for krun mounts: {e}")))?;
-    let (bridge, requests) = FsBridge::new(FS_DEADLINE);
     sock.set_nonblocking(true).map_err(|e| HostError::Setup(format!("krun mount socket: {e}")))?;
     let sock = {
         let _guard = rt.enter();
         UnixStream::from_std(sock).map_err(|e| HostError::Setup(format!("krun mount socket: {e}")))?
     };
-    rt.spawn(child_pump(sock, bridge.clone(), requests));
-    Ok((rt, bridge))
-}
-
-/// Child side: requests out to the parent, `FsReply` frames back to the bridge.
-async fn child_pump(sock: UnixStream, bridge: Arc<FsBridge>, mut requests: mpsc::Receiver<Vec<u8>>) {
-    let (rx, mut tx) = sock.into_split();
-    let writer = tokio::spawn(async move {
-        while let Some(frame) = requests.recv().await {
-            if tx.write_all(&frame).await.is_err() {
-                break;
-            }
-        }
-    });
-    let mut frames = FrameReader::new(rx);
-    while let Some((kind, raw)) = frames.next().await {
-        if kind == Kind::FsReply as u8 {
-            bridge.deliver(&raw[sandbox_protocol::HEADER_LEN..]);
-        }
-    }
-    // Parent gone: pending calls fail at their deadline with EIO; the VMM dies with it anyway.
-    writer.abort();
-}
-
-/// Parent side: the child's `FsRequest` frames go to Node through `files`; Node's
-/// `FsReply` frames come back through `files` and are written to the child.
-pub fn serve_child(sock: StdUnixStream, files: &Arc<FsBridge>, rt: &tokio::runtime::Handle) -> Result<(), HostError> {
-    sock.set_nonblocking(true).map_err(|e| HostError::Setup(format!("krun mount socket: {e}")))?;
-    let sock = {
-        let _guard = rt.enter();
-        UnixStream::from_std(sock).map_err(|e| HostError::Setup(format!("krun mount socket: {e}")))?
-    };
-    let (rx, mut tx) = sock.into_split();
-    let (replies_tx, mut replies) = mpsc::unbounded_channel::<Vec<u8>>();
-    files.relay_replies_to(replies_tx);
-    rt.spawn(async move {
-        while let Some(frame) = replies.recv().await {
-            if tx.write_all(&frame).await.is_err() {
-                break;
-            }
-        }
-    });
-    let files = files.clone();
+    let (rx, wr) = sock.into_split();
+    let (tx, frames) = NodeTx::new(NODE_QUEUE);
+    let service = Service::new(fs_bridge::spec(), tx.clone(), Diag::new(tx), faults);
+    rt.spawn(link::write_frames(wr, frames));
+    let replies = service.clone();
     rt.spawn(async move {
         let mut frames = FrameReader::new(rx);
-        while let Some((kind, raw)) = frames.next().await {
-            // Only filesystem requests may come this way; the frame is forwarded as is.
-            if kind != Kind::FsRequest as u8 {
-                eprintln!("sandbox-host: krun mount socket: ignoring frame kind {kind:#x}");
-            } else if !files.forward_request(raw).await {
+        while let Some(f) = frames.next().await {
+            if f.kind == Kind::FsReply {
+                replies.deliver(f.channel, f.payload);
+            }
+        }
+        // Parent gone: pending calls fail at their deadline with EIO; the VMM dies with it anyway.
+    });
+    Ok((rt, service))
+}
+
+/// Node's `FsReply` frames, passed on to the child.
+struct ToChild(mpsc::UnboundedSender<Vec<u8>>);
+
+impl ReplySink for ToChild {
+    fn deliver(&self, channel: u32, payload: Vec<u8>) {
+        let mut frame = Vec::with_capacity(proto::HEADER_LEN + payload.len());
+        frame.extend_from_slice(&proto::frame_header(Kind::FsReply, channel, payload.len()));
+        frame.extend_from_slice(&payload);
+        let _ = self.0.send(frame);
+    }
+}
+
+/// Parent side: the child's frames go to Node through `tx`; Node's `FsReply`
+/// frames are routed (through `router`) back to the child.
+pub fn serve_child(sock: StdUnixStream, tx: NodeTx, diag: Diag, router: &mut Router, rt: &tokio::runtime::Handle) -> Result<(), HostError> {
+    sock.set_nonblocking(true).map_err(|e| HostError::Setup(format!("krun mount socket: {e}")))?;
+    let sock = {
+        let _guard = rt.enter();
+        UnixStream::from_std(sock).map_err(|e| HostError::Setup(format!("krun mount socket: {e}")))?
+    };
+    let (rx, mut wr) = sock.into_split();
+    let (replies_tx, mut replies) = mpsc::unbounded_channel::<Vec<u8>>();
+    router.add(Kind::FsReply, Arc::new(ToChild(replies_tx)));
+    rt.spawn(async move {
+        while let Some(frame) = replies.recv().await {
+            if wr.write_all(&frame).await.is_err() {
+                break;
+            }
+        }
+    });
+    rt.spawn(async move {
+        let mut frames = FrameReader::new(rx);
+        while let Some(f) = frames.next().await {
+            if !FROM_CHILD.contains(&f.kind) {
+                diag.error(DiagnosticSource::Fs, format!("krun mount socket: a {} frame from the VMM child; ignored", f.kind.name()));
+                continue;
+            }
+            let mut frame = Vec::with_capacity(proto::HEADER_LEN + f.payload.len());
+            frame.extend_from_slice(&proto::frame_header(f.kind, f.channel, f.payload.len()));
+            frame.extend_from_slice(&f.payload);
+            if tx.send(frame).await.is_err() {
                 break;
             }
         }
@@ -121,15 +134,12 @@ impl<R: tokio::io::AsyncRead + Unpin> FrameReader<R> {
         Self { rx, dec: FrameDecoder::new(), buf: vec![0u8; CHUNK] }
     }
 
-    async fn next(&mut self) -> Option<(u8, Vec<u8>)> {
+    async fn next(&mut self) -> Option<proto::Frame> {
         loop {
-            match self.dec.next_raw() {
+            match self.dec.next_frame() {
                 Ok(Some(frame)) => return Some(frame),
                 Ok(None) => {}
-                Err(e) => {
-                    eprintln!("sandbox-host: krun mount socket: {e}");
-                    return None;
-                }
+                Err(_) => return None,
             }
             match self.rx.read(&mut self.buf).await {
                 Ok(0) | Err(_) => return None,

@@ -8,10 +8,12 @@ mod krun;
 mod qemu;
 
 use crate::console::ConsoleTail;
+use crate::diag::Diag;
 use crate::error::HostError;
-use crate::fs_bridge::FsBridge;
-use crate::node_store::Bridge;
-use sandbox_protocol::{BackendKind, Launch};
+use crate::faults::Faults;
+use crate::link::NodeTx;
+use crate::service::{Router, Service};
+use sandbox_protocol::{Accel, BackendKind, CowMode, Launch};
 use std::os::unix::net::UnixStream;
 use std::process::ExitStatus;
 use std::sync::Arc;
@@ -28,15 +30,26 @@ pub struct RunningVm {
     /// The helper's end of the guest NIC's frame stream, when the launch has a network.
     pub net: Option<UnixStream>,
     pub console: ConsoleTail,
-    pub accel: String,
+    pub accel: Accel,
+}
+
+/// The helper's services a backend wires its devices to.
+pub struct Services {
+    pub tx: NodeTx,
+    pub diag: Diag,
+    pub faults: Option<Arc<Faults>>,
+    /// The block store of a persistent copy-on-write disk.
+    pub block: Option<Arc<Service>>,
+    /// The JavaScript filesystems of the mounts.
+    pub files: Option<Arc<Service>>,
 }
 
 impl RunningVm {
     pub fn pid(&self) -> i32 {
         self.pid
     }
-    pub fn accel(&self) -> &str {
-        &self.accel
+    pub fn accel(&self) -> Accel {
+        self.accel
     }
 }
 
@@ -46,44 +59,41 @@ pub fn qemu_args(launch: &Launch) -> Result<Vec<String>, HostError> {
     qemu::args(launch, &[])
 }
 
-/// Starts the VMM; persistent copy-on-write disks keep their blocks in Node's store through `bridge`.
-/// Virtual filesystem mounts are served by the FUSE engine through `files`, on `rt`.
-pub fn launch(launch: &Launch, bridge: &Arc<Bridge>, files: &Arc<FsBridge>, rt: &tokio::runtime::Handle) -> Result<RunningVm, HostError> {
+/// Starts the VMM with its devices wired to `services`, and routes the reply
+/// kinds those devices wait for (`router`). Device tasks run on `rt`.
+pub fn launch(launch: &Launch, services: &Services, router: &mut Router, rt: &tokio::runtime::Handle) -> Result<RunningVm, HostError> {
     validate(launch)?;
     match launch.backend {
-        BackendKind::Qemu => qemu::spawn(launch, bridge, files, rt),
-        BackendKind::Krun => krun::spawn(launch, files, rt),
+        BackendKind::Qemu => {
+            if let Some(block) = &services.block {
+                router.add_service(block.clone());
+            }
+            if let Some(files) = &services.files {
+                router.add_service(files.clone());
+            }
+            qemu::spawn(launch, services, rt)
+        }
+        // The krun VMM child makes its filesystem calls itself; it routes their replies.
+        BackendKind::Krun => krun::spawn(launch, services, router, rt),
     }
 }
 
 /// Checks every field a guest could be harmed or the host confused by.
 fn validate(l: &Launch) -> Result<(), HostError> {
-    if l.cpus == 0 || l.cpus > 64 {
-        return Err(HostError::InvalidLaunch(format!("cpus must be 1..=64, got {}", l.cpus)));
-    }
-    if !(64..=1 << 20).contains(&l.memory_mib) {
-        return Err(HostError::InvalidLaunch(format!("memoryMiB must be 64..=1048576, got {}", l.memory_mib)));
-    }
     for a in &l.cmdline {
         if a.is_empty() || a.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(HostError::InvalidLaunch(format!("kernel argument {a:?} is empty or has whitespace")));
         }
     }
     for d in &l.disks {
-        if !matches!(d.format.as_str(), "raw" | "qcow2") {
-            return Err(HostError::InvalidLaunch(format!("disk format {:?} is not raw or qcow2", d.format)));
-        }
         if let Some(c) = &d.cow {
-            if c.mode != "ephemeral" && c.mode != "persistent" {
-                return Err(HostError::InvalidLaunch(format!("cow mode {:?} is not supported by this helper", c.mode)));
-            }
-            if c.mode == "persistent" && l.backend != BackendKind::Qemu {
+            if c.mode == CowMode::Persistent && l.backend != BackendKind::Qemu {
                 return Err(HostError::InvalidLaunch("persistent copy-on-write disks need the qemu backend".into()));
             }
-            if !c.block_size.is_power_of_two() || !(4096..=1 << 20).contains(&c.block_size) {
+            if !c.block_size.get().is_power_of_two() {
                 return Err(HostError::InvalidLaunch(format!("cow block size {} must be a power of two from 4096 to 1048576", c.block_size)));
             }
-            if c.max_dirty_bytes < c.block_size as u64 {
+            if c.max_dirty_bytes.get() < u64::from(c.block_size.get()) {
                 return Err(HostError::InvalidLaunch("cow maxDirtyBytes must hold at least one block".into()));
             }
         }

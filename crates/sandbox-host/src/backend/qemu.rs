@@ -1,11 +1,11 @@
 //! QEMU backend: Debian's qemu-system-x86_64 as a child of the helper,
 //! KVM when the host really has hardware virtualization, TCG otherwise.
 
-use super::RunningVm;
+use super::{RunningVm, Services};
 use crate::console::ConsoleTail;
 use crate::error::HostError;
 use crate::lifeline;
-use sandbox_protocol::{Launch, CONTROL_PORT_NAME};
+use sandbox_protocol::{Accel, Launch, CONTROL_PORT_NAME};
 use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
@@ -47,9 +47,9 @@ pub fn args(l: &Launch, fs_sockets: &[PathBuf]) -> Result<Vec<String>, HostError
     if fs_sockets.len() != l.mounts.len() {
         return Err(HostError::InvalidLaunch(format!("{} mounts but {} virtio-fs sockets", l.mounts.len(), fs_sockets.len())));
     }
-    let accel = l.accel.as_deref().unwrap_or("tcg");
-    if !matches!(accel, "tcg" | "kvm") {
-        return Err(HostError::InvalidLaunch(format!("accel must be tcg or kvm, got {accel:?}")));
+    let accel = l.accel.unwrap_or(Accel::Tcg);
+    if accel == Accel::Hvf {
+        return Err(HostError::InvalidLaunch("qemu runs guests with kvm or tcg, not hvf".into()));
     }
     let initrd = l.initrd.as_deref().ok_or_else(|| HostError::InvalidLaunch("qemu needs an initrd".into()))?;
     // Boot-time trims: no legacy keyboard/mouse probing, one UART, trusted TSC,
@@ -63,7 +63,7 @@ pub fn args(l: &Launch, fs_sockets: &[PathBuf]) -> Result<Vec<String>, HostError
         .into_iter()
         .map(String::from)
         .collect::<Vec<_>>();
-    cmdline.extend(l.cmdline.iter().cloned());
+    cmdline.extend(l.cmdline.iter().map(|a| a.to_string()));
     let mut a: Vec<String> = vec![
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
     ]
@@ -78,8 +78,8 @@ pub fn args(l: &Launch, fs_sockets: &[PathBuf]) -> Result<Vec<String>, HostError
         a.extend(["-object".into(), format!("memory-backend-memfd,id=mem,size={}M,share=on", l.memory_mib)]);
     }
     a.push("-accel".into());
-    a.push(if accel == "tcg" { format!("tcg,thread=multi,tb-size={TCG_TB_MIB}") } else { "kvm".into() });
-    a.extend(["-cpu".into(), if accel == "kvm" { "host".into() } else { TCG_CPU.into() }]);
+    a.push(if accel == Accel::Tcg { format!("tcg,thread=multi,tb-size={TCG_TB_MIB}") } else { "kvm".into() });
+    a.extend(["-cpu".into(), if accel == Accel::Kvm { "host".into() } else { TCG_CPU.into() }]);
     a.extend(["-smp".into(), l.cpus.to_string(), "-m".into(), l.memory_mib.to_string()]);
     a.extend(["-kernel".into(), l.kernel.clone(), "-initrd".into(), initrd.to_string()]);
     a.extend(["-append".into(), cmdline.join(" ")]);
@@ -104,7 +104,7 @@ pub fn args(l: &Launch, fs_sockets: &[PathBuf]) -> Result<Vec<String>, HostError
         }
         a.extend([
             "-drive".into(),
-            format!("file={},if=none,id=disk{i},format={},readonly={ro},cache=unsafe,aio=threads", d.path, d.format),
+            format!("file={},if=none,id=disk{i},format={},readonly={ro},cache=unsafe,aio=threads", d.path, d.format.as_str()),
             "-device".into(),
             format!("virtio-blk-pci,drive=disk{i}"),
         ]);
@@ -131,13 +131,11 @@ pub fn args(l: &Launch, fs_sockets: &[PathBuf]) -> Result<Vec<String>, HostError
     Ok(a)
 }
 
-pub fn spawn(
-    l: &Launch,
-    bridge: &std::sync::Arc<crate::node_store::Bridge>,
-    files: &std::sync::Arc<crate::fs_bridge::FsBridge>,
-    rt: &tokio::runtime::Handle,
-) -> Result<RunningVm, HostError> {
-    let fs_sockets = super::fs::serve_mounts(l, files, rt)?;
+pub fn spawn(l: &Launch, services: &Services, rt: &tokio::runtime::Handle) -> Result<RunningVm, HostError> {
+    let fs_sockets = match &services.files {
+        Some(files) => super::fs::serve_mounts(l, files, &services.diag, rt)?,
+        None => Vec::new(),
+    };
     let argv = args(l, &fs_sockets)?;
     let qemu = l.qemu.clone().unwrap_or_else(|| "qemu-system-x86_64".into());
     let (host_end, guest_end) =
@@ -147,7 +145,7 @@ pub fn spawn(
         .disks
         .iter()
         .filter(|d| d.cow.is_some())
-        .map(|d| super::block::serve_cow(d, bridge))
+        .map(|d| super::block::serve_cow(d, services))
         .collect::<Result<Vec<_>, _>>()?;
     if nbd_ends.len() > MAX_COW_DISKS {
         return Err(HostError::InvalidLaunch(format!("at most {MAX_COW_DISKS} copy-on-write disks")));
@@ -211,7 +209,7 @@ pub fn spawn(
         control: host_end,
         net,
         console,
-        accel: l.accel.clone().unwrap_or_else(|| "tcg".into()),
+        accel: l.accel.unwrap_or(Accel::Tcg),
     })
 }
 
@@ -228,35 +226,33 @@ fn pump_console(mut pipe: Box<dyn Read + Send>, tail: ConsoleTail) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sandbox_protocol::{BackendKind, Disk};
+    use serde_json::json;
 
     fn launch() -> Launch {
-        Launch {
-            backend: BackendKind::Qemu,
-            cpus: 2,
-            memory_mib: 512,
-            kernel: "/k/vmlinuz".into(),
-            initrd: Some("/k/initrd".into()),
-            krunfw: None,
-            init_root: None,
-            cmdline: vec!["sandbox.x=1".into()],
-            disks: vec![Disk { path: "/img/root.qcow2".into(), format: "qcow2".into(), read_only: true, cow: None }],
-            qemu: None,
-            accel: Some("tcg".into()),
-            network: None,
-            mounts: vec![],
-        }
+        from(json!({
+            "backend": "qemu", "cpus": 2, "memoryMib": 512, "kernel": "/k/vmlinuz", "initrd": "/k/initrd",
+            "cmdline": ["sandbox.x=1"], "accel": "tcg", "mounts": [],
+            "disks": [{ "path": "/img/root.qcow2", "format": "qcow2", "readOnly": true }],
+        }))
+    }
+
+    fn from<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn cow() -> Option<sandbox_protocol::CowSpec> {
+        Some(from(json!({ "mode": "ephemeral", "maxDirtyBytes": 1 << 26, "blockSize": 65536 })))
     }
 
     #[test]
     fn network_is_a_stream_netdev_after_the_nbd_sockets() {
         let mut l = launch();
         assert!(!args(&l, &[]).unwrap().join(" ").contains("netdev"), "no network option, no NIC");
-        l.network = Some(sandbox_protocol::NetLaunch { policy_deadline_ms: 1000, max_flows: 4, allow_protected: vec![], intercept_socket: None });
+        l.network = Some(from(json!({ "policyDeadlineMs": 1000, "maxFlows": 4, "allowProtected": [] })));
         let a = args(&l, &[]).unwrap().join(" ");
         assert!(a.contains("-netdev stream,id=net0,server=off,addr.type=fd,addr.str=4"), "{a}");
         assert!(a.contains(&format!("virtio-net-pci,netdev=net0,mac={GUEST_MAC},romfile=")), "{a}");
-        l.disks[0].cow = Some(sandbox_protocol::CowSpec { mode: "ephemeral".into(), max_dirty_bytes: 1 << 26, block_size: 65536, store_timeout_ms: None });
+        l.disks[0].cow = cow();
         assert!(args(&l, &[]).unwrap().join(" ").contains("addr.str=5"));
     }
 
@@ -275,7 +271,7 @@ mod tests {
     fn cow_disks_go_through_nbd_on_inherited_fds() {
         let mut l = launch();
         l.disks[0].read_only = false;
-        l.disks[0].cow = Some(sandbox_protocol::CowSpec { mode: "ephemeral".into(), max_dirty_bytes: 1 << 26, block_size: 65536, store_timeout_ms: None });
+        l.disks[0].cow = cow();
         let a = args(&l, &[]).unwrap().join(" ");
         assert!(a.contains("-blockdev driver=nbd,node-name=disk0,server.type=fd,server.str=4,read-only=off"), "{a}");
         assert!(a.contains("virtio-blk-pci,drive=disk0,werror=report,rerror=report"), "{a}");
@@ -285,7 +281,7 @@ mod tests {
     #[test]
     fn mounts_get_shared_memory_and_a_vhost_user_fs_device_each() {
         let mut l = launch();
-        l.mounts = vec![sandbox_protocol::FsMount { tag: "sbxfs0".into() }, sandbox_protocol::FsMount { tag: "sbxfs1".into() }];
+        l.mounts = from(json!([{ "tag": "sbxfs0" }, { "tag": "sbxfs1" }]));
         let socks = [PathBuf::from("/run/x/fs0.sock"), PathBuf::from("/run/x/fs1.sock")];
         let a = args(&l, &socks).unwrap().join(" ");
         assert!(a.contains("-M q35,memory-backend=mem -object memory-backend-memfd,id=mem,size=512M,share=on"), "{a}");
@@ -298,29 +294,29 @@ mod tests {
     #[test]
     fn mounts_are_validated_on_both_backends() {
         let mut l = launch();
-        l.mounts = vec![sandbox_protocol::FsMount { tag: "bad tag".into() }];
+        l.mounts = from(json!([{ "tag": "bad tag" }]));
         assert!(super::super::validate(&l).is_err(), "tags are [A-Za-z0-9_-]");
-        l.mounts = vec![sandbox_protocol::FsMount { tag: "sandbox-fs-0".into() }];
+        l.mounts = from(json!([{ "tag": "sandbox-fs-0" }]));
         assert!(super::super::validate(&l).is_ok());
-        l.backend = BackendKind::Krun;
+        l.backend = sandbox_protocol::BackendKind::Krun;
         assert!(super::super::validate(&l).is_ok(), "krun serves mounts through its child bridge");
-        l.backend = BackendKind::Qemu;
-        l.mounts = (0..=MAX_MOUNTS).map(|i| sandbox_protocol::FsMount { tag: format!("t{i}") }).collect();
+        l.backend = sandbox_protocol::BackendKind::Qemu;
+        l.mounts = (0..=MAX_MOUNTS).map(|i| from(json!({ "tag": format!("t{i}") }))).collect();
         assert!(super::super::validate(&l).is_err());
     }
 
     #[test]
     fn kvm_uses_host_cpu() {
         let mut l = launch();
-        l.accel = Some("kvm".into());
+        l.accel = Some(Accel::Kvm);
         let a = args(&l, &[]).unwrap().join(" ");
         assert!(a.contains("-accel kvm -cpu host"));
     }
 
     #[test]
-    fn rejects_unknown_accel_and_missing_initrd() {
+    fn rejects_hvf_and_missing_initrd() {
         let mut l = launch();
-        l.accel = Some("hvf".into());
+        l.accel = Some(Accel::Hvf);
         assert!(matches!(args(&l, &[]), Err(HostError::InvalidLaunch(_))));
         let mut l = launch();
         l.initrd = None;
@@ -328,15 +324,21 @@ mod tests {
     }
 
     #[test]
-    fn validation_rejects_bad_resources_and_paths() {
-        let mut l = launch();
-        l.cpus = 0;
-        assert!(super::super::validate(&l).is_err());
+    fn the_launch_type_refuses_what_the_helper_cannot_do() {
+        let mut bad = serde_json::to_value(launch()).unwrap();
+        bad["cpus"] = json!(0);
+        assert!(serde_json::from_value::<Launch>(bad).is_err());
+        let mut bad = serde_json::to_value(launch()).unwrap();
+        bad["disks"][0]["format"] = json!("vmdk");
+        assert!(serde_json::from_value::<Launch>(bad).is_err(), "disk formats are an enum");
+        let mut bad = serde_json::to_value(launch()).unwrap();
+        bad["disks"][0]["cow"] = json!({ "mode": "persistant", "maxDirtyBytes": 1 << 26, "blockSize": 65536 });
+        assert!(serde_json::from_value::<Launch>(bad).is_err(), "a misspelt cow mode fails, it never becomes ephemeral");
         let mut l = launch();
         l.disks[0].path = "/a,b".into();
         assert!(super::super::validate(&l).is_err());
         let mut l = launch();
-        l.cmdline = vec!["a b".into()];
+        l.cmdline = from(json!(["a b"]));
         assert!(super::super::validate(&l).is_err());
     }
 }

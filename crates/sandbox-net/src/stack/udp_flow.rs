@@ -130,49 +130,25 @@ impl Engine {
 }
 
 
-/// Decides one DNS query and produces the guest's answer: forwarded, REFUSED when
-/// denied, SERVFAIL when no resolver answered.
+/// Decides one DNS query and produces the guest's answer: the policy's own
+/// answer (Node resolves accepted queries itself, so attribution is recorded
+/// before the guest sees it), REFUSED when denied, SERVFAIL when the answer
+/// does not match the question.
 pub(super) async fn resolve(policy: &dyn Policy, cfg: &NetConfig, sink: &EventSink, info: FlowInfo, q: &[u8], query: dns::Query) -> Vec<u8> {
     let result = flows::ask(policy, info.clone(), cfg.policy_deadline).await;
-    let resolvers = match &result {
-        Ok(Decision::DnsForward { resolvers }) => resolvers.clone(),
-        _ => Vec::new(),
-    };
-    let fits = matches!(result, Ok(Decision::DnsForward { .. } | Decision::DnsAnswer(_)));
     let ev = match &result {
         Ok(Decision::Deny) => NetEvent::FlowDecided { flow: info.clone(), verdict: Verdict::Denied },
-        Ok(_) if fits => NetEvent::FlowDecided { flow: info.clone(), verdict: Verdict::DnsForward },
+        Ok(Decision::DnsAnswer(_)) => NetEvent::FlowDecided { flow: info.clone(), verdict: Verdict::DnsAnswered },
         Ok(_) => NetEvent::FlowDecided { flow: info.clone(), verdict: Verdict::Mismatch },
         Err(failure) => NetEvent::PolicyFailed { flow: info.clone(), failure: failure.clone() },
     };
-    Stats::bump(if fits { &sink.stats().flows_accepted } else { &sink.stats().flows_denied });
+    let answered = matches!(result, Ok(Decision::DnsAnswer(_)));
+    Stats::bump(if answered { &sink.stats().flows_accepted } else { &sink.stats().flows_denied });
     sink.emit(ev);
-    if !fits {
-        return dns::error_response(q, query, dns::RCODE_REFUSED);
-    }
-    if let Ok(Decision::DnsAnswer(answer)) = result {
-        // The policy resolved it; an answer to some other question is not passed on.
-        return if dns::answer_matches(q, query, &answer) { answer } else { dns::error_response(q, query, dns::RCODE_SERVFAIL) };
-    }
-    // The policy's resolvers face the same protected-range rule as any destination.
-    let mut allowed = Vec::new();
-    for r in resolvers {
-        match flows::check_destination(cfg, r.ip()) {
-            None => allowed.push(r),
-            Some(why) => {
-                let category = match why {
-                    PreDeny::Protected(c) => Some(c),
-                    PreDeny::OwnAddress => None,
-                };
-                sink.emit(NetEvent::DeniedProtected { flow: FlowInfo::new(Proto::Dns, info.src, r), category });
-            }
-        }
-    }
-    if allowed.is_empty() {
-        return dns::error_response(q, query, dns::RCODE_REFUSED);
-    }
-    match host::dns_forward(q, query, &allowed, cfg.dns_timeout).await {
-        Some(a) => a,
-        None => dns::error_response(q, query, dns::RCODE_SERVFAIL),
+    match result {
+        // An answer to some other question is not passed on.
+        Ok(Decision::DnsAnswer(answer)) if dns::answer_matches(q, query, &answer) => answer,
+        Ok(Decision::DnsAnswer(_)) => dns::error_response(q, query, dns::RCODE_SERVFAIL),
+        _ => dns::error_response(q, query, dns::RCODE_REFUSED),
     }
 }

@@ -1,0 +1,234 @@
+//! The guest side of the contract, enforced: every frame the guest sends is
+//! checked against the kind table and against what the host asked for before
+//! it is forwarded to Node — handshake order, process channels that exist,
+//! output within the credit Node granted, stdin acks within what Node sent.
+//! The first violation ends the VM (`FailureCause::GuestProtocol`); Node never
+//! sees the offending frame.
+//!
+//! Node's guest-bound frames pass through here too (decoded, and tracked: a
+//! `Start` opens a channel with its output window, `Credit` extends it,
+//! `Stdin` counts bytes in flight).
+
+use sandbox_protocol::{self as proto, Direction, Kind, Payload, PROTOCOL_VERSION};
+use std::collections::HashMap;
+
+/// A broken rule: what the guest (or Node) sent and why it is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{} on channel {channel}: {reason}", kind_name(*.kind))]
+pub struct Violation {
+    pub kind: u8,
+    pub channel: u32,
+    pub reason: String,
+}
+
+fn kind_name(kind: u8) -> String {
+    match Kind::try_from(kind) {
+        Ok(k) => format!("{} frame (0x{kind:02x})", k.name()),
+        Err(_) => format!("frame kind 0x{kind:02x}"),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for the guest's Hello.
+    Hello,
+    /// Hello seen; Node has not sent Configure yet.
+    Configure,
+    /// Configure sent; waiting for Ready or InitError.
+    Booting,
+    Running,
+    /// The guest reported a boot failure; only shutdown follows.
+    Failed,
+}
+
+#[derive(Debug, Default)]
+struct Proc {
+    started: bool,
+    pty: bool,
+    stdout_credit: u64,
+    stderr_credit: u64,
+    stdin_in_flight: u64,
+}
+
+pub struct Session {
+    phase: Phase,
+    procs: HashMap<u32, Proc>,
+}
+
+impl Default for Session {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Session {
+    pub fn new() -> Self {
+        Self { phase: Phase::Hello, procs: HashMap::new() }
+    }
+
+    /// Checks one frame from the guest; `Ok` means it may go to Node as it is.
+    pub fn from_guest(&mut self, kind: u8, channel: u32, payload: &[u8]) -> Result<(), Violation> {
+        let fail = |reason: String| Violation { kind, channel, reason };
+        let k = Kind::try_from(kind).map_err(|_| fail("unknown frame kind".into()))?;
+        let info = k.info();
+        if info.direction != Direction::GuestToHost {
+            return Err(fail(format!("travels {} only; a guest may not send it", info.direction.as_str())));
+        }
+        if k.info().channel == proto::ChannelUse::Zero && channel != 0 {
+            return Err(fail("must be on channel 0".into()));
+        }
+        let bad = |e: proto::DecodeError| fail(e.to_string());
+        match k {
+            Kind::Hello => {
+                self.expect_phase(Phase::Hello, &fail)?;
+                let hello: proto::Hello = proto::decode(payload).map_err(bad)?;
+                if hello.protocol != PROTOCOL_VERSION {
+                    return Err(fail(format!(
+                        "the guest init speaks protocol {}, this helper {PROTOCOL_VERSION}: rebuild the initramfs (npm run setup)",
+                        hello.protocol
+                    )));
+                }
+                self.phase = Phase::Configure;
+            }
+            Kind::Ready => {
+                self.expect_phase(Phase::Booting, &fail)?;
+                proto::decode::<proto::Ready>(payload).map_err(bad)?;
+                self.phase = Phase::Running;
+            }
+            Kind::InitError => {
+                self.expect_phase(Phase::Booting, &fail)?;
+                proto::decode::<proto::InitError>(payload).map_err(bad)?;
+                self.phase = Phase::Failed;
+            }
+            _ => {
+                self.expect_phase(Phase::Running, &fail)?;
+                self.process_frame(k, channel, payload).map_err(fail)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn expect_phase(&self, want: Phase, fail: &impl Fn(String) -> Violation) -> Result<(), Violation> {
+        if self.phase == want {
+            Ok(())
+        } else {
+            Err(fail(format!("not expected now (boot phase {:?}, this frame belongs to {want:?})", self.phase)))
+        }
+    }
+
+    fn process_frame(&mut self, k: Kind, channel: u32, payload: &[u8]) -> Result<(), String> {
+        let Some(p) = self.procs.get_mut(&channel) else {
+            return Err("no process runs on this channel".into());
+        };
+        match k {
+            Kind::Started => {
+                proto::decode::<proto::Started>(payload).map_err(|e| e.to_string())?;
+                if p.started {
+                    return Err("the process was already started".into());
+                }
+                p.started = true;
+            }
+            Kind::StartFailed => {
+                proto::decode::<proto::StartFailed>(payload).map_err(|e| e.to_string())?;
+                if p.started {
+                    return Err("the process was already started".into());
+                }
+                self.procs.remove(&channel);
+            }
+            Kind::Stdout | Kind::Stderr => {
+                if !p.started {
+                    return Err("output before the process started".into());
+                }
+                let len = payload.len() as u64;
+                let credit = if k == Kind::Stdout {
+                    &mut p.stdout_credit
+                } else if p.pty {
+                    return Err("a pty process has no separate stderr".into());
+                } else {
+                    &mut p.stderr_credit
+                };
+                if len > *credit {
+                    return Err(format!("{len} bytes of output, but the host granted only {credit} more"));
+                }
+                *credit -= len;
+            }
+            Kind::StdinAck => {
+                let ack: proto::StdinAck = proto::decode(payload).map_err(|e| e.to_string())?;
+                let bytes = u64::from(ack.bytes.get());
+                if bytes > p.stdin_in_flight {
+                    return Err(format!("acknowledges {bytes} stdin bytes, but only {} are in flight", p.stdin_in_flight));
+                }
+                p.stdin_in_flight -= bytes;
+            }
+            Kind::Exit => {
+                proto::decode::<proto::Exit>(payload).map_err(|e| e.to_string())?;
+                if !p.started {
+                    return Err("exit of a process that never started".into());
+                }
+                self.procs.remove(&channel);
+            }
+            _ => return Err("not a process frame".into()),
+        }
+        Ok(())
+    }
+
+    /// Checks one guest-bound frame from Node and tracks what it grants.
+    pub fn from_node(&mut self, kind: Kind, channel: u32, payload: &[u8]) -> Result<(), Violation> {
+        let fail = |reason: String| Violation { kind: kind as u8, channel, reason };
+        let bad = |e: proto::DecodeError| fail(e.to_string());
+        let info = kind.info();
+        if info.direction != Direction::HostToGuest {
+            return Err(fail(format!("travels {} only", info.direction.as_str())));
+        }
+        match (info.channel, channel) {
+            (proto::ChannelUse::Zero, 0) => {}
+            (proto::ChannelUse::Zero, _) => return Err(fail("must be on channel 0".into())),
+            (_, 0) => return Err(fail("needs a process channel (≥ 1)".into())),
+            _ => {}
+        }
+        if info.payload == Payload::Empty {
+            proto::expect_empty(kind, payload).map_err(bad)?;
+        }
+        match kind {
+            Kind::Configure => {
+                proto::decode::<proto::Configure>(payload).map_err(bad)?;
+                if self.phase != Phase::Configure {
+                    return Err(fail(format!("Configure during boot phase {:?}", self.phase)));
+                }
+                self.phase = Phase::Booting;
+            }
+            Kind::Start => {
+                let start: proto::Start = proto::decode(payload).map_err(bad)?;
+                if self.procs.contains_key(&channel) {
+                    return Err(fail("a process already runs on this channel".into()));
+                }
+                let window = u64::from(start.initial_window());
+                let p = Proc { pty: start.pty.is_some(), stdout_credit: window, stderr_credit: window, ..Proc::default() };
+                self.procs.insert(channel, p);
+            }
+            Kind::Credit => {
+                let c: proto::Credit = proto::decode(payload).map_err(bad)?;
+                if let Some(p) = self.procs.get_mut(&channel) {
+                    p.stdout_credit = p.stdout_credit.saturating_add(u64::from(c.stdout));
+                    p.stderr_credit = p.stderr_credit.saturating_add(u64::from(c.stderr));
+                }
+            }
+            Kind::Stdin => {
+                if let Some(p) = self.procs.get_mut(&channel) {
+                    p.stdin_in_flight = p.stdin_in_flight.saturating_add(payload.len() as u64);
+                }
+            }
+            Kind::Signal => {
+                proto::decode::<proto::Signal>(payload).map_err(bad)?;
+            }
+            Kind::Resize => {
+                proto::decode::<proto::Resize>(payload).map_err(bad)?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

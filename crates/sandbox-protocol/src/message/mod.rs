@@ -1,0 +1,15 @@
+//! Every message type, grouped by who speaks it.
+
+mod block;
+mod boot;
+mod fs;
+mod helper;
+mod net;
+mod process;
+
+pub use block::*;
+pub use boot::*;
+pub use fs::*;
+pub use helper::*;
+pub use net::*;
+pub use process::*;

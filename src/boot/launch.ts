@@ -1,0 +1,106 @@
+/** The helper's `Launch` request and the guest's `Configure`, built once, typed end to end. */
+import { join } from "node:path";
+import type { Artifacts, ImageEntry } from "../artifacts.js";
+import { findQemu, type BackendChoice } from "../backend.js";
+import { SandboxArtifactError } from "../errors.js";
+import type { Configure, Disk, Launch, NetLaunch } from "../protocol/contract.js";
+import { COW_BLOCK_SIZE, rootfs as rootfsApi, type RootfsSpec } from "../rootfs.js";
+import { helperDeadlineMs, SANDBOX_RESOLVER } from "../network/bridge.js";
+import type { NetworkPolicy } from "../network/policy.js";
+import type { SandboxResources } from "../sandbox.js";
+
+/** The guest's side of the network (sandbox-net's defaults). */
+const GUEST_NET = { address: "10.0.2.15", prefixLen: 24, gateway: "10.0.2.2", nameserver: SANDBOX_RESOLVER, mtu: 1500 } as const;
+
+/** virtio-fs tag of mount number `i`. */
+export function mountTag(i: number): string {
+  return `sandbox-fs-${i}`;
+}
+
+function rootDisk(artifacts: Artifacts, image: ImageEntry, root: RootfsSpec): Disk {
+  const path = join(artifacts.imagesDir, image.file);
+  if (root.kind === "builtIn") return { path, format: image.format, readOnly: true };
+  return {
+    path,
+    format: image.format,
+    readOnly: false,
+    cow: {
+      mode: root.kind === "cow" ? "persistent" : "ephemeral",
+      maxDirtyBytes: root.maxDirtyBytes,
+      blockSize: COW_BLOCK_SIZE,
+      // The helper's own deadline trails Node's, so Node's error (with the store's words) is what ends the call.
+      storeTimeoutMs: root.kind === "cow" ? root.storeTimeoutMs + 1000 : undefined,
+    },
+  };
+}
+
+/** The network part of a Launch for `policy`, with the intercept socket Node listens on. */
+export function networkLaunch(policy: NetworkPolicy, interceptSocket: string): NetLaunch {
+  return {
+    policyDeadlineMs: helperDeadlineMs(policy),
+    maxFlows: policy.maxFlows,
+    allowProtected: policy.allowProtectedCidrs.map((c) => c.text),
+    interceptSocket,
+  };
+}
+
+/** The helper's Launch request for one boot (exported for benchmarks). */
+export function launchSpec(
+  artifacts: Artifacts,
+  image: ImageEntry,
+  resources: Required<SandboxResources>,
+  choice: BackendChoice,
+  root: RootfsSpec = rootfsApi.builtIn(image.name),
+  mountCount = 0,
+  network?: NetLaunch,
+): Launch {
+  return {
+    backend: choice.backend,
+    cpus: resources.cpus,
+    memoryMib: resources.memoryMiB,
+    kernel: artifacts.qemuKernel,
+    initrd: artifacts.qemuInitrd,
+    krunfw: artifacts.krunfw,
+    initRoot: artifacts.krunInitRoot,
+    cmdline: [],
+    disks: [rootDisk(artifacts, image, root)],
+    qemu: choice.backend === "qemu" ? findQemu() : undefined,
+    accel: choice.backend === "qemu" ? choice.accel : undefined,
+    network,
+    mounts: Array.from({ length: mountCount }, (_, i) => ({ tag: mountTag(i) })),
+  };
+}
+
+export interface ConfigureInput {
+  hostname: string;
+  cwd: string;
+  env: Record<string, string>;
+  image: ImageEntry;
+  root: RootfsSpec;
+  mounts: readonly { target: string; mount: { readOnly: boolean } }[];
+  network: boolean;
+  caCertPem: string | undefined;
+  writableRoot?: boolean;
+}
+
+/** The guest's configuration, sent when init says Hello. */
+export function configureMessage(c: ConfigureInput): Configure {
+  if (c.image.filesystem !== "ext4") {
+    throw new SandboxArtifactError(`image ${c.image.name} has a ${c.image.filesystem} filesystem; the guest init mounts ext4 roots`);
+  }
+  return {
+    hostname: c.hostname,
+    cwd: c.cwd,
+    env: c.env,
+    root: { device: "/dev/vda", fstype: "ext4", readOnly: c.root.kind === "builtIn" && !c.writableRoot },
+    mounts: c.mounts.map((m, i) => ({
+      tag: mountTag(i),
+      target: m.target,
+      readOnly: m.mount.readOnly,
+      // Only a root whose changes are discarded may get new directories.
+      createOnRoot: c.root.kind === "ephemeral",
+    })),
+    ...(c.caCertPem === undefined ? {} : { caCertPem: c.caCertPem }),
+    ...(c.network ? { network: { ...GUEST_NET } } : {}),
+  };
+}
