@@ -177,3 +177,27 @@ export class PortForwardError extends SandboxError {
     super("ERR_SANDBOX_PORT_FORWARD", message);
   }
 }
+
+/**
+ * Words for anything that was thrown — an Error, `null`, a string, a
+ * null-prototype object, an object whose getters throw — that never throws
+ * itself, so no failure handler can fail in turn.
+ */
+export function describeThrown(value: unknown): string {
+  try {
+    if (value instanceof Error) {
+      const message = value.message;
+      return typeof message === "string" && message !== "" ? message : value.name || "an Error without a message";
+    }
+    if (typeof value === "string") return value;
+    if (value === null || value === undefined) return String(value);
+    if (typeof value === "object") {
+      const message = (value as { message?: unknown }).message;
+      if (typeof message === "string") return message;
+      return Object.prototype.toString.call(value);
+    }
+    return String(value);
+  } catch {
+    return "a thrown value that cannot be described";
+  }
+}

@@ -11,7 +11,7 @@
  */
 import { Socket } from "node:net";
 import { EventEmitter } from "node:events";
-import { LaneClosedError, SandboxCrashedError, SandboxError, SandboxProtocolError, type ProtocolOffender } from "./errors.js";
+import { describeThrown, LaneClosedError, SandboxCrashedError, SandboxError, SandboxProtocolError, type ProtocolOffender } from "./errors.js";
 import { encodeFrame, FrameDecoder, FrameError, type Frame } from "./protocol/frames.js";
 import {
   ContractViolation,
@@ -226,7 +226,7 @@ export class HelperConnection extends EventEmitter {
         diagnostics: this.#diagnostics,
       });
     }
-    const why = err instanceof Error ? err.message : String(err);
+    const why = describeThrown(err);
     return new SandboxCrashedError(`handling a frame from the sandbox helper failed (${why}); the lane was ended`, undefined, { diagnostics: this.#diagnostics });
   }
 
@@ -288,13 +288,13 @@ export class HelperConnection extends EventEmitter {
       request = decodeFramed(kind, f.payload, f.channel);
     } catch (err) {
       // A request we cannot read still has its id: answer it now, so one bad frame costs one operation.
-      const reason = err instanceof Error ? err.message : String(err);
+      const reason = describeThrown(err);
       this.#reportBadRequest(kind, reason);
       service.malformed(f.channel, reason);
       return;
     }
     const failed = (err: unknown) => {
-      const reason = `serving it failed: ${err instanceof Error ? err.message : String(err)}`;
+      const reason = `serving it failed: ${describeThrown(err)}`;
       this.#reportBadRequest(kind, reason);
       service.malformed(f.channel, reason);
     };
@@ -312,10 +312,14 @@ export class HelperConnection extends EventEmitter {
     try {
       msg = decodeJson("FsForget", f.payload);
     } catch (err) {
-      this.#reportBadRequest("FsForget", err instanceof Error ? err.message : String(err));
+      this.#reportBadRequest("FsForget", describeThrown(err));
       return;
     }
-    service?.forget?.(msg);
+    try {
+      service?.forget?.(msg);
+    } catch (err) {
+      this.#reportBadRequest("FsForget", describeThrown(err));
+    }
   }
 
   #reportBadRequest(kind: string, reason: string): void {

@@ -29,3 +29,16 @@ export async function startFixture(
   });
   return { child, line };
 }
+
+/** Runs a Node fixture script to completion without blocking the test worker; resolves with its exit code and output. */
+export async function runFixture(name: string, nodeArgs: string[] = [], timeoutMs = 600_000): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const { execFile } = await import("node:child_process");
+  const { fileURLToPath } = await import("node:url");
+  const script = fileURLToPath(new URL(`./fixtures/${name}`, import.meta.url));
+  return new Promise((resolve) => {
+    execFile(process.execPath, [...nodeArgs, script], { timeout: timeoutMs, maxBuffer: 64 << 20 }, (err, stdout, stderr) => {
+      const code = err ? ((err as { code?: unknown }).code as number | null) ?? null : 0;
+      resolve({ code: typeof code === "number" ? code : null, stdout, stderr });
+    });
+  });
+}

@@ -7,15 +7,13 @@
  * Node process (tests/e2e/fixtures/hostile-guest.mjs), so a crash would show
  * as its exit code and its RSS is its own.
  */
-import { spawnSync } from "node:child_process";
-import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
+import { runFixture } from "./helpers.js";
 
 describe("a hostile guest writing to the control port", () => {
-  it("ends only its own lane, with a SandboxProtocolError naming the offence; Node and the other lane carry on", () => {
-    const script = fileURLToPath(new URL("./fixtures/hostile-guest.mjs", import.meta.url));
-    const run = spawnSync(process.execPath, ["--expose-gc", script], { encoding: "utf8", timeout: 600_000 });
-    expect(run.status, run.stderr).toBe(0);
+  it("ends only its own lane, with a SandboxProtocolError naming the offence; Node and the other lane carry on", async () => {
+    const run = await runFixture("hostile-guest.mjs", ["--expose-gc"]);
+    expect(run.code, run.stderr).toBe(0);
     const r = JSON.parse(run.stdout.trim().split("\n").at(-1)!);
     for (const c of r.cases) {
       if (c.harmless) {

@@ -104,7 +104,7 @@ impl BlockStore for NodeStore {
             if data.len() != blocks.len().saturating_mul(bs) {
                 return Err(format!("the reply has {} bytes for {} blocks of {bs}", data.len(), blocks.len()));
             }
-            if acc.len() + blocks.len() > count as usize {
+            if acc.len() + blocks.len() > n.get() as usize {
                 return Err("the reply has more blocks than requested".into());
             }
             for (&idx, bytes) in blocks.iter().zip(data.chunks_exact(bs)) {

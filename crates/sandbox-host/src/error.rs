@@ -36,7 +36,7 @@ impl HostError {
             HostError::Setup(_) | HostError::Reported => FailureCause::Setup,
         };
         let (frame_kind, channel) = match self {
-            HostError::GuestProtocol(v) => (Some(v.kind).filter(|&k| k != 0), Some(v.channel)),
+            HostError::GuestProtocol(v) => (v.kind, v.kind.map(|_| v.channel)),
             _ => (None, None),
         };
         proto::HelperError { cause, message: Text::truncated(self.to_string()), frame_kind, channel }

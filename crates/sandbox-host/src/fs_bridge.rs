@@ -197,7 +197,7 @@ mod tests {
                     assert_eq!(req.mount, 3);
                     reply(&FsReply::Entry { node: 5, attr: attr() }, &[])
                 }
-                Op::Write { .. } => reply(&FsReply::Written { size: data.len() as u32 }, &[]),
+                Op::Write { .. } => reply(&FsReply::Written { size: u32::try_from(data.len()).unwrap() }, &[]),
                 Op::Read { .. } => reply(&FsReply::Data, b"hi"),
                 Op::Unlink { .. } => reply(&FsReply::Error { errno: proto::I32In::saturating(2) }, &[]),
                 _ => return None,

@@ -13,13 +13,31 @@ use sandbox_protocol::{self as proto, Direction, Kind, Payload, PROTOCOL_VERSION
 use std::collections::HashMap;
 
 /// A broken rule: what the guest (or Node) sent and why it is refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{} on channel {channel}: {reason}", kind_name(*.kind))]
+/// `kind` is `None` when the byte stream itself is broken (no frame to name).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Violation {
-    pub kind: u8,
+    pub kind: Option<u8>,
     pub channel: u32,
     pub reason: String,
 }
+
+impl Violation {
+    /// The stream cannot be read as frames any more.
+    pub fn framing(reason: String) -> Self {
+        Self { kind: None, channel: 0, reason }
+    }
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.kind {
+            Some(k) => write!(f, "{} on channel {}: {}", kind_name(k), self.channel, self.reason),
+            None => f.write_str(&self.reason),
+        }
+    }
+}
+
+impl std::error::Error for Violation {}
 
 fn kind_name(kind: u8) -> String {
     match Kind::try_from(kind) {
@@ -67,8 +85,8 @@ impl Session {
     }
 
     /// Checks one frame from the guest; `Ok` means it may go to Node as it is.
-    pub fn from_guest(&mut self, kind: u8, channel: u32, payload: &[u8]) -> Result<(), Violation> {
-        let fail = |reason: String| Violation { kind, channel, reason };
+    pub fn check_guest(&mut self, kind: u8, channel: u32, payload: &[u8]) -> Result<(), Violation> {
+        let fail = |reason: String| Violation { kind: Some(kind), channel, reason };
         let k = Kind::try_from(kind).map_err(|_| fail("unknown frame kind".into()))?;
         let info = k.info();
         if info.direction != Direction::GuestToHost {
@@ -173,8 +191,8 @@ impl Session {
     }
 
     /// Checks one guest-bound frame from Node and tracks what it grants.
-    pub fn from_node(&mut self, kind: Kind, channel: u32, payload: &[u8]) -> Result<(), Violation> {
-        let fail = |reason: String| Violation { kind: kind as u8, channel, reason };
+    pub fn check_node(&mut self, kind: Kind, channel: u32, payload: &[u8]) -> Result<(), Violation> {
+        let fail = |reason: String| Violation { kind: Some(kind as u8), channel, reason };
         let bad = |e: proto::DecodeError| fail(e.to_string());
         let info = kind.info();
         if info.direction != Direction::HostToGuest {

@@ -6,6 +6,9 @@
 //! with its parent (PR_SET_PDEATHSIG + EOF on the socket) and takes the VMM
 //! with it, so no VM outlives the Node process that asked for it.
 
+// Wire code: a number that does not fit is an error, never silently cut.
+#![warn(clippy::cast_possible_truncation)]
+
 mod backend;
 mod block_store;
 mod console;

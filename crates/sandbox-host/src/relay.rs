@@ -2,8 +2,8 @@
 //! services, and enforces who may send what.
 //!
 //! ```text
-//!   guest port ──reader──▶ Session::from_guest ──▶ NodeTx ──writer──▶ Node
-//!   guest port ◀──writer── guest queue ◀── Session::from_node ◀──┐
+//!   guest port ──reader──▶ Session::check_guest ──▶ NodeTx ──writer──▶ Node
+//!   guest port ◀──writer── guest queue ◀── Session::check_node ◀──┐
 //!   services (block, fs, net) ── requests ──▶ NodeTx            │
 //!   Node ──reader──┬── reply kinds ──▶ Router ──▶ the waiting call
 //!                  ├── Node requests (PortForward) ──▶ its handler
@@ -191,7 +191,7 @@ impl NodeSide {
                 self.session
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .from_node(f.kind, f.channel, &f.payload)
+                    .check_node(f.kind, f.channel, &f.payload)
                     .map_err(|v| HostError::Protocol(v.to_string()))?;
                 let queued = self.queued.fetch_add(f.payload.len(), Ordering::Relaxed) + f.payload.len();
                 if queued > GUEST_QUEUE_BYTES {
@@ -280,7 +280,7 @@ async fn guest_reader(mut rx: OwnedReadHalf, session: Arc<Mutex<Session>>, node:
                         dec.buffered(),
                         PARTIAL_FRAME_STALL.as_secs()
                     );
-                    let _ = ended.send(End::Guest(Violation { kind: 0, channel: 0, reason })).await;
+                    let _ = ended.send(End::Guest(Violation::framing(reason))).await;
                     return;
                 }
             }
@@ -295,7 +295,7 @@ async fn guest_reader(mut rx: OwnedReadHalf, session: Arc<Mutex<Session>>, node:
             match dec.next_raw() {
                 Ok(Some((kind, raw))) => {
                     let channel = u32::from_be_bytes([raw[5], raw[6], raw[7], raw[8]]);
-                    let checked = session.lock().unwrap_or_else(|p| p.into_inner()).from_guest(kind, channel, &raw[proto::HEADER_LEN..]);
+                    let checked = session.lock().unwrap_or_else(|p| p.into_inner()).check_guest(kind, channel, &raw[proto::HEADER_LEN..]);
                     if let Err(v) = checked {
                         let _ = ended.send(End::Guest(v)).await;
                         return;
@@ -306,7 +306,7 @@ async fn guest_reader(mut rx: OwnedReadHalf, session: Arc<Mutex<Session>>, node:
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    let v = Violation { kind: 0, channel: 0, reason: format!("broken framing: {e}") };
+                    let v = Violation::framing(format!("broken framing: {e}"));
                     let _ = ended.send(End::Guest(v)).await;
                     return;
                 }

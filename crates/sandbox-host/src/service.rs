@@ -220,7 +220,7 @@ mod tests {
     async fn replies_reach_their_call_by_channel_including_multi_frame_ones() {
         let (tx, rx) = NodeTx::new(16);
         let svc = Service::new(spec(2000, 4), tx, Diag::none(), None);
-        node(svc.clone(), rx, |id| vec![vec![1, id as u8], vec![2], vec![3]]);
+        node(svc.clone(), rx, |id| vec![vec![1, id.to_be_bytes()[3]], vec![2], vec![3]]);
         let got = svc
             .call(req, |p| Ok(if p[0] == 3 { Step::Done(p.to_vec()) } else { Step::More }))
             .await

@@ -142,6 +142,7 @@ fn console_fatal(message: &str) -> ! {
 }
 
 fn power_off() -> ! {
+    // SAFETY: sync and reboot take no pointers; PID 1 powering off is their purpose.
     unsafe {
         libc::sync();
         libc::reboot(libc::RB_POWER_OFF);

@@ -158,6 +158,7 @@ fn sockaddr_in(a: Ipv4Addr) -> libc::sockaddr {
 
 impl Sock {
     fn new() -> io::Result<Self> {
+        // SAFETY: socket(2) takes plain integers; the descriptor is owned by the returned Sock.
         let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
         if fd < 0 {
             return Err(io::Error::last_os_error());
@@ -227,6 +228,7 @@ impl Sock {
 
 impl Drop for Sock {
     fn drop(&mut self) {
+        // SAFETY: the Sock owns this descriptor and closes it exactly once.
         unsafe { libc::close(self.0) };
     }
 }

@@ -78,6 +78,8 @@ impl Process {
             let slave_fd = slave.as_raw_fd();
             let dup = |f: &File| f.try_clone().map(Stdio::from);
             cmd.stdin(dup(&slave).map_err(spawn_err)?).stdout(dup(&slave).map_err(spawn_err)?).stderr(Stdio::from(slave));
+            // SAFETY: the hook runs in the forked child before exec and calls only
+            // async-signal-safe functions (setsid, ioctl); init is single-threaded.
             unsafe {
                 // A new session whose controlling terminal is the pty: job
                 // control, ^C → SIGINT and SIGWINCH on resize then just work.
@@ -124,6 +126,7 @@ impl Process {
         }
         // Bigger pipes mean fewer wakeups per megabyte under emulation.
         for f in [&stdout, &stderr].into_iter().flatten() {
+            // SAFETY: F_SETPIPE_SZ on a pipe we own; no memory is involved.
             unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
         }
         // `child` is dropped without waiting: init reaps every pid itself.
@@ -150,6 +153,7 @@ impl Process {
         if let Some(m) = &self.pty_master {
             let ws = libc::winsize { ws_row: size.rows.get(), ws_col: size.cols.get(), ws_xpixel: 0, ws_ypixel: 0 };
             // The kernel sends SIGWINCH to the terminal's foreground process group.
+            // SAFETY: TIOCSWINSZ reads one winsize from `ws`; `m` is our pty master.
             unsafe { libc::ioctl(m.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
         }
     }
@@ -199,6 +203,8 @@ impl Process {
 }
 
 fn open_pty(size: Resize) -> io::Result<(File, File)> {
+    // SAFETY: each call gets descriptors we then own (wrapped in File at once),
+    // `name` is a buffer of the length ptsname_r is told, and TIOCSWINSZ reads one winsize.
     unsafe {
         let master = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
         if master < 0 {

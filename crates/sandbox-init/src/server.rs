@@ -76,6 +76,7 @@ impl Server {
                 }
             }
             let timeout = self.next_timeout_ms();
+            // SAFETY: `fds` is a live, exclusively borrowed array of exactly `fds.len()` pollfds.
             let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
             if rc < 0 {
                 let e = io::Error::last_os_error();
@@ -293,6 +294,7 @@ impl Server {
     fn drain_sigchld(&mut self) {
         let mut info = [0u8; 128];
         loop {
+            // SAFETY: reads at most `info.len()` bytes into `info`, from the signalfd we own.
             let n = unsafe { libc::read(self.sigchld.as_raw_fd(), info.as_mut_ptr().cast(), info.len()) };
             if n <= 0 {
                 break;
@@ -304,6 +306,7 @@ impl Server {
     fn reap(&mut self, buf: &mut [u8]) -> io::Result<()> {
         loop {
             let mut status = 0;
+            // SAFETY: waitpid writes one int into `status`.
             let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
             if pid <= 0 {
                 return Ok(());
@@ -374,6 +377,8 @@ fn pollfd(fd: i32, events: i16) -> libc::pollfd {
 
 /// Blocks SIGCHLD and returns a signalfd for it, so reaping happens in the loop.
 fn sigchld_fd() -> io::Result<OwnedFd> {
+    // SAFETY: an all-zero sigset_t is valid before sigemptyset; every call gets a
+    // pointer to that local set; the new descriptor is owned by the OwnedFd.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);

@@ -637,6 +637,7 @@ fn validate_net_fd(fd: RawFd) -> Result<(), KrunError> {
     // writes at most `alen` bytes into it.
     let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut alen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: getsockname writes at most `alen` bytes into `addr`, both ours.
     let rc = unsafe {
         libc::getsockname(
             fd,

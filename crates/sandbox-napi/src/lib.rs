@@ -31,14 +31,18 @@ pub fn spawn_helper(helper: String, args: Vec<String>, stderr_fd: i32) -> Result
     let mut cmd = Command::new(&helper);
     cmd.args(&args).stdin(Stdio::null()).stdout(Stdio::null());
     if stderr_fd >= 0 {
+        // SAFETY: F_DUPFD_CLOEXEC makes a new descriptor; no memory is involved.
         let dup = unsafe { libc::fcntl(stderr_fd, libc::F_DUPFD_CLOEXEC, 3) };
         if dup < 0 {
             return Err(Error::from_reason(format!("stderr fd {stderr_fd} is not open")));
         }
+        // SAFETY: `dup` was just created above and nothing else owns it.
         cmd.stderr(unsafe { <Stdio as std::os::fd::FromRawFd>::from_raw_fd(dup) });
     } else {
         cmd.stderr(Stdio::null());
     }
+    // SAFETY: the hook runs in the forked child before exec and calls only
+    // async-signal-safe functions (setpgid, prctl, dup2) on plain integers.
     unsafe {
         cmd.pre_exec(move || {
             // Own process group: a terminal's ^C goes to Node, which decides.

@@ -123,6 +123,7 @@ macro_rules! kinds {
 
         /// The JSON schema of every message type, by type name.
         #[cfg(feature = "schema")]
+        #[allow(clippy::vec_init_then_push)] // one push per kind, generated
         pub fn message_schemas(gen: &mut schemars::SchemaGenerator) -> Vec<(&'static str, schemars::Schema)> {
             let mut out = Vec::new();
             $( kinds!(@schema out gen $($ty)?); )*

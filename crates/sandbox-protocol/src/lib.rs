@@ -12,6 +12,9 @@
 //! The TypeScript side (`src/protocol/generated/`) is generated from these
 //! types by `crates/sandbox-contract`; a test fails when it is stale.
 
+// Wire code: a number that does not fit is an error, never silently cut.
+#![warn(clippy::cast_possible_truncation)]
+
 pub mod addr;
 pub mod bounded;
 pub mod codec;

@@ -24,7 +24,8 @@ pub const GUEST_MAC_BYTES: [u8; 6] = [0x02, 0x53, 0x42, 0x00, 0x00, 0x0f];
 
 /// The network socket follows the NBD sockets.
 fn net_fd(l: &Launch) -> i32 {
-    FIRST_NBD_FD + l.disks.iter().filter(|d| d.cow.is_some()).count() as i32
+    // At most MAX_COW_DISKS: no truncation.
+    FIRST_NBD_FD + i32::try_from(l.disks.iter().filter(|d| d.cow.is_some()).count()).unwrap_or(i32::MAX)
 }
 
 /// virtio-fs devices per VM.
@@ -161,6 +162,8 @@ pub fn spawn(l: &Launch, services: &Services, rt: &tokio::runtime::Handle) -> Re
     }
     let mut cmd = Command::new(&qemu);
     cmd.args(&argv).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    // SAFETY: the hook runs in the forked child before exec and does only
+    // async-signal-safe work on plain integers (prctl, fcntl, dup2), no allocation.
     unsafe {
         cmd.pre_exec(move || {
             lifeline::vmm_pre_exec()?;
@@ -180,8 +183,8 @@ pub fn spawn(l: &Launch, services: &Services, rt: &tokio::runtime::Handle) -> Re
                 }
                 *s = moved;
             }
-            for (k, s) in sources.iter().enumerate() {
-                if libc::dup2(*s, QEMU_CONTROL_FD + k as i32) < 0 {
+            for (target, s) in (QEMU_CONTROL_FD..).zip(sources.iter()) {
+                if libc::dup2(*s, target) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
             }

@@ -8,64 +8,64 @@ fn json<M: proto::Message>(m: &M) -> Vec<u8> {
 
 fn running() -> Session {
     let mut s = Session::new();
-    s.from_guest(Kind::Hello as u8, 0, br#"{"protocol":2,"uptimeMs":1,"initStartedMs":1,"modulesLoadedMs":1}"#).unwrap();
+    s.check_guest(Kind::Hello as u8, 0, br#"{"protocol":2,"uptimeMs":1,"initStartedMs":1,"modulesLoadedMs":1}"#).unwrap();
     let cfg = br#"{"hostname":"h","root":{"device":"/dev/vda","fstype":"ext4","readOnly":true},"cwd":"/","env":{},"mounts":[]}"#;
-    s.from_node(Kind::Configure, 0, cfg).unwrap();
-    s.from_guest(Kind::Ready as u8, 0, br#"{"uptimeMs":2,"kernel":"6.1"}"#).unwrap();
+    s.check_node(Kind::Configure, 0, cfg).unwrap();
+    s.check_guest(Kind::Ready as u8, 0, br#"{"uptimeMs":2,"kernel":"6.1"}"#).unwrap();
     s
 }
 
 fn start(s: &mut Session, ch: u32, window: u32, pty: bool) {
     let pty = if pty { r#","pty":{"rows":24,"cols":80}"# } else { "" };
     let body = format!(r#"{{"argv":["sh"],"env":{{}},"stdin":true,"window":{window}{pty}}}"#);
-    s.from_node(Kind::Start, ch, body.as_bytes()).unwrap();
-    s.from_guest(Kind::Started as u8, ch, br#"{"pid":42}"#).unwrap();
+    s.check_node(Kind::Start, ch, body.as_bytes()).unwrap();
+    s.check_guest(Kind::Started as u8, ch, br#"{"pid":42}"#).unwrap();
 }
 
 #[test]
 fn handshake_order_is_enforced() {
     let mut s = Session::new();
-    let err = s.from_guest(Kind::Ready as u8, 0, br#"{"uptimeMs":2,"kernel":"6.1"}"#).unwrap_err();
+    let err = s.check_guest(Kind::Ready as u8, 0, br#"{"uptimeMs":2,"kernel":"6.1"}"#).unwrap_err();
     assert!(err.reason.contains("not expected now"), "{err}");
     let mut s = Session::new();
-    let old = s.from_guest(Kind::Hello as u8, 0, br#"{"protocol":1,"uptimeMs":1,"initStartedMs":1,"modulesLoadedMs":1}"#).unwrap_err();
+    let old = s.check_guest(Kind::Hello as u8, 0, br#"{"protocol":1,"uptimeMs":1,"initStartedMs":1,"modulesLoadedMs":1}"#).unwrap_err();
     assert!(old.reason.contains("protocol 1"), "{old}");
     let mut s = running();
-    assert!(s.from_guest(Kind::Hello as u8, 0, br#"{"protocol":2,"uptimeMs":1,"initStartedMs":1,"modulesLoadedMs":1}"#).is_err());
+    assert!(s.check_guest(Kind::Hello as u8, 0, br#"{"protocol":2,"uptimeMs":1,"initStartedMs":1,"modulesLoadedMs":1}"#).is_err());
 }
 
 #[test]
 fn output_beyond_the_granted_credit_is_a_violation() {
     let mut s = running();
     start(&mut s, 3, 10, false);
-    s.from_guest(Kind::Stdout as u8, 3, &[0; 6]).unwrap();
-    s.from_guest(Kind::Stderr as u8, 3, &[0; 10]).unwrap();
-    let err = s.from_guest(Kind::Stdout as u8, 3, &[0; 5]).unwrap_err();
+    s.check_guest(Kind::Stdout as u8, 3, &[0; 6]).unwrap();
+    s.check_guest(Kind::Stderr as u8, 3, &[0; 10]).unwrap();
+    let err = s.check_guest(Kind::Stdout as u8, 3, &[0; 5]).unwrap_err();
     assert!(err.reason.contains("granted only 4"), "{err}");
-    s.from_node(Kind::Credit, 3, &json(&proto::Credit { stdout: 100, stderr: 0 })).unwrap();
-    s.from_guest(Kind::Stdout as u8, 3, &[0; 104]).unwrap();
-    assert!(s.from_guest(Kind::Stdout as u8, 3, &[0; 1]).is_err());
+    s.check_node(Kind::Credit, 3, &json(&proto::Credit { stdout: 100, stderr: 0 })).unwrap();
+    s.check_guest(Kind::Stdout as u8, 3, &[0; 104]).unwrap();
+    assert!(s.check_guest(Kind::Stdout as u8, 3, &[0; 1]).is_err());
 }
 
 #[test]
 fn stdin_acks_are_bounded_by_what_was_sent() {
     let mut s = running();
     start(&mut s, 1, 1024, false);
-    s.from_node(Kind::Stdin, 1, &[7; 100]).unwrap();
-    s.from_guest(Kind::StdinAck as u8, 1, br#"{"bytes":60}"#).unwrap();
-    let err = s.from_guest(Kind::StdinAck as u8, 1, br#"{"bytes":41}"#).unwrap_err();
+    s.check_node(Kind::Stdin, 1, &[7; 100]).unwrap();
+    s.check_guest(Kind::StdinAck as u8, 1, br#"{"bytes":60}"#).unwrap();
+    let err = s.check_guest(Kind::StdinAck as u8, 1, br#"{"bytes":41}"#).unwrap_err();
     assert!(err.reason.contains("only 40"), "{err}");
 }
 
 #[test]
 fn channels_must_exist_and_end_once() {
     let mut s = running();
-    assert!(s.from_guest(Kind::Exit as u8, 9, br#"{"exitCode":0,"signal":null,"timedOut":false}"#).is_err());
+    assert!(s.check_guest(Kind::Exit as u8, 9, br#"{"exitCode":0,"signal":null,"timedOut":false}"#).is_err());
     start(&mut s, 2, 1024, true);
-    assert!(s.from_guest(Kind::Stderr as u8, 2, b"x").unwrap_err().reason.contains("pty"));
-    s.from_guest(Kind::Exit as u8, 2, br#"{"exitCode":0,"signal":null,"timedOut":false}"#).unwrap();
-    assert!(s.from_guest(Kind::Exit as u8, 2, br#"{"exitCode":0,"signal":null,"timedOut":false}"#).is_err());
-    assert!(s.from_guest(Kind::Stdout as u8, 2, b"late").is_err());
+    assert!(s.check_guest(Kind::Stderr as u8, 2, b"x").unwrap_err().reason.contains("pty"));
+    s.check_guest(Kind::Exit as u8, 2, br#"{"exitCode":0,"signal":null,"timedOut":false}"#).unwrap();
+    assert!(s.check_guest(Kind::Exit as u8, 2, br#"{"exitCode":0,"signal":null,"timedOut":false}"#).is_err());
+    assert!(s.check_guest(Kind::Stdout as u8, 2, b"late").is_err());
 }
 
 #[test]
@@ -86,18 +86,18 @@ fn hostile_payloads_and_kinds_are_refused() {
     ] {
         let mut t = running();
         start(&mut t, 4, 1024, false);
-        assert!(t.from_guest(kind, 4, payload).is_err(), "kind {kind:#x} {:?}", String::from_utf8_lossy(payload));
+        assert!(t.check_guest(kind, 4, payload).is_err(), "kind {kind:#x} {:?}", String::from_utf8_lossy(payload));
     }
     // Channel rules for channel-0 kinds.
-    assert!(s.from_guest(Kind::InitError as u8, 5, br#"{"stage":"root","message":"x"}"#).is_err());
+    assert!(s.check_guest(Kind::InitError as u8, 5, br#"{"stage":"root","message":"x"}"#).is_err());
 }
 
 #[test]
 fn node_frames_are_decoded_too() {
     let mut s = running();
-    assert!(s.from_node(Kind::Start, 0, br#"{"argv":["sh"],"env":{},"stdin":false}"#).is_err(), "channel 0");
-    assert!(s.from_node(Kind::Signal, 1, br#"{"signal":99}"#).is_err());
-    assert!(s.from_node(Kind::Shutdown, 0, b"x").is_err());
-    assert!(s.from_node(Kind::Exit, 1, b"{}").is_err(), "a guest kind from Node");
-    s.from_node(Kind::Shutdown, 0, b"").unwrap();
+    assert!(s.check_node(Kind::Start, 0, br#"{"argv":["sh"],"env":{},"stdin":false}"#).is_err(), "channel 0");
+    assert!(s.check_node(Kind::Signal, 1, br#"{"signal":99}"#).is_err());
+    assert!(s.check_node(Kind::Shutdown, 0, b"x").is_err());
+    assert!(s.check_node(Kind::Exit, 1, b"{}").is_err(), "a guest kind from Node");
+    s.check_node(Kind::Shutdown, 0, b"").unwrap();
 }
