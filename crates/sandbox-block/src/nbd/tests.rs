@@ -27,6 +27,7 @@ async fn cow(budget: u64) -> Arc<dyn Disk> {
     let cfg = CowConfig {
         block_size: 4096,
         max_dirty_bytes: budget,
+        ..CowConfig::default()
     };
     Arc::new(
         CowDisk::new(mem_base(SIZE), cfg, CowMode::Ephemeral)

@@ -25,7 +25,7 @@ pub fn serve_cow(disk: &Disk, bridge: &Arc<Bridge>) -> Result<UnixStream, HostEr
     };
     let (ours, vmm_end) = UnixStream::pair().map_err(|e| HostError::Setup(format!("socketpair for NBD: {e}")))?;
     ours.set_nonblocking(true).map_err(|e| HostError::Setup(format!("nonblocking NBD socket: {e}")))?;
-    let config = CowConfig { block_size: cow.block_size, max_dirty_bytes: cow.max_dirty_bytes };
+    let config = CowConfig { block_size: cow.block_size, max_dirty_bytes: cow.max_dirty_bytes, ..CowConfig::default() };
     let mode = match cow.mode.as_str() {
         "persistent" => CowMode::Persistent(Arc::new(NodeStore::new(bridge.clone(), cow.block_size))),
         _ => CowMode::Ephemeral,
