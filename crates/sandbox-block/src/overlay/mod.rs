@@ -32,6 +32,7 @@ pub use store::{BlockStore, StoreError, StoreFailure};
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::future::join_all;
@@ -48,6 +49,7 @@ pub const DEFAULT_BLOCK_SIZE: u32 = 64 * 1024;
 pub const DEFAULT_MAX_DIRTY_BYTES: u64 = 64 * 1024 * 1024;
 pub const DEFAULT_WRITE_BACK_BATCH_BYTES: u64 = 1024 * 1024;
 pub const DEFAULT_WRITE_BACK_BATCHES: usize = 8;
+pub const DEFAULT_WRITE_BACK_AGE: Duration = Duration::from_secs(1);
 /// Zero-write chunk: bounds the buffer WRITE_ZEROES allocates.
 const ZERO_CHUNK: u64 = 1 << 20;
 
@@ -63,6 +65,10 @@ pub struct CowConfig {
     pub write_back_batch_bytes: u64,
     /// Write-back batches in flight at once; at least one.
     pub write_back_batches: usize,
+    /// Background write-back takes blocks unchanged for this long, so the
+    /// blocks a guest keeps rewriting (journal, bitmaps) stay in memory until
+    /// a flush or the budget needs them.
+    pub write_back_age: Duration,
 }
 
 impl Default for CowConfig {
@@ -72,6 +78,7 @@ impl Default for CowConfig {
             max_dirty_bytes: DEFAULT_MAX_DIRTY_BYTES,
             write_back_batch_bytes: DEFAULT_WRITE_BACK_BATCH_BYTES,
             write_back_batches: DEFAULT_WRITE_BACK_BATCHES,
+            write_back_age: DEFAULT_WRITE_BACK_AGE,
         }
     }
 }
@@ -194,6 +201,7 @@ impl CowDisk {
         let limits = Limits {
             batch_blocks: batch.min((budget / (2 * config.write_back_batches)).max(1)),
             max_batches: config.write_back_batches,
+            background_age: config.write_back_age,
         };
         let size = base.size();
         let nblocks = size.div_ceil(bs);

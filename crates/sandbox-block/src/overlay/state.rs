@@ -9,8 +9,9 @@
 //! write-back) remembers the version it started from and is discarded on
 //! return if the version moved.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::fetch::Fetch;
 use super::store::StoreFailure;
@@ -23,6 +24,9 @@ pub(super) struct Dirty {
     /// write of a block is in flight, so an older copy can never land after
     /// a newer one.
     pub writing: Option<u64>,
+    /// Position in [`State::order`], renewed by every change.
+    pub seq: u64,
+    pub touched: Instant,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -58,9 +62,10 @@ pub(super) struct WriteBack {
 
 pub(super) struct State {
     pub dirty: HashMap<u64, Dirty>,
-    /// Dirty blocks, oldest first, for write-back. Entries of blocks since
-    /// cleaned or already in flight are stale and skipped when popped.
-    pub queue: VecDeque<u64>,
+    /// Dirty blocks not in flight, least recently changed first: the order
+    /// of write-back. Blocks the guest keeps rewriting stay at the back.
+    pub order: BTreeMap<u64, u64>,
+    next_seq: u64,
     pub clean: Fifo<Box<[u8]>>,
     /// Blocks the store holds (listed at open or written since).
     pub stored: HashSet<u64>,
@@ -72,7 +77,7 @@ pub(super) struct State {
     pub stats: CowStats,
     /// Dirty plus clean-cached blocks never exceed this.
     budget: usize,
-    /// Whether dirty blocks are queued for write-back at all.
+    /// Whether dirty blocks are ordered for write-back at all.
     persistent: bool,
 }
 
@@ -80,7 +85,8 @@ impl State {
     pub fn new(budget: usize, stored: HashSet<u64>, persistent: bool) -> Self {
         Self {
             dirty: HashMap::new(),
-            queue: VecDeque::new(),
+            order: BTreeMap::new(),
+            next_seq: 0,
             clean: Fifo::new(budget),
             stored,
             versions: HashMap::new(),
@@ -109,11 +115,6 @@ impl State {
         self.dirty.len() < self.budget
     }
 
-    /// Dirty blocks not in flight.
-    pub fn idle_dirty(&self) -> usize {
-        self.dirty.len() - self.wb.blocks
-    }
-
     fn bump(&mut self, idx: u64) {
         let v = self.versions.entry(idx).or_default();
         v.current += 1;
@@ -130,6 +131,16 @@ impl State {
             return false;
         };
         dst.copy_from_slice(bytes);
+        if self.persistent {
+            self.next_seq += 1;
+            d.touched = Instant::now();
+            // In flight, it is ordered again when its write-back ends.
+            if d.writing.is_none() {
+                self.order.remove(&d.seq);
+                self.order.insert(self.next_seq, idx);
+            }
+            d.seq = self.next_seq;
+        }
         self.bump(idx);
         true
     }
@@ -138,11 +149,12 @@ impl State {
     /// The caller checked [`State::has_room`].
     pub fn install(&mut self, idx: u64, data: Box<[u8]>) {
         self.clean.remove(idx);
-        self.dirty.insert(idx, Dirty { data, writing: None });
+        self.next_seq += 1;
+        let seq = self.next_seq;
+        self.dirty.insert(idx, Dirty { data, writing: None, seq, touched: Instant::now() });
         self.bump(idx);
         if self.persistent {
-            self.queue.push_back(idx);
-            self.compact_queue();
+            self.order.insert(seq, idx);
         }
         self.rebalance();
     }
@@ -159,18 +171,6 @@ impl State {
     pub fn rebalance(&mut self) {
         self.clean
             .set_cap(self.budget.saturating_sub(self.dirty.len()));
-    }
-
-    /// Stale entries (blocks written back, or re-queued at the front) could
-    /// otherwise pile up behind a guest that keeps rewriting a few blocks.
-    fn compact_queue(&mut self) {
-        if self.queue.len() <= 2 * self.budget + 64 {
-            return;
-        }
-        let mut seen = HashSet::new();
-        let dirty = &self.dirty;
-        self.queue
-            .retain(|i| dirty.get(i).is_some_and(|d| d.writing.is_none()) && seen.insert(*i));
     }
 
     /// Dirty blocks and their versions: what a flush must see written.

@@ -4,11 +4,12 @@
 //! A batch copies its blocks and records their versions under the mutex, then
 //! calls the store without it. When the write resolves, each block whose
 //! version is unchanged becomes clean; a block the guest rewrote meanwhile
-//! stays dirty and is queued again. A failed batch leaves its blocks dirty,
+//! stays dirty and is ordered again. A failed batch leaves its blocks dirty,
 //! fails the writers waiting for room and is reported by the next flush.
 
 use std::pin::pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::state::State;
 use super::store::StoreFailure;
@@ -20,6 +21,8 @@ use crate::disk::DiskError;
 pub(super) struct Limits {
     pub batch_blocks: usize,
     pub max_batches: usize,
+    /// Background write-back takes blocks unchanged for this long.
+    pub background_age: Duration,
 }
 
 pub(super) struct Batch {
@@ -29,29 +32,26 @@ pub(super) struct Batch {
 }
 
 impl State {
-    /// The batches to start now. Full batches whenever enough dirty blocks
-    /// wait; any remainder too while a flush or a writer needs it. After a
-    /// failure only urgent write-back runs, so a failing store is retried
-    /// when someone needs it rather than in a loop.
+    /// The batches to start now: full batches of blocks unchanged for
+    /// `background_age`, least recently changed first; anything dirty while
+    /// a flush or a writer needs it. After a failure only urgent write-back
+    /// runs, so a failing store is retried when someone needs it rather
+    /// than in a loop.
     pub fn take_batches(&mut self, limits: Limits) -> Vec<Batch> {
         let mut out = Vec::new();
-        while self.wb.batches < limits.max_batches {
-            let idle = self.idle_dirty();
-            let urgent = self.wb.urgent > 0;
-            if idle == 0 || (!urgent && (idle < limits.batch_blocks || self.wb.failures > self.wb.recovered)) {
+        while self.wb.batches < limits.max_batches && !self.order.is_empty() {
+            if self.wb.urgent == 0 && !self.background_batch_due(limits) {
                 break;
             }
-            let mut blocks = Vec::with_capacity(limits.batch_blocks.min(idle));
+            let mut blocks = Vec::with_capacity(limits.batch_blocks.min(self.order.len()));
             while blocks.len() < limits.batch_blocks {
-                let Some(idx) = self.queue.pop_front() else {
+                let Some((_, idx)) = self.order.pop_first() else {
                     break;
                 };
                 let version = self.version(idx);
                 if let Some(d) = self.dirty.get_mut(&idx) {
-                    if d.writing.is_none() {
-                        d.writing = Some(version);
-                        blocks.push((idx, version));
-                    }
+                    d.writing = Some(version);
+                    blocks.push((idx, version));
                 }
             }
             if blocks.is_empty() {
@@ -72,6 +72,19 @@ impl State {
         out
     }
 
+    /// A full batch of blocks old enough, and the store not failing.
+    fn background_batch_due(&self, limits: Limits) -> bool {
+        if self.wb.failures != self.wb.recovered || self.order.len() < limits.batch_blocks {
+            return false;
+        }
+        // Ordered by last change: the batch's youngest block decides.
+        self.order
+            .values()
+            .nth(limits.batch_blocks - 1)
+            .and_then(|idx| self.dirty.get(idx))
+            .is_some_and(|d| d.touched.elapsed() >= limits.background_age)
+    }
+
     /// Account for a batch that ended.
     fn finish_batch(&mut self, blocks: &[(u64, u64)], result: Result<(), StoreFailure>) {
         self.wb.batches -= 1;
@@ -81,8 +94,7 @@ impl State {
                 self.wb.written_gen += 1;
                 self.wb.recovered = self.wb.failures;
                 self.stats.store_blocks_written += blocks.len() as u64;
-                // Reversed so re-queued blocks keep their order at the front.
-                for &(idx, version) in blocks.iter().rev() {
+                for &(idx, version) in blocks {
                     self.stored.insert(idx);
                     let v = self.versions.entry(idx).or_default();
                     v.written = v.written.max(version);
@@ -94,15 +106,15 @@ impl State {
                         }
                     } else if let Some(d) = self.dirty.get_mut(&idx) {
                         d.writing = None;
-                        self.queue.push_front(idx);
+                        self.order.insert(d.seq, idx);
                     }
                 }
             }
             Err(e) => {
-                for &(idx, _) in blocks.iter().rev() {
+                for &(idx, _) in blocks {
                     if let Some(d) = self.dirty.get_mut(&idx) {
                         d.writing = None;
-                        self.queue.push_front(idx);
+                        self.order.insert(d.seq, idx);
                     }
                 }
                 self.wb.failures += 1;

@@ -21,6 +21,8 @@ fn config(budget_blocks: u64, batch_blocks: u64, batches: usize) -> CowConfig {
         max_dirty_bytes: budget_blocks * u64::from(BS),
         write_back_batch_bytes: batch_blocks * u64::from(BS),
         write_back_batches: batches,
+        // Eager, so tests see write-back as soon as a batch is dirty.
+        write_back_age: Duration::ZERO,
     }
 }
 
@@ -301,6 +303,31 @@ async fn write_back_runs_in_batches_while_the_guest_keeps_writing() {
     let durable = after_crash(&store).await;
     assert_eq!(durable[..8 * B], [1; 8 * B]);
     assert_eq!(durable[8 * B..24 * B], [2; 16 * B]);
+}
+
+#[tokio::test]
+async fn background_write_back_leaves_recently_changed_blocks_in_memory() {
+    let store = TestStore::new(BS);
+    let cfg = CowConfig {
+        write_back_age: Duration::from_millis(100),
+        ..config(16, 2, 4)
+    };
+    let d = disk(&store, cfg).await;
+    for i in 0..4u64 {
+        d.write(i * u64::from(BS), &[1; B]).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Blocks 0 and 1 are rewritten: 2 and 3 are now the oldest.
+    d.write(0, &[2; 2 * B]).await.unwrap();
+    eventually("the batch of blocks 2 and 3", || d.stats().store_blocks_written == 2).await;
+    assert_eq!(store.events()[0], Event::WriteStart(vec![2, 3]));
+    assert_eq!(d.stats().dirty_bytes, 2 * u64::from(BS), "the hot blocks stay dirty");
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    d.write(8 * u64::from(BS), &[3; B]).await.unwrap();
+    eventually("the next batch", || d.stats().store_blocks_written == 4).await;
+    assert_eq!(store.events()[2], Event::WriteStart(vec![0, 1]));
+    d.flush().await.unwrap();
+    assert_eq!(d.stats().dirty_bytes, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
