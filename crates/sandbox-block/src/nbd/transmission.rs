@@ -2,7 +2,10 @@
 
 use std::io;
 use std::pin::pin;
+use std::sync::Mutex;
+use std::task::Poll;
 
+use futures_util::poll;
 use futures_util::stream::{self, FuturesUnordered, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -109,10 +112,44 @@ struct Reply {
     cookie: u64,
     error: u32,
     data: Vec<u8>,
+    /// A buffer the request no longer needs (its write payload), for reuse.
+    spare: Vec<u8>,
     cost: u64,
 }
 
-async fn read_incoming<S: AsyncRead + Unpin>(s: &mut S, max_request: u32) -> Result<Option<Incoming>, NbdError> {
+/// Buffers of answered requests, reused for READs (a fresh zeroed buffer per
+/// READ costs a pass over every byte). Bounded like the requests in flight.
+#[derive(Default)]
+struct Spares {
+    bufs: Vec<Vec<u8>>,
+    bytes: usize,
+}
+
+fn lock(spares: &Mutex<Spares>) -> std::sync::MutexGuard<'_, Spares> {
+    spares.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Spares {
+    fn take(&mut self) -> Vec<u8> {
+        let buf = self.bufs.pop().unwrap_or_default();
+        self.bytes -= buf.capacity();
+        buf
+    }
+
+    fn give(&mut self, buf: Vec<u8>) {
+        let cap = buf.capacity();
+        if cap > 0 && self.bufs.len() < MAX_IN_FLIGHT && self.bytes + cap <= MAX_IN_FLIGHT_BYTES as usize {
+            self.bytes += cap;
+            self.bufs.push(buf);
+        }
+    }
+}
+
+async fn read_incoming<S: AsyncRead + Unpin>(
+    s: &mut S,
+    max_request: u32,
+    spares: &Mutex<Spares>,
+) -> Result<Option<Incoming>, NbdError> {
     let Some(req) = read_request(s).await? else {
         return Ok(None);
     };
@@ -123,14 +160,26 @@ async fn read_incoming<S: AsyncRead + Unpin>(s: &mut S, max_request: u32) -> Res
         if req.len > max_request {
             return Err(NbdError::Protocol(format!("write payload of {} bytes", req.len)));
         }
-        payload.resize(req.len as usize, 0);
-        s.read_exact(&mut payload).await?;
+        // Into a reused buffer's capacity: zeroing first would touch every
+        // byte twice, a fresh buffer every page once more.
+        let n = req.len as usize;
+        payload = lock(spares).take();
+        payload.clear();
+        payload.reserve_exact(n);
+        while payload.len() < n {
+            let want = (n - payload.len()) as u64;
+            if (&mut *s).take(want).read_buf(&mut payload).await? == 0 {
+                return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+            }
+        }
     }
     Ok(Some(Incoming { req, payload }))
 }
 
 /// Serve one request; never fails, errors become the reply's errno.
-async fn handle<D: Disk + ?Sized>(disk: &D, inc: Incoming, max_request: u32) -> Reply {
+/// `buf`: a reused buffer for a READ (contents irrelevant: a successful read
+/// fills all of it).
+async fn handle<D: Disk + ?Sized>(disk: &D, inc: Incoming, mut buf: Vec<u8>, max_request: u32) -> Reply {
     let cost = inc.cost(max_request);
     let Incoming { req, payload } = inc;
     let len = u64::from(req.len);
@@ -140,9 +189,14 @@ async fn handle<D: Disk + ?Sized>(disk: &D, inc: Incoming, max_request: u32) -> 
     let error = match req.kind {
         CMD_READ if !valid || req.len > max_request => EINVAL,
         CMD_READ => {
-            let mut buf = vec![0u8; req.len as usize];
+            let n = req.len as usize;
+            if buf.len() >= n {
+                buf.truncate(n);
+            } else {
+                buf.resize(n, 0);
+            }
             match disk.read(req.offset, &mut buf).await {
-                Ok(()) => return Reply { cookie: req.cookie, error: 0, data: buf, cost },
+                Ok(()) => return Reply { cookie: req.cookie, error: 0, data: buf, spare: payload, cost },
                 Err(e) => e.nbd_errno(),
             }
         }
@@ -171,14 +225,16 @@ async fn handle<D: Disk + ?Sized>(disk: &D, inc: Incoming, max_request: u32) -> 
         // CACHE, BLOCK_STATUS, RESIZE...: not negotiated.
         _ => EINVAL,
     };
-    Reply { cookie: req.cookie, error, data: Vec::new(), cost }
+    Reply { cookie: req.cookie, error, data: Vec::new(), spare: if payload.is_empty() { buf } else { payload }, cost }
 }
 
 /// Requests are served concurrently and answered as they complete (NBD
 /// replies carry the request's cookie; clients must not depend on order), so
 /// a FLUSH waiting on the store never holds up a READ. A FLUSH covers every
 /// write answered before it arrived: those writes completed before their
-/// reply was sent.
+/// reply was sent. A request that completes at its first poll (most do: the
+/// data is cached, dirty or in the base) is answered right away, so reads
+/// reuse one warm buffer as a sequential server would.
 pub(super) async fn run<S, D>(s: &mut S, disk: &D, config: &ServeConfig) -> Result<(), NbdError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -187,10 +243,12 @@ where
     let max_request = config.max_request;
     let byte_cap = MAX_IN_FLIGHT_BYTES.max(u64::from(max_request));
     let (rd, mut wr) = tokio::io::split(s);
+    // Shared with the request reader (same task; each use is momentary).
+    let spares = Mutex::new(Spares::default());
     // The stream keeps a half-read request across select! iterations.
-    let requests = stream::unfold(Some(rd), move |rd| async move {
+    let requests = stream::unfold(Some(rd), |rd| async {
         let mut rd = rd?;
-        match read_incoming(&mut rd, max_request).await {
+        match read_incoming(&mut rd, max_request, &spares).await {
             Ok(Some(inc)) => Some((Ok(inc), Some(rd))),
             Ok(None) => None,
             Err(e) => Some((Err(e), None)),
@@ -205,10 +263,14 @@ where
         let can_read =
             reading && in_flight.len() < MAX_IN_FLIGHT && held + u64::from(max_request) <= byte_cap;
         tokio::select! {
+            // Answers first: a finished request never waits behind reading the next.
+            biased;
             Some(reply) = in_flight.next(), if !in_flight.is_empty() => {
                 let reply: Reply = reply;
                 held -= reply.cost;
                 send_reply(&mut wr, reply.cookie, reply.error, &reply.data).await?;
+                lock(&spares).give(reply.data);
+                lock(&spares).give(reply.spare);
             }
             item = requests.next(), if can_read => match item {
                 // EOF between requests is how many clients say goodbye.
@@ -220,7 +282,19 @@ where
                 }
                 Some(Ok(inc)) => {
                     held += inc.cost(max_request);
-                    in_flight.push(handle(disk, inc, max_request));
+                    let buf = if inc.req.kind == CMD_READ { lock(&spares).take() } else { Vec::new() };
+                    let mut request = Box::pin(handle(disk, inc, buf, max_request));
+                    // Most requests (cached, dirty or base data) finish at the first
+                    // poll: answer those at once, reusing one warm buffer.
+                    match poll!(request.as_mut()) {
+                        Poll::Ready(reply) => {
+                            held -= reply.cost;
+                            send_reply(&mut wr, reply.cookie, reply.error, &reply.data).await?;
+                            lock(&spares).give(reply.data);
+                            lock(&spares).give(reply.spare);
+                        }
+                        Poll::Pending => in_flight.push(request),
+                    }
                 }
             },
             else => break,
