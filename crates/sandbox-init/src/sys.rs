@@ -29,6 +29,8 @@ pub fn mount(
     let tgt = cstr(target.as_os_str())?;
     let fst = cstr(fstype)?;
     let dat = data.map(cstr).transpose()?;
+    // SAFETY: every pointer is a NUL-terminated string (or null for no data)
+    // owned by this frame and alive for the call.
     let rc = unsafe {
         libc::mount(
             src.as_ptr(),
@@ -44,6 +46,7 @@ pub fn mount(
 pub fn move_mount(from: &Path, to: &Path) -> io::Result<()> {
     let f = cstr(from.as_os_str())?;
     let t = cstr(to.as_os_str())?;
+    // SAFETY: both strings outlive the call; MS_MOVE reads no type or data.
     check(unsafe {
         libc::mount(f.as_ptr(), t.as_ptr(), std::ptr::null(), libc::MS_MOVE, std::ptr::null())
     })
@@ -51,14 +54,17 @@ pub fn move_mount(from: &Path, to: &Path) -> io::Result<()> {
 
 pub fn chroot(path: &Path) -> io::Result<()> {
     let p = cstr(path.as_os_str())?;
+    // SAFETY: `p` is a NUL-terminated string alive for the call.
     check(unsafe { libc::chroot(p.as_ptr()) })
 }
 
 pub fn sethostname(name: &str) -> io::Result<()> {
+    // SAFETY: the pointer and length describe `name`'s bytes, read-only.
     check(unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) })
 }
 
 pub fn kill(pid: i32, sig: i32) -> io::Result<()> {
+    // SAFETY: kill takes no pointers.
     check(unsafe { libc::kill(pid, sig) })
 }
 
@@ -67,6 +73,7 @@ pub fn finit_module(path: &Path) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     let file = std::fs::File::open(path)?;
     let empty = c"";
+    // SAFETY: `file` keeps the descriptor open and `empty` is a static C string.
     let rc = unsafe {
         libc::syscall(libc::SYS_finit_module, file.as_raw_fd(), empty.as_ptr(), 0) as libc::c_int
     };
@@ -78,6 +85,7 @@ pub fn finit_module(path: &Path) -> io::Result<()> {
 
 pub fn uptime_ms() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid out-pointer for the call.
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
     ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
 }
@@ -104,15 +112,19 @@ pub fn errno_name(errno: i32) -> &'static str {
 
 /// Marks a descriptor non-blocking.
 pub fn set_nonblocking(fd: i32) -> io::Result<()> {
+    // SAFETY: F_GETFL/F_SETFL take no pointers; a bad fd is an error, not UB.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
     check(flags)?;
+    // SAFETY: as above.
     check(unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) })
 }
 
 /// `f_type` of the filesystem holding `path` (statfs(2)).
 pub fn statfs_type(path: &Path) -> io::Result<i64> {
     let c = cstr(path.as_os_str())?;
+    // SAFETY: statfs is plain old data; all zeroes is a valid value.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is NUL-terminated and `st` a valid out-pointer for the call.
     if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
         return Err(io::Error::last_os_error());
     }
