@@ -61,7 +61,7 @@ pub struct CowConfig {
     pub max_dirty_bytes: u64,
     /// Largest write-back batch (one store `write`), in whole blocks (at
     /// least one). Also capped so that the batches in flight hold at most
-    /// half the budget.
+    /// half the budget (but never less than one block each).
     pub write_back_batch_bytes: u64,
     /// Write-back batches in flight at once; at least one.
     pub write_back_batches: usize,
