@@ -68,6 +68,8 @@ export class S3BlockStore implements SandboxBlockStore {
   #committed = new Set<bigint>();
   /** Uploads not yet in the manifest. */
   #uncommitted = false;
+  /** The PUT in flight per block: overlapping uploads (writes and flushes overlap) must not land an older copy last. */
+  readonly #putting = new Map<bigint, Promise<void>>();
 
   /** Object requests made, for tests and metrics. */
   readonly stats = { gets: 0, puts: 0 };
@@ -152,11 +154,25 @@ export class S3BlockStore implements SandboxBlockStore {
   /** Uploads every buffered block; a block rewritten meanwhile stays buffered. */
   async #upload(): Promise<void> {
     const batch = [...this.#buffered];
-    await pool(batch, this.#concurrency, async ([index, bytes]) => {
-      await this.#put(this.#blockKey(index), bytes, "application/octet-stream");
-      this.#uploaded.add(index);
-      this.#uncommitted = true;
-      if (this.#buffered.get(index) === bytes) this.#buffered.delete(index);
+    await pool(batch, this.#concurrency, async ([index]) => {
+      const before = this.#putting.get(index);
+      const put = (async () => {
+        await before?.catch(() => {});
+        // The newest copy: another upload may have stored it meanwhile (then
+        // it is no longer buffered), or a later write replaced it.
+        const bytes = this.#buffered.get(index);
+        if (bytes === undefined) return;
+        await this.#put(this.#blockKey(index), bytes, "application/octet-stream");
+        this.#uploaded.add(index);
+        this.#uncommitted = true;
+        if (this.#buffered.get(index) === bytes) this.#buffered.delete(index);
+      })();
+      this.#putting.set(index, put);
+      try {
+        await put;
+      } finally {
+        if (this.#putting.get(index) === put) this.#putting.delete(index);
+      }
     });
   }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::base::BaseImage;
+use crate::overlay::StoreFailure;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
@@ -17,8 +18,13 @@ pub enum DiskError {
     NoSpace,
     #[error("base image: {0}")]
     Base(#[from] io::Error),
+    /// A store call this request needed failed (or answered nonsense).
     #[error("block store: {0}")]
-    Store(String),
+    Store(StoreFailure),
+    /// A flush reporting that an earlier background write-back failed: the
+    /// blocks stayed dirty, but until this flush nobody had been told.
+    #[error("block store: an earlier write-back failed: {0}")]
+    WriteBack(StoreFailure),
     #[error("invalid configuration: {0}")]
     Config(String),
 }
@@ -30,7 +36,7 @@ impl DiskError {
             DiskError::OutOfRange { .. } | DiskError::Config(_) => crate::nbd::EINVAL,
             DiskError::ReadOnly => crate::nbd::EPERM,
             DiskError::NoSpace => crate::nbd::ENOSPC,
-            DiskError::Base(_) | DiskError::Store(_) => crate::nbd::EIO,
+            DiskError::Base(_) | DiskError::Store(_) | DiskError::WriteBack(_) => crate::nbd::EIO,
         }
     }
 }

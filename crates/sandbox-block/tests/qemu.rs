@@ -398,6 +398,7 @@ async fn persistent_overlay_through_qemu_reaches_the_store() {
     let cfg = CowConfig {
         block_size: 65536,
         max_dirty_bytes: 4 * 65536,
+        ..CowConfig::default()
     };
     let disk = Arc::new(
         CowDisk::new(base.clone(), cfg, CowMode::Persistent(store.clone()))

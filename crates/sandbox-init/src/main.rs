@@ -11,6 +11,7 @@ mod ca;
 mod net;
 mod process;
 mod server;
+mod shutdown;
 mod sys;
 
 use sandbox_protocol::{self as proto, BootStage, FrameDecoder, Kind};
@@ -86,7 +87,6 @@ fn main() {
     if let Err(e) = server.run() {
         eprintln!("sandbox-init: control loop ended: {e}");
     }
-    let _ = sys::kill(-1, libc::SIGKILL);
     power_off();
 }
 
@@ -142,13 +142,5 @@ fn console_fatal(message: &str) -> ! {
 }
 
 fn power_off() -> ! {
-    // SAFETY: sync and reboot take no pointers; PID 1 powering off is their purpose.
-    unsafe {
-        libc::sync();
-        libc::reboot(libc::RB_POWER_OFF);
-    }
-    // reboot() only returns on failure; PID 1 must never exit.
-    loop {
-        std::thread::sleep(std::time::Duration::from_secs(3600));
-    }
+    shutdown::power_off()
 }

@@ -129,3 +129,51 @@ pub fn statfs_type(path: &Path) -> io::Result<i64> {
     }
     Ok(st.f_type as i64)
 }
+
+/// Flushes every filesystem and block device (sync(2)).
+pub fn sync() {
+    // SAFETY: sync takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+}
+
+pub fn umount(target: &Path, flags: libc::c_int) -> io::Result<()> {
+    let t = cstr(target.as_os_str())?;
+    // SAFETY: `t` is a NUL-terminated string that outlives the call.
+    check(unsafe { libc::umount2(t.as_ptr(), flags) })
+}
+
+/// Makes the filesystem mounted at `target` read-only (MS_REMOUNT), keeping
+/// its other per-mount flags.
+pub fn remount_read_only(target: &Path, keep: libc::c_ulong) -> io::Result<()> {
+    let t = cstr(target.as_os_str())?;
+    // SAFETY: `t` outlives the call; a remount reads no source, type or data.
+    check(unsafe {
+        libc::mount(
+            std::ptr::null(),
+            t.as_ptr(),
+            std::ptr::null(),
+            libc::MS_REMOUNT | libc::MS_RDONLY | keep,
+            std::ptr::null(),
+        )
+    })
+}
+
+/// Reaps one exited child without blocking: `Ok(Some(pid))`, `Ok(None)` when
+/// children remain but none has exited, `Err(ECHILD)` when there are none.
+pub fn reap_any() -> io::Result<Option<i32>> {
+    let mut status = 0;
+    // SAFETY: `status` is a valid out-pointer for the duration of the call.
+    let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+    match pid {
+        p if p < 0 => Err(io::Error::last_os_error()),
+        0 => Ok(None),
+        p => Ok(Some(p)),
+    }
+}
+
+/// Powers the machine off; returns only if the kernel refused.
+pub fn power_off() -> io::Error {
+    // SAFETY: reboot with RB_POWER_OFF takes no pointers; PID 1 may call it.
+    unsafe { libc::reboot(libc::RB_POWER_OFF) };
+    io::Error::last_os_error()
+}

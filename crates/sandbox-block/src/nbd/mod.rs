@@ -6,8 +6,9 @@
 //! (bad magic, oversized write payload, unknown handshake flags) ends the
 //! connection, since the stream cannot be resynchronized after it.
 //!
-//! Requests are served one at a time, in order: the disk serializes them
-//! anyway, and in-order replies are valid NBD.
+//! Requests are served concurrently (at most 32, holding at most 64 MiB of
+//! buffers) and answered as they complete, so a FLUSH waiting on a slow
+//! block store does not hold up the READs behind it.
 
 mod handshake;
 mod transmission;

@@ -27,6 +27,7 @@ async fn cow(budget: u64) -> Arc<dyn Disk> {
     let cfg = CowConfig {
         block_size: 4096,
         max_dirty_bytes: budget,
+        ..CowConfig::default()
     };
     Arc::new(
         CowDisk::new(mem_base(SIZE), cfg, CowMode::Ephemeral)
@@ -218,4 +219,52 @@ async fn option_haggling() {
     assert!(pad.iter().all(|&b| b == 0));
     drop(c);
     task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_waiting_on_the_store_does_not_hold_up_other_requests() {
+    use crate::overlay::test_store::TestStore;
+    use crate::overlay::BlockStore;
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    let store = TestStore::new(4096);
+    let shared: Arc<dyn BlockStore> = store.clone();
+    let cfg = CowConfig {
+        block_size: 4096,
+        max_dirty_bytes: 1 << 20,
+        ..CowConfig::default()
+    };
+    let disk = Arc::new(CowDisk::new(mem_base(SIZE), cfg, CowMode::Persistent(shared)).await.unwrap());
+    let (mut c, task) = start(disk, ServeConfig::default());
+    go(&mut c).await;
+    request(&mut c, 1, 0, 1, 0, 4096).await;
+    c.write_all(&[7; 4096]).await.unwrap();
+    assert_eq!(simple_reply(&mut c, 1).await, 0);
+
+    store.flushes.hold();
+    request(&mut c, 3, 0, 2, 0, 0).await;
+    while store.flushes_started.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // Answered while the FLUSH (cookie 2) is still out.
+    let quick = async {
+        request(&mut c, 0, 0, 3, 8192, 4096).await;
+        assert_eq!(simple_reply(&mut c, 3).await, 0);
+        let mut data = vec![0u8; 4096];
+        c.read_exact(&mut data).await.unwrap();
+        assert_eq!(data, pattern(SIZE)[8192..12288]);
+        request(&mut c, 1, 0, 4, 4096, 10).await;
+        c.write_all(&[8; 10]).await.unwrap();
+        assert_eq!(simple_reply(&mut c, 4).await, 0);
+    };
+    tokio::time::timeout(Duration::from_secs(2), quick).await.expect("a READ waited behind a FLUSH");
+
+    // DISC after the FLUSH: the server answers the FLUSH first, then ends.
+    request(&mut c, 2, 0, 5, 0, 0).await;
+    store.flushes.release();
+    assert_eq!(simple_reply(&mut c, 2).await, 0);
+    task.await.unwrap().unwrap();
+    store.mem.crash();
+    assert_eq!(store.mem.durable_blocks().len(), 2, "the DISC flushed the later write too");
 }

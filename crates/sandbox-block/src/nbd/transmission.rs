@@ -1,7 +1,12 @@
 //! Transmission phase: requests and simple replies.
 
 use std::io;
+use std::pin::pin;
+use std::sync::Mutex;
+use std::task::Poll;
 
+use futures_util::poll;
+use futures_util::stream::{self, FuturesUnordered, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::{NbdError, ServeConfig, EINVAL, ENOTSUP, EPERM};
@@ -81,77 +86,223 @@ fn in_range(size: u64, offset: u64, len: u64) -> bool {
     offset.checked_add(len).is_some_and(|end| end <= size)
 }
 
+/// Requests served at once (QEMU's client keeps at most 16 in flight).
+const MAX_IN_FLIGHT: usize = 32;
+/// Read buffers and write payloads held by requests in flight; one request
+/// of `max_request` is always allowed.
+const MAX_IN_FLIGHT_BYTES: u64 = 64 << 20;
+
+/// A request as read off the wire, with its write payload.
+struct Incoming {
+    req: Request,
+    payload: Vec<u8>,
+}
+
+impl Incoming {
+    /// Bytes the request holds while it is served.
+    fn cost(&self, max_request: u32) -> u64 {
+        match self.req.kind {
+            CMD_READ if self.req.len <= max_request => u64::from(self.req.len),
+            _ => self.payload.len() as u64,
+        }
+    }
+}
+
+struct Reply {
+    cookie: u64,
+    error: u32,
+    data: Vec<u8>,
+    /// A buffer the request no longer needs (its write payload), for reuse.
+    spare: Vec<u8>,
+    cost: u64,
+}
+
+/// Buffers of answered requests, reused for READs (a fresh zeroed buffer per
+/// READ costs a pass over every byte). Bounded like the requests in flight.
+#[derive(Default)]
+struct Spares {
+    bufs: Vec<Vec<u8>>,
+    bytes: usize,
+}
+
+fn lock(spares: &Mutex<Spares>) -> std::sync::MutexGuard<'_, Spares> {
+    spares.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Spares {
+    fn take(&mut self) -> Vec<u8> {
+        let buf = self.bufs.pop().unwrap_or_default();
+        self.bytes -= buf.capacity();
+        buf
+    }
+
+    fn give(&mut self, buf: Vec<u8>) {
+        let cap = buf.capacity();
+        if cap > 0 && self.bufs.len() < MAX_IN_FLIGHT && self.bytes + cap <= MAX_IN_FLIGHT_BYTES as usize {
+            self.bytes += cap;
+            self.bufs.push(buf);
+        }
+    }
+}
+
+async fn read_incoming<S: AsyncRead + Unpin>(
+    s: &mut S,
+    max_request: u32,
+    spares: &Mutex<Spares>,
+) -> Result<Option<Incoming>, NbdError> {
+    let Some(req) = read_request(s).await? else {
+        return Ok(None);
+    };
+    let mut payload = Vec::new();
+    if req.kind == CMD_WRITE {
+        // The payload follows regardless of validity; one we will not
+        // buffer means the stream cannot be resynchronized.
+        if req.len > max_request {
+            return Err(NbdError::Protocol(format!("write payload of {} bytes", req.len)));
+        }
+        // Into a reused buffer's capacity: zeroing first would touch every
+        // byte twice, a fresh buffer every page once more.
+        let n = req.len as usize;
+        payload = lock(spares).take();
+        payload.clear();
+        payload.reserve_exact(n);
+        while payload.len() < n {
+            let want = (n - payload.len()) as u64;
+            if (&mut *s).take(want).read_buf(&mut payload).await? == 0 {
+                return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+            }
+        }
+    }
+    Ok(Some(Incoming { req, payload }))
+}
+
+/// Serve one request; never fails, errors become the reply's errno.
+/// `buf`: a reused buffer for a READ (contents irrelevant: a successful read
+/// fills all of it).
+async fn handle<D: Disk + ?Sized>(disk: &D, inc: Incoming, mut buf: Vec<u8>, max_request: u32) -> Reply {
+    let cost = inc.cost(max_request);
+    let Incoming { req, payload } = inc;
+    let len = u64::from(req.len);
+    let valid = in_range(disk.size(), req.offset, len);
+    let ro = disk.read_only();
+    let fua = req.flags & CMD_FLAG_FUA != 0;
+    let error = match req.kind {
+        CMD_READ if !valid || req.len > max_request => EINVAL,
+        CMD_READ => {
+            let n = req.len as usize;
+            if buf.len() >= n {
+                buf.truncate(n);
+            } else {
+                buf.resize(n, 0);
+            }
+            match disk.read(req.offset, &mut buf).await {
+                Ok(()) => return Reply { cookie: req.cookie, error: 0, data: buf, spare: payload, cost },
+                Err(e) => e.nbd_errno(),
+            }
+        }
+        CMD_WRITE if ro => EPERM,
+        CMD_WRITE if !valid => EINVAL,
+        CMD_WRITE => {
+            let mut r = disk.write(req.offset, &payload).await;
+            if r.is_ok() && fua {
+                r = disk.flush().await;
+            }
+            errno(&r)
+        }
+        CMD_FLUSH => errno(&disk.flush().await),
+        CMD_TRIM | CMD_WRITE_ZEROES if ro => EPERM,
+        CMD_TRIM | CMD_WRITE_ZEROES if !valid => EINVAL,
+        CMD_TRIM => errno(&disk.trim(req.offset, len).await),
+        // Zeroing is a plain write here, never "fast".
+        CMD_WRITE_ZEROES if req.flags & CMD_FLAG_FAST_ZERO != 0 => ENOTSUP,
+        CMD_WRITE_ZEROES => {
+            let mut r = disk.write_zeroes(req.offset, len).await;
+            if r.is_ok() && fua {
+                r = disk.flush().await;
+            }
+            errno(&r)
+        }
+        // CACHE, BLOCK_STATUS, RESIZE...: not negotiated.
+        _ => EINVAL,
+    };
+    Reply { cookie: req.cookie, error, data: Vec::new(), spare: if payload.is_empty() { buf } else { payload }, cost }
+}
+
+/// Requests are served concurrently and answered as they complete (NBD
+/// replies carry the request's cookie; clients must not depend on order), so
+/// a FLUSH waiting on the store never holds up a READ. A FLUSH covers every
+/// write answered before it arrived: those writes completed before their
+/// reply was sent. A request that completes at its first poll (most do: the
+/// data is cached, dirty or in the base) is answered right away, so reads
+/// reuse one warm buffer as a sequential server would.
 pub(super) async fn run<S, D>(s: &mut S, disk: &D, config: &ServeConfig) -> Result<(), NbdError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     D: Disk + ?Sized,
 {
-    let size = disk.size();
-    let ro = disk.read_only();
-    // Reused across requests; grows to the largest valid request only.
-    let mut buf: Vec<u8> = Vec::new();
-
-    while let Some(req) = read_request(s).await? {
-        let len = u64::from(req.len);
-        let valid = in_range(size, req.offset, len);
-        let fits = req.len <= config.max_request;
-        let err = match req.kind {
-            CMD_READ => {
-                if !valid || !fits {
-                    EINVAL
-                } else {
-                    buf.resize(req.len as usize, 0);
-                    match disk.read(req.offset, &mut buf).await {
-                        Ok(()) => {
-                            send_reply(s, req.cookie, 0, &buf).await?;
-                            continue;
+    let max_request = config.max_request;
+    let byte_cap = MAX_IN_FLIGHT_BYTES.max(u64::from(max_request));
+    let (rd, mut wr) = tokio::io::split(s);
+    // Shared with the request reader (same task; each use is momentary).
+    let spares = Mutex::new(Spares::default());
+    // The stream keeps a half-read request across select! iterations.
+    let requests = stream::unfold(Some(rd), |rd| async {
+        let mut rd = rd?;
+        match read_incoming(&mut rd, max_request, &spares).await {
+            Ok(Some(inc)) => Some((Ok(inc), Some(rd))),
+            Ok(None) => None,
+            Err(e) => Some((Err(e), None)),
+        }
+    });
+    let mut requests = pin!(requests);
+    let mut in_flight = FuturesUnordered::new();
+    let mut held: u64 = 0;
+    let mut reading = true;
+    let mut disconnect = false;
+    loop {
+        let can_read =
+            reading && in_flight.len() < MAX_IN_FLIGHT && held + u64::from(max_request) <= byte_cap;
+        tokio::select! {
+            // Answers first: a finished request never waits behind reading the next.
+            biased;
+            Some(reply) = in_flight.next(), if !in_flight.is_empty() => {
+                let reply: Reply = reply;
+                held -= reply.cost;
+                send_reply(&mut wr, reply.cookie, reply.error, &reply.data).await?;
+                lock(&spares).give(reply.data);
+                lock(&spares).give(reply.spare);
+            }
+            item = requests.next(), if can_read => match item {
+                // EOF between requests is how many clients say goodbye.
+                None => reading = false,
+                Some(Err(e)) => return Err(e),
+                Some(Ok(inc)) if inc.req.kind == CMD_DISC => {
+                    reading = false;
+                    disconnect = true;
+                }
+                Some(Ok(inc)) => {
+                    held += inc.cost(max_request);
+                    let buf = if inc.req.kind == CMD_READ { lock(&spares).take() } else { Vec::new() };
+                    let mut request = Box::pin(handle(disk, inc, buf, max_request));
+                    // Most requests (cached, dirty or base data) finish at the first
+                    // poll: answer those at once, reusing one warm buffer.
+                    match poll!(request.as_mut()) {
+                        Poll::Ready(reply) => {
+                            held -= reply.cost;
+                            send_reply(&mut wr, reply.cookie, reply.error, &reply.data).await?;
+                            lock(&spares).give(reply.data);
+                            lock(&spares).give(reply.spare);
                         }
-                        Err(e) => e.nbd_errno(),
+                        Poll::Pending => in_flight.push(request),
                     }
                 }
-            }
-            CMD_WRITE => {
-                // The payload follows regardless of validity; one we will not
-                // buffer means the stream cannot be resynchronized.
-                if !fits {
-                    return Err(NbdError::Protocol(format!("write payload of {len} bytes")));
-                }
-                buf.resize(req.len as usize, 0);
-                s.read_exact(&mut buf).await?;
-                if ro {
-                    EPERM
-                } else if !valid {
-                    EINVAL
-                } else {
-                    let mut r = disk.write(req.offset, &buf).await;
-                    if r.is_ok() && req.flags & CMD_FLAG_FUA != 0 {
-                        r = disk.flush().await;
-                    }
-                    errno(&r)
-                }
-            }
-            CMD_FLUSH => errno(&disk.flush().await),
-            CMD_TRIM | CMD_WRITE_ZEROES if ro => EPERM,
-            CMD_TRIM | CMD_WRITE_ZEROES if !valid => EINVAL,
-            CMD_TRIM => errno(&disk.trim(req.offset, len).await),
-            // Zeroing is a plain write here, never "fast".
-            CMD_WRITE_ZEROES if req.flags & CMD_FLAG_FAST_ZERO != 0 => ENOTSUP,
-            CMD_WRITE_ZEROES => {
-                let mut r = disk.write_zeroes(req.offset, len).await;
-                if r.is_ok() && req.flags & CMD_FLAG_FUA != 0 {
-                    r = disk.flush().await;
-                }
-                errno(&r)
-            }
-            CMD_DISC => {
-                // Pending writes must be made durable before closing.
-                let _ = disk.flush().await;
-                return Ok(());
-            }
-            // CACHE, BLOCK_STATUS, RESIZE...: not negotiated.
-            _ => EINVAL,
-        };
-        send_reply(s, req.cookie, err, &[]).await?;
+            },
+            else => break,
+        }
+    }
+    if disconnect {
+        // Pending writes must be made durable before closing.
+        let _ = disk.flush().await;
     }
     Ok(())
 }

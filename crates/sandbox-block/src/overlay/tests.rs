@@ -14,6 +14,7 @@ fn cfg(budget_blocks: u64) -> CowConfig {
     CowConfig {
         block_size: BS,
         max_dirty_bytes: budget_blocks * u64::from(BS),
+        ..CowConfig::default()
     }
 }
 
@@ -97,7 +98,7 @@ async fn ephemeral_budget_gives_enospc_without_partial_effect() {
 }
 
 #[tokio::test]
-async fn persistent_writes_back_at_budget() {
+async fn persistent_write_back_keeps_dirty_and_cached_within_the_budget() {
     let store = Arc::new(MemBlockStore::new(BS));
     let d = CowDisk::new(base(64 * 1024), cfg(4), CowMode::Persistent(store.clone()))
         .await
@@ -108,11 +109,9 @@ async fn persistent_writes_back_at_budget() {
         d.write((b * 4096 + 50) as u64, &data).await.unwrap();
         model[b * 4096 + 50..b * 4096 + 150].copy_from_slice(&data);
         assert!(d.stats().dirty_bytes + d.stats().cached_bytes <= 4 * 4096);
+        tokio::task::yield_now().await;
     }
-    let s = d.stats();
-    assert_eq!(s.store_writes, 2, "write-back at blocks 4 and 8");
-    assert_eq!(s.store_blocks_written, 8);
-    assert_eq!(s.dirty_bytes, 2 * 4096);
+    assert!(d.stats().store_blocks_written > 0, "written back in the background");
     assert_eq!(read_all(&d).await, model);
     d.flush().await.unwrap();
     assert_eq!(store.durable_blocks().len(), 10);
@@ -165,7 +164,12 @@ async fn store_blocks_are_read_lazily_and_cached() {
 #[tokio::test]
 async fn flush_writes_then_flushes_and_survives_store_failures() {
     let store = Arc::new(MemBlockStore::new(BS));
-    let d = CowDisk::new(base(64 * 1024), cfg(16), CowMode::Persistent(store.clone()))
+    // One batch of up to 8 blocks: the two dirty blocks go out together.
+    let one_batch = CowConfig {
+        write_back_batches: 1,
+        ..cfg(16)
+    };
+    let d = CowDisk::new(base(64 * 1024), one_batch, CowMode::Persistent(store.clone()))
         .await
         .unwrap();
     d.write(5 * 4096, &[5; 4096]).await.unwrap();
@@ -222,6 +226,7 @@ async fn rejects_bad_configuration_and_bad_stores() {
         CowConfig {
             block_size: BS,
             max_dirty_bytes: 100,
+            ..CowConfig::default()
         },
         CowMode::Ephemeral,
     )
@@ -232,6 +237,7 @@ async fn rejects_bad_configuration_and_bad_stores() {
         CowConfig {
             block_size: 3000,
             max_dirty_bytes: 1 << 20,
+            ..CowConfig::default()
         },
         CowMode::Ephemeral,
     )

@@ -26,7 +26,7 @@ pub fn serve_cow(disk: &Disk, services: &Services) -> Result<UnixStream, HostErr
     };
     let (ours, vmm_end) = UnixStream::pair().map_err(|e| HostError::Setup(format!("socketpair for NBD: {e}")))?;
     ours.set_nonblocking(true).map_err(|e| HostError::Setup(format!("nonblocking NBD socket: {e}")))?;
-    let config = CowConfig { block_size: cow.block_size.get(), max_dirty_bytes: cow.max_dirty_bytes.get() };
+    let config = CowConfig { block_size: cow.block_size.get(), max_dirty_bytes: cow.max_dirty_bytes.get(), ..CowConfig::default() };
     let mode = match cow.mode {
         proto::CowMode::Persistent => {
             let Some(store) = &services.block else {
