@@ -1,14 +1,16 @@
 /** The `sandbox` command line: run a command in a fresh sandbox, list images. */
 import { defineSandbox, listBuiltInImages } from "./sandbox.js";
 import { rootfs } from "./rootfs.js";
-import { SandboxError } from "./errors.js";
+import { once } from "node:events";
+import { ProcessStartError, SandboxError } from "./errors.js";
 import { artifactPaths } from "./artifacts.js";
 import { runDoctor } from "./doctor.js";
 import { setupMacos } from "./setup-macos.js";
 
 const USAGE = `usage:
   sandbox run [--image NAME] [--cpus N] [--memory MiB] [--hostname NAME] [--timeout MS] -- COMMAND [ARGS...]
-      boots a sandbox, runs COMMAND, prints its output and timings, exits with its exit code
+      boots a sandbox and runs COMMAND with this terminal's stdin, stdout and stderr (streamed as they
+      come), then prints timings; exits with its exit code (127 not found, 126 not executable, 128+N signal N)
   sandbox shell [--image NAME] [--cpus N] [--memory MiB] [--hostname NAME]
       opens an interactive shell in a fresh sandbox; the VM is destroyed when the shell exits
   sandbox images
@@ -78,15 +80,64 @@ async function run(argv: string[]): Promise<number> {
   const t0 = performance.now();
   await using lane = await sandbox.boot({ hostname: flags.hostname });
   const booted = performance.now();
-  const result = await lane.exec(command[0]!, command.slice(1), flags.timeout ? { timeoutMs: flags.timeout } : {});
+  const child = lane.spawn(command[0]!, command.slice(1), flags.timeout ? { timeoutMs: flags.timeout } : {});
+  const output = Promise.all([pump(child.stdout, process.stdout), pump(child.stderr, process.stderr)]);
+  const input = forwardStdin(child.stdin);
+  let code: number;
+  let timedOut = false;
+  try {
+    const exit = await child.exit;
+    code = exit.exitCode;
+    timedOut = exit.timedOut;
+  } catch (err) {
+    if (!(err instanceof ProcessStartError)) throw err;
+    // What a shell says and returns for a command it cannot run.
+    code = err.errno === "ENOENT" ? 127 : 126;
+    process.stderr.write(`sandbox: ${command[0]}: ${err.errno === "ENOENT" ? "command not found" : err.message}\n`);
+  } finally {
+    input.stop();
+  }
+  await output;
   const ran = performance.now();
-  process.stdout.write(result.stdout);
-  process.stderr.write(result.stderr);
   process.stderr.write(
     `[sandbox] ${flags.image} on ${lane.info.backend}/${lane.info.accel}: boot ${Math.round(booted - t0)} ms, ` +
-      `exec ${Math.round(ran - booted)} ms, exit ${result.exitCode}${result.timedOut ? " (timed out)" : ""}\n`,
+      `exec ${Math.round(ran - booted)} ms, exit ${code}${timedOut ? " (timed out)" : ""}\n`,
   );
-  return result.exitCode;
+  return code;
+}
+
+/** Copies a guest stream to a host one as chunks arrive, waiting for the host side to drain. */
+async function pump(from: ReadableStream<Uint8Array>, to: NodeJS.WriteStream): Promise<void> {
+  const reader = from.getReader();
+  for (let r = await reader.read(); !r.done; r = await reader.read()) {
+    if (!to.write(r.value)) await once(to, "drain");
+  }
+}
+
+/** This process' stdin into the guest process, EOF included, until `stop()`. */
+function forwardStdin(to: WritableStream<Uint8Array>): { stop(): void } {
+  const stdin = process.stdin;
+  const writer = to.getWriter();
+  const onData = (d: Buffer) => {
+    // Backpressure: read no more until the guest took this chunk.
+    stdin.pause();
+    writer.write(new Uint8Array(d)).then(
+      () => stdin.resume(),
+      () => {},
+    );
+  };
+  const onEnd = () => void writer.close().catch(() => {});
+  stdin.on("data", onData);
+  stdin.once("end", onEnd);
+  stdin.resume();
+  return {
+    stop() {
+      stdin.off("data", onData);
+      stdin.off("end", onEnd);
+      stdin.pause();
+      writer.releaseLock();
+    },
+  };
 }
 
 /** Interactive shell on a pty: raw mode, resizes forwarded, exit status propagated. */

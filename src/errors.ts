@@ -71,6 +71,18 @@ export class SandboxCrashedError extends SandboxError {
   }
 }
 
+/**
+ * The guest stopped answering: no frame from it (not even to a liveness ping)
+ * within `boot({ livenessTimeoutMs })`, or a command's timeout passed with no
+ * word from the guest. The lane was ended (VM and helper killed); its pending
+ * calls reject with this error.
+ */
+export class SandboxUnresponsiveError extends SandboxCrashedError {
+  constructor(message: string, diagnostics?: readonly string[]) {
+    super(message, undefined, { code: "ERR_SANDBOX_UNRESPONSIVE", diagnostics });
+  }
+}
+
 /** Who broke the wire contract: the guest (a hostile or broken guest) or the helper process. */
 export type ProtocolOffender = "guest" | "helper";
 
@@ -200,4 +212,12 @@ export function describeThrown(value: unknown): string {
   } catch {
     return "a thrown value that cannot be described";
   }
+}
+
+/** A value for a message, without calling anything on it that could throw. */
+export function describeValue(v: unknown): string {
+  if (typeof v === "string") return JSON.stringify(v);
+  if (typeof v === "bigint") return `${v}n`;
+  if (v === null || (typeof v !== "object" && typeof v !== "function")) return String(v);
+  return Object.prototype.toString.call(v);
 }

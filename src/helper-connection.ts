@@ -86,6 +86,8 @@ export class HelperConnection extends EventEmitter {
   #failure: SandboxError | undefined;
   vmExit: VmExited | undefined;
   helperError: HelperError | undefined;
+  /** `performance.now()` when the guest last sent a frame (liveness). */
+  lastGuestFrameAt = performance.now();
 
   /** Starts a helper process; its socket is fd 3 on its side. */
   static spawn(native: NativeAddon, helperPath: string, args: readonly string[] = []): HelperConnection {
@@ -236,7 +238,10 @@ export class HelperConnection extends EventEmitter {
     if (!info) throw violation("no frame has this kind");
     if (info.direction !== "guest-to-host" && info.direction !== "helper-to-node") throw violation(`travels ${info.direction}; the helper may not send it to Node`);
     if ((info.channel === "zero") !== (f.channel === 0)) throw violation(info.channel === "zero" ? "must be on channel 0" : "needs a channel ≥ 1");
+    if (info.direction === "guest-to-host") this.lastGuestFrameAt = performance.now();
     switch (info.name) {
+      case "Pong":
+        return;
       case "Launched":
       case "Hello":
       case "Ready":

@@ -2,6 +2,8 @@ export { defineSandbox, listBuiltInImages } from "./sandbox.js";
 export type { Sandbox, SandboxDefinition, SandboxResources, BootOptions, LaneEvent } from "./sandbox.js";
 export { Lane } from "./lane.js";
 export type { ExecOptions, ExecResult, LaneInfo, SpawnOptions, PtyOptions, SandboxProcess, SandboxPty } from "./lane.js";
+export type { StoreRetryEvent } from "./rootfs/block-store.js";
+export type { StoreRetryPolicy } from "./rootfs.js";
 export type { ProcessExit, TerminalSize } from "./process.js";
 export { rootfs } from "./rootfs.js";
 export { fs } from "./fs/index.js";
@@ -32,6 +34,7 @@ export {
   SandboxBootError,
   SandboxCrashedError,
   SandboxProtocolError,
+  SandboxUnresponsiveError,
   LaneClosedError,
   ProcessStartError,
   OutputLimitError,

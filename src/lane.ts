@@ -1,5 +1,15 @@
 /** A running sandbox instance and the processes it runs. */
-import { abortError, LaneClosedError, OutputLimitError, PortForwardError, SandboxCrashedError, type SandboxError } from "./errors.js";
+import { constants as bufferConstants } from "node:buffer";
+import {
+  abortError,
+  LaneClosedError,
+  OutputLimitError,
+  PortForwardError,
+  SandboxConfigError,
+  SandboxCrashedError,
+  SandboxUnresponsiveError,
+  type SandboxError,
+} from "./errors.js";
 import type { ConnectionEnd, HelperConnection } from "./helper-connection.js";
 import type { BlockStoreFailures } from "./rootfs/block-store.js";
 import {
@@ -13,7 +23,7 @@ import {
   type StartRequest,
   type TerminalSize,
 } from "./process.js";
-import { Kind } from "./protocol/frames.js";
+import { Kind, MAX_PAYLOAD } from "./protocol/frames.js";
 import { checkAbsolutePath, checkArgv, checkEnv, checkInteger } from "./validate.js";
 
 export interface LaneInfo {
@@ -95,7 +105,7 @@ export interface SandboxPty {
 }
 
 function startRequest(cmd: string, args: readonly string[], o: SpawnOptions, stdin: boolean): StartRequest {
-  return {
+  const req: StartRequest = {
     argv: checkArgv(cmd, args),
     env: checkEnv("env", o.env),
     cwd: o.cwd === undefined ? undefined : checkAbsolutePath("cwd", o.cwd),
@@ -103,7 +113,18 @@ function startRequest(cmd: string, args: readonly string[], o: SpawnOptions, std
     stdin,
     window: OUTPUT_WINDOW,
   };
+  // Checked before a channel exists, so a refused command leaves nothing behind.
+  const bytes = Buffer.byteLength(JSON.stringify(req));
+  if (bytes > MAX_PAYLOAD - 4096) {
+    throw new SandboxConfigError(
+      `the command's arguments, environment and cwd take ${bytes} bytes; at most ${MAX_PAYLOAD - 4096} fit one start request. Pass large data through stdin or a file instead`,
+    );
+  }
+  return req;
 }
+
+/** The longest output `exec` can turn into one string: Node's own string limit. */
+const MAX_EXEC_OUTPUT = bufferConstants.MAX_STRING_LENGTH;
 
 function checkSize(size: TerminalSize): TerminalSize {
   return {
@@ -112,12 +133,27 @@ function checkSize(size: TerminalSize): TerminalSize {
   };
 }
 
-/** Ends or errors the output streams when the process settles. */
+/** Ends the output streams when the process settles, however it settles (the why is `exit`). */
 function settleStreams(ch: ProcessChannel, streams: readonly OutputStream[]): void {
-  ch.exit.then(
-    () => streams.forEach((s) => s.end()),
-    (err: Error) => streams.forEach((s) => (err.name === "AbortError" ? s.end() : s.error(err))),
-  );
+  const end = () => streams.forEach((s) => s.end());
+  ch.exit.then(end, end);
+}
+
+/** How long the guest may be silent before the lane pings it. */
+const PING_AFTER_MS = 5000;
+/** How long a probe after a host-side timeout waits for any word from the guest. */
+const PROBE_MS = 5000;
+
+/** How a lane is run (set by boot). */
+export interface LaneOptions {
+  /** How long `close()` lets the guest power off (and flush its disks) before killing it. */
+  shutdownGraceMs?: number | undefined;
+  /** The rootfs block store's failures, which make `close()` reject. */
+  storeFailures?: BlockStoreFailures | undefined;
+  /** `performance.now()` of the last block-store call that completed; `close()` waits while it advances. */
+  storeProgress?: (() => number) | undefined;
+  /** Silence from the guest after which the lane ends with SandboxUnresponsiveError. */
+  livenessTimeoutMs?: number | undefined;
 }
 
 export class Lane implements AsyncDisposable {
@@ -130,19 +166,21 @@ export class Lane implements AsyncDisposable {
   readonly #shutdownGraceMs: number;
   readonly #storeFailures: BlockStoreFailures | undefined;
 
-  /**
-   * `shutdownGraceMs`: how long `close()` lets the guest power off (and flush its disks) before killing it.
-   * `storeFailures`: the rootfs block store's failures, which make `close()` reject.
-   */
+  /** @internal Lanes come from `sandbox.boot()`. */
   constructor(
     conn: HelperConnection,
     info: LaneInfo,
-    options: { shutdownGraceMs?: number | undefined; storeFailures?: BlockStoreFailures } = {},
+    options: LaneOptions = {},
   ) {
     this.#conn = conn;
     this.#shutdownGraceMs = options.shutdownGraceMs ?? 5000;
     this.#storeFailures = options.storeFailures;
+    this.#storeProgress = options.storeProgress;
     this.info = Object.freeze(info);
+    this.#livenessMs = options.livenessTimeoutMs ?? 30_000;
+    this.#liveness = setInterval(() => this.#checkLiveness(), 1000);
+    this.#liveness.unref?.();
+    conn.once("exit", () => clearInterval(this.#liveness));
     this.#exited = new Promise((resolve) => {
       if (conn.closed) resolve();
       conn.once("exit", (end: ConnectionEnd) => {
@@ -160,6 +198,51 @@ export class Lane implements AsyncDisposable {
   }
 
   #endedWith: SandboxError | undefined;
+  readonly #livenessMs: number;
+  readonly #liveness: NodeJS.Timeout;
+  readonly #storeProgress: (() => number) | undefined;
+  #pingedAt = 0;
+
+  /**
+   * Pings a guest that has been silent for a while and ends the lane when it
+   * stays silent past the liveness deadline: every frame from the guest
+   * (output, exits, the answer to a ping) counts as a sign of life.
+   */
+  #checkLiveness(): void {
+    const conn = this.#conn;
+    if (conn.closed || this.#closing) return;
+    const silent = performance.now() - conn.lastGuestFrameAt;
+    if (silent > this.#livenessMs) {
+      conn.fail(
+        new SandboxUnresponsiveError(
+          `the guest has not answered for ${Math.round(silent / 1000)} s (not even a liveness ping); the lane was ended. ` +
+            "A guest kernel that hangs or a VMM that was stopped looks like this; raise boot({ livenessTimeoutMs }) for hosts this slow",
+          conn.diagnostics,
+        ),
+      );
+    } else if (silent > PING_AFTER_MS && performance.now() - this.#pingedAt > PING_AFTER_MS) {
+      this.#pingedAt = performance.now();
+      conn.send(Kind.Ping, 0);
+    }
+  }
+
+  /** A command's timeout passed without word from the guest: give it a short while to show it is alive. */
+  #probe(): void {
+    const conn = this.#conn;
+    const since = performance.now();
+    conn.send(Kind.Ping, 0);
+    const t = setTimeout(() => {
+      if (!conn.closed && !this.#closing && conn.lastGuestFrameAt < since) {
+        conn.fail(
+          new SandboxUnresponsiveError(
+            `a command's timeout passed with no word from the guest, which did not answer a ping within ${PROBE_MS} ms either; the lane was ended`,
+            conn.diagnostics,
+          ),
+        );
+      }
+    }, PROBE_MS);
+    t.unref?.();
+  }
 
   /**
    * Why the lane ended, once it has: `undefined` while it runs or after a
@@ -202,7 +285,7 @@ export class Lane implements AsyncDisposable {
   /** Runs a command to completion and returns its buffered output. */
   async exec(cmd: string, args: readonly string[] = [], options: ExecOptions = {}): Promise<ExecResult> {
     const req = startRequest(cmd, args, options, false);
-    const maxOutput = checkInteger("maxOutputBytes", options.maxOutputBytes ?? DEFAULT_MAX_OUTPUT, 0, 2 ** 32);
+    const maxOutput = checkInteger("maxOutputBytes", options.maxOutputBytes ?? DEFAULT_MAX_OUTPUT, 0, MAX_EXEC_OUTPUT);
     const out: Buffer[] = [];
     const err: Buffer[] = [];
     let total = 0;
@@ -271,6 +354,7 @@ export class Lane implements AsyncDisposable {
     const ch = new ProcessChannel(this.#conn, this.#allocChannel(), {
       ...hooks,
       onSettled: () => this.#pending.delete(ch),
+      onHostTimeout: () => this.#probe(),
     });
     this.#pending.add(ch);
     return ch;
@@ -289,9 +373,22 @@ export class Lane implements AsyncDisposable {
       this.#closing = (async () => {
         if (!this.#conn.closed) {
           this.#conn.send(Kind.Shutdown, 0);
-          const timer = setTimeout(() => this.#conn.kill(), this.#shutdownGraceMs);
+          // The VM gets `shutdownGraceMs` to power off — counted from the last
+          // store call that succeeded, for a durable root still writing back.
+          // Once a store call failed (after its retries) the root cannot end
+          // clean and close() will reject: the VM gets a last second, no more.
+          const progress = this.#storeProgress;
+          const failuresBefore = this.#storeFailures?.count ?? 0;
+          const started = performance.now();
+          let failedAt: number | undefined;
+          const watchdog = setInterval(() => {
+            const now = performance.now();
+            if (failedAt === undefined && (this.#storeFailures?.count ?? 0) > failuresBefore) failedAt = now;
+            const since = now - Math.max(started, progress?.() ?? 0);
+            if (since > this.#shutdownGraceMs || (failedAt !== undefined && now - failedAt > 1000)) this.#conn.kill();
+          }, 250);
           await this.#exited;
-          clearTimeout(timer);
+          clearInterval(watchdog);
           // The helper may linger a moment after the socket closes; make sure it is gone.
           this.#conn.kill();
         }

@@ -3,7 +3,7 @@
  * handshake, flow-controlled output (the guest may only send what the host
  * granted), acknowledged stdin, signals, resize and exit.
  */
-import { abortError, ProcessStartError } from "./errors.js";
+import { abortError, describeValue, ProcessStartError, SandboxConfigError } from "./errors.js";
 import type { HelperConnection } from "./helper-connection.js";
 import { ContractViolation, decodeJson, Kind, WIRE, type Start } from "./protocol/contract.js";
 
@@ -13,12 +13,21 @@ export interface ProcessExit {
   /** Signal number that ended the process, if any. */
   signal: number | null;
   timedOut: boolean;
+  /** The guest kernel's OOM killer ended the command (exit code 137): raise `resources.workloadMemoryMiB` or `memoryMiB`. */
+  oomKilled: boolean;
 }
 
 export interface TerminalSize {
   rows: number;
   cols: number;
 }
+
+/**
+ * How long past `timeoutMs` the host waits for the guest to report the
+ * timed-out command's end before settling it itself (exit code 124) and
+ * checking that the guest still answers.
+ */
+export const HOST_TIMEOUT_GRACE_MS = 1500;
 
 /** Output window per stream the guest starts with. */
 export const OUTPUT_WINDOW = WIRE.defaultWindow;
@@ -36,7 +45,7 @@ const SIGNALS: Record<string, number> = {
 export function signalNumber(signal: string | number): number {
   if (typeof signal === "number" && Number.isInteger(signal) && signal >= 1 && signal <= 64) return signal;
   const n = typeof signal === "string" ? SIGNALS[signal.toUpperCase()] : undefined;
-  if (n === undefined) throw new TypeError(`unknown signal ${String(signal)}; use a name like "SIGTERM" or a number 1-64`);
+  if (n === undefined) throw new SandboxConfigError(`unknown signal ${describeValue(signal)}; use a name like "SIGTERM" or a number 1-64`);
   return n;
 }
 
@@ -47,6 +56,11 @@ export interface ChannelHooks {
   onOutput(stream: 0 | 1, chunk: Buffer): void;
   /** Called once with the final outcome (exit, start failure, lane failure). */
   onSettled?(): void;
+  /**
+   * A command's timeout passed and the guest did not report its end within
+   * the grace: it was settled on the host; the lane should check the guest.
+   */
+  onHostTimeout?(): void;
 }
 
 /** One guest process seen from the host. */
@@ -67,7 +81,7 @@ export class ProcessChannel {
   #pty = false;
   /** Output bytes the guest may still send per stream: what was granted minus what arrived. */
   readonly #window = [0, 0];
-  #aborted: AbortSignal | undefined;
+  #hostDeadline: NodeJS.Timeout | undefined;
   /** Set when output should be rejected instead of the normal exit (e.g. output limit). */
   overrideError: Error | undefined;
 
@@ -95,12 +109,19 @@ export class ProcessChannel {
 
   start(req: StartRequest, signal?: AbortSignal): void {
     if (signal) {
+      // An abort settles at once on the host: the guest kills the group, and
+      // nothing waits for it to say so (a wedged guest must not hold it up).
       const onAbort = () => {
-        this.#aborted = signal;
         this.signal(9);
+        this.fail(abortError(signal));
       };
       signal.addEventListener("abort", onAbort, { once: true });
       this.exit.finally(() => signal.removeEventListener("abort", onAbort)).catch(() => {});
+    }
+    if (req.timeoutMs !== undefined && req.timeoutMs !== null) {
+      // The guest enforces the timeout (124); the host makes sure it settles even if the guest cannot.
+      this.#hostDeadline = setTimeout(() => this.#hostTimeout(), req.timeoutMs + HOST_TIMEOUT_GRACE_MS);
+      this.#hostDeadline.unref?.();
     }
     const window = req.window ?? OUTPUT_WINDOW;
     this.#window[0] = window;
@@ -149,8 +170,18 @@ export class ProcessChannel {
     this.#rejectExit(err);
   }
 
+  #hostTimeout(): void {
+    if (this.#settled) return;
+    this.signal(9);
+    this.#settle();
+    this.#rejectReady(new ProcessStartError("ETIMEDOUT", "the command timed out before the guest reported it started"));
+    this.#resolveExit({ exitCode: 124, signal: null, timedOut: true, oomKilled: false });
+    this.#hooks.onHostTimeout?.();
+  }
+
   #settle(): void {
     this.#settled = true;
+    clearTimeout(this.#hostDeadline);
     this.#conn.offChannel(this.#channel);
     for (const w of this.#creditWaiters.splice(0)) w();
     this.#hooks.onSettled?.();
@@ -203,9 +234,8 @@ export class ProcessChannel {
         const e = decodeJson("Exit", payload, this.#channel);
         if (!this.#started) throw violation("exit of a process that never started");
         this.#settle();
-        if (this.#aborted) this.#rejectExit(abortError(this.#aborted));
-        else if (this.overrideError) this.#rejectExit(this.overrideError);
-        else this.#resolveExit({ exitCode: e.exitCode, signal: e.signal ?? null, timedOut: e.timedOut });
+        if (this.overrideError) this.#rejectExit(this.overrideError);
+        else this.#resolveExit({ exitCode: e.exitCode, signal: e.signal ?? null, timedOut: e.timedOut, oomKilled: e.oomKilled ?? false });
         return;
       }
       default:
@@ -215,7 +245,10 @@ export class ProcessChannel {
 }
 
 /**
- * A ReadableStream fed by guest output. Chunks are handed to the reader one
+ * A ReadableStream fed by guest output. It always ends by closing — after the
+ * process exited, failed to start, or the lane ended — never by erroring:
+ * why the process ended is what `exit` says. So `child.stdout.pipeTo(…)`
+ * without a handler cannot become an unhandled rejection. Chunks are handed to the reader one
  * pull at a time and credit goes back to the guest only as the reader takes
  * them, so a reader that stops reading stops the guest process (its pipe
  * fills) instead of growing host memory. Cancelling discards output and keeps
@@ -226,7 +259,6 @@ export class OutputStream {
   readonly #queue: Buffer[] = [];
   readonly #grant: (bytes: number) => void;
   #ended = false;
-  #error: Error | undefined;
   #discard = false;
   #wake: (() => void) | undefined;
 
@@ -235,15 +267,14 @@ export class OutputStream {
     this.readable = new ReadableStream<Uint8Array>(
       {
         pull: async (controller) => {
-          while (this.#queue.length === 0 && !this.#ended && !this.#error) {
+          while (this.#queue.length === 0 && !this.#ended) {
             await new Promise<void>((r) => (this.#wake = r));
           }
           const chunk = this.#queue.shift();
           if (chunk) {
             controller.enqueue(new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength));
             this.#grant(chunk.length);
-          } else if (this.#error) controller.error(this.#error);
-          else controller.close();
+          } else controller.close();
         },
         cancel: () => {
           this.#discard = true;
@@ -269,11 +300,6 @@ export class OutputStream {
     this.#wakeReader();
   }
 
-  error(err: Error): void {
-    this.#error = err;
-    this.#wakeReader();
-  }
-
   #wakeReader(): void {
     const w = this.#wake;
     this.#wake = undefined;
@@ -285,7 +311,9 @@ export class OutputStream {
 export function stdinStream(ch: ProcessChannel): WritableStream<Uint8Array> {
   return new WritableStream<Uint8Array>({
     write: (chunk) => {
-      if (!(chunk instanceof Uint8Array)) throw new TypeError("stdin accepts Uint8Array chunks");
+      if (!(chunk instanceof Uint8Array)) {
+        throw new SandboxConfigError(`stdin takes bytes (Uint8Array, e.g. new TextEncoder().encode(text)), got ${describeValue(chunk)}`);
+      }
       return ch.writeStdin(chunk);
     },
     close: () => ch.closeStdin(),

@@ -24,8 +24,48 @@ export interface CowRootfs {
   readonly writable: SandboxBlockStore;
   /** Dirty bytes buffered by the native runtime before they are written to the store. */
   readonly maxDirtyBytes: number;
-  /** Deadline of one store call; past it the call fails (EIO in the guest, BlockStoreError on the host). */
+  /** Deadline of one store call, retries included; past it the call fails (EIO in the guest, BlockStoreError on the host). */
   readonly storeTimeoutMs: number;
+  /** How failed store calls are tried again within `storeTimeoutMs`. */
+  readonly retry: StoreRetryPolicy;
+}
+
+/**
+ * Retries of failed block-store calls (`rootfs.cow({ retry })`). A failed
+ * call is tried again after `initialDelayMs`, doubling up to `maxDelayMs`,
+ * while attempts remain and the call's `storeTimeoutMs` allows; only a call
+ * that still fails reaches the guest as an I/O error. Calls are safe to
+ * repeat: a write replaces whole blocks, a flush makes durable what was
+ * written (docs/rootfs.md). `rootfs.cow({ retry: false })` makes one attempt.
+ */
+export interface StoreRetryPolicy {
+  /** Attempts in all, the first included (1-100). Default 5. */
+  readonly attempts: number;
+  /** Default 100. */
+  readonly initialDelayMs: number;
+  /** Default 2000. */
+  readonly maxDelayMs: number;
+}
+
+const DEFAULT_RETRY: StoreRetryPolicy = Object.freeze({ attempts: 5, initialDelayMs: 100, maxDelayMs: 2000 });
+
+function retryPolicy(retry: Partial<StoreRetryPolicy> | false | undefined): StoreRetryPolicy {
+  if (retry === false) return Object.freeze({ ...DEFAULT_RETRY, attempts: 1 });
+  if (retry === undefined) return DEFAULT_RETRY;
+  if (typeof retry !== "object" || retry === null) {
+    throw new SandboxConfigError("rootfs.cow({ retry }) takes { attempts?, initialDelayMs?, maxDelayMs? } or false");
+  }
+  const int = (what: string, v: number | undefined, def: number, min: number, max: number) => {
+    const n = v ?? def;
+    if (!Number.isSafeInteger(n) || n < min || n > max) throw new SandboxConfigError(`retry.${what} must be an integer from ${min} to ${max}, got ${String(v)}`);
+    return n;
+  };
+  const initialDelayMs = int("initialDelayMs", retry.initialDelayMs, DEFAULT_RETRY.initialDelayMs, 1, 600_000);
+  return Object.freeze({
+    attempts: int("attempts", retry.attempts, DEFAULT_RETRY.attempts, 1, 100),
+    initialDelayMs,
+    maxDelayMs: int("maxDelayMs", retry.maxDelayMs, Math.max(DEFAULT_RETRY.maxDelayMs, initialDelayMs), initialDelayMs, 600_000),
+  });
 }
 
 export type RootfsSpec = BuiltInRootfs | EphemeralRootfs | CowRootfs;
@@ -66,13 +106,15 @@ export const rootfs = {
    * `maxDirtyBytes` (default 64 MiB, whole 64 KiB blocks) fills up and when
    * the guest syncs or shuts down. Attach a store to one running lane at a time.
    * Each store call must settle within `storeTimeoutMs` (default 30 s); a
-   * failed or late call is an I/O error in the guest and a `BlockStoreError`
-   * on the host (`boot({ onError })`, and `lane.close()` rejects).
+   * failed call is retried within that time (`retry`, see StoreRetryPolicy;
+   * each retry is a `store-retry` event of `boot({ onEvent })`), and a call
+   * that still fails or is late is an I/O error in the guest and a
+   * `BlockStoreError` on the host (`boot({ onError })`, and `lane.close()` rejects).
    */
   cow(
     options:
-      | { base: BuiltInRootfs; writable: SandboxBlockStore; maxDirtyBytes?: number; storeTimeoutMs?: number }
-      | { source: ComposedRootfs; maxDirtyBytes?: number; storeTimeoutMs?: number },
+      | { base: BuiltInRootfs; writable: SandboxBlockStore; maxDirtyBytes?: number; storeTimeoutMs?: number; retry?: Partial<StoreRetryPolicy> | false }
+      | { source: ComposedRootfs; maxDirtyBytes?: number; storeTimeoutMs?: number; retry?: Partial<StoreRetryPolicy> | false },
   ): CowRootfs {
     if (options && "source" in options) {
       const { source } = options;
@@ -82,6 +124,7 @@ export const rootfs = {
         writable: source.overlay,
         maxDirtyBytes: options.maxDirtyBytes,
         storeTimeoutMs: options.storeTimeoutMs,
+        retry: options.retry,
       });
     }
     const base = options?.base;
@@ -93,7 +136,14 @@ export const rootfs = {
     if (!Number.isSafeInteger(storeTimeoutMs) || storeTimeoutMs < 1 || storeTimeoutMs > 3_600_000) {
       throw new SandboxConfigError(`storeTimeoutMs must be an integer between 1 and 3600000 ms, got ${String(storeTimeoutMs)}`);
     }
-    return Object.freeze({ kind: "cow" as const, base, writable, maxDirtyBytes: dirtyBudget(options.maxDirtyBytes), storeTimeoutMs });
+    return Object.freeze({
+      kind: "cow" as const,
+      base,
+      writable,
+      maxDirtyBytes: dirtyBudget(options.maxDirtyBytes),
+      storeTimeoutMs,
+      retry: retryPolicy(options.retry),
+    });
   },
 
   /** The merged view of a base image and a block-store overlay, for boot (`cow({ source })`) or export. */

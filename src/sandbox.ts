@@ -3,6 +3,7 @@ import type { BackendName } from "./backend.js";
 import { bootLane } from "./boot/index.js";
 import { SandboxConfigError, type BlockStoreError } from "./errors.js";
 import type { LaneDiagnostic } from "./helper-connection.js";
+import type { StoreRetryEvent } from "./rootfs/block-store.js";
 import type { Lane } from "./lane.js";
 import { isRootfsSpec, rootfs as rootfsApi, type RootfsSpec } from "./rootfs.js";
 import type { VirtualMount } from "./fs/types.js";
@@ -19,6 +20,20 @@ export interface SandboxResources {
   memoryMiB?: number;
   /** VMM backend. Default `auto`: krun where hardware virtualization works, else qemu. */
   backend?: BackendName;
+  /**
+   * Processes (and threads) one command and everything it starts may have at
+   * once (16-4194304). Default 1024. Every command runs in a cgroup of its own
+   * below init's, so a fork bomb hits this limit while init, the control port
+   * and other lanes keep working; a timeout or abort kills the whole cgroup.
+   */
+  maxProcesses?: number;
+  /**
+   * Memory of all commands together, MiB (16 to `memoryMiB` - 32). Default
+   * `memoryMiB` minus an eighth (at least 64 MiB) kept for the guest kernel
+   * and init. Past it the guest's OOM killer ends the largest command's whole
+   * process tree: its exit code is 137 with `oomKilled: true`.
+   */
+  workloadMemoryMiB?: number;
 }
 
 export interface SandboxDefinition {
@@ -41,6 +56,12 @@ export interface BootOptions {
   env?: Record<string, string>;
   /** How long to wait for the guest to be ready. Default 120000 (software emulation is slow). */
   timeoutMs?: number;
+  /**
+   * How long the guest may stay silent (no frame, not even the answer to a
+   * liveness ping, sent after 5 s of silence) before the lane is ended with
+   * `SandboxUnresponsiveError`. Default 30000.
+   */
+  livenessTimeoutMs?: number;
   /** Aborts the boot; the VM is torn down and the promise rejects with an AbortError. */
   signal?: AbortSignal;
   /**
@@ -73,8 +94,12 @@ export interface BootOptions {
   mounts?: Record<string, VirtualMount>;
 }
 
-/** Something a running lane reports: `diagnostic` = the helper's own words, with level and source. */
-export type LaneEvent = { type: "diagnostic" } & LaneDiagnostic;
+/**
+ * Something a running lane reports: `diagnostic` = the helper's or the guest
+ * init's own words, with level and source; `store-retry` = a `rootfs.cow`
+ * store call failed and will be tried again (the guest sees nothing yet).
+ */
+export type LaneEvent = ({ type: "diagnostic" } & LaneDiagnostic) | StoreRetryEvent;
 
 export interface Sandbox {
   readonly definition: Readonly<Required<Pick<SandboxDefinition, "rootfs">>> & { resources: Required<SandboxResources>; network?: NetworkPolicy };
@@ -94,7 +119,16 @@ export function defineSandbox(definition: SandboxDefinition = {}): Sandbox {
     cpus: checkInteger("resources.cpus", r.cpus ?? 1, 1, 64),
     memoryMiB: checkInteger("resources.memoryMiB", r.memoryMiB ?? 512, 128, 1 << 20),
     backend: r.backend ?? "auto",
+    maxProcesses: checkInteger("resources.maxProcesses", r.maxProcesses ?? 1024, 16, 4_194_304),
+    workloadMemoryMiB: 0,
   };
+  const memory = resources.memoryMiB;
+  resources.workloadMemoryMiB = checkInteger(
+    "resources.workloadMemoryMiB",
+    r.workloadMemoryMiB ?? memory - Math.max(64, Math.floor(memory / 8)),
+    16,
+    memory - 32,
+  );
   if (!["auto", "qemu", "krun"].includes(resources.backend)) {
     throw new SandboxConfigError(`resources.backend must be "auto", "qemu" or "krun", got ${JSON.stringify(resources.backend)}`);
   }

@@ -13,7 +13,7 @@ const STORE_BLOCKS = 300;
 
 const guestFstat = `
 import os, time, json, sys
-fd = os.open("/m/f", os.O_RDONLY)
+fd = os.open("/tmp/m/f", os.O_RDONLY)
 ts = []
 for _ in range(${FSTATS}):
     t0 = time.perf_counter_ns(); os.fstat(fd); ts.append(time.perf_counter_ns() - t0)
@@ -36,7 +36,7 @@ export async function roundTrips(api, { execs = 300 } = {}) {
   const out = {};
   {
     const mem = fs.memory({ files: { "/f": "x" } });
-    const lane = await defineSandbox({ rootfs: base }).boot({ mounts: { "/m": fs.virtual(mem) } });
+    const lane = await defineSandbox({ rootfs: base }).boot({ mounts: { "/tmp/m": fs.virtual(mem) } });
     try {
       for (let i = 0; i < 20; i++) await lane.exec("true");
       const t = [];

@@ -23,8 +23,11 @@ import { checkBootOptions } from "./options.js";
 import { resolvePlatform } from "./platform.js";
 import { attachStore } from "./store.js";
 
-/** How long `close()` waits for a persistent root to be written back before killing the VM. */
-const COW_SHUTDOWN_GRACE_MS = 120_000;
+/**
+ * How long past a store call's deadline `close()` waits, with no store call
+ * completing, for a durable root to be written back before killing the VM.
+ */
+const COW_SHUTDOWN_GRACE_MS = 5000;
 
 /** Test and benchmark overrides of a boot (not part of the public API). */
 export interface BootInternals {
@@ -62,7 +65,22 @@ export async function bootLane(
   }
   if (store) {
     conn.once("exit", store.release);
-    serveBlockStore(conn, store.store, { base: image.sha256 }, { timeoutMs: store.timeoutMs, failures, listed: store.listed });
+    const onEvent = plan.onEvent;
+    serveBlockStore(conn, store.store, { base: image.sha256 }, {
+      timeoutMs: store.timeoutMs,
+      retry: store.retry,
+      onRetry: onEvent
+        ? (e) => {
+            try {
+              onEvent(e);
+            } catch {
+              // An event hook that throws must not take the lane down.
+            }
+          }
+        : undefined,
+      failures,
+      listed: store.listed,
+    });
   }
   if (plan.mounts.length > 0) serveFileSystems(conn, plan.mounts.map((m) => m.mount.fs));
   if (plan.onEvent) {
@@ -115,11 +133,15 @@ export async function bootLane(
         mounts: plan.mounts,
         network: policy !== undefined,
         caCertPem: pem,
+        resources,
         writableRoot: internals.writableRoot,
       }),
     );
     configure.catch(() => {});
     const { launched, hello, ready } = await handshake(conn, launch, configure, plan.timeoutMs, plan.signal);
+    for (const warning of ready.warnings ?? []) {
+      conn.emit("diagnostic", { level: "warn", source: "guest", message: warning });
+    }
     return new Lane(
       conn,
       {
@@ -141,7 +163,13 @@ export async function bootLane(
           readyMs: ready.uptimeMs,
         },
       },
-      { shutdownGraceMs: store ? COW_SHUTDOWN_GRACE_MS : undefined, storeFailures: failures },
+      {
+        // A durable root writes back at power-off: the grace counts from the last store call that completed.
+        shutdownGraceMs: store ? store.timeoutMs + COW_SHUTDOWN_GRACE_MS : undefined,
+        storeFailures: failures,
+        storeProgress: store ? () => failures.lastProgressAt : undefined,
+        livenessTimeoutMs: plan.livenessTimeoutMs,
+      },
     );
   } catch (err) {
     conn.kill();

@@ -80,6 +80,7 @@ export interface ConfigureInput {
   mounts: readonly { target: string; mount: { readOnly: boolean } }[];
   network: boolean;
   caCertPem: string | undefined;
+  resources: Required<SandboxResources>;
   writableRoot?: boolean;
 }
 
@@ -100,6 +101,7 @@ export function configureMessage(c: ConfigureInput): Configure {
       // Only a root whose changes are discarded may get new directories.
       createOnRoot: c.root.kind === "ephemeral",
     })),
+    limits: { maxProcesses: c.resources.maxProcesses, workloadMemoryMib: c.resources.workloadMemoryMiB },
     ...(c.caCertPem === undefined ? {} : { caCertPem: c.caCertPem }),
     ...(c.network ? { network: { ...GUEST_NET } } : {}),
   };

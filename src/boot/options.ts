@@ -6,6 +6,8 @@ import { checkAbsolutePath, checkEnv, checkHostname, checkInteger } from "../val
 import type { BootOptions, LaneEvent } from "../sandbox.js";
 
 const MAX_MOUNTS = 16;
+/** Guest paths the kernel and init own: a mount there would break every process. */
+const RESERVED = ["/dev", "/proc", "/sys", "/run/sandbox"];
 
 export interface BootPlan {
   hostname: string;
@@ -16,6 +18,7 @@ export interface BootPlan {
   signal: AbortSignal | undefined;
   onError: ((error: BlockStoreError) => void) | undefined;
   onEvent: ((event: LaneEvent) => void) | undefined;
+  livenessTimeoutMs: number;
   /** The explicit interception CA's certificate, checked (undefined: none given). */
   caCertPem: Promise<string | undefined> | undefined;
 }
@@ -41,6 +44,7 @@ export function checkBootOptions(options: BootOptions): BootPlan {
     env: checkEnv("env", options.env),
     mounts: checkMounts(options.mounts),
     timeoutMs: checkInteger("timeoutMs", options.timeoutMs ?? 120_000, 1, 3_600_000),
+    livenessTimeoutMs: checkInteger("livenessTimeoutMs", options.livenessTimeoutMs ?? 30_000, 5_000, 3_600_000),
     signal: options.signal,
     onError: options.onError,
     onEvent: options.onEvent,
@@ -66,6 +70,12 @@ function checkMounts(mounts: unknown): { target: string; mount: VirtualMount }[]
     }
     const target = `/${parts.join("/")}`;
     if (out.some((m) => m.target === target)) throw new SandboxConfigError(`mount target ${target} is given twice`);
+    const reserved = RESERVED.find((r) => target === r || target.startsWith(`${r}/`));
+    if (reserved) {
+      throw new SandboxConfigError(
+        `mount target ${target} is inside ${reserved}, which the guest itself needs (${RESERVED.join(", ")} and / cannot be mount targets); mount under /workspace, /mnt, /tmp or /run instead`,
+      );
+    }
     out.push({ target, mount });
   }
   if (out.length > MAX_MOUNTS) throw new SandboxConfigError(`at most ${MAX_MOUNTS} mounts per boot, got ${out.length}`);

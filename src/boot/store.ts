@@ -1,13 +1,14 @@
 /** A `rootfs.cow` root's block store: attached to one lane at a time, listed before any VM starts. */
 import { SandboxConfigError } from "../errors.js";
 import { checkListed, withStoreDeadline, type SandboxBlockStore } from "../rootfs/block-store.js";
-import type { RootfsSpec } from "../rootfs.js";
+import type { RootfsSpec, StoreRetryPolicy } from "../rootfs.js";
 
 /** Block stores attached to a running lane of this process (a store serves one lane at a time). */
 const storesInUse = new WeakSet<SandboxBlockStore>();
 
 export interface AttachedStore {
   store: SandboxBlockStore;
+  retry: StoreRetryPolicy;
   /** The store's `list()` answer, served to the engine's first `list` request. */
   listed: number[];
   timeoutMs: number;
@@ -29,7 +30,7 @@ export async function attachStore(root: RootfsSpec, base: string): Promise<Attac
   // base (BlockStoreBaseMismatchError) or cannot answer fails boot cheaply and clearly.
   try {
     const listed = await withStoreDeadline("list", "list()", root.storeTimeoutMs, async () => checkListed(await store.list({ base })));
-    return { store, listed, timeoutMs: root.storeTimeoutMs, release };
+    return { store, listed, timeoutMs: root.storeTimeoutMs, retry: root.retry, release };
   } catch (err) {
     release();
     throw err;

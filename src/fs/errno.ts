@@ -51,13 +51,28 @@ export const ERRNO: Readonly<Record<string, number>> = Object.freeze({
  * else EIO. Unknown failures must never look like success.
  */
 export function errnoOf(err: unknown): number {
-  const e = err as { code?: unknown; errno?: unknown } | null;
-  if (e && typeof e.code === "string" && Object.hasOwn(ERRNO, e.code)) return ERRNO[e.code]!;
-  if (e && typeof e.errno === "number" && Number.isInteger(e.errno) && e.errno !== 0) {
-    const n = Math.abs(e.errno);
+  const code = property(err, "code");
+  if (typeof code === "string" && Object.hasOwn(ERRNO, code)) return ERRNO[code]!;
+  const errno = property(err, "errno");
+  if (typeof errno === "number" && Number.isInteger(errno) && errno !== 0) {
+    const n = Math.abs(errno);
     if (n < 4096) return n;
   }
   return ERRNO.EIO!;
+}
+
+/**
+ * `value[key]` when `value` is an object, else undefined — and undefined too
+ * when reading it throws (a getter that throws, a revoked Proxy): what a
+ * filesystem throws is not trusted to be well-behaved.
+ */
+export function property(value: unknown, key: string): unknown {
+  if ((typeof value !== "object" && typeof value !== "function") || value === null) return undefined;
+  try {
+    return (value as Record<string, unknown>)[key];
+  } catch {
+    return undefined;
+  }
 }
 
 /** An Error with an errno `code`, as adapters throw them. */

@@ -9,7 +9,8 @@
  */
 import type { HelperConnection } from "../helper-connection.js";
 import type { Attr, DirEntry, FsReply, FsRequest, Op } from "../protocol/contract.js";
-import { ERRNO, errnoOf, fsError } from "./errno.js";
+import { describeThrown } from "../errors.js";
+import { ERRNO, errnoOf, fsError, property } from "./errno.js";
 import { childPath, NodeTable, ROOT_ID } from "./nodes.js";
 import type { SandboxFileHandle, SandboxFileStats, SandboxFileSystem } from "./types.js";
 
@@ -85,9 +86,8 @@ export class MountServer {
     } catch (err) {
       if (DEBUG) console.error("sandbox fs:", op, "failed:", err);
       const errno = errnoOf(err);
-      const code = (err as { code?: unknown } | null)?.code;
-      if (errno === ERRNO.EIO && code !== "EIO") {
-        this.onProblem(`filesystem ${op} failed without an errno code (${String((err as Error)?.message ?? err)}); the guest got EIO`);
+      if (errno === ERRNO.EIO && property(err, "code") !== "EIO") {
+        this.onProblem(`filesystem ${op} failed without an errno code (${describeThrown(err)}); the guest got EIO`);
       }
       return { reply: { result: "error", errno } };
     }
@@ -294,7 +294,7 @@ export class MountServer {
     try {
       return await this.fs.lstat(this.nodes.path(node));
     } catch (err) {
-      const fallback = (err as { code?: string }).code === "ENOENT" ? this.#openOf(node) : undefined;
+      const fallback = property(err, "code") === "ENOENT" ? this.#openOf(node) : undefined;
       if (!fallback) throw err;
       return fallback.handle.stat();
     }
@@ -410,7 +410,7 @@ async function lstatOrUndefined(fs: SandboxFileSystem, path: string): Promise<Sa
   try {
     return await fs.lstat(path);
   } catch (err) {
-    if ((err as { code?: string }).code === "ENOENT") return undefined;
+    if (property(err, "code") === "ENOENT") return undefined;
     throw err;
   }
 }

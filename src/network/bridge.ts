@@ -4,6 +4,7 @@
  * and records their answers as hostname attribution before the guest sees them,
  * registers intercepted flows, and turns the helper's audit records into events.
  */
+import { describeThrown } from "../errors.js";
 import type { HelperConnection } from "../helper-connection.js";
 import type { NetAudit, NetRequest, NetVerdict } from "../protocol/contract.js";
 import { cidrContains } from "./cidr.js";
@@ -65,7 +66,7 @@ export class NetworkService {
     } catch (err) {
       // Anything unexpected denies (fail closed).
       this.#reply(id, "deny");
-      this.emit({ type: "policy-error", protocol: req.proto, src: `${req.srcIp}:${req.srcPort}`, dst: `${req.dstIp}:${req.dstPort}`, error: err, message: String(err) });
+      this.emit({ type: "policy-error", protocol: req.proto, src: `${req.srcIp}:${req.srcPort}`, dst: `${req.dstIp}:${req.dstPort}`, error: err, message: describeThrown(err) });
     }
   }
 
@@ -97,7 +98,7 @@ export class NetworkService {
       if (err instanceof PolicyTimeout) {
         this.emit({ type: "policy-timeout", protocol: req.proto, ...where, message: `the policy callback did not settle within ${this.#policy.timeoutMs} ms; denied` });
       } else {
-        const message = err instanceof Error ? err.message : String(err);
+        const message = describeThrown(err);
         this.emit({ type: "policy-error", protocol: req.proto, ...where, error: err, message: `the policy callback failed (${message}); denied` });
       }
       return;

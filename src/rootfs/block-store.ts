@@ -3,7 +3,8 @@
  * and the Node side of the helper's block bridge (BlockRequest → store call →
  * BlockReply).
  */
-import { BlockStoreError, SandboxConfigError, type BlockStoreOp } from "../errors.js";
+import { BlockStoreBaseMismatchError, BlockStoreError, describeThrown, describeValue, SandboxConfigError, type BlockStoreOp } from "../errors.js";
+import type { StoreRetryPolicy } from "../rootfs.js";
 import type { HelperConnection } from "../helper-connection.js";
 import { MAX_PAYLOAD } from "../protocol/frames.js";
 import type { BlockReply, BlockRequest } from "../protocol/contract.js";
@@ -99,6 +100,8 @@ export const DEFAULT_STORE_TIMEOUT_MS = 30_000;
 export class BlockStoreFailures {
   first: BlockStoreError | undefined;
   count = 0;
+  /** `performance.now()` when a store call last succeeded (close() waits while this advances; failures are no progress). */
+  lastProgressAt = 0;
   readonly #onError: ((error: BlockStoreError) => void) | undefined;
 
   constructor(onError?: (error: BlockStoreError) => void) {
@@ -121,12 +124,59 @@ export class BlockStoreFailures {
 /** A store's rejection as a BlockStoreError naming the call (a BlockStoreError thrown by the store passes through). */
 export function storeCallError(op: BlockStoreOp, what: string, cause: unknown): BlockStoreError {
   if (cause instanceof BlockStoreError) return cause;
-  const why = cause instanceof Error ? cause.message : String(cause);
+  const why = describeThrown(cause);
   return new BlockStoreError(op, `the writable block store's ${what} failed: ${why}; the guest saw an I/O error`, { cause });
 }
 
+/** One retry of a failed store call, as the lane reports it (`boot({ onEvent })`). */
+export interface StoreRetryEvent {
+  type: "store-retry";
+  op: BlockStoreOp;
+  /** The attempt that failed (1 = the first). */
+  attempt: number;
+  /** How long until the next attempt. */
+  delayMs: number;
+  error: BlockStoreError;
+}
+
+/**
+ * Calls `fn` under the store's retry policy: a failed attempt is tried again
+ * after a growing delay while attempts remain and `timeoutMs` (the whole call's
+ * deadline) allows; the last failure, or the deadline, is the call's error.
+ */
+export async function callStore<T>(
+  op: BlockStoreOp,
+  what: string,
+  timeoutMs: number,
+  policy: StoreRetryPolicy,
+  onRetry: ((event: StoreRetryEvent) => void) | undefined,
+  fn: () => Promise<T>,
+): Promise<T> {
+  const deadline = performance.now() + timeoutMs;
+  let delay = policy.initialDelayMs;
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await withStoreDeadline(op, what, Math.max(1, deadline - performance.now()), fn, timeoutMs);
+    } catch (err) {
+      const error = err as BlockStoreError;
+      const wait = Math.min(delay, policy.maxDelayMs);
+      // A call that ran out of time, a store bound to another base, or the last attempt: no retry.
+      if (error.timedOut || error instanceof BlockStoreBaseMismatchError || attempt >= policy.attempts || performance.now() + wait >= deadline) {
+        throw error;
+      }
+      try {
+        onRetry?.({ type: "store-retry", op, attempt, delayMs: wait, error });
+      } catch {
+        // An observer that throws changes nothing.
+      }
+      await new Promise((r) => setTimeout(r, wait));
+      delay *= 2;
+    }
+  }
+}
+
 /** Calls `fn` with a deadline: past it, rejects with a timed-out BlockStoreError. */
-export async function withStoreDeadline<T>(op: BlockStoreOp, what: string, timeoutMs: number, fn: () => Promise<T>): Promise<T> {
+export async function withStoreDeadline<T>(op: BlockStoreOp, what: string, timeoutMs: number, fn: () => Promise<T>, namedTimeoutMs = timeoutMs): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   const deadline = new Promise<never>((_, reject) => {
     timer = setTimeout(
@@ -134,7 +184,7 @@ export async function withStoreDeadline<T>(op: BlockStoreOp, what: string, timeo
         reject(
           new BlockStoreError(
             op,
-            `the writable block store's ${what} did not settle within ${timeoutMs} ms; the guest saw an I/O error. ` +
+            `the writable block store's ${what} did not settle within ${namedTimeoutMs} ms; the guest saw an I/O error. ` +
               "Make the store answer faster or raise rootfs.cow({ storeTimeoutMs })",
             { timedOut: true },
           ),
@@ -158,8 +208,11 @@ export function checkListed(listed: unknown): number[] {
 }
 
 export interface BlockBridgeOptions {
-  /** Deadline of each store call. */
+  /** Deadline of each store call, retries included. */
   timeoutMs: number;
+  /** Default: one attempt. */
+  retry?: StoreRetryPolicy;
+  onRetry?: (event: StoreRetryEvent) => void;
   failures: BlockStoreFailures;
   /** The boot's own `list()` answer, served to the engine's first `list` request instead of calling the store again. */
   listed?: readonly number[];
@@ -181,6 +234,11 @@ export function serveBlockStore(
 ): void {
   const bs = store.blockSize;
   let listed = options.listed;
+  const retry = options.retry ?? { attempts: 1, initialDelayMs: 1, maxDelayMs: 1 };
+  // The write of each block still in the store's hands: a later write of the
+  // same block waits for it, so an abandoned (timed-out) write can never land
+  // after a newer copy of the block.
+  const writing = new Map<number, Promise<unknown>>();
 
   const handle = async (req: BlockRequest, bytes: Buffer): Promise<Reply[]> => {
     switch (req.op) {
@@ -224,7 +282,13 @@ export function serveBlockStore(
           index: BigInt(index),
           bytes: new Uint8Array(bytes.subarray(k * bs, (k + 1) * bs)),
         }));
-        await store.write(chunks, context);
+        const earlier = [...new Set(indices.map((i) => writing.get(i)).filter((p) => p !== undefined))];
+        if (earlier.length > 0) await Promise.allSettled(earlier);
+        const pending = Promise.resolve().then(() => store.write(chunks, context));
+        for (const i of indices) writing.set(i, pending);
+        const forget = () => indices.forEach((i) => writing.get(i) === pending && writing.delete(i));
+        pending.then(forget, forget);
+        await pending;
         return [[{ status: "ok" }, []]];
       }
       case "flush":
@@ -236,8 +300,11 @@ export function serveBlockStore(
   const failed = (id: number, error: string) => conn.sendFramed("BlockReply", id, { status: "failed", error: error.slice(0, 4096) });
   conn.serve("BlockRequest", {
     handle: (req, bytes, id) =>
-      withStoreDeadline(req.op, describe(req), options.timeoutMs, () => handle(req, bytes)).then(
-        (replies) => replies.forEach(([header, blocks]) => conn.sendFramed("BlockReply", id, header, blocks)),
+      callStore(req.op, describe(req), options.timeoutMs, retry, options.onRetry, () => handle(req, bytes)).then(
+        (replies) => {
+          options.failures.lastProgressAt = performance.now();
+          replies.forEach(([header, blocks]) => conn.sendFramed("BlockReply", id, header, blocks));
+        },
         (err: BlockStoreError) => {
           options.failures.report(err);
           failed(id, err.message);
@@ -264,7 +331,7 @@ function describe(req: BlockRequest): string {
 
 function toIndex(value: unknown, what: string): number {
   if (typeof value !== "bigint" || value < 0n || value > BigInt(Number.MAX_SAFE_INTEGER)) {
-    throw new Error(`${what} returned ${String(value)}, not a block index (a non-negative bigint)`);
+    throw new Error(`${what} returned ${describeValue(value)}, not a block index (a non-negative bigint)`);
   }
   return Number(value);
 }

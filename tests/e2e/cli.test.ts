@@ -20,6 +20,30 @@ describe("sandbox CLI (the README's main job)", () => {
     expect(r.status).toBe(3);
   });
 
+  it("forwards stdin with its EOF, streams output as it comes, and exits like a shell (127, 126, 128+N)", async () => {
+    const piped = spawnSync(process.execPath, [cli, "run", "--image", "busybox", "--", "cat"], { input: "x\n", encoding: "utf8", timeout: 120_000 });
+    expect(piped.stdout).toBe("x\n");
+    expect(piped.status).toBe(0);
+    const missing = spawnSync(process.execPath, [cli, "run", "--image", "busybox", "--", "no-such-cmd"], { encoding: "utf8", timeout: 120_000 });
+    expect(missing.status).toBe(127);
+    expect(missing.stderr).toContain("no-such-cmd: command not found");
+    const notExec = spawnSync(process.execPath, [cli, "run", "--image", "busybox", "--", "/etc/passwd"], { encoding: "utf8", timeout: 120_000 });
+    expect(notExec.status).toBe(126);
+    const killed = spawnSync(process.execPath, [cli, "run", "--image", "busybox", "--", "sh", "-c", "kill -9 $$"], { encoding: "utf8", timeout: 120_000 });
+    expect(killed.status).toBe(137);
+    // `a` must reach us while the command still sleeps, before `b` exists.
+    const { spawn } = await import("node:child_process");
+    const child = spawn(process.execPath, [cli, "run", "--image", "busybox", "--", "sh", "-c", "echo a; sleep 2; echo b"], { stdio: ["ignore", "pipe", "pipe"] });
+    const seen: { text: string; at: number }[] = [];
+    child.stdout.on("data", (d: Buffer) => seen.push({ text: d.toString(), at: performance.now() }));
+    const code = await new Promise<number | null>((r) => child.on("exit", r));
+    expect(code).toBe(0);
+    const a = seen.find((s) => s.text.includes("a"));
+    const b = seen.find((s) => s.text.includes("b"));
+    expect(a && b).toBeTruthy();
+    expect(b!.at - a!.at).toBeGreaterThan(1500);
+  });
+
   it("lists the built-in images", () => {
     const r = spawnSync(process.execPath, [cli, "images"], { encoding: "utf8" });
     expect(r.status).toBe(0);

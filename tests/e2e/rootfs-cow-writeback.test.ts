@@ -10,7 +10,7 @@ import {
   rootfs,
   type SandboxBlockStoreContext,
 } from "../../src/index.js";
-import { waitUntil } from "./helpers.js";
+import { alive, waitUntil } from "./helpers.js";
 
 const debian = rootfs.builtIn("debian:12");
 
@@ -70,6 +70,20 @@ describe("rootfs.cow write-back on a real VM", () => {
     expect(closed).toBeInstanceOf(BlockStoreError);
     expect((closed as BlockStoreError).op).toBe("flush");
     expect((closed as BlockStoreError).timedOut).toBe(true);
+  });
+
+  it("close() settles within storeTimeoutMs + 10 s while the store's flush() never resolves", async () => {
+    const store = new HungFlushStore();
+    const lane = await defineSandbox({ rootfs: rootfs.cow({ base: debian, writable: store, storeTimeoutMs: 5000 }) }).boot({ onError: () => {} });
+    await lane.exec("sh", ["-c", "echo data > /root/g"]);
+    store.hang = true;
+    const t0 = Date.now();
+    const closed = await lane.close().then(() => undefined, (e: unknown) => e);
+    const took = Date.now() - t0;
+    console.log(`close() with a hung flush took ${took} ms`);
+    expect(took).toBeLessThan(5000 + 10_000);
+    expect(closed).toBeInstanceOf(BlockStoreError);
+    expect(await waitUntil(() => !alive(lane.info.vmmPid) && !alive(lane.info.helperPid), 5000)).toBe(true);
   });
 
   it("after a clean close() the next boot mounts the root without journal recovery", async () => {

@@ -12,7 +12,7 @@ describe("input validation", () => {
 
   it("accepts a plain definition and applies documented defaults", () => {
     const sb = defineSandbox({ rootfs: rootfs.builtIn("busybox") });
-    expect(sb.definition.resources).toEqual({ cpus: 1, memoryMiB: 512, backend: "auto" });
+    expect(sb.definition.resources).toEqual({ cpus: 1, memoryMiB: 512, backend: "auto", maxProcesses: 1024, workloadMemoryMiB: 448 });
   });
 
   it("checks hostnames, env and argv", () => {

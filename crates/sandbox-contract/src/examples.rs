@@ -23,14 +23,15 @@ pub fn all() -> Vec<(String, Value)> {
         ex::<Configure>("Configure", json!({
             "hostname": "sandbox", "root": {"device": "/dev/vda", "fstype": "ext4", "readOnly": true}, "cwd": "/",
             "env": {"CI": "1"}, "network": {"address": "10.0.2.15", "prefixLen": 24, "gateway": "10.0.2.2", "nameserver": "10.0.2.3", "mtu": 1500},
-            "mounts": [{"tag": "sandbox-fs-0", "target": "/workspace", "readOnly": false, "createOnRoot": false}]
+            "mounts": [{"tag": "sandbox-fs-0", "target": "/workspace", "readOnly": false, "createOnRoot": false}],
+            "limits": {"maxProcesses": 1024, "workloadMemoryMib": 448}
         })),
-        ex::<Ready>("Ready", json!({"uptimeMs": 1300, "kernel": "6.1.0-57-cloud-amd64"})),
+        ex::<Ready>("Ready", json!({"uptimeMs": 1300, "kernel": "6.1.0-57-cloud-amd64", "warnings": []})),
         ex::<InitError>("InitError", json!({"stage": "cwd", "message": "/nope does not exist"})),
         ex::<Start>("Start", json!({"argv": ["sh", "-c", "echo hi"], "env": {}, "stdin": true, "timeoutMs": 1000, "pty": {"rows": 24, "cols": 80}, "window": 1048576})),
         ex::<Started>("Started", json!({"pid": 42})),
         ex::<StartFailed>("StartFailed", json!({"code": "ENOENT", "errno": 2, "message": "no-such-cmd: not found"})),
-        ex::<Exit>("Exit", json!({"exitCode": 124, "signal": 9, "timedOut": true})),
+        ex::<Exit>("Exit", json!({"exitCode": 137, "signal": 9, "timedOut": false, "oomKilled": true})),
         ex::<Signal>("Signal", json!({"signal": 15})),
         ex::<Credit>("Credit", json!({"stdout": 65536})),
         ex::<StdinAck>("StdinAck", json!({"bytes": 4096})),

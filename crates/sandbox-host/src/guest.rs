@@ -71,6 +71,8 @@ struct Proc {
 pub struct Session {
     phase: Phase,
     procs: HashMap<u32, Proc>,
+    /// Pings Node sent that the guest has not answered.
+    pings: u64,
 }
 
 impl Default for Session {
@@ -81,7 +83,7 @@ impl Default for Session {
 
 impl Session {
     pub fn new() -> Self {
-        Self { phase: Phase::Hello, procs: HashMap::new() }
+        Self { phase: Phase::Hello, procs: HashMap::new(), pings: 0 }
     }
 
     /// Checks one frame from the guest; `Ok` means it may go to Node as it is.
@@ -117,6 +119,13 @@ impl Session {
                 self.expect_phase(Phase::Booting, &fail)?;
                 proto::decode::<proto::InitError>(payload).map_err(bad)?;
                 self.phase = Phase::Failed;
+            }
+            Kind::Pong => {
+                proto::expect_empty(k, payload).map_err(bad)?;
+                if self.pings == 0 {
+                    return Err(fail("a Pong no Ping asked for".into()));
+                }
+                self.pings -= 1;
             }
             _ => {
                 self.expect_phase(Phase::Running, &fail)?;
@@ -239,6 +248,7 @@ impl Session {
             Kind::Signal => {
                 proto::decode::<proto::Signal>(payload).map_err(bad)?;
             }
+            Kind::Ping => self.pings = self.pings.saturating_add(1),
             Kind::Resize => {
                 proto::decode::<proto::Resize>(payload).map_err(bad)?;
             }

@@ -8,6 +8,7 @@
 
 mod boot;
 mod ca;
+mod cgroups;
 mod net;
 mod process;
 mod server;
@@ -68,7 +69,17 @@ fn main() {
         Ok(env) => env,
         Err(e) => link.fail(e.stage, &e.message),
     };
-    let ready = proto::Ready { uptime_ms: ms(sys::uptime_ms()), kernel: proto::Text::truncated(boot::kernel_release()) };
+    // Containment is what keeps init answering whatever the workload does; a
+    // kernel without cgroup v2 boots without it, and the host is told.
+    let mut warnings = Vec::new();
+    let containment = match cgroups::Containment::setup(cfg.limits.max_processes.get(), cfg.limits.workload_memory_mib.get()) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            warnings.push(proto::Text::truncated(format!("no cgroup containment, commands run without process and memory limits: {e}")));
+            None
+        }
+    };
+    let ready = proto::Ready { uptime_ms: ms(sys::uptime_ms()), kernel: proto::Text::truncated(boot::kernel_release()), warnings };
     if link.send(&ready).is_err() {
         power_off();
     }
@@ -80,7 +91,7 @@ fn main() {
     // The CA variables come before the host's env so a caller can still override them.
     env.extend(ca_env);
     env.extend(cfg.env.clone());
-    let server = match server::Server::new(link.port, link.decoder, env, cfg.cwd.to_string()) {
+    let server = match server::Server::new(link.port, link.decoder, env, cfg.cwd.to_string(), containment) {
         Ok(s) => s,
         Err(e) => console_fatal(&format!("control loop: {e}")),
     };

@@ -1,6 +1,7 @@
 //! One supervised guest process: its pipes (or pty), output credit, deadline
 //! and pending stdin.
 
+use crate::cgroups::{self, Leaf};
 use crate::sys;
 use sandbox_protocol::{I32In, Resize, Start, StartFailed, Text};
 use std::collections::{BTreeMap, VecDeque};
@@ -48,13 +49,18 @@ pub struct Process {
     pub timed_out: bool,
     /// Raw wait status once reaped; the Exit frame waits until output is drained.
     pub status: Option<i32>,
+    /// The command's cgroup (absent only when this kernel has no cgroup v2).
+    pub leaf: Option<Leaf>,
 }
 
 impl Process {
+    /// Starts the command; it moves itself into `leaf` before exec, so every
+    /// process it forks is in there too.
     pub fn spawn(
         start: &Start,
         base_env: &BTreeMap<String, String>,
         default_cwd: &str,
+        leaf: Option<Leaf>,
     ) -> Result<Process, StartFailed> {
         let Some(program) = start.argv.first() else {
             return Err(start_failed(libc::EINVAL, "argv is empty: give at least the program name".into()));
@@ -72,6 +78,7 @@ impl Process {
         cmd.args(&start.argv[1..]).env_clear().envs(base_env).envs(&start.env).current_dir(cwd);
         let window = start.initial_window();
         let spawn_err = |e: io::Error| start_failed(e.raw_os_error().unwrap_or(libc::EIO), format!("{program}: {e}"));
+        let leaf_fd = leaf.as_ref().map(Leaf::procs_fd);
 
         if let Some(size) = start.pty {
             let (master, slave) = open_pty(size).map_err(|e| start_failed(e.raw_os_error().unwrap_or(libc::EIO), format!("openpty: {e}")))?;
@@ -84,6 +91,9 @@ impl Process {
                 // A new session whose controlling terminal is the pty: job
                 // control, ^C → SIGINT and SIGWINCH on resize then just work.
                 cmd.pre_exec(move || {
+                    if let Some(fd) = leaf_fd {
+                        cgroups::enter(fd)?;
+                    }
                     if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
                         return Err(io::Error::last_os_error());
                     }
@@ -108,10 +118,18 @@ impl Process {
                 deadline: start.timeout_ms.map(|ms| Instant::now() + Duration::from_millis(u64::from(ms.get()))),
                 timed_out: false,
                 status: None,
+                leaf,
             });
         }
 
-        // Own process group, so timeouts and aborts can take the whole tree.
+        // Own process group and cgroup, so timeouts and aborts can take the whole tree.
+        if let Some(fd) = leaf_fd {
+            // SAFETY: the hook runs in the forked child before exec and makes one
+            // write(2) (async-signal-safe) to a descriptor opened by the parent.
+            unsafe {
+                cmd.pre_exec(move || cgroups::enter(fd));
+            }
+        }
         cmd.process_group(0)
             .stdin(if start.stdin { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
@@ -141,12 +159,25 @@ impl Process {
             deadline: start.timeout_ms.map(|ms| Instant::now() + Duration::from_millis(u64::from(ms.get()))),
             timed_out: false,
             status: None,
+            leaf,
         })
     }
 
-    /// Signals the whole process group (a pty process leads its own session and group).
+    /// Signals the whole process group (a pty process leads its own session
+    /// and group); SIGKILL takes the command's whole cgroup, so processes that
+    /// left the group (setsid, a fork bomb's children) go too.
     pub fn kill_group(&self, signal: i32) {
+        if signal == libc::SIGKILL {
+            if let Some(leaf) = &self.leaf {
+                leaf.kill();
+            }
+        }
         let _ = sys::kill(-self.pid, signal);
+    }
+
+    /// Whether the kernel's OOM killer ended (part of) this command.
+    pub fn oom_killed(&self) -> bool {
+        self.leaf.as_ref().is_some_and(Leaf::oom_killed)
     }
 
     pub fn resize(&self, size: Resize) {

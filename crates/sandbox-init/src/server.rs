@@ -1,6 +1,7 @@
 //! The control loop: one poll(2) over the control port, SIGCHLD and every
 //! process pipe. Single-threaded on purpose: PID 1 must stay simple.
 
+use crate::cgroups::Containment;
 use crate::process::{start_failed, Process};
 use sandbox_protocol::{self as proto, Frame, FrameDecoder, Kind, Message};
 use std::collections::{BTreeMap, HashMap};
@@ -10,6 +11,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Instant;
 
 const READ_CHUNK: usize = 256 * 1024;
+/// How often lingering command cgroups are checked for removal.
+const SWEEP_MS: i32 = 500;
 
 pub struct Server {
     port: File,
@@ -19,6 +22,8 @@ pub struct Server {
     by_pid: HashMap<i32, u32>,
     base_env: BTreeMap<String, String>,
     default_cwd: String,
+    /// The workload's cgroups; `None` when the kernel has none (reported at boot).
+    containment: Option<Containment>,
     out: Vec<u8>,
 }
 
@@ -29,8 +34,15 @@ enum Flow {
 }
 
 impl Server {
-    pub fn new(port: File, decoder: FrameDecoder, base_env: BTreeMap<String, String>, default_cwd: String) -> io::Result<Self> {
+    pub fn new(
+        port: File,
+        decoder: FrameDecoder,
+        base_env: BTreeMap<String, String>,
+        default_cwd: String,
+        containment: Option<Containment>,
+    ) -> io::Result<Self> {
         Ok(Server {
+            containment,
             port,
             decoder,
             sigchld: sigchld_fd()?,
@@ -86,6 +98,9 @@ impl Server {
                 return Err(e);
             }
             self.expire_deadlines();
+            if let Some(c) = self.containment.as_mut().filter(|c| c.has_lingering()) {
+                c.sweep();
+            }
             for (i, &(ch, which)) in owners.iter().enumerate() {
                 let revents = fds[i + 2].revents;
                 if revents == 0 {
@@ -152,7 +167,11 @@ impl Server {
                 if self.procs.contains_key(&ch) {
                     return self.send(ch, &start_failed(libc::EEXIST, format!("channel {ch} is already in use"))).map(|_| Flow::Continue);
                 }
-                match Process::spawn(&start, &self.base_env, &self.default_cwd) {
+                let leaf = match self.containment.as_mut().map(|c| c.leaf(ch)).transpose() {
+                    Ok(leaf) => leaf,
+                    Err(e) => return self.send(ch, &start_failed(libc::EAGAIN, format!("no cgroup for the command: {e}"))).map(|_| Flow::Continue),
+                };
+                match Process::spawn(&start, &self.base_env, &self.default_cwd, leaf) {
                     Ok(p) => {
                         let Some(pid) = proto::I32In::new(p.pid) else {
                             return Ok(Flow::Continue);
@@ -204,6 +223,7 @@ impl Server {
                     p.kill_group(sig.signal.get());
                 }
             }
+            Kind::Ping => self.port.write_all(&proto::encode_raw(Kind::Pong, 0, &[]))?,
             Kind::Shutdown => return Ok(Flow::Shutdown),
             // Anything else is not meant for the guest; ignore it rather than trust it.
             _ => {}
@@ -216,6 +236,7 @@ impl Server {
     fn read_output(&mut self, ch: u32, idx: usize, buf: &mut [u8]) -> io::Result<bool> {
         let Some(p) = self.procs.get_mut(&ch) else { return Ok(false) };
         let exited = p.status.is_some();
+        let pty = p.pty_master.is_some();
         let o = &mut p.out[idx];
         let Some(file) = o.file.as_mut() else {
             o.drained = true;
@@ -243,9 +264,11 @@ impl Server {
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                // After exit, an empty stream is done even if a surviving group
-                // member still holds it open (its later output is not ours to wait for).
-                if exited {
+                // A pipe is done at EOF, when every process holding it has
+                // closed it (as a shell's `$(…)` and Node's execFile wait): the
+                // command's tree is done. A pty is done when the session leader
+                // exited and the terminal has nothing more to read.
+                if exited && pty {
                     o.drained = true;
                 }
                 Ok(false)
@@ -275,8 +298,11 @@ impl Server {
         if !self.procs.get(&ch).is_some_and(|p| p.finished()) {
             return Ok(());
         }
-        let Some(p) = self.procs.remove(&ch) else { return Ok(()) };
-        let exit = exit_of(p.status.unwrap_or(0), p.timed_out);
+        let Some(mut p) = self.procs.remove(&ch) else { return Ok(()) };
+        let exit = exit_of(p.status.unwrap_or(0), p.timed_out, p.oom_killed());
+        if let (Some(c), Some(leaf)) = (self.containment.as_mut(), p.leaf.take()) {
+            c.release(leaf);
+        }
         self.send(ch, &exit)
     }
 
@@ -313,8 +339,9 @@ impl Server {
             }
             let Some(ch) = self.by_pid.remove(&pid) else { continue };
             if let Some(p) = self.procs.get_mut(&ch) {
+                // The deadline stays armed: processes of the command that outlive
+                // its leader (and hold its output open) are killed with it.
                 p.status = Some(status);
-                p.deadline = None;
                 // Nobody reads stdin any more; unblock the host's writer.
                 p.stdin_unacked += p.stdin_queue.iter().map(|b| b.len() as u64).sum::<u64>();
                 p.stdin_queue.clear();
@@ -328,12 +355,15 @@ impl Server {
 
     fn next_timeout_ms(&self) -> i32 {
         let now = Instant::now();
-        self.procs
+        let deadline = self
+            .procs
             .values()
             .filter_map(|p| p.deadline)
-            .map(|d| d.saturating_duration_since(now).as_millis().min(i32::MAX as u128) as i32)
-            .min()
-            .unwrap_or(-1)
+            .map(|d| i32::try_from(d.saturating_duration_since(now).as_millis()).unwrap_or(i32::MAX))
+            .min();
+        // Leaves of finished commands are removed once empty: look again soon.
+        let sweep = self.containment.as_ref().is_some_and(Containment::has_lingering).then_some(SWEEP_MS);
+        deadline.into_iter().chain(sweep).min().unwrap_or(-1)
     }
 
     fn expire_deadlines(&mut self) {
@@ -354,7 +384,7 @@ const EXIT_UNKNOWN: proto::I32In<0, 255> = match proto::I32In::new(255) {
     None => panic!("255 is an exit code"),
 };
 
-fn exit_of(status: i32, timed_out: bool) -> proto::Exit {
+fn exit_of(status: i32, timed_out: bool, oom_killed: bool) -> proto::Exit {
     let (code, signal) = if libc::WIFEXITED(status) {
         (libc::WEXITSTATUS(status), None)
     } else if libc::WIFSIGNALED(status) {
@@ -368,6 +398,7 @@ fn exit_of(status: i32, timed_out: bool) -> proto::Exit {
         exit_code: proto::I32In::new(code).unwrap_or(EXIT_UNKNOWN),
         signal: signal.and_then(proto::I32In::new),
         timed_out,
+        oom_killed,
     }
 }
 

@@ -156,6 +156,10 @@ kinds! {
     InitError = 0x04, GuestToHost, Zero, Json(InitError);
     /// kill everything, sync, unmount and power off.
     Shutdown = 0x05, HostToGuest, Zero, Empty;
+    /// are you there? (liveness; the guest answers Pong at once).
+    Ping = 0x06, HostToGuest, Zero, Empty;
+    /// the answer to one Ping.
+    Pong = 0x07, GuestToHost, Zero, Empty;
 
     // --- processes (channel = process id chosen by the host) ---
     /// start a process.

@@ -28,6 +28,10 @@ export const Kind = {
   InitError: 0x04,
   /** kill everything, sync, unmount and power off. */
   Shutdown: 0x05,
+  /** are you there? (liveness; the guest answers Pong at once). */
+  Ping: 0x06,
+  /** the answer to one Ping. */
+  Pong: 0x07,
   /** start a process. */
   Start: 0x10,
   /** the process runs. */
@@ -105,6 +109,8 @@ export const KINDS: readonly KindInfo[] = [
   { name: "Ready", value: 0x03, direction: "guest-to-host", channel: "zero", payload: "json", message: "Ready" },
   { name: "InitError", value: 0x04, direction: "guest-to-host", channel: "zero", payload: "json", message: "InitError" },
   { name: "Shutdown", value: 0x05, direction: "host-to-guest", channel: "zero", payload: "empty", message: null },
+  { name: "Ping", value: 0x06, direction: "host-to-guest", channel: "zero", payload: "empty", message: null },
+  { name: "Pong", value: 0x07, direction: "guest-to-host", channel: "zero", payload: "empty", message: null },
   { name: "Start", value: 0x10, direction: "host-to-guest", channel: "process", payload: "json", message: "Start" },
   { name: "Started", value: 0x11, direction: "guest-to-host", channel: "process", payload: "json", message: "Started" },
   { name: "StartFailed", value: 0x12, direction: "guest-to-host", channel: "process", payload: "json", message: "StartFailed" },
@@ -140,6 +146,8 @@ export interface KindMessages {
   Ready: Ready;
   InitError: InitError;
   Shutdown: null;
+  Ping: null;
+  Pong: null;
   Start: Start;
   Started: Started;
   StartFailed: StartFailed;
@@ -346,7 +354,7 @@ export type DiagnosticLevel = "info" | "warn" | "error";
  * This interface was referenced by `WireMessages`'s JSON-Schema
  * via the `definition` "DiagnosticSource".
  */
-export type DiagnosticSource = "relay" | "vmm" | "block" | "fs" | "net";
+export type DiagnosticSource = "relay" | "vmm" | "block" | "fs" | "net" | "guest";
 /**
  * Node → helper (framed; read and readlink data follow the header): the
  * answer to one `FsRequest`, on its channel. Which result is valid depends on
@@ -679,6 +687,7 @@ export interface Configure {
    * Kernel hostname (RFC 1123 label rules are checked by the host).
    */
   hostname: string;
+  limits: Limits;
   /**
    * Virtual filesystems to mount, in order (later targets may lie inside earlier mounts).
    */
@@ -688,6 +697,20 @@ export interface Configure {
    */
   network?: GuestNet | null;
   root: RootSpec;
+}
+/**
+ * What the workload (every process started on the control port) may use.
+ */
+export interface Limits {
+  /**
+   * Processes (and threads) one command and everything it starts may have at once.
+   */
+  maxProcesses: number;
+  /**
+   * Memory of all commands together; past it the kernel's OOM killer ends the
+   * largest command's process tree (never init).
+   */
+  workloadMemoryMib: number;
 }
 /**
  * One virtio-fs mount as init performs it.
@@ -772,6 +795,10 @@ export interface Exit {
    * Exit status; 128+signal when killed by a signal; 124 on timeout.
    */
   exitCode: number;
+  /**
+   * The kernel's OOM killer ended the command (its process tree, killed as one).
+   */
+  oomKilled?: boolean;
   signal?: number | null;
   timedOut: boolean;
 }
@@ -1111,6 +1138,13 @@ export interface Ready {
    */
   kernel: string;
   uptimeMs: number;
+  /**
+   * What init could not set up but booted without (e.g. no cgroup v2 in
+   * this kernel: processes run without containment).
+   *
+   * @maxItems 16
+   */
+  warnings?: string[];
 }
 /**
  * host → guest: the terminal size of a pty process (also `Start.pty`).
@@ -1208,4 +1242,22 @@ export interface VmExited {
   consoleTail: string;
   exitCode?: number | null;
   signal?: number | null;
+}
+/**
+ * Containment of the workload: processes run in cgroups below init's, so
+ * init, the control port and the kernel stay responsive whatever they do.
+ *
+ * This interface was referenced by `WireMessages`'s JSON-Schema
+ * via the `definition` "Limits".
+ */
+export interface Limits1 {
+  /**
+   * Processes (and threads) one command and everything it starts may have at once.
+   */
+  maxProcesses: number;
+  /**
+   * Memory of all commands together; past it the kernel's OOM killer ends the
+   * largest command's process tree (never init).
+   */
+  workloadMemoryMib: number;
 }

@@ -9,7 +9,7 @@ fn json<M: proto::Message>(m: &M) -> Vec<u8> {
 fn running() -> Session {
     let mut s = Session::new();
     s.check_guest(Kind::Hello as u8, 0, br#"{"protocol":2,"uptimeMs":1,"initStartedMs":1,"modulesLoadedMs":1}"#).unwrap();
-    let cfg = br#"{"hostname":"h","root":{"device":"/dev/vda","fstype":"ext4","readOnly":true},"cwd":"/","env":{},"mounts":[]}"#;
+    let cfg = br#"{"hostname":"h","root":{"device":"/dev/vda","fstype":"ext4","readOnly":true},"cwd":"/","env":{},"mounts":[],"limits":{"maxProcesses":1024,"workloadMemoryMib":448}}"#;
     s.check_node(Kind::Configure, 0, cfg).unwrap();
     s.check_guest(Kind::Ready as u8, 0, br#"{"uptimeMs":2,"kernel":"6.1"}"#).unwrap();
     s
@@ -90,6 +90,18 @@ fn hostile_payloads_and_kinds_are_refused() {
     }
     // Channel rules for channel-0 kinds.
     assert!(s.check_guest(Kind::InitError as u8, 5, br#"{"stage":"root","message":"x"}"#).is_err());
+}
+
+#[test]
+fn pongs_answer_pings_only() {
+    let mut s = running();
+    assert!(s.check_guest(Kind::Pong as u8, 0, b"").unwrap_err().reason.contains("no Ping"));
+    let mut s = running();
+    s.check_node(Kind::Ping, 0, b"").unwrap();
+    s.check_node(Kind::Ping, 0, b"").unwrap();
+    s.check_guest(Kind::Pong as u8, 0, b"").unwrap();
+    s.check_guest(Kind::Pong as u8, 0, b"").unwrap();
+    assert!(s.check_guest(Kind::Pong as u8, 0, b"").is_err());
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! The boot handshake between the host and the guest init (channel 0).
 
 use crate::bounded::{JsU64, Text, U32In};
+
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -67,6 +68,21 @@ pub struct Configure {
     pub network: Option<GuestNet>,
     /// Virtual filesystems to mount, in order (later targets may lie inside earlier mounts).
     pub mounts: Vec<GuestMount>,
+    /// What the workload (every process started on the control port) may use.
+    pub limits: Limits,
+}
+
+/// Containment of the workload: processes run in cgroups below init's, so
+/// init, the control port and the kernel stay responsive whatever they do.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Limits {
+    /// Processes (and threads) one command and everything it starts may have at once.
+    pub max_processes: U32In<16, 4194304>,
+    /// Memory of all commands together; past it the kernel's OOM killer ends the
+    /// largest command's process tree (never init).
+    pub workload_memory_mib: U32In<16, 1048576>,
 }
 
 /// One virtio-fs mount as init performs it.
@@ -105,6 +121,11 @@ pub struct Ready {
     pub uptime_ms: JsU64,
     /// `uname -r` of the guest kernel.
     pub kernel: Text<256>,
+    /// What init could not set up but booted without (e.g. no cgroup v2 in
+    /// this kernel: processes run without containment).
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(length(max = 16)))]
+    pub warnings: Vec<Text<1024>>,
 }
 
 /// The boot step that failed.

@@ -237,6 +237,8 @@ pub enum DiagnosticSource {
     Fs,
     /// The guest network stack.
     Net,
+    /// The guest init (what it reported about its own setup).
+    Guest,
 }
 
 /// helper → Node: something the user may need to know (a failed store call,

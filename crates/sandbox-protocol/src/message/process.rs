@@ -97,6 +97,9 @@ pub struct Exit {
     pub exit_code: I32In<0, 255>,
     pub signal: Option<I32In<1, 64>>,
     pub timed_out: bool,
+    /// The kernel's OOM killer ended the command (its process tree, killed as one).
+    #[serde(default)]
+    pub oom_killed: bool,
 }
 
 /// host → guest: signal the whole process group.
