@@ -55,15 +55,11 @@ for (const entry of [...pkg.files, "README.md", "LICENSE"]) {
   const from = join(repo, entry);
   if (existsSync(from)) cpSync(from, join(stage, entry), { recursive: true });
 }
-// dist/src/*.d.ts import the addon typings as "../native/index.js" (the path
-// that is right from src/): ship them at dist/native too, so type-checking
-// consumers without skipLibCheck resolve them.
-cpSync(join(repo, "native"), join(stage, "dist", "native"), { recursive: true });
 const manifest = { ...pkg };
 delete manifest.devDependencies;
 delete manifest.scripts;
 delete manifest.napi;
-manifest.files = [...pkg.files, "dist/native"];
+manifest.files = [...pkg.files];
 manifest.optionalDependencies = Object.fromEntries(platforms.map((p) => [p.manifest.name, pkg.version]));
 writeFileSync(join(stage, "package.json"), `${JSON.stringify(manifest, null, 2)}\n`);
 

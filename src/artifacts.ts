@@ -8,6 +8,7 @@ import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 import { SandboxArtifactError } from "./errors.js";
 
+/** One installed image of the catalog (`listBuiltInImages()`). */
 export interface ImageEntry {
   name: string;
   file: string;

@@ -9,6 +9,10 @@ import { accessSync, constants } from "node:fs";
 import { delimiter, join } from "node:path";
 import { SandboxArtifactError, SandboxConfigError } from "./errors.js";
 
+/**
+ * Which VMM runs a lane: `krun` (libkrun; hardware virtualization), `qemu`
+ * (KVM when usable, else TCG), or `auto` (krun where it works, else qemu).
+ */
 export type BackendName = "auto" | "qemu" | "krun";
 
 export interface KrunProbe {
@@ -18,6 +22,7 @@ export interface KrunProbe {
   hardwareVirtualization: boolean;
 }
 
+/** The backend `auto` (or an explicit choice) resolved to, and why. */
 export interface BackendChoice {
   backend: "qemu" | "krun";
   accel: "kvm" | "tcg" | "hvf";

@@ -3,6 +3,7 @@
  * `code`, and a message that says what was wrong and how to fix it.
  */
 export class SandboxError extends Error {
+  /** Stable machine-readable code (`ERR_SANDBOX_…`), one per error class. */
   readonly code: string;
   constructor(code: string, message: string, options?: { cause?: unknown }) {
     super(message, options);
@@ -20,7 +21,9 @@ export class SandboxConfigError extends SandboxError {
 
 /** `rootfs.builtIn(name)` names no image in the installed catalog. */
 export class UnknownImageError extends SandboxError {
+  /** The name asked for. */
   readonly image: string;
+  /** The names installed. */
   readonly available: readonly string[];
   constructor(image: string, available: readonly string[]) {
     super(
@@ -41,8 +44,11 @@ export class SandboxArtifactError extends SandboxError {
 
 /** The VM did not come up. `guestMessage` holds the guest init's own words. */
 export class SandboxBootError extends SandboxError {
+  /** The guest boot step that failed (`root`, `mounts`, `cwd`…), when init reported it. */
   readonly stage: string | undefined;
+  /** Init's own words about the failure. */
   readonly guestMessage: string | undefined;
+  /** The last lines of the guest console (kernel messages), when the VM exited during boot. */
   readonly consoleTail: string | undefined;
   constructor(message: string, details: { stage?: string; guestMessage?: string; consoleTail?: string } = {}) {
     super("ERR_SANDBOX_BOOT", message);
@@ -61,6 +67,7 @@ export class LaneClosedError extends SandboxError {
 
 /** The VM or its helper ended unexpectedly. */
 export class SandboxCrashedError extends SandboxError {
+  /** The last lines the VMM and the guest console printed (a kernel panic lands here). */
   readonly consoleTail: string | undefined;
   /** The helper's last diagnostics before the end (newest last), for the why. */
   readonly diagnostics: readonly string[];
@@ -94,9 +101,11 @@ export type ProtocolOffender = "guest" | "helper";
  * frame, `frameKind` and `channel` which frame it was.
  */
 export class SandboxProtocolError extends SandboxCrashedError {
+  /** Who sent the offending frame. */
   readonly offender: ProtocolOffender;
   /** Kind name of the offending frame ("Exit"), or `0x…` for a byte no kind has; undefined for broken framing. */
   readonly frameKind: string | undefined;
+  /** The offending frame's channel (a process channel for process frames). */
   readonly channel: number | undefined;
   constructor(
     message: string,
@@ -111,6 +120,7 @@ export class SandboxProtocolError extends SandboxCrashedError {
 
 /** The guest could not start the process (ENOENT, EACCES, bad cwd…). */
 export class ProcessStartError extends SandboxError {
+  /** The guest's errno name: `ENOENT` (no such command or cwd), `EACCES`, `ENOEXEC`… */
   readonly errno: string;
   constructor(errno: string, message: string) {
     super("ERR_SANDBOX_PROCESS_START", message);
@@ -120,6 +130,7 @@ export class ProcessStartError extends SandboxError {
 
 /** Buffered output passed `maxOutputBytes`; the process group was killed. */
 export class OutputLimitError extends SandboxError {
+  /** The `maxOutputBytes` that was passed. */
   readonly limit: number;
   constructor(limit: number) {
     super(
@@ -141,6 +152,7 @@ export type BlockStoreOp = "list" | "read" | "write" | "flush" | "request";
  * the store may not hold everything the guest wrote.
  */
 export class BlockStoreError extends SandboxError {
+  /** The store call that failed. */
   readonly op: BlockStoreOp;
   /** The call ran past the store deadline (`rootfs.cow({ storeTimeoutMs })`). */
   readonly timedOut: boolean;

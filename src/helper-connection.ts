@@ -29,7 +29,7 @@ import {
   type NetAudit,
   type VmExited,
 } from "./protocol/contract.js";
-import type { NativeAddon } from "../native/index.js";
+import type { NativeAddon } from "./native-addon.js";
 
 /** Process frames of one channel: kind and raw payload (the channel's owner decodes it). */
 export type ChannelHandler = (kind: number, payload: Buffer) => void;

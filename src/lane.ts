@@ -26,6 +26,7 @@ import {
 import { Kind, MAX_PAYLOAD } from "./protocol/frames.js";
 import { checkAbsolutePath, checkArgv, checkEnv, checkInteger } from "./validate.js";
 
+/** Facts about a running lane: backend and why it was chosen, image, names, pids, boot timings. */
 export interface LaneInfo {
   backend: "qemu" | "krun";
   accel: string;
@@ -45,6 +46,7 @@ export interface LaneInfo {
   guestTimings: { initStartedMs: number; modulesLoadedMs: number; helloMs: number; readyMs: number };
 }
 
+/** Options of `lane.exec`. */
 export interface ExecOptions {
   cwd?: string;
   env?: Record<string, string>;
@@ -56,6 +58,7 @@ export interface ExecOptions {
   maxOutputBytes?: number;
 }
 
+/** What `lane.exec` resolves with: the exit and everything the command wrote (UTF-8). */
 export interface ExecResult extends ProcessExit {
   stdout: string;
   stderr: string;
@@ -67,6 +70,7 @@ const DEFAULT_MAX_OUTPUT = 64 * 1024 * 1024;
 /** Output window of exec: it drains into memory, so a larger window only saves round trips. */
 const EXEC_WINDOW = 1024 * 1024;
 
+/** Options of `lane.spawn` (and the base of `lane.pty`'s). */
 export interface SpawnOptions {
   cwd?: string;
   env?: Record<string, string>;
@@ -75,11 +79,16 @@ export interface SpawnOptions {
   signal?: AbortSignal;
 }
 
+/** Options of `lane.pty`. */
 export interface PtyOptions extends SpawnOptions {
   /** Initial terminal size. Default 24×80. */
   size?: TerminalSize;
 }
 
+/**
+ * A process started with `lane.spawn`: web streams for its stdio, and promises for its start and end.
+ * The output streams end (never error) when the process ends; why it ended is what `exit` says.
+ */
 export interface SandboxProcess {
   /** Guest stdin; `close()` delivers EOF. Writes after the process exited are discarded. */
   readonly stdin: WritableStream<Uint8Array>;
@@ -92,6 +101,7 @@ export interface SandboxProcess {
   kill(signal?: string | number): void;
 }
 
+/** A process on a pseudo-terminal, started with `lane.pty`: terminal input and output as web streams. */
 export interface SandboxPty {
   /** Bytes typed into the terminal (^C is 0x03). `close()` sends ^D. */
   readonly input: WritableStream<Uint8Array>;
@@ -156,7 +166,14 @@ export interface LaneOptions {
   livenessTimeoutMs?: number | undefined;
 }
 
+/**
+ * A running microVM (`sandbox.boot()`), and what runs in it: `exec` (buffered),
+ * `spawn` (streams), `pty` (a terminal), `forwardPort`. `close()` — or the end
+ * of an `await using` scope — powers it off. Commands fail with typed errors;
+ * a lane that ends on its own has the reason in `endError`.
+ */
 export class Lane implements AsyncDisposable {
+  /** Backend and why it was chosen, image, hostname, pids, boot timings (frozen at boot). */
   readonly info: LaneInfo;
   readonly #conn: HelperConnection;
   readonly #pending = new Set<ProcessChannel>();
@@ -193,6 +210,7 @@ export class Lane implements AsyncDisposable {
     });
   }
 
+  /** Whether `close()` was called or the lane ended on its own (see `endError`). */
   get closed(): boolean {
     return this.#closing !== undefined || this.#conn.closed;
   }

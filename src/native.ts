@@ -2,7 +2,7 @@
 import { createRequire } from "node:module";
 import type { Artifacts } from "./artifacts.js";
 import { SandboxArtifactError } from "./errors.js";
-import type { NativeAddon } from "../native/index.js";
+import type { NativeAddon } from "./native-addon.js";
 
 let addon: NativeAddon | undefined;
 

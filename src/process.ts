@@ -7,6 +7,7 @@ import { abortError, describeValue, ProcessStartError, SandboxConfigError } from
 import type { HelperConnection } from "./helper-connection.js";
 import { ContractViolation, decodeJson, Kind, WIRE, type Start } from "./protocol/contract.js";
 
+/** How a command ended. */
 export interface ProcessExit {
   /** Exit status; 128+N when killed by signal N; 124 after a timeout. */
   exitCode: number;
@@ -17,6 +18,7 @@ export interface ProcessExit {
   oomKilled: boolean;
 }
 
+/** A terminal's size in character cells. */
 export interface TerminalSize {
   rows: number;
   cols: number;

@@ -3,6 +3,7 @@ import { SandboxConfigError } from "./errors.js";
 import { checkBlockStore, DEFAULT_STORE_TIMEOUT_MS, type SandboxBlockStore } from "./rootfs/block-store.js";
 import { bytes, flatten, type ComposedRootfs, type FlattenedImage, type ImageByteStore } from "./rootfs/image-export.js";
 
+/** A read-only image from the installed catalog (`rootfs.builtIn`). */
 export interface BuiltInRootfs {
   readonly kind: "builtIn";
   /** Catalog name, e.g. `debian:12` or `busybox`. */
@@ -68,6 +69,7 @@ function retryPolicy(retry: Partial<StoreRetryPolicy> | false | undefined): Stor
   });
 }
 
+/** Any root filesystem a definition can name (`rootfs.builtIn`, `rootfs.ephemeral`, `rootfs.cow`). */
 export type RootfsSpec = BuiltInRootfs | EphemeralRootfs | CowRootfs;
 export type { ComposedRootfs, FlattenedImage, ImageByteStore };
 
@@ -76,6 +78,11 @@ export const COW_BLOCK_SIZE = 64 * 1024;
 /** Default dirty-bytes budget (64 MiB). */
 export const DEFAULT_MAX_DIRTY_BYTES = 64 * 1024 * 1024;
 
+/**
+ * Root filesystems: read-only built-in images, writable roots whose changes are
+ * discarded (`ephemeral`) or kept in your own block store (`cow`), and the
+ * offline view and export of a store (`compose`, `flatten`, `bytes`). See docs/rootfs.md.
+ */
 export const rootfs = {
   /** A read-only image from the installed catalog (see `listBuiltInImages()`). */
   builtIn(name: string): BuiltInRootfs {

@@ -10,9 +10,12 @@ import type { VirtualMount } from "./fs/types.js";
 import { checkInteger } from "./validate.js";
 import { isNetworkPolicy, type NetworkPolicy } from "./network/policy.js";
 
+/** @internal Benchmarks and tests boot through these. */
 export { bootLane, type BootInternals } from "./boot/index.js";
+/** @internal */
 export { launchSpec } from "./boot/launch.js";
 
+/** What the machine gets: vCPUs, memory, the VMM backend, and the limits every command runs under. */
 export interface SandboxResources {
   /** Virtual CPUs (1-64). Default 1. */
   cpus?: number;
@@ -36,6 +39,7 @@ export interface SandboxResources {
   workloadMemoryMiB?: number;
 }
 
+/** A machine, described: root filesystem, resources, network policy. Pass it to `defineSandbox`. */
 export interface SandboxDefinition {
   /** Root filesystem. Default `rootfs.builtIn("debian:12")`. */
   rootfs?: RootfsSpec;
@@ -47,6 +51,11 @@ export interface SandboxDefinition {
   network?: NetworkPolicy;
 }
 
+/**
+ * Per-boot options of `sandbox.boot()`: what differs between lanes of one definition
+ * (hostname, working directory, environment, mounts) and how the boot and the lane are
+ * watched (deadline, abort, error and event hooks).
+ */
 export interface BootOptions {
   /** Kernel hostname. Default `sandbox`. */
   hostname?: string;
@@ -101,11 +110,25 @@ export interface BootOptions {
  */
 export type LaneEvent = ({ type: "diagnostic" } & LaneDiagnostic) | StoreRetryEvent;
 
+/**
+ * A checked, frozen machine description (`defineSandbox`). Nothing runs until `boot()`,
+ * which may be called any number of times: each call starts a new microVM, a `Lane`.
+ */
 export interface Sandbox {
   readonly definition: Readonly<Required<Pick<SandboxDefinition, "rootfs">>> & { resources: Required<SandboxResources>; network?: NetworkPolicy };
   boot(options?: BootOptions): Promise<Lane>;
 }
 
+/**
+ * Describes a machine without starting it. Checks the definition at once
+ * (SandboxConfigError says what is wrong) and applies the defaults: the
+ * `debian:12` built-in image, 1 vCPU, 512 MiB, backend `auto`, no network.
+ *
+ * ```ts
+ * const sandbox = defineSandbox({ rootfs: rootfs.builtIn("debian:12"), resources: { memoryMiB: 1024 } });
+ * await using lane = await sandbox.boot();
+ * ```
+ */
 export function defineSandbox(definition: SandboxDefinition = {}): Sandbox {
   if (typeof definition !== "object" || definition === null) {
     throw new SandboxConfigError("defineSandbox(definition) needs an object");

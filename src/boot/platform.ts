@@ -5,7 +5,7 @@ import { SandboxConfigError } from "../errors.js";
 import { loadNative } from "../native.js";
 import { helperSigningProblem } from "../setup-macos.js";
 import type { SandboxResources } from "../sandbox.js";
-import type { NativeAddon } from "../../native/index.js";
+import type { NativeAddon } from "../native-addon.js";
 
 export interface Platform {
   artifacts: Artifacts;

@@ -24,6 +24,7 @@ import { readOnly as readOnlyView } from "./read-only.js";
 import type { SandboxFileHandle, SandboxFileStats, SandboxFileSystem } from "./types.js";
 import { asFileSystem } from "./virtual.js";
 
+/** Options of `fs.hostDir`. */
 export interface HostDirOptions {
   /** Refuse every change with EROFS (and mount read-only). Default false. */
   readOnly?: boolean;

@@ -5,6 +5,12 @@ import { readOnly as readOnlyView } from "./read-only.js";
 import type { FileSystemSource, SandboxFileSystem } from "./types.js";
 import { asFileSystem, virtual } from "./virtual.js";
 
+/**
+ * Filesystems served from JavaScript and mounted in the guest as real POSIX
+ * mounts (virtio-fs): `fs.memory` (memfs), `fs.hostDir` (a confined host
+ * folder), `fs.readOnly` (an EROFS view), `fs.virtual` (any of them, or your own
+ * `SandboxFileSystem`, as a mount for `boot({ mounts })`).
+ */
 export const fs = Object.freeze({
   /** An in-memory POSIX filesystem (memfs), usable from the host while a guest has it mounted. */
   memory,

@@ -6,6 +6,7 @@ import { SandboxConfigError } from "../errors.js";
 /** A memfs filesystem: the full `node:fs`-style API (`readFileSync`, `promises`…) over memory. */
 export type MemoryFileSystem = IFs;
 
+/** Options of `fs.memory`. */
 export interface MemoryFileSystemOptions {
   /** Initial tree: absolute paths → file contents (`string` or bytes); `null` makes an empty directory. Parents are created. */
   files?: Record<string, string | Uint8Array | null>;

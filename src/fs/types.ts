@@ -22,6 +22,7 @@ export interface SandboxFileStats {
   ctimeMs: number;
 }
 
+/** An open file of a `SandboxFileSystem` (the subset of `fs/promises`' FileHandle mounts use). */
 export interface SandboxFileHandle {
   read(buffer: Uint8Array, offset: number, length: number, position: number): Promise<{ bytesRead: number }>;
   write(buffer: Uint8Array, offset: number, length: number, position: number): Promise<{ bytesWritten: number }>;
@@ -32,6 +33,11 @@ export interface SandboxFileHandle {
   close(): Promise<void>;
 }
 
+/**
+ * What a mount is served from: a subset of `node:fs/promises` (a memfs volume's
+ * `promises`, `node:fs/promises` itself, or your own object). A thrown error's
+ * `code` (`ENOENT`…) is the guest's errno; anything else is EIO.
+ */
 export interface SandboxFileSystem {
   /** Stats of `path` itself (symbolic links are not followed). */
   lstat(path: string): Promise<SandboxFileStats>;

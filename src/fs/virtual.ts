@@ -5,6 +5,7 @@ import type { FileSystemSource, SandboxFileSystem, VirtualMount } from "./types.
 
 const REQUIRED = ["lstat", "readdir", "open", "mkdir", "rmdir", "unlink", "rename", "symlink", "readlink", "link", "chmod", "truncate", "utimes"] as const;
 
+/** Options of `fs.virtual`. */
 export interface VirtualOptions {
   /** Mount read-only in the guest: writes fail with EROFS there. Default: true for `fs.readOnly(...)` filesystems, else false. */
   readOnly?: boolean;

@@ -235,8 +235,11 @@ export function classify(ip: string | Uint8Array | ParsedIp): IpCategory {
 
 /** One side of a flow, classified from its address without DNS, TLS or HTTP. */
 export class Endpoint {
+  /** The address in canonical text (dotted quad, or RFC 5952 IPv6). */
   readonly ip: string;
+  /** The TCP/UDP port (0 for none). */
   readonly port: number;
+  /** 4 or 6. */
   readonly family: IpFamily;
   /** See classify(). */
   readonly category: IpCategory;
@@ -255,21 +258,27 @@ export class Endpoint {
     this.#protected = protect;
   }
 
+  /** 127.0.0.0/8, ::1 (and their embedded-IPv4 forms). */
   isLoopback(): boolean {
     return this.category === "loopback";
   }
+  /** RFC 1918, carrier-grade NAT (100.64/10), IPv6 unique local (fc00::/7). */
   isPrivate(): boolean {
     return this.category === "private";
   }
+  /** 169.254/16 (cloud metadata 169.254.169.254 included), fe80::/10. */
   isLinkLocal(): boolean {
     return this.category === "link-local";
   }
+  /** 224.0.0.0/4, ff00::/8. */
   isMulticast(): boolean {
     return this.category === "multicast";
   }
+  /** 255.255.255.255. */
   isBroadcast(): boolean {
     return this.category === "broadcast";
   }
+  /** TEST-NET-1/2/3 (192.0.2/24, 198.51.100/24, 203.0.113/24), 2001:db8::/32, 3fff::/20. */
   isDocumentation(): boolean {
     return this.category === "documentation";
   }
@@ -277,6 +286,7 @@ export class Endpoint {
   isReserved(): boolean {
     return this.category === "reserved" || this.category === "unspecified";
   }
+  /** Globally routable unicast: not in any special-purpose block. */
   isPublicInternet(): boolean {
     return this.category === "public";
   }
@@ -290,6 +300,7 @@ export class Endpoint {
     return this.#protected;
   }
 
+  /** `ip:port`, IPv6 in brackets. */
   toString(): string {
     return this.family === 6 ? `[${this.ip}]:${this.port}` : `${this.ip}:${this.port}`;
   }

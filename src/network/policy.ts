@@ -29,6 +29,7 @@ export interface SandboxSecrets {
   middleware(onEvent?: (event: SecretEvent) => void): HttpMiddleware;
 }
 
+/** How `matchDns().accept(...)` answers a query. */
 export interface DnsAcceptOptions {
   /** Upstream resolvers on the host's network: "1.1.1.1", "1.1.1.1:53", "[2606:4700::1111]:53". Tried in order. */
   resolvers: readonly string[];
@@ -45,6 +46,7 @@ export interface DnsMatch {
   accept(options: DnsAcceptOptions): true;
 }
 
+/** An HTTP(S) flow to a hostname the lane's accepted DNS answers tie to its destination (`conn.matchHttp`). */
 export interface HttpMatch {
   /** The hostname an accepted DNS answer tied to the destination address. */
   readonly hostname: string;
@@ -52,11 +54,13 @@ export interface HttpMatch {
   accept(middleware?: HttpMiddleware): true;
 }
 
+/** A TCP or UDP flow to a given address (`conn.matchTcp` / `conn.matchUdp`). */
 export interface TransportMatch {
   /** Grants the flow (raw splice in the helper). Returns true. */
   accept(): true;
 }
 
+/** What `conn.matchHttp` matches: an exact hostname, or a predicate over the trusted hostname. */
 export type HttpHostMatcher = string | ((candidate: { hostname: string }) => boolean);
 
 /** What a policy callback is asked about: one new TCP connection, UDP flow or DNS query. */
@@ -78,6 +82,10 @@ export interface SandboxConnection {
 /** The spec's name for the same thing. */
 export type Connection = SandboxConnection;
 
+/**
+ * What `network.policy(fn, { onEvent })` hears: every verdict, callback failure,
+ * stack-level denial, intercepted HTTP request and secret substitution.
+ */
 export type NetworkEvent =
   | {
       type: "decision";
@@ -101,8 +109,10 @@ export type NetworkEvent =
   /** A secret placeholder replaced (allowed host) or left alone (any other host). */
   | SecretEvent;
 
+/** Decides one flow: grant it with `conn.accept()` or a match's `accept(...)`; anything else (returning, throwing, timing out) denies. */
 export type NetworkPolicyCallback = (conn: SandboxConnection) => void | Promise<void>;
 
+/** Options of `network.policy`. */
 export interface NetworkPolicyOptions {
   /** Deadline for one callback; past it the flow is denied. Default 5000 ms. */
   timeoutMs?: number;
@@ -132,6 +142,7 @@ export interface NetworkPolicyOptions {
   secrets?: SandboxSecrets;
 }
 
+/** A checked network policy (`network.policy(...)`) for `defineSandbox({ network })`. */
 export interface NetworkPolicy {
   readonly kind: "policy";
   readonly callback: NetworkPolicyCallback;
@@ -153,6 +164,11 @@ function positiveInt(name: string, v: number | undefined, dflt: number, max: num
   return n;
 }
 
+/**
+ * Egress control: `network.policy(fn, options)` makes a default-deny policy
+ * whose callback sees every new flow and DNS query; `network.secrets(...)`
+ * makes credentials the guest only ever sees as placeholders.
+ */
 export const network = {
   /** Default-deny egress: only flows the callback grants are allowed. */
   policy(callback: NetworkPolicyCallback, options: NetworkPolicyOptions = {}): NetworkPolicy {

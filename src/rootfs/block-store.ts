@@ -9,17 +9,20 @@ import type { HelperConnection } from "../helper-connection.js";
 import { MAX_PAYLOAD } from "../protocol/frames.js";
 import type { BlockReply, BlockRequest } from "../protocol/contract.js";
 
+/** What every store call is about: the base image its blocks belong to. */
 export interface SandboxBlockStoreContext {
   /** sha256 of the built-in base image the blocks belong to. */
   readonly base: string;
 }
 
+/** One whole block: its index and its `blockSize` bytes. */
 export interface SandboxBlockChunk {
   /** Block number (byte offset / blockSize). */
   readonly index: bigint;
   readonly bytes: Uint8Array;
 }
 
+/** The blocks `start` … `start + count - 1`. */
 export interface SandboxBlockRange {
   readonly start: bigint;
   readonly count: number;

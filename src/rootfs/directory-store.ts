@@ -15,8 +15,14 @@ const BLOCK_FILE = /^([0-9a-f]{16})\.blk$/;
 /** Blocks of one write() in flight at once (open + write + fsync + rename each). */
 const WRITE_PARALLELISM = 8;
 
+/**
+ * A `SandboxBlockStore` in a host directory, one file per block (written whole:
+ * temp file, fsync, rename), namespaced by base image; survives the process and
+ * the host restarting. One lane at a time may use a directory.
+ */
 export class DirectoryBlockStore implements SandboxBlockStore {
   readonly blockSize: number = COW_BLOCK_SIZE;
+  /** The host directory holding the blocks (one subdirectory per base image). */
   readonly directory: string;
   #tmp = 0;
 

@@ -28,6 +28,7 @@ export interface ImageByteStore extends ByteSink {
   read(offset: number, length: number): Promise<Uint8Array>;
 }
 
+/** A standalone QCOW2 written by `rootfs.flatten`; read it back with `rootfs.bytes`. */
 export interface FlattenedImage {
   readonly kind: "flattened";
   readonly format: "qcow2";
@@ -145,10 +146,12 @@ export class MemoryImageStore implements ImageByteStore {
   #buf = new Uint8Array(0);
   #size = 0;
 
+  /** Bytes written so far (the image's length). */
   get size(): number {
     return this.#size;
   }
 
+  /** Writes `data` at `offset`, growing the buffer as needed. */
   async write(offset: number, data: Uint8Array): Promise<void> {
     const end = offset + data.length;
     if (end > this.#buf.length) {
@@ -165,6 +168,7 @@ export class MemoryImageStore implements ImageByteStore {
     this.#size = size;
   }
 
+  /** The bytes at `offset` (zeros past what was written). */
   async read(offset: number, length: number): Promise<Uint8Array> {
     return this.#buf.slice(offset, Math.min(this.#size, offset + length));
   }

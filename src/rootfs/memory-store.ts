@@ -2,6 +2,10 @@
 import { COW_BLOCK_SIZE } from "../rootfs.js";
 import type { SandboxBlockChunk, SandboxBlockRange, SandboxBlockStore, SandboxBlockStoreContext } from "./block-store.js";
 
+/**
+ * A `SandboxBlockStore` in this process' memory: blocks survive across boots of
+ * the same process, not across processes (`flush` has nothing to make durable).
+ */
 export class MemoryBlockStore implements SandboxBlockStore {
   readonly blockSize: number = COW_BLOCK_SIZE;
   /** Blocks per base image (context.base), so different bases never mix. */

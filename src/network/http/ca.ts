@@ -63,10 +63,16 @@ function nativeSigner(key: KeyObject): forge.pki.rsa.PrivateKey {
 // Certificates start a day in the past: a guest clock a little behind the host's must not reject them.
 const BACKDATE_MS = 24 * 3600 * 1000;
 
+/**
+ * A sandbox's interception CA: a fresh RSA key (never leaves the host) and its
+ * self-signed certificate, the only part that goes to the guest.
+ */
 export class SandboxCa {
   /** The public CA certificate (PEM): the only part that goes to the guest. */
   readonly certPem: string;
+  /** The CA certificate's subject common name. */
   readonly commonName: string;
+  /** When the CA certificate (and every leaf it signed) expires. */
   readonly notAfter: Date;
   readonly #cert: forge.pki.Certificate;
   readonly #signer: forge.pki.rsa.PrivateKey;

@@ -9,6 +9,10 @@ const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 // Field values: visible ASCII, obs-text, space and tab; never CR, LF or NUL (no header injection).
 const VALUE = /^[\t\x20-\x7e\x80-\xff]*$/;
 
+/**
+ * Mutable, order-preserving request headers for middleware: like fetch's `Headers`
+ * (get/set/append/delete/has, iterable), but repeated fields stay separate lines.
+ */
 export class HttpHeaders implements Iterable<[string, string]> {
   #lines: [string, string][] = [];
 
@@ -30,6 +34,7 @@ export class HttpHeaders implements Iterable<[string, string]> {
     return this.#lines.filter(([n]) => n.toLowerCase() === key).map(([, v]) => v);
   }
 
+  /** Whether a field of this name (any case) is present. */
   has(name: string): boolean {
     const key = name.toLowerCase();
     return this.#lines.some(([n]) => n.toLowerCase() === key);
@@ -45,11 +50,13 @@ export class HttpHeaders implements Iterable<[string, string]> {
     else this.#lines.splice(at, 0, [name, value]);
   }
 
+  /** Adds a field line, keeping existing ones of the same name. */
   append(name: string, value: string): void {
     checkField(name, value);
     this.#lines.push([name, value]);
   }
 
+  /** Removes every field line of this name. */
   delete(name: string): void {
     const key = name.toLowerCase();
     this.#lines = this.#lines.filter(([n]) => n.toLowerCase() !== key);

@@ -21,6 +21,7 @@ import { HttpSession } from "./session.js";
 import type { HttpEvent, InterceptedFlow, InterceptHandler } from "./types.js";
 import { createUpstreamClient, UpstreamTls, type UpstreamOptions } from "./upstream.js";
 
+/** Options of `createHttpInterceptor`. */
 export interface HttpInterceptorOptions extends UpstreamOptions {
   /** The sandbox's CA; its certificate is what the guest trusts. */
   ca: SandboxCa;
@@ -32,6 +33,7 @@ export interface HttpInterceptorOptions extends UpstreamOptions {
   handshakeTimeoutMs?: number;
 }
 
+/** Serves intercepted HTTP(S) flows: terminates the guest's TLS with the CA's leaf certificates, checks every request against the trusted hostname, runs the middleware, forwards with verified TLS. */
 export interface HttpInterceptor {
   /** Serves one intercepted flow (give it to the intercept server). */
   readonly handle: InterceptHandler;
@@ -44,6 +46,7 @@ export interface HttpInterceptor {
 const TLS_HANDSHAKE_RECORD = 0x16;
 const DNS_NAME = /^(?=.{1,253}$)([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9])?)(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9])?)*$/;
 
+/** An HTTP(S) interceptor for one sandbox's CA (the boot wires one per lane; tests and custom setups make their own). */
 export function createHttpInterceptor(options: HttpInterceptorOptions): HttpInterceptor {
   const leaves = new LeafCertificates(options.ca);
   leaves.warm();

@@ -8,6 +8,7 @@ import { createSandboxCa, type CaOptions, type SandboxCa } from "./ca.js";
 import { createHttpInterceptor, type HttpInterceptor, type HttpInterceptorOptions } from "./intercept.js";
 import type { InterceptHandler } from "./types.js";
 
+/** One boot's interception: its CA (generating), a handler usable at once, and the interceptor once ready. */
 export interface BootInterception {
   /** The sandbox CA of this boot (its certificate goes to the guest). */
   readonly ca: Promise<SandboxCa>;
@@ -18,6 +19,7 @@ export interface BootInterception {
   close(): Promise<void>;
 }
 
+/** Starts one boot's interception: the CA key is generated in the background while the VM boots. */
 export function startInterception(options: Omit<HttpInterceptorOptions, "ca"> & { caOptions?: CaOptions } = {}): BootInterception {
   const { caOptions, ...rest } = options;
   const ca = createSandboxCa(caOptions);

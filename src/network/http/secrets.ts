@@ -24,8 +24,10 @@ export interface SecretSpec {
   hosts: readonly string[];
 }
 
+/** Secrets by environment variable name (`createSecrets` / `network.secrets`). */
 export type SecretsSpec = Record<string, SecretSpec>;
 
+/** A placeholder in a request header was replaced by its secret (`secret.substituted`) or left alone because the host may not receive it (`secret.withheld`). */
 export interface SecretEvent {
   readonly type: "secret.substituted" | "secret.withheld";
   readonly name: string;
@@ -33,6 +35,7 @@ export interface SecretEvent {
   readonly header: string;
 }
 
+/** What `createSecrets` makes: the guest's environment of placeholders and the middleware that substitutes them. */
 export interface Secrets {
   /** Environment for the guest: NAME → placeholder. */
   readonly env: Readonly<Record<string, string>>;

@@ -31,6 +31,10 @@ export type InterceptHandler = (socket: Socket, flow: InterceptedFlow) => Promis
  */
 export type HttpMiddleware = (request: InterceptedRequest) => void | Promise<void>;
 
+/**
+ * One request of an intercepted flow, as middleware sees it: read-only method,
+ * URL and hostname; mutable headers (add the credential here).
+ */
 export interface InterceptedRequest {
   /** `GET`, `POST`… (read-only). */
   readonly method: string;

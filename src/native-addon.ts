@@ -1,4 +1,8 @@
-/** Typings of the Rust napi addon (crates/sandbox-napi). */
+/**
+ * Typings of the Rust napi addon (crates/sandbox-napi); the addon itself
+ * ships in the platform package and src/native.ts loads it from there.
+ * Kept in src/ so the built typings reference nothing outside dist/.
+ */
 export interface HelperHandle {
   /** pid of the sandbox-host helper process. */
   pid: number;
