@@ -30,8 +30,9 @@ use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 
 const CHUNK: usize = 256 * 1024;
-/// An incomplete guest frame with no further byte for this long is a violation:
-/// init writes whole frames, so only a hostile writer leaves one hanging.
+/// A guest frame still incomplete this long after its first byte is a violation:
+/// init writes whole frames, so only a hostile writer leaves one hanging (and
+/// later bytes, such as a Pong, only feed the broken frame).
 const PARTIAL_FRAME_STALL: Duration = Duration::from_secs(10);
 /// Guest-bound bytes Node may have queued here; Node's windows keep it far below.
 const GUEST_QUEUE_BYTES: usize = 64 << 20;
@@ -269,14 +270,16 @@ async fn write_guest(mut port: OwnedWriteHalf, mut frames: mpsc::UnboundedReceiv
 async fn guest_reader(mut rx: OwnedReadHalf, session: Arc<Mutex<Session>>, node: NodeTx, ended: mpsc::Sender<End>) {
     let mut dec = FrameDecoder::new();
     let mut buf = vec![0u8; CHUNK];
+    // When the frame now buffered began (reset each time a frame completes).
+    let mut partial_since: Option<tokio::time::Instant> = None;
     loop {
         let read = rx.read(&mut buf);
-        let n = if dec.has_partial() {
-            match tokio::time::timeout(PARTIAL_FRAME_STALL, read).await {
+        let n = if let Some(since) = partial_since {
+            match tokio::time::timeout_at(since + PARTIAL_FRAME_STALL, read).await {
                 Ok(r) => r,
                 Err(_) => {
                     let reason = format!(
-                        "an incomplete frame ({} bytes buffered) and nothing more for {} s",
+                        "an incomplete frame ({} bytes buffered) that did not complete within {} s",
                         dec.buffered(),
                         PARTIAL_FRAME_STALL.as_secs()
                     );
@@ -291,9 +294,11 @@ async fn guest_reader(mut rx: OwnedReadHalf, session: Arc<Mutex<Session>>, node:
             Ok(0) | Err(_) => return,
             Ok(n) => dec.push(&buf[..n]),
         }
+        let mut completed = false;
         loop {
             match dec.next_raw() {
                 Ok(Some((kind, raw))) => {
+                    completed = true;
                     let channel = u32::from_be_bytes([raw[5], raw[6], raw[7], raw[8]]);
                     let checked = session.lock().unwrap_or_else(|p| p.into_inner()).check_guest(kind, channel, &raw[proto::HEADER_LEN..]);
                     if let Err(v) = checked {
@@ -304,7 +309,14 @@ async fn guest_reader(mut rx: OwnedReadHalf, session: Arc<Mutex<Session>>, node:
                         return;
                     }
                 }
-                Ok(None) => break,
+                Ok(None) => {
+                    partial_since = match (dec.has_partial(), completed, partial_since) {
+                        (false, _, _) => None,
+                        (true, false, Some(since)) => Some(since),
+                        (true, _, _) => Some(tokio::time::Instant::now()),
+                    };
+                    break;
+                }
                 Err(e) => {
                     let v = Violation::framing(format!("broken framing: {e}"));
                     let _ = ended.send(End::Guest(v)).await;
