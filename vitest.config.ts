@@ -13,5 +13,7 @@ export default defineConfig({
     testTimeout: 180_000,
     hookTimeout: 180_000,
     reporters: ["default"],
+    // Each test file gets its own empty SANDBOX_IMAGES_DIR (never the user's).
+    setupFiles: ["tests/images-dir.setup.ts"],
   },
 });

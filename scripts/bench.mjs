@@ -18,9 +18,12 @@
 //    flow vs host loopback, connection setup latency, policy decision time.
 //  - virtual filesystem mounts vs the guest's tmpfs (scripts/bench/fs.mjs;
 //    BENCH_FS=0 skips them).
+//  - image import (scripts/bench/images.mjs; BENCH_IMAGES=0 skips it): a ~300 MiB
+//    image from a local registry through importImage vs `skopeo copy` of the
+//    same image to a directory, alternating in the same run.
 //
 // Env: BENCH_BOOTS (default 10), BENCH_EXECS (default 200), BENCH_IMAGE (default debian:12),
-// BENCH_ONLY=disk (only the disk section), BENCH_DISK_MIB / _RANDOM_S / _ROUNDS.
+// BENCH_ONLY=disk|images (only that section), BENCH_DISK_MIB / _RANDOM_S / _ROUNDS.
 import { execFileSync, spawn } from "node:child_process";
 import { mkdtempSync, mkdirSync, readFileSync, writeFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -57,12 +60,16 @@ const diskContext = () => ({
   bootLane,
   resources,
   image,
-  imagesDir: artifacts.imagesDir,
   work,
   stats,
   round,
   log,
 });
+if (process.env.BENCH_ONLY === "images") {
+  const { benchImages } = await import(join(root, "scripts/bench/images.mjs"));
+  console.log(JSON.stringify({ date: new Date().toISOString(), images: await benchImages({ log }) }, null, 2));
+  process.exit(0);
+}
 if (process.env.BENCH_ONLY === "disk") {
   const disk = await diskBench(diskContext());
   rmSync(work, { recursive: true, force: true });
@@ -256,5 +263,9 @@ const result = {
 if (process.env.BENCH_FS !== "0") {
   const { benchFs } = await import(join(root, "scripts/bench/fs.mjs"));
   result.virtualFs = await benchFs({ image: IMAGE, log });
+}
+if (process.env.BENCH_IMAGES !== "0") {
+  const { benchImages } = await import(join(root, "scripts/bench/images.mjs"));
+  result.images = await benchImages({ log });
 }
 console.log(JSON.stringify(result, null, 2));

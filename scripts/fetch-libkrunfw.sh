@@ -14,6 +14,7 @@ set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$REPO_ROOT/scripts/progress.sh"
+source "$REPO_ROOT/scripts/apt-private.sh"
 CACHE_ROOT="${SANDBOX_CACHE_DIR:-$HOME/.cache/torkbot-sandbox}/libkrunfw"
 DEST="${1:-$REPO_ROOT/platform-packages/linux-x64-gnu/artifacts/kernel/krun/libkrunfw.so.5}"
 PACKAGE="libkrunfw5"
@@ -69,32 +70,14 @@ if [ -z "$lib" ]; then
   [ -r "$KEYRING" ] || die "$KEYRING is missing: install the debian-archive-keyring package"
 
   apt_dir="$CACHE_ROOT/apt"
-  mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial" "$apt_dir/etc"
-  printf 'deb [signed-by=%s] %s sid main\n' "$KEYRING" "$MIRROR" > "$apt_dir/etc/sources.list"
-  apt_opts=(
-    -q
-    -o "Dir::Etc::SourceList=$apt_dir/etc/sources.list"
-    -o "Dir::Etc::SourceParts=/dev/null"
-    -o "Dir::State::Lists=$apt_dir/lists"
-    -o "Dir::Cache=$apt_dir/cache"
-    -o "Dir::State::status=/dev/null"
-    -o "APT::Architecture=$ARCH"
-    -o "APT::Architectures::=$ARCH"
-    -o "APT::Sandbox::User=$(id -un)"
-    -o "Acquire::Languages=none"
-    -o "Acquire::IndexTargets::deb::Contents-deb::DefaultEnabled=false"
-    -o "Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false"
-    -o "Acquire::IndexTargets::deb::DEP-11-icons::DefaultEnabled=false"
-    -o "Acquire::IndexTargets::deb::DEP-11-icons-small::DefaultEnabled=false"
-    -o "Acquire::IndexTargets::deb::DEP-11-icons-hidpi::DefaultEnabled=false"
-  )
+  apt_private_setup "$apt_dir" "deb [signed-by=$KEYRING] $MIRROR sid main"
+  apt_opts=("${APT_PRIVATE_OPTS[@]}")
 
   log "updating the private apt lists for $MIRROR sid main"
   progress --watch "$apt_dir/lists" "apt-get update (sid lists)" apt-get "${apt_opts[@]}" update \
     || die "apt-get update of sid failed (network or keyring problem)"
 
-  version="$(apt-cache "${apt_opts[@]}" show --no-all-versions "$PACKAGE" 2>/dev/null \
-    | awk -F': ' '/^Version:/{print $2; exit}')"
+  version="$(apt_private_version "$PACKAGE")"
   [ -n "$version" ] || die "$PACKAGE is not in sid's package list"
 
   work="$(mktemp -d "$CACHE_ROOT/tmp.XXXXXX")"

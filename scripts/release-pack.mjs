@@ -38,7 +38,10 @@ const art = join(repo, "platform-packages", current, "artifacts");
 const addon = `sandbox.${current}.node`;
 // Linux ships the qemu kernel (TCG/KVM fallback); macOS runs krun only.
 const kernels = current === "darwin-arm64" ? ["kernel/krun/libkrunfw.so.5", "kernel/krun/root/init"] : ["kernel/qemu/vmlinuz", "kernel/qemu/initramfs.cpio"];
-const required = ["bin/sandbox-host", addon, ...kernels, "images/catalog.json"];
+// The image importer and the e2fsprogs it runs (Debian 12's own mke2fs cannot read tarballs).
+// macOS packages do not carry them yet (see docs/decisions.md).
+const importer = current === "darwin-arm64" ? [] : ["bin/sandbox-image", "tools/e2fsprogs/sbin/mke2fs", "tools/e2fsprogs/sbin/debugfs"];
+const required = ["bin/sandbox-host", addon, ...kernels, ...importer, "images/catalog.json"];
 for (const r of required) {
   if (!existsSync(join(art, r))) throw new Error(`missing artifact platform-packages/${current}/artifacts/${r}: run \`npm run setup\` first`);
 }

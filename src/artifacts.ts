@@ -8,7 +8,7 @@ import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 import { SandboxArtifactError } from "./errors.js";
 
-/** One installed image of the catalog (`listBuiltInImages()`). */
+/** One image of the platform package's built-in catalog (`images/catalog.json`). */
 export interface ImageEntry {
   name: string;
   file: string;
@@ -30,6 +30,10 @@ export interface Artifacts {
   /** Directory served as the virtio-fs root holding the guest init (krun). */
   krunInitRoot: string;
   imagesDir: string;
+  /** The OCI image importer (`sandbox-image import`). */
+  imageTool: string;
+  /** e2fsprogs ≥ 1.47.1 for the importer: `sbin/{mke2fs,debugfs}`, `lib/`. */
+  e2fsprogs: string;
 }
 
 export function platformPackageName(platform = process.platform, arch = process.arch): string {
@@ -50,6 +54,8 @@ export function artifactPaths(dir = process.env.SANDBOX_ARTIFACTS_DIR ?? findPac
     krunfw: join(dir, "kernel", "krun", "libkrunfw.so.5"),
     krunInitRoot: join(dir, "kernel", "krun", "root"),
     imagesDir: join(dir, "images"),
+    imageTool: join(dir, "bin", "sandbox-image"),
+    e2fsprogs: join(dir, "tools", "e2fsprogs"),
   };
 }
 

@@ -1,16 +1,13 @@
 /** The installed rootfs images, by name. */
 import { readCatalog, type ImageEntry } from "./artifacts.js";
-import { UnknownImageError } from "./errors.js";
+import { findCatalogImage, type ResolvedImage } from "./images/resolve.js";
 
-/** Lists the installed built-in images. */
+/** Lists the built-in images of the platform package (`listImages()` adds imported and built ones). */
 export function listBuiltInImages(): ImageEntry[] {
   return readCatalog();
 }
 
-/** The catalog entry of `name`; UnknownImageError (listing what is installed) when there is none. */
-export function findImage(name: string): ImageEntry {
-  const catalog = readCatalog();
-  const hit = catalog.find((i) => i.name === name);
-  if (!hit) throw new UnknownImageError(name, catalog.map((i) => i.name));
-  return hit;
+/** A catalog image (built-in, imported or built) by name, ready to boot; UnknownImageError lists what is installed. */
+export function findImage(name: string): ResolvedImage {
+  return findCatalogImage(name);
 }

@@ -1,20 +1,23 @@
-/** The `sandbox` command line: run a command in a fresh sandbox, list images. */
-import { defineSandbox, listBuiltInImages } from "./sandbox.js";
+/** The `sandbox` command line: run a command in a fresh sandbox, manage images. */
+import { defineSandbox } from "./sandbox.js";
 import { rootfs } from "./rootfs.js";
 import { once } from "node:events";
 import { ProcessStartError, SandboxError } from "./errors.js";
 import { artifactPaths } from "./artifacts.js";
 import { runDoctor } from "./doctor.js";
 import { setupMacos } from "./setup-macos.js";
+import { findCatalogImage } from "./images/resolve.js";
+import { buildCommand, imagesCommand, IMAGES_USAGE } from "./cli-images.js";
+import { UsageError } from "./cli-usage.js";
 
-const USAGE = `usage:
-  sandbox run [--image NAME] [--cpus N] [--memory MiB] [--hostname NAME] [--timeout MS] -- COMMAND [ARGS...]
-      boots a sandbox and runs COMMAND with this terminal's stdin, stdout and stderr (streamed as they
-      come), then prints timings; exits with its exit code (127 not found, 126 not executable, 128+N signal N)
+const USAGE = () => `usage:
+  sandbox run [--image NAME] [--cpus N] [--memory MiB] [--hostname NAME] [--timeout MS] [-- COMMAND [ARGS...]]
+      boots a sandbox and runs COMMAND (default: the image's Entrypoint + Cmd) with this terminal's
+      stdin, stdout and stderr (streamed as they come), then prints timings; exits with its exit code
+      (127 not found, 126 not executable, 128+N signal N)
   sandbox shell [--image NAME] [--cpus N] [--memory MiB] [--hostname NAME]
       opens an interactive shell in a fresh sandbox; the VM is destroyed when the shell exits
-  sandbox images
-      lists the built-in rootfs images
+${IMAGES_USAGE}
   sandbox setup-macos
       macOS only: ad-hoc signs the helper with the Hypervisor.framework entitlement
   sandbox doctor
@@ -68,11 +71,18 @@ function parseRun(argv: string[]): { flags: RunFlags; command: string[] } {
   return { flags, command: argv.slice(i) };
 }
 
-class UsageError extends Error {}
+
+/** An image's Entrypoint + Cmd, for `sandbox run --image X` without a command. */
+function imageCommand(image: string): string[] {
+  const config = findCatalogImage(image).config;
+  const argv = [...(config?.entrypoint ?? []), ...(config?.cmd ?? [])];
+  if (argv.length === 0) throw new UsageError(`no command given (and image ${image} has no Entrypoint or Cmd to run)`);
+  return argv;
+}
 
 async function run(argv: string[]): Promise<number> {
-  const { flags, command } = parseRun(argv);
-  if (command.length === 0) throw new UsageError("no command given");
+  const { flags, command: given } = parseRun(argv);
+  const command = given.length > 0 ? given : imageCommand(flags.image);
   const sandbox = defineSandbox({
     rootfs: rootfs.builtIn(flags.image),
     resources: { cpus: flags.cpus, memoryMiB: flags.memory },
@@ -190,14 +200,6 @@ function doctor(): number {
   return ok ? 0 : 1;
 }
 
-function images(): number {
-  for (const img of listBuiltInImages()) {
-    const mib = (img.fileSizeBytes / 1048576).toFixed(1);
-    process.stdout.write(`${img.name.padEnd(12)} ${mib.padStart(7)} MiB  sha256:${img.sha256.slice(0, 16)}  ${img.description ?? ""}\n`);
-  }
-  return 0;
-}
-
 export async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
   try {
@@ -205,7 +207,9 @@ export async function main(argv: string[]): Promise<number> {
       case "run":
         return await run(rest);
       case "images":
-        return images();
+        return await imagesCommand(rest);
+      case "build":
+        return await buildCommand(rest);
       case "shell":
         return await shell(rest);
       case "doctor":
@@ -216,14 +220,14 @@ export async function main(argv: string[]): Promise<number> {
       case "help":
       case "--help":
       case "-h":
-        process.stdout.write(USAGE);
+        process.stdout.write(USAGE());
         return cmd === undefined ? 2 : 0;
       default:
         throw new UsageError(`unknown command ${cmd}`);
     }
   } catch (err) {
     if (err instanceof UsageError) {
-      process.stderr.write(`sandbox: ${err.message}\n${USAGE}`);
+      process.stderr.write(`sandbox: ${err.message}\n${USAGE()}`);
       return 2;
     }
     if (err instanceof SandboxError) {

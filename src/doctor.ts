@@ -3,7 +3,8 @@
  * fix what is missing. Never throws for a missing piece: every check reports.
  */
 import { execFileSync } from "node:child_process";
-import { accessSync, constants, existsSync, readFileSync, statSync } from "node:fs";
+import { accessSync, constants, existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { platformPackageName, type Artifacts, type ImageEntry } from "./artifacts.js";
 import { chooseBackend, findQemu, probeKrun } from "./backend.js";
@@ -83,8 +84,46 @@ export function runDoctor(artifacts: Artifacts): { checks: Check[]; ok: boolean 
       });
     }
   }
+  for (const c of importChecks(artifacts)) add(c);
   const ok = checks.every((c) => c.ok);
   return { checks, ok };
+}
+
+/** What `sandbox images import` needs: the importer, an mke2fs that reads tarballs, qemu-img. */
+function importChecks(artifacts: Artifacts): Check[] {
+  const out: Check[] = [fileCheck("image importer", artifacts.imageTool)];
+  const mke2fs = join(artifacts.e2fsprogs, "sbin", "mke2fs");
+  if (!existsSync(mke2fs)) {
+    out.push({ name: "mke2fs (image import)", ok: false, detail: `missing: ${mke2fs}`, fix: RESTORE });
+  } else {
+    // A one-entry tarball through `-d -`: fails without libarchive.so.13.
+    const dir = mkdtempSync(join(tmpdir(), "sandbox-doctor-"));
+    try {
+      writeFileSync(join(dir, "img"), "");
+      execFileSync("truncate", ["-s", "8M", join(dir, "img")]);
+      const tar = Buffer.alloc(1024); // an empty archive: two zero blocks
+      execFileSync(mke2fs, ["-q", "-F", "-t", "ext4", "-d", "-", join(dir, "img")], {
+        input: tar,
+        env: { ...process.env, LD_LIBRARY_PATH: join(artifacts.e2fsprogs, "lib") },
+        stdio: ["pipe", "ignore", "pipe"],
+        timeout: 10_000,
+      });
+      const version = readFileSync(join(artifacts.e2fsprogs, "VERSION"), "utf8").trim();
+      out.push({ name: "mke2fs (image import)", ok: true, detail: `${version}, reads tarballs` });
+    } catch (err) {
+      const why = ((err as { stderr?: Buffer }).stderr?.toString() ?? (err as Error).message).trim().split("\n")[0];
+      out.push({ name: "mke2fs (image import)", ok: false, detail: `cannot build from a tarball: ${why}`, fix: "apt-get install libarchive13 (mke2fs loads it to read layers)" });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }
+  try {
+    const version = execFileSync(process.env.SANDBOX_QEMU_IMG ?? "qemu-img", ["--version"], { encoding: "utf8", timeout: 5000 }).split("\n")[0];
+    out.push({ name: "qemu-img (image import)", ok: true, detail: version ?? "" });
+  } catch (err) {
+    out.push({ name: "qemu-img (image import)", ok: false, detail: (err as Error).message.split("\n")[0]!, fix: "apt-get install qemu-utils (or set SANDBOX_QEMU_IMG)" });
+  }
+  return out;
 }
 
 function fileCheck(name: string, path: string): Check {

@@ -19,19 +19,91 @@ export class SandboxConfigError extends SandboxError {
   }
 }
 
-/** `rootfs.builtIn(name)` names no image in the installed catalog. */
+/** `rootfs.builtIn(name)` names no image in the built-in or local catalog. */
 export class UnknownImageError extends SandboxError {
   /** The name asked for. */
   readonly image: string;
-  /** The names installed. */
+  /** Every name `rootfs.builtIn` accepts right now (built-in first, then imported/built). */
   readonly available: readonly string[];
-  constructor(image: string, available: readonly string[]) {
+  constructor(image: string, available: readonly string[], options: { importHint?: string } = {}) {
+    const hint = options.importHint ?? image;
     super(
       "ERR_SANDBOX_UNKNOWN_IMAGE",
-      `no built-in rootfs image named ${JSON.stringify(image)}; available: ${available.join(", ") || "(none installed)"}`,
+      `no rootfs image named ${JSON.stringify(image)}; installed: ${available.join(", ") || "(none)"}. ` +
+        `Import it with \`sandbox images import ${hint} --name ${image}\` ` +
+        `(API: importImage(${JSON.stringify(hint)}, { name: ${JSON.stringify(image)} })), or list images with \`sandbox images\``,
     );
     this.image = image;
     this.available = available;
+  }
+}
+
+/**
+ * Image bytes do not hash to the digest that pins them: a `rootfs.image`
+ * file that changed, a `name@sha256:…` reference to an image that is now
+ * something else, or an OCI blob that was corrupted or tampered with.
+ */
+export class ImageDigestMismatchError extends SandboxError {
+  /** What was checked (a file path, a blob, an image name). */
+  readonly subject: string;
+  /** `sha256:…` that was expected. */
+  readonly expected: string;
+  /** `sha256:…` the bytes actually have. */
+  readonly actual: string;
+  constructor(subject: string, expected: string, actual: string, fix?: string) {
+    super(
+      "ERR_SANDBOX_IMAGE_DIGEST",
+      `${subject} has digest ${actual}, but ${expected} was expected; ` +
+        (fix ?? "the bytes changed since the digest was recorded: use the right file, or pin the new digest if the change is intended"),
+    );
+    this.subject = subject;
+    this.expected = expected;
+    this.actual = actual;
+  }
+}
+
+/** A registry refused the credentials, or needs some and none were given. */
+export class RegistryAuthError extends SandboxError {
+  constructor(message: string) {
+    super("ERR_SANDBOX_REGISTRY_AUTH", message);
+  }
+}
+
+/** Why an image import failed (mirrors sandbox-image's error kinds). */
+export type ImageImportFailure =
+  | "not-found"
+  | "platform"
+  | "unsupported"
+  | "invalid-source"
+  | "network"
+  | "tool"
+  | "io"
+  | "request"
+  | "catalog";
+
+/** `importImage` failed for a reason other than authentication or a digest mismatch. */
+export class ImageImportError extends SandboxError {
+  /** The failure class, for programmatic handling (`network` is worth retrying, `not-found` is not). */
+  readonly reason: ImageImportFailure;
+  constructor(reason: ImageImportFailure, message: string, options?: { cause?: unknown }) {
+    super("ERR_SANDBOX_IMAGE_IMPORT", message, options);
+    this.reason = reason;
+  }
+}
+
+/** A `rootfs.build` step failed; `step` is its index, `output` the tail of what it printed. */
+export class ImageBuildError extends SandboxError {
+  /** Index of the failing step in `steps`. */
+  readonly step: number;
+  /** The step's exit code, when it ran to completion (absent for copy steps and timeouts). */
+  readonly exitCode: number | undefined;
+  /** The tail of the step's stdout and stderr. */
+  readonly output: string;
+  constructor(step: number, message: string, details: { exitCode?: number; output?: string; cause?: unknown } = {}) {
+    super("ERR_SANDBOX_IMAGE_BUILD", message, { cause: details.cause });
+    this.step = step;
+    this.exitCode = details.exitCode;
+    this.output = details.output ?? "";
   }
 }
 

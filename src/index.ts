@@ -18,7 +18,15 @@ export type {
   VirtualOptions,
   HostDirOptions,
 } from "./fs/index.js";
-export type { RootfsSpec, BuiltInRootfs, EphemeralRootfs, CowRootfs } from "./rootfs.js";
+export type { RootfsSpec, BuiltInRootfs, BaseImage, ImageFileRootfs, EphemeralRootfs, CowRootfs } from "./rootfs.js";
+export { importImage } from "./images/import.js";
+export type { ImportImageOptions, ImportedImage, ImportProgress } from "./images/import.js";
+export { listImages, removeImage } from "./images/list.js";
+export type { ImageInfo } from "./images/list.js";
+export type { RootfsBuildOptions, BuildStep, BuiltRootfs } from "./images/build.js";
+export { loadSandboxfile } from "./images/sandboxfile.js";
+export type { Sandboxfile } from "./images/sandboxfile.js";
+export type { ImageConfigDefaults, ImageUser } from "./images/store.js";
 export type { SandboxBlockStore, SandboxBlockStoreContext, SandboxBlockChunk, SandboxBlockRange } from "./rootfs/block-store.js";
 export { MemoryBlockStore } from "./rootfs/memory-store.js";
 export { DirectoryBlockStore } from "./rootfs/directory-store.js";
@@ -30,6 +38,10 @@ export {
   SandboxError,
   SandboxConfigError,
   UnknownImageError,
+  ImageDigestMismatchError,
+  RegistryAuthError,
+  ImageImportError,
+  ImageBuildError,
   SandboxArtifactError,
   SandboxBootError,
   SandboxCrashedError,
@@ -42,7 +54,7 @@ export {
   BlockStoreBaseMismatchError,
   PortForwardError,
 } from "./errors.js";
-export type { BlockStoreOp, ProtocolOffender } from "./errors.js";
+export type { BlockStoreOp, ImageImportFailure, ProtocolOffender } from "./errors.js";
 export { network } from "./network/policy.js";
 export type {
   NetworkPolicy,

@@ -2,18 +2,25 @@
 import { SandboxConfigError } from "./errors.js";
 import { checkBlockStore, DEFAULT_STORE_TIMEOUT_MS, type SandboxBlockStore } from "./rootfs/block-store.js";
 import { bytes, flatten, type ComposedRootfs, type FlattenedImage, type ImageByteStore } from "./rootfs/image-export.js";
+import { absoluteImagePath, checkDigest, type ImageFileRootfs } from "./images/resolve.js";
+import type { BuiltRootfs, RootfsBuildOptions } from "./images/build.js";
 
 /** A read-only image from the installed catalog (`rootfs.builtIn`). */
 export interface BuiltInRootfs {
   readonly kind: "builtIn";
-  /** Catalog name, e.g. `debian:12` or `busybox`. */
+  /** Catalog name, e.g. `debian:12`, `busybox`, an imported `alpine:3.23`, or `sha256:…`. */
   readonly name: string;
 }
+
+export type { ImageFileRootfs };
+
+/** What writable roots and exports are layered over: a catalog image or a pinned image file. */
+export type BaseImage = BuiltInRootfs | ImageFileRootfs;
 
 /** A writable root whose changes live in helper memory and vanish when the lane ends. */
 export interface EphemeralRootfs {
   readonly kind: "ephemeral";
-  readonly base: BuiltInRootfs;
+  readonly base: BaseImage;
   /** Dirty-bytes budget (block-aligned); guest writes past it fail with an I/O error. */
   readonly maxDirtyBytes: number;
 }
@@ -21,7 +28,7 @@ export interface EphemeralRootfs {
 /** A writable root whose changed blocks persist in a JavaScript block store across boots. */
 export interface CowRootfs {
   readonly kind: "cow";
-  readonly base: BuiltInRootfs;
+  readonly base: BaseImage;
   readonly writable: SandboxBlockStore;
   /** Dirty bytes buffered by the native runtime before they are written to the store. */
   readonly maxDirtyBytes: number;
@@ -69,8 +76,8 @@ function retryPolicy(retry: Partial<StoreRetryPolicy> | false | undefined): Stor
   });
 }
 
-/** Any root filesystem a definition can name (`rootfs.builtIn`, `rootfs.ephemeral`, `rootfs.cow`). */
-export type RootfsSpec = BuiltInRootfs | EphemeralRootfs | CowRootfs;
+/** Any root filesystem a definition can name (`rootfs.builtIn`, `rootfs.image`, `rootfs.ephemeral`, `rootfs.cow`). */
+export type RootfsSpec = BuiltInRootfs | ImageFileRootfs | EphemeralRootfs | CowRootfs;
 export type { ComposedRootfs, FlattenedImage, ImageByteStore };
 
 /** Copy-on-write block size used by the native engine. */
@@ -78,13 +85,28 @@ export const COW_BLOCK_SIZE = 64 * 1024;
 /** Default dirty-bytes budget (64 MiB). */
 export const DEFAULT_MAX_DIRTY_BYTES = 64 * 1024 * 1024;
 
+function isBase(value: unknown): value is BaseImage {
+  const kind = (value as { kind?: unknown } | null)?.kind;
+  return kind === "builtIn" || kind === "image";
+}
+
+const BASE_HINT = 'rootfs.builtIn("…") or rootfs.image({ path, digest })';
+
 /**
- * Root filesystems: read-only built-in images, writable roots whose changes are
- * discarded (`ephemeral`) or kept in your own block store (`cow`), and the
- * offline view and export of a store (`compose`, `flatten`, `bytes`). See docs/rootfs.md.
+ * Root filesystems: read-only catalog images (`builtIn`) and your own pinned
+ * images (`image`), images built from setup steps (`build`), writable roots
+ * whose changes are discarded (`ephemeral`) or kept in your own block store
+ * (`cow`), and the offline view and export of a store (`compose`, `flatten`,
+ * `bytes`). See docs/rootfs.md and docs/images.md.
  */
 export const rootfs = {
-  /** A read-only image from the installed catalog (see `listBuiltInImages()`). */
+  /**
+   * A read-only image from the catalog: the platform package's built-in
+   * images (`debian:12`, `busybox`), then images this user imported
+   * (`importImage`, `sandbox images import`) or built (`rootfs.build`).
+   * Accepts `name`, `name:tag`, `name@sha256:…` (refused unless the name
+   * still has that digest) and `sha256:…`. See `listImages()`.
+   */
   builtIn(name: string): BuiltInRootfs {
     if (typeof name !== "string" || name.trim() === "") {
       throw new SandboxConfigError('rootfs.builtIn(name) needs an image name such as "debian:12"');
@@ -93,15 +115,42 @@ export const rootfs = {
   },
 
   /**
+   * Your own image file (qcow2 or raw, holding an ext4 filesystem), pinned by
+   * its sha256: `boot()` hashes the file first and fails with
+   * `ImageDigestMismatchError` (both digests named) if it changed. Read-only
+   * like a built-in image; usable as `base` of `ephemeral`, `cow` and `compose`.
+   */
+  image(options: { path: string; digest: string; format?: "qcow2" | "raw"; filesystem?: string }): ImageFileRootfs {
+    if (typeof options?.path !== "string" || options.path === "" || options.path.includes("\0")) {
+      throw new SandboxConfigError("rootfs.image({ path }) needs the path of an image file");
+    }
+    const digest = checkDigest("rootfs.image({ digest })", options.digest);
+    if (options.format !== undefined && options.format !== "qcow2" && options.format !== "raw") {
+      throw new SandboxConfigError(`rootfs.image({ format }) must be "qcow2" or "raw", got ${JSON.stringify(options.format)}`);
+    }
+    const filesystem = options.filesystem ?? "ext4";
+    if (!/^[a-z0-9]+$/.test(filesystem)) throw new SandboxConfigError(`rootfs.image({ filesystem }) must be a filesystem type such as "ext4"`);
+    return Object.freeze({ kind: "image" as const, path: absoluteImagePath(options.path), digest, format: options.format, filesystem });
+  },
+
+  /**
+   * Builds a new catalog image from `base` by running setup steps in a VM
+   * (see `RootfsBuildOptions`); the same base digest and steps are a cache
+   * hit. Resolves to `rootfs.builtIn(name)` of the result (or of its digest).
+   */
+  // Loaded on first use: the builder boots VMs, so it depends on the rest of the library.
+  build: (options: RootfsBuildOptions): Promise<BuiltRootfs> => import("./images/build.js").then((m) => m.build(options)),
+
+  /**
    * A writable rootfs over a built-in image: clean blocks come from the image,
    * dirty blocks are kept by the native runtime in memory up to `maxDirtyBytes`
    * (default 64 MiB, rounded down to whole 64 KiB blocks), and everything is
    * discarded when the lane ends. Writes past the budget fail in the guest.
    */
-  ephemeral(options: { base: BuiltInRootfs; maxDirtyBytes?: number }): EphemeralRootfs {
+  ephemeral(options: { base: BaseImage; maxDirtyBytes?: number }): EphemeralRootfs {
     const base = options?.base;
-    if (!base || base.kind !== "builtIn") {
-      throw new SandboxConfigError('rootfs.ephemeral({ base }) needs base: rootfs.builtIn("…")');
+    if (!isBase(base)) {
+      throw new SandboxConfigError(`rootfs.ephemeral({ base }) needs base: ${BASE_HINT}`);
     }
     return Object.freeze({ kind: "ephemeral" as const, base, maxDirtyBytes: dirtyBudget(options.maxDirtyBytes) });
   },
@@ -120,7 +169,7 @@ export const rootfs = {
    */
   cow(
     options:
-      | { base: BuiltInRootfs; writable: SandboxBlockStore; maxDirtyBytes?: number; storeTimeoutMs?: number; retry?: Partial<StoreRetryPolicy> | false }
+      | { base: BaseImage; writable: SandboxBlockStore; maxDirtyBytes?: number; storeTimeoutMs?: number; retry?: Partial<StoreRetryPolicy> | false }
       | { source: ComposedRootfs; maxDirtyBytes?: number; storeTimeoutMs?: number; retry?: Partial<StoreRetryPolicy> | false },
   ): CowRootfs {
     if (options && "source" in options) {
@@ -135,8 +184,8 @@ export const rootfs = {
       });
     }
     const base = options?.base;
-    if (!base || base.kind !== "builtIn") {
-      throw new SandboxConfigError('rootfs.cow({ base }) needs base: rootfs.builtIn("…")');
+    if (!isBase(base)) {
+      throw new SandboxConfigError(`rootfs.cow({ base }) needs base: ${BASE_HINT}`);
     }
     const writable = checkBlockStore(options.writable, COW_BLOCK_SIZE);
     const storeTimeoutMs = options.storeTimeoutMs ?? DEFAULT_STORE_TIMEOUT_MS;
@@ -154,10 +203,10 @@ export const rootfs = {
   },
 
   /** The merged view of a base image and a block-store overlay, for boot (`cow({ source })`) or export. */
-  compose(options: { base: BuiltInRootfs; overlay: SandboxBlockStore }): ComposedRootfs {
+  compose(options: { base: BaseImage; overlay: SandboxBlockStore }): ComposedRootfs {
     const base = options?.base;
-    if (!base || base.kind !== "builtIn") {
-      throw new SandboxConfigError('rootfs.compose({ base }) needs base: rootfs.builtIn("…")');
+    if (!isBase(base)) {
+      throw new SandboxConfigError(`rootfs.compose({ base }) needs base: ${BASE_HINT}`);
     }
     return Object.freeze({ kind: "composed" as const, base, overlay: checkBlockStore(options.overlay, COW_BLOCK_SIZE) });
   },
@@ -184,5 +233,5 @@ export function isRootfsSpec(value: unknown): value is RootfsSpec {
   if (typeof value !== "object" || value === null) return false;
   const kind = (value as { kind?: unknown }).kind;
   const base = (value as { base?: unknown }).base;
-  return kind === "builtIn" || ((kind === "ephemeral" || kind === "cow") && isRootfsSpec(base));
+  return kind === "builtIn" || kind === "image" || ((kind === "ephemeral" || kind === "cow") && isBase(base));
 }

@@ -135,7 +135,7 @@ export function defineSandbox(definition: SandboxDefinition = {}): Sandbox {
   }
   const root = definition.rootfs ?? rootfsApi.builtIn("debian:12");
   if (!isRootfsSpec(root)) {
-    throw new SandboxConfigError("definition.rootfs must come from rootfs.builtIn(...), rootfs.ephemeral(...) or rootfs.cow(...)");
+    throw new SandboxConfigError("definition.rootfs must come from rootfs.builtIn(...), rootfs.image(...), rootfs.ephemeral(...) or rootfs.cow(...)");
   }
   const r = definition.resources ?? {};
   const resources: Required<SandboxResources> = {

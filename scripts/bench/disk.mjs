@@ -92,13 +92,13 @@ async function measure(boot, log, label, { writable = true } = {}) {
 }
 
 /**
- * @param ctx { api: { rootfs, MemoryBlockStore }, bootLane, resources, image, imagesDir, work, stats, round, log }
+ * @param ctx { api: { rootfs, MemoryBlockStore }, bootLane, resources, image, work, stats, round, log }
  */
 export async function diskBench(ctx) {
-  const { api, bootLane, resources, image, imagesDir, work, stats, round, log } = ctx;
+  const { api, bootLane, resources, image, work, stats, round, log } = ctx;
   const base = api.rootfs.builtIn(image.name);
   const overlay = join(work, "floor-overlay.qcow2");
-  execFileSync("qemu-img", ["create", "-q", "-f", "qcow2", "-b", join(imagesDir, image.file), "-F", image.format, overlay]);
+  execFileSync("qemu-img", ["create", "-q", "-f", "qcow2", "-b", image.path, "-F", image.format, overlay]);
   const floorBoot = () =>
     bootLane(base, resources, {}, undefined, {
       writableRoot: true,

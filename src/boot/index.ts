@@ -15,7 +15,8 @@ import { startInterception, type BootInterception } from "../network/http/interc
 import type { NetworkPolicy } from "../network/policy.js";
 import type { Launch } from "../protocol/contract.js";
 import type { RootfsSpec } from "../rootfs.js";
-import { findImage } from "../catalog.js";
+import { resolveImage } from "../images/resolve.js";
+import { checkAbsolutePath } from "../validate.js";
 import type { BootOptions, SandboxResources } from "../sandbox.js";
 import { configureMessage, launchSpec, networkLaunch } from "./launch.js";
 import { handshake } from "./handshake.js";
@@ -47,11 +48,12 @@ export async function bootLane(
 ): Promise<Lane> {
   const started = performance.now();
   const plan = checkBootOptions(options);
-  // Secret placeholders first, so an explicit env entry can still override one.
-  const env = { ...policy?.secrets?.env, ...plan.env };
   plan.signal?.throwIfAborted();
   const platform = resolvePlatform(resources);
-  const image = findImage(root.kind === "builtIn" ? root.name : root.base.name);
+  const image = await resolveImage(root.kind === "builtIn" || root.kind === "image" ? root : root.base);
+  // The image config's Env < secret placeholders < the boot's own env.
+  const env = { ...image.defaults.env, ...policy?.secrets?.env, ...plan.env };
+  const cwd = plan.cwd ?? guestDir(image.defaults.workingDir) ?? "/";
   const failures = new BlockStoreFailures(plan.onError);
   const store = await attachStore(root, image.sha256);
 
@@ -126,7 +128,7 @@ export async function bootLane(
     const configure = caCertPem.then((pem) =>
       configureMessage({
         hostname: plan.hostname,
-        cwd: plan.cwd,
+        cwd,
         env,
         image,
         root,
@@ -150,7 +152,7 @@ export async function bootLane(
         backendReason: platform.choice.reason,
         image: image.name,
         hostname: plan.hostname,
-        cwd: plan.cwd,
+        cwd,
         kernel: ready.kernel,
         helperPid: conn.pid,
         vmmPid: launched.vmmPid,
@@ -178,4 +180,10 @@ export async function bootLane(
     // A store failure during boot is the root cause of whatever the guest then reported.
     throw err instanceof SandboxBootError && failures.first ? failures.first : err;
   }
+}
+
+/** An image's WorkingDir as an absolute guest path (configs occasionally omit the slash). */
+function guestDir(dir: string | undefined): string | undefined {
+  if (!dir) return undefined;
+  return checkAbsolutePath("the image's WorkingDir", dir.startsWith("/") ? dir : `/${dir}`);
 }

@@ -1,12 +1,12 @@
 /** The helper's `Launch` request and the guest's `Configure`, built once, typed end to end. */
-import { join } from "node:path";
-import type { Artifacts, ImageEntry } from "../artifacts.js";
+import type { Artifacts } from "../artifacts.js";
 import { findQemu, type BackendChoice } from "../backend.js";
 import { SandboxArtifactError } from "../errors.js";
 import type { Configure, Disk, Launch, NetLaunch } from "../protocol/contract.js";
 import { COW_BLOCK_SIZE, rootfs as rootfsApi, type RootfsSpec } from "../rootfs.js";
 import { helperDeadlineMs, SANDBOX_RESOLVER } from "../network/bridge.js";
 import type { NetworkPolicy } from "../network/policy.js";
+import type { ResolvedImage } from "../images/resolve.js";
 import type { SandboxResources } from "../sandbox.js";
 
 /** The guest's side of the network (sandbox-net's defaults). */
@@ -17,9 +17,17 @@ export function mountTag(i: number): string {
   return `sandbox-fs-${i}`;
 }
 
-function rootDisk(artifacts: Artifacts, image: ImageEntry, root: RootfsSpec): Disk {
-  const path = join(artifacts.imagesDir, image.file);
-  if (root.kind === "builtIn") return { path, format: image.format, readOnly: true };
+/** The image file attached as the root disk (what `resolveImage` returned). */
+type RootImage = Pick<ResolvedImage, "name" | "path" | "format" | "filesystem" | "defaults">;
+
+/** Catalog images and `rootfs.image` files are attached read-only; writable roots layer over them. */
+function readOnlyRoot(root: RootfsSpec): root is Extract<RootfsSpec, { kind: "builtIn" | "image" }> {
+  return root.kind === "builtIn" || root.kind === "image";
+}
+
+function rootDisk(image: RootImage, root: RootfsSpec): Disk {
+  const path = image.path;
+  if (readOnlyRoot(root)) return { path, format: image.format, readOnly: true };
   return {
     path,
     format: image.format,
@@ -47,7 +55,7 @@ export function networkLaunch(policy: NetworkPolicy, interceptSocket: string): N
 /** The helper's Launch request for one boot (exported for benchmarks). */
 export function launchSpec(
   artifacts: Artifacts,
-  image: ImageEntry,
+  image: RootImage,
   resources: Required<SandboxResources>,
   choice: BackendChoice,
   root: RootfsSpec = rootfsApi.builtIn(image.name),
@@ -63,7 +71,7 @@ export function launchSpec(
     krunfw: artifacts.krunfw,
     initRoot: artifacts.krunInitRoot,
     cmdline: [],
-    disks: [rootDisk(artifacts, image, root)],
+    disks: [rootDisk(image, root)],
     qemu: choice.backend === "qemu" ? findQemu() : undefined,
     accel: choice.backend === "qemu" ? choice.accel : undefined,
     network,
@@ -75,7 +83,7 @@ export interface ConfigureInput {
   hostname: string;
   cwd: string;
   env: Record<string, string>;
-  image: ImageEntry;
+  image: RootImage;
   root: RootfsSpec;
   mounts: readonly { target: string; mount: { readOnly: boolean } }[];
   network: boolean;
@@ -93,7 +101,7 @@ export function configureMessage(c: ConfigureInput): Configure {
     hostname: c.hostname,
     cwd: c.cwd,
     env: c.env,
-    root: { device: "/dev/vda", fstype: "ext4", readOnly: c.root.kind === "builtIn" && !c.writableRoot },
+    root: { device: "/dev/vda", fstype: "ext4", readOnly: readOnlyRoot(c.root) && !c.writableRoot },
     mounts: c.mounts.map((m, i) => ({
       tag: mountTag(i),
       target: m.target,
@@ -104,5 +112,7 @@ export function configureMessage(c: ConfigureInput): Configure {
     limits: { maxProcesses: c.resources.maxProcesses, workloadMemoryMib: c.resources.workloadMemoryMiB },
     ...(c.caCertPem === undefined ? {} : { caCertPem: c.caCertPem }),
     ...(c.network ? { network: { ...GUEST_NET } } : {}),
+    // The image config's User, resolved at import: init drops every process to it.
+    ...(c.image.defaults.user ? { user: { uid: c.image.defaults.user.uid, gid: c.image.defaults.user.gid, groups: c.image.defaults.user.groups } } : {}),
   };
 }

@@ -11,7 +11,8 @@ const RESERVED = ["/dev", "/proc", "/sys", "/run/sandbox"];
 
 export interface BootPlan {
   hostname: string;
-  cwd: string;
+  /** Absent: the image's WorkingDir, else `/`. */
+  cwd: string | undefined;
   env: Record<string, string>;
   mounts: { target: string; mount: VirtualMount }[];
   timeoutMs: number;
@@ -40,7 +41,7 @@ export function checkBootOptions(options: BootOptions): BootPlan {
   }
   return {
     hostname: checkHostname(options.hostname ?? "sandbox"),
-    cwd: checkAbsolutePath("cwd", options.cwd ?? "/"),
+    cwd: options.cwd === undefined ? undefined : checkAbsolutePath("cwd", options.cwd),
     env: checkEnv("env", options.env),
     mounts: checkMounts(options.mounts),
     timeoutMs: checkInteger("timeoutMs", options.timeoutMs ?? 120_000, 1, 3_600_000),

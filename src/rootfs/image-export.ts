@@ -1,12 +1,11 @@
 /**
  * Offline image work, no VM: `compose` describes base + overlay, `flatten`
  * writes the merged view as a standalone QCOW2 through random-access storage,
- * `bytes` streams an image container's bytes (built-in file or flattened).
+ * `bytes` streams an image container's bytes (catalog image, image file or flattened).
  */
 import { createReadStream } from "node:fs";
-import { join } from "node:path";
-import { readCatalog, resolveArtifacts, type ImageEntry } from "../artifacts.js";
-import { SandboxConfigError, UnknownImageError } from "../errors.js";
+import { SandboxConfigError } from "../errors.js";
+import { resolveImage, type ImageFileRootfs } from "../images/resolve.js";
 import type { SandboxBlockStore } from "./block-store.js";
 import { Qcow2Reader } from "./qcow2-reader.js";
 import { writeQcow2, type ByteSink } from "./qcow2-writer.js";
@@ -16,10 +15,13 @@ export interface BuiltInRef {
   readonly name: string;
 }
 
-/** The merged view of a built-in base and a block-store overlay (the same contract `rootfs.cow` boots). */
+/** A catalog image or a pinned image file. */
+export type BaseRef = BuiltInRef | ImageFileRootfs;
+
+/** The merged view of a base image and a block-store overlay (the same contract `rootfs.cow` boots). */
 export interface ComposedRootfs {
   readonly kind: "composed";
-  readonly base: BuiltInRef;
+  readonly base: BaseRef;
   readonly overlay: SandboxBlockStore;
 }
 
@@ -40,16 +42,9 @@ export interface FlattenedImage {
 /** Block size of overlays (the copy-on-write engine's). */
 const OVERLAY_BLOCK = 64 * 1024;
 
-export function imageEntry(name: string): ImageEntry {
-  const catalog = readCatalog();
-  const hit = catalog.find((i) => i.name === name);
-  if (!hit) throw new UnknownImageError(name, catalog.map((i) => i.name));
-  return hit;
-}
-
 export async function flatten(options: {
   format: "qcow2";
-  source: ComposedRootfs | BuiltInRef;
+  source: ComposedRootfs | BaseRef;
   dest: ImageByteStore;
   clusterSize?: number;
 }): Promise<FlattenedImage> {
@@ -61,11 +56,14 @@ export async function flatten(options: {
     throw new SandboxConfigError("flatten needs dest: an object with read(offset, length) and write(offset, bytes)");
   }
   const base = source?.kind === "composed" ? source.base : source;
-  if (!base || base.kind !== "builtIn") {
-    throw new SandboxConfigError("flatten needs source: rootfs.compose({ base, overlay }) or rootfs.builtIn(name)");
+  if (!base || (base.kind !== "builtIn" && base.kind !== "image")) {
+    throw new SandboxConfigError("flatten needs source: rootfs.compose({ base, overlay }), rootfs.builtIn(name) or rootfs.image({ path, digest })");
   }
-  const image = imageEntry(base.name);
-  const reader = await Qcow2Reader.openFile(join(resolveArtifacts().imagesDir, image.file), { name: image.name });
+  const image = await resolveImage(base);
+  if (image.format !== "qcow2") {
+    throw new SandboxConfigError(`flatten reads qcow2 bases; ${image.name} is ${image.format} (convert it with \`qemu-img convert -O qcow2\`)`);
+  }
+  const reader = await Qcow2Reader.openFile(image.path, { name: image.name });
   try {
     const virtualSize = reader.virtualSize;
     const context = { base: image.sha256 };
@@ -126,16 +124,16 @@ function blockReader(store: SandboxBlockStore | undefined, context: { base: stri
 }
 
 /** Streams the image container's bytes (not the filesystem inside it). */
-export async function* bytes(image: FlattenedImage | BuiltInRef, options: { chunkSize?: number } = {}): AsyncGenerator<Uint8Array> {
+export async function* bytes(image: FlattenedImage | BaseRef, options: { chunkSize?: number } = {}): AsyncGenerator<Uint8Array> {
   const chunk = options.chunkSize ?? 1 << 20;
-  if (image?.kind === "builtIn") {
-    const entry = imageEntry(image.name);
-    for await (const piece of createReadStream(join(resolveArtifacts().imagesDir, entry.file), { highWaterMark: chunk })) {
+  if (image?.kind === "builtIn" || image?.kind === "image") {
+    const entry = await resolveImage(image);
+    for await (const piece of createReadStream(entry.path, { highWaterMark: chunk })) {
       yield new Uint8Array(piece as Buffer);
     }
     return;
   }
-  if (image?.kind !== "flattened") throw new SandboxConfigError("bytes() takes rootfs.builtIn(name) or the result of rootfs.flatten()");
+  if (image?.kind !== "flattened") throw new SandboxConfigError("bytes() takes rootfs.builtIn(name), rootfs.image(...) or the result of rootfs.flatten()");
   for (let off = 0; off < image.sizeBytes; off += chunk) {
     yield await image.dest.read(off, Math.min(chunk, image.sizeBytes - off));
   }

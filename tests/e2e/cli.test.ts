@@ -47,8 +47,8 @@ describe("sandbox CLI (the README's main job)", () => {
   it("lists the built-in images", () => {
     const r = spawnSync(process.execPath, [cli, "images"], { encoding: "utf8" });
     expect(r.status).toBe(0);
-    expect(r.stdout).toMatch(/^debian:12 /m);
-    expect(r.stdout).toMatch(/^busybox /m);
+    expect(r.stdout).toMatch(/^debian\s+12\s+sha256:[0-9a-f]{12}\s+[\d.]+ MiB\s+built-in$/m);
+    expect(r.stdout).toMatch(/^busybox\s+-\s+sha256:/m);
   });
 
   it("explains bad usage and unknown images with a non-zero exit", () => {
@@ -57,7 +57,8 @@ describe("sandbox CLI (the README's main job)", () => {
     expect(usage.stderr).toContain("no command given");
     const unknown = spawnSync(process.execPath, [cli, "run", "--image", "nope", "--", "true"], { encoding: "utf8" });
     expect(unknown.status).toBe(1);
-    expect(unknown.stderr).toContain('no built-in rootfs image named "nope"; available: debian:12, busybox');
+    expect(unknown.stderr).toContain('no rootfs image named "nope"; installed: debian:12, busybox.');
+    expect(unknown.stderr).toContain("sandbox images import docker.io/library/nope --name nope");
   });
 
   it("doctor reports the host, the backend in use and every artifact", () => {

@@ -40,6 +40,7 @@ describe("lane lifecycle on real VMs", () => {
     const err = await defineSandbox({ rootfs: rootfs.builtIn("alpine:3.23") }).boot().catch((e: unknown) => e);
     expect(err).toBeInstanceOf(UnknownImageError);
     expect((err as UnknownImageError).available).toContain("busybox");
+    expect((err as Error).message).toContain("sandbox images import docker.io/library/alpine:3.23 --name alpine:3.23");
   });
 
   it("leaves no helper or VMM behind after kill -9 of the Node process", async () => {

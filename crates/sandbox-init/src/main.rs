@@ -91,6 +91,7 @@ fn main() {
     // The CA variables come before the host's env so a caller can still override them.
     env.extend(ca_env);
     env.extend(cfg.env.clone());
+    process::set_default_user(cfg.user.clone());
     let server = match server::Server::new(link.port, link.decoder, env, cfg.cwd.to_string(), containment) {
         Ok(s) => s,
         Err(e) => console_fatal(&format!("control loop: {e}")),

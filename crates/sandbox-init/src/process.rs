@@ -3,14 +3,50 @@
 
 use crate::cgroups::{self, Leaf};
 use crate::sys;
-use sandbox_protocol::{I32In, Resize, Start, StartFailed, Text};
+use sandbox_protocol::{GuestUser, I32In, Resize, Start, StartFailed, Text};
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+/// The identity every process runs as (the image's `User`), set once at boot.
+static DEFAULT_USER: OnceLock<GuestUser> = OnceLock::new();
+
+/// Called once, after boot, with `Configure.user`; absent keeps processes root.
+pub fn set_default_user(user: Option<GuestUser>) {
+    if let Some(u) = user {
+        let _ = DEFAULT_USER.set(u);
+    }
+}
+
+/// Registers the switch to the image's user, if there is one. Registered
+/// last: the cgroup move and the new session happen while still root.
+fn drop_privileges(cmd: &mut Command) {
+    if let Some(user) = DEFAULT_USER.get() {
+        run_as(cmd, user);
+    }
+}
+
+/// Drops to `user` in the child between fork and exec: supplementary groups
+/// first, then gid, then uid (after setuid the others are no longer allowed).
+fn run_as(cmd: &mut Command, user: &GuestUser) {
+    let (uid, gid) = (user.uid, user.gid);
+    let groups: Vec<libc::gid_t> = user.groups.clone();
+    // SAFETY: the closure only makes async-signal-safe syscalls (setgroups,
+    // setgid, setuid) on data moved into it; nothing allocates after fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setgroups(groups.len(), groups.as_ptr()) < 0 || libc::setgid(gid) < 0 || libc::setuid(uid) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
 
 /// One output stream (stdout, stderr, or a pty master) and its flow-control state.
 pub struct Output {
@@ -101,6 +137,7 @@ impl Process {
                     Ok(())
                 });
             }
+            drop_privileges(&mut cmd);
             let child = cmd.spawn().map_err(spawn_err)?;
             let pid = child.id() as i32;
             drop(child);
@@ -134,6 +171,7 @@ impl Process {
             .stdin(if start.stdin { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        drop_privileges(&mut cmd);
         let mut child = cmd.spawn().map_err(spawn_err)?;
         let pid = child.id() as i32;
         let stdin = child.stdin.take().map(|p| File::from(OwnedFd::from(p)));

@@ -697,6 +697,11 @@ export interface Configure {
    */
   network?: GuestNet | null;
   root: RootSpec;
+  /**
+   * Identity processes run as (the image config's `User`, resolved by the
+   * host); absent: root.
+   */
+  user?: GuestUser | null;
 }
 /**
  * What the workload (every process started on the control port) may use.
@@ -761,6 +766,20 @@ export interface RootSpec {
   device: string;
   fstype: Fstype;
   readOnly: boolean;
+}
+/**
+ * A numeric user: uid, primary gid and supplementary groups.
+ *
+ * This interface was referenced by `WireMessages`'s JSON-Schema
+ * via the `definition` "GuestUser".
+ */
+export interface GuestUser {
+  gid: number;
+  /**
+   * Supplementary groups (setgroups).
+   */
+  groups: number[];
+  uid: number;
 }
 /**
  * host → guest: the host consumed output; the guest may send this many more bytes per stream.

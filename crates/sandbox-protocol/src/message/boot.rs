@@ -70,6 +70,21 @@ pub struct Configure {
     pub mounts: Vec<GuestMount>,
     /// What the workload (every process started on the control port) may use.
     pub limits: Limits,
+    /// Identity processes run as (the image config's `User`, resolved by the
+    /// host); absent: root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<GuestUser>,
+}
+
+/// A numeric user: uid, primary gid and supplementary groups.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GuestUser {
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups (setgroups).
+    pub groups: Vec<u32>,
 }
 
 /// Containment of the workload: processes run in cgroups below init's, so
