@@ -6,12 +6,16 @@
 // importImage (download, verify, decompress, ext4, qcow2), alternating, N
 // rounds. Reports p50s and the ratio (target ≤ 2), for the default
 // uncompressed qcow2 and once with compress: true.
+// skopeo-to-dir never decompresses, so two more references are measured in
+// the same rounds: the floor any import has (skopeo's fetch plus one
+// `gzip -dc` of every layer to /dev/null) and the daemonless way to get a
+// mere directory (`skopeo copy … oci:` + `umoci unpack --rootless`).
 //
 // Standalone: `node scripts/bench/images.mjs` (after `npm run setup` and
 // scripts/setup-test-tools); also run by scripts/bench.mjs.
 // Env: BENCH_IMAGE_MIB (default 300), BENCH_IMAGE_ROUNDS (default 3).
 import { execFileSync, spawn } from "node:child_process";
-import { cpSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { cpSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
@@ -100,6 +104,8 @@ export async function benchImages({ log = (m) => process.stderr.write(`[bench] $
     const ref = `${registry.host}/bench/big:1`;
     const skopeoMs = [];
     const importMs = [];
+    const decompressFloorMs = [];
+    const umociMs = [];
     let digest = null;
     let uncompressedSize = 0;
     for (let i = 0; i < ROUNDS; i++) {
@@ -107,7 +113,22 @@ export async function benchImages({ log = (m) => process.stderr.write(`[bench] $
       let t = performance.now();
       execFileSync("skopeo", ["copy", "--quiet", "--src-tls-verify=false", `docker://${ref}`, `dir:${dest}`]);
       skopeoMs.push(performance.now() - t);
+      const fetched = performance.now() - t;
+      t = performance.now();
+      for (const blob of readdirSync(dest)) {
+        const path = join(dest, blob);
+        if (/^[0-9a-f]{64}$/.test(blob) && statSync(path).size > 1 << 20) execFileSync("sh", ["-c", 'gzip -dc "$1" >/dev/null', "sh", path]);
+      }
+      decompressFloorMs.push(fetched + performance.now() - t);
       rmSync(dest, { recursive: true, force: true });
+
+      const ociDest = join(work, `umoci-${i}`);
+      t = performance.now();
+      execFileSync("skopeo", ["copy", "--quiet", "--src-tls-verify=false", `docker://${ref}`, `oci:${ociDest}:big`]);
+      execFileSync("umoci", ["unpack", "--rootless", "--image", `${ociDest}:big`, `${ociDest}-bundle`], { stdio: "ignore" });
+      umociMs.push(performance.now() - t);
+      rmSync(ociDest, { recursive: true, force: true });
+      rmSync(`${ociDest}-bundle`, { recursive: true, force: true });
 
       process.env.SANDBOX_IMAGES_DIR = join(work, `store-${i}`);
       t = performance.now();
@@ -117,7 +138,7 @@ export async function benchImages({ log = (m) => process.stderr.write(`[bench] $
       if (digest && digest !== image.digest) throw new Error(`import ${i} gave ${image.digest}, earlier ${digest}`);
       digest = image.digest;
       rmSync(process.env.SANDBOX_IMAGES_DIR, { recursive: true, force: true });
-      log(`images: round ${i + 1}: skopeo ${Math.round(skopeoMs[i])} ms, import ${Math.round(importMs[i])} ms`);
+      log(`images: round ${i + 1}: skopeo ${Math.round(skopeoMs[i])} ms, +gunzip ${Math.round(decompressFloorMs[i])} ms, +umoci unpack ${Math.round(umociMs[i])} ms, import ${Math.round(importMs[i])} ms`);
     }
     process.env.SANDBOX_IMAGES_DIR = join(work, "store-compressed");
     let t = performance.now();
@@ -130,6 +151,12 @@ export async function benchImages({ log = (m) => process.stderr.write(`[bench] $
       skopeoCopyToDirMs: skopeoMs.map(Math.round),
       importMs: importMs.map(Math.round),
       importRatio: round(p50(importMs) / s),
+      fetchAndDecompressFloorMs: decompressFloorMs.map(Math.round),
+      importRatioToDecompressFloor: round(p50(importMs) / p50(decompressFloorMs)),
+      // > 2 means the ≤ 2× target is below what decompressing the layers alone costs.
+      decompressFloorRatioToSkopeo: round(p50(decompressFloorMs) / s),
+      skopeoUmociUnpackMs: umociMs.map(Math.round),
+      importRatioToUmociUnpack: round(p50(importMs) / p50(umociMs)),
       importCompressedMs: Math.round(importCompressedMs),
       importCompressedRatio: round(importCompressedMs / s),
       qcow2MiB: { uncompressed: round(uncompressedSize / 1048576), compressed: round(compressedImage.fileSizeBytes / 1048576) },

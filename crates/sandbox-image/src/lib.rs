@@ -12,6 +12,7 @@ pub mod merge;
 pub mod platform;
 pub mod progress;
 pub mod request;
+pub mod scratch;
 pub mod config;
 pub mod ext4;
 pub mod source;
@@ -141,28 +142,38 @@ pub fn run(req: &Request, report: &Reporter) -> Result<Outcome> {
         qemu_img: &req.tools.qemu_img,
         library_path: req.tools.library_path.as_deref(),
     };
-    let raw = req.work_dir.join("rootfs.ext4");
     let seed = ext4::uuid_from(&resolved.config_digest);
     let compressed: u64 = resolved.layers.iter().filter_map(|l| l.size).sum();
     let open = |i: usize| -> Result<Box<dyn LayerStream>> {
         let what = format!("layer {i} ({})", resolved.layers[i].digest);
         Ok(Box::new(DecodedLayer::open(blobs.open_layer(i)?, Some(config.diff_ids[i].clone()), &what)?))
     };
+    let workdir = config.raw.config().as_ref().and_then(|c| c.working_dir().clone());
+    let build = |raw: &scratch::RawImage| {
+        ext4::build(&tools, &req.work_dir, raw.path(), ext4::first_size(compressed), &seed, |out| {
+            merge::merge(resolved.layers.len(), &open, out, report, workdir.as_deref()).map(|(m, _)| m)
+        })
+    };
     report.stage("filesystem");
-    let (merged, size) = ext4::build(&tools, &req.work_dir, &raw, ext4::first_size(compressed), &seed, |out| {
-        let workdir = config.raw.config().as_ref().and_then(|c| c.working_dir().clone());
-        merge::merge(resolved.layers.len(), &open, out, report, workdir.as_deref()).map(|(m, _)| m)
-    })
-    .map_err(|e| corrupt_blob(&*blobs, resolved.layers.len()).unwrap_or(e))?;
+    let mut raw = scratch::RawImage::choose(&req.work_dir, scratch::expected_raw_bytes(compressed));
+    let built = match build(&raw) {
+        // The tmpfs filling up looks like any tool failure: the disk has the last word.
+        Err(ImportError::Tool(_)) if raw.in_memory() => {
+            raw = scratch::RawImage::on_disk(&req.work_dir);
+            build(&raw)
+        }
+        other => other,
+    };
+    let (merged, size) = built.map_err(|e| corrupt_blob(&*blobs, resolved.layers.len()).unwrap_or(e))?;
     if !merged.xattrs.is_empty() {
         report.stage("xattrs");
-        for p in ext4::apply_xattrs(&tools, &req.work_dir, &raw, &merged.xattrs)? {
+        for p in ext4::apply_xattrs(&tools, &req.work_dir, raw.path(), &merged.xattrs)? {
             report.warn(format!("xattr on {p} not set: its name cannot be addressed by debugfs"));
         }
     }
     report.stage("qcow2");
-    ext4::to_qcow2(&tools, &raw, &req.output, req.compress)?;
-    let _ = std::fs::remove_file(&raw);
+    ext4::to_qcow2(&tools, raw.path(), &req.output, req.compress)?;
+    raw.remove();
     report.stage("digest");
     let (digest, file_size) = ext4::file_digest(&req.output)?;
     let defaults = config::defaults(&config.raw, merged.passwd.as_deref(), merged.group.as_deref());
