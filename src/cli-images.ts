@@ -1,5 +1,5 @@
 /** `sandbox images …` and `sandbox build`: the image commands of the CLI. */
-import { UsageError } from "./cli-usage.js";
+import { ArgCursor, UsageError } from "./cli-usage.js";
 import { importImage, type ImportProgress } from "./images/import.js";
 import { listImages, removeImage } from "./images/list.js";
 import { loadSandboxfile } from "./images/sandboxfile.js";
@@ -102,13 +102,9 @@ async function importCmd(argv: string[]): Promise<number> {
   let plainHttp: boolean | undefined;
   let compress = false;
   const ca: string[] = [];
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i]!;
-    const value = () => {
-      const v = argv[++i];
-      if (v === undefined) throw new UsageError(`${a} needs a value`);
-      return v;
-    };
+  const args = new ArgCursor(argv);
+  for (let a = args.next(); a !== undefined; a = args.next()) {
+    const value = () => args.value(a);
     switch (a) {
       case "--name":
         name = value();
@@ -203,13 +199,9 @@ export async function buildCommand(argv: string[]): Promise<number> {
   let file = "Sandboxfile.yaml";
   let name: string | undefined;
   let compress = false;
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i]!;
-    const value = () => {
-      const v = argv[++i];
-      if (v === undefined) throw new UsageError(`${a} needs a value`);
-      return v;
-    };
+  const args = new ArgCursor(argv);
+  for (let a = args.next(); a !== undefined; a = args.next()) {
+    const value = () => args.value(a);
     if (a === "-f" || a === "--file") file = value();
     else if (a === "--name") name = value();
     else if (a === "--compress") compress = true;

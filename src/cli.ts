@@ -8,7 +8,7 @@ import { runDoctor } from "./doctor.js";
 import { setupMacos } from "./setup-macos.js";
 import { findCatalogImage } from "./images/resolve.js";
 import { buildCommand, imagesCommand, IMAGES_USAGE } from "./cli-images.js";
-import { UsageError } from "./cli-usage.js";
+import { ArgCursor, UsageError } from "./cli-usage.js";
 
 const USAGE = () => `usage:
   sandbox run [--image NAME] [--cpus N] [--memory MiB] [--hostname NAME] [--timeout MS] [-- COMMAND [ARGS...]]
@@ -34,18 +34,10 @@ interface RunFlags {
 
 function parseRun(argv: string[]): { flags: RunFlags; command: string[] } {
   const flags: RunFlags = { image: "debian:12", cpus: 1, memory: 512, hostname: "sandbox", timeout: undefined };
-  let i = 0;
-  for (; i < argv.length; i++) {
-    const a = argv[i]!;
-    if (a === "--") {
-      i++;
-      break;
-    }
-    const value = () => {
-      const v = argv[++i];
-      if (v === undefined) throw new UsageError(`${a} needs a value`);
-      return v;
-    };
+  const args = new ArgCursor(argv);
+  for (let a = args.next(); a !== undefined; a = args.next()) {
+    if (a === "--") break;
+    const value = () => args.value(a);
     switch (a) {
       case "--image":
         flags.image = value();
@@ -65,10 +57,10 @@ function parseRun(argv: string[]): { flags: RunFlags; command: string[] } {
       default:
         if (a.startsWith("-")) throw new UsageError(`unknown option ${a}`);
         // First non-option starts the command (the `--` is optional).
-        return { flags, command: argv.slice(i) };
+        return { flags, command: args.rest(true) };
     }
   }
-  return { flags, command: argv.slice(i) };
+  return { flags, command: args.rest() };
 }
 
 
