@@ -27,6 +27,7 @@ import {
 import { Kind, MAX_PAYLOAD } from "./protocol/frames.js";
 import { checkAbsolutePath, checkArgv, checkEnv, checkInteger } from "./validate.js";
 import { SandboxSnapshot, snapshotDir, type CheckpointOptions, type SnapshotBooter } from "./snapshot.js";
+import type { SnapshotRequirements } from "./snapshot-store.js";
 
 /** Facts about a running lane: backend and why it was chosen, image, names, pids, boot timings. */
 export interface LaneInfo {
@@ -167,7 +168,7 @@ export interface LaneOptions {
   /** Silence from the guest after which the lane ends with SandboxUnresponsiveError. */
   livenessTimeoutMs?: number | undefined;
   /** How snapshots of this lane boot, or why it cannot be checkpointed. */
-  snapshots?: { boot: SnapshotBooter } | { refuse: string } | undefined;
+  snapshots?: { boot: SnapshotBooter; requires: () => Promise<SnapshotRequirements> } | { refuse: string } | undefined;
 }
 
 /**
@@ -401,7 +402,7 @@ export class Lane implements AsyncDisposable {
     const reply = await this.#conn.request("Checkpoint", { dir });
     if (reply.status === "failed") throw new SandboxSnapshotError(`the checkpoint failed: ${reply.error}`);
     const stats = { pausedMs: reply.pausedMs, ramBytes: reply.ramBytes, diskBytes: reply.diskBytes, totalMs: performance.now() - started };
-    return new SandboxSnapshot(dir, stats, this.info.hostname, snaps.boot);
+    return new SandboxSnapshot(dir, stats, this.info.hostname, snaps.boot, snaps.requires);
   }
 
   /**

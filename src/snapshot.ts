@@ -7,7 +7,9 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { mkdirSync } from "node:fs";
+import { basename } from "node:path";
 import type { Lane } from "./lane.js";
+import { saveSnapshotFiles, type SandboxSnapshotStore, type SnapshotRequirements } from "./snapshot-store.js";
 
 /** Options of `lane.checkpoint`. */
 export interface CheckpointOptions {
@@ -59,13 +61,27 @@ export class SandboxSnapshot {
   /** The checkpointed lane's hostname (a fork's default). */
   readonly hostname: string;
   readonly #boot: SnapshotBooter;
+  readonly #requires: () => Promise<SnapshotRequirements>;
 
-  /** @internal Snapshots come from `lane.checkpoint()`. */
-  constructor(dir: string, stats: SnapshotStats, hostname: string, boot: SnapshotBooter) {
+  /** @internal Snapshots come from `lane.checkpoint()` and `sandbox.loadSnapshot()`. */
+  constructor(dir: string, stats: SnapshotStats, hostname: string, boot: SnapshotBooter, requires: () => Promise<SnapshotRequirements>) {
     this.dir = dir;
     this.stats = Object.freeze({ ...stats });
     this.hostname = hostname;
     this.#boot = boot;
+    this.#requires = requires;
+  }
+
+  /**
+   * Writes the snapshot to `store` under `id` (default: its directory's name):
+   * every file, then a manifest with their sizes and sha256 and what booting
+   * it requires (library version, backend, image, kernel and initramfs
+   * digests, memory, vCPUs). Until the manifest is written the snapshot is
+   * not listed; resolves with the id.
+   */
+  async save(store: SandboxSnapshotStore, id: string = basename(this.dir)): Promise<string> {
+    await saveSnapshotFiles(store, this.dir, id, this.hostname, await this.#requires());
+    return id;
   }
 
   /** Resumes a new lane from this snapshot (a fork; the snapshot stays usable). */

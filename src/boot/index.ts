@@ -21,6 +21,22 @@ import type { BootOptions, SandboxResources } from "../sandbox.js";
 import { configureMessage, launchSpec, networkLaunch } from "./launch.js";
 import { handshake, resumeHandshake } from "./handshake.js";
 import type { SnapshotBootOptions } from "../snapshot.js";
+import { fileSha256, requirementMismatch, type SnapshotRequirements } from "../snapshot-store.js";
+import { readFileSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+
+/** The library's version (its helper and guest init are built with it), from its package.json (src/ or dist/src/). */
+const VERSION: string = (() => {
+  for (const up of ["../../package.json", "../../../package.json"]) {
+    try {
+      const pkg = JSON.parse(readFileSync(fileURLToPath(new URL(up, import.meta.url)), "utf8")) as { name?: string; version?: string };
+      if (pkg.name === "@torkbot/sandbox" && typeof pkg.version === "string") return pkg.version;
+    } catch {
+      // not this one
+    }
+  }
+  return "unknown";
+})();
 import { checkBootOptions } from "./options.js";
 import { resolvePlatform } from "./platform.js";
 import { attachStore } from "./store.js";
@@ -46,7 +62,7 @@ export async function bootLane(
   options: BootOptions,
   policy: NetworkPolicy | undefined,
   internals: BootInternals = {},
-  restore?: { dir: string },
+  restore?: { dir: string; requires?: SnapshotRequirements },
 ): Promise<Lane> {
   const started = performance.now();
   const plan = checkBootOptions(options);
@@ -57,6 +73,19 @@ export async function bootLane(
   // The image config's Env < secret placeholders < the boot's own env.
   const env = { ...image.defaults.env, ...policy?.secrets?.env, ...plan.env };
   const cwd = plan.cwd ?? guestDir(image.defaults.workingDir) ?? "/";
+  const requirements = async (): Promise<SnapshotRequirements> => ({
+    version: VERSION,
+    backend: platform.choice.backend,
+    imageSha256: image.sha256,
+    kernelSha256: await fileSha256(platform.artifacts.qemuKernel),
+    initrdSha256: await fileSha256(platform.artifacts.qemuInitrd),
+    memoryMiB: resources.memoryMiB,
+    cpus: resources.cpus,
+  });
+  if (restore?.requires) {
+    const why = requirementMismatch(restore.requires, await requirements());
+    if (why) throw new SandboxSnapshotError(`this runtime cannot boot the snapshot: ${why}. Boot it with the library version, image and resources it was taken with`);
+  }
   const failures = new BlockStoreFailures(plan.onError);
   const store = await attachStore(root, image.sha256);
 
@@ -181,15 +210,8 @@ export async function bootLane(
         storeProgress: store ? () => failures.lastProgressAt : undefined,
         livenessTimeoutMs: plan.livenessTimeoutMs,
         snapshots: snapshotRefusal(platform.choice.backend, root, plan.mounts.length, restore !== undefined) ?? {
-          boot: (dir: string, o: SnapshotBootOptions) =>
-            bootLane(
-              root,
-              resources,
-              { hostname: o.hostname ?? plan.hostname, timeoutMs: o.timeoutMs, signal: o.signal, livenessTimeoutMs: o.livenessTimeoutMs, onEvent: plan.onEvent, env: plan.env, cwd: plan.cwd },
-              policy,
-              internals,
-              { dir },
-            ),
+          boot: snapshotBooter(root, resources, policy, internals, plan.hostname),
+          requires: requirements,
         },
       },
     );
@@ -200,6 +222,26 @@ export async function bootLane(
     // A store failure during boot is the root cause of whatever the guest then reported.
     throw err instanceof SandboxBootError && failures.first ? failures.first : err;
   }
+}
+
+/** How snapshots of a lane boot: as that lane would, resumed from `dir`, after checking `requires`. */
+export function snapshotBooter(
+  root: RootfsSpec,
+  resources: Required<SandboxResources>,
+  policy: NetworkPolicy | undefined,
+  internals: BootInternals,
+  hostname: string,
+  requires?: SnapshotRequirements,
+) {
+  return (dir: string, o: SnapshotBootOptions): Promise<Lane> =>
+    bootLane(
+      root,
+      resources,
+      { hostname: o.hostname ?? hostname, timeoutMs: o.timeoutMs, signal: o.signal, livenessTimeoutMs: o.livenessTimeoutMs },
+      policy,
+      internals,
+      { dir, requires },
+    );
 }
 
 /** Why a lane booted like this cannot be checkpointed, if it cannot. */

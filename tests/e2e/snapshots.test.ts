@@ -1,11 +1,34 @@
+import { mkdtempSync, readdirSync, rmSync, truncateSync, cpSync, unlinkSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { defineSandbox, rootfs, type Lane, type SandboxSnapshot } from "../../src/index.js";
+import {
+  defineSandbox,
+  DirectorySnapshotStore,
+  listSavedSnapshots,
+  rootfs,
+  SandboxSnapshotError,
+  type Lane,
+  type SandboxSnapshot,
+} from "../../src/index.js";
 
 // One checkpointed lane serves every test: boots under TCG are the slow part.
 const sandbox = defineSandbox({
   rootfs: rootfs.ephemeral({ base: rootfs.builtIn("debian:12") }),
   resources: { cpus: 1, memoryMiB: 512 },
 });
+
+/** The load fixture in its own process, with its own snapshot directory. */
+async function runFixtureWith(store: string, id: string, snapshotDir: string) {
+  const { execFile } = await import("node:child_process");
+  const { fileURLToPath } = await import("node:url");
+  const script = fileURLToPath(new URL("./fixtures/snapshot-load.mjs", import.meta.url));
+  return new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
+    execFile(process.execPath, [script, store, id], { timeout: 300_000, env: { ...process.env, SANDBOX_SNAPSHOT_DIR: snapshotDir } }, (err, stdout, stderr) => {
+      resolve({ code: err ? ((err as { code?: number }).code ?? null) : 0, stdout, stderr });
+    });
+  });
+}
 
 const sh = async (lane: Lane, script: string) => {
   const r = await lane.exec("sh", ["-c", script]);
@@ -23,7 +46,7 @@ beforeAll(async () => {
   lane = await sandbox.boot({ hostname: "original" });
   // A tmpfs /tmp, a change on the ephemeral root, a background counter and a Python REPL in a pty.
   await sh(lane, "mount -t tmpfs tmpfs /tmp && echo hello > /tmp/note && echo on-disk > /root/disk-note");
-  await sh(lane, "nohup sh -c 'i=0; while :; do i=$((i+1)); echo $i > /run/counter; sleep 0.1; done' >/dev/null 2>&1 &");
+  await sh(lane, "nohup sh -c 'i=0; while :; do i=$((i+1)); echo $i > /run/c.tmp; mv /run/c.tmp /run/counter; sleep 0.1; done' >/dev/null 2>&1 &");
   const repl = lane.pty("python3", ["-q", "-i"]);
   const w = repl.input.getWriter();
   // The REPL holds x; a thread of it keeps writing x to /tmp/x, so a restored fork can show the variable is still set.
@@ -81,6 +104,58 @@ describe("snapshots on a real VM (qemu)", () => {
       await Promise.all(forks.map((f) => f.close()));
     }
   }, 300_000);
+
+  it("saves to a directory store; another Node process with another snapshot dir loads and boots it", async () => {
+    const storeDir = mkdtempSync(join(tmpdir(), "sbx-snapstore-"));
+    try {
+      const store = new DirectorySnapshotStore(storeDir);
+      const id = await snap.save(store, "snap-1");
+      expect(await listSavedSnapshots(store)).toEqual(["snap-1"]);
+      const other = mkdtempSync(join(tmpdir(), "sbx-snapdir-"));
+      const r = await runFixtureWith(storeDir, id, other);
+      expect(r.code, r.stderr).toBe(0);
+      const out = JSON.parse(r.stdout.trim().split("\n").at(-1)!) as { stdout: string; dir: string };
+      expect(out.dir.startsWith(other)).toBe(true);
+      const [note, disk, host, counter] = out.stdout.trim().split("\n");
+      expect([note, disk, host]).toEqual(["hello", "on-disk", "elsewhere"]);
+      expect(Number(counter)).toBeGreaterThanOrEqual(counterAtCheckpoint);
+      rmSync(other, { recursive: true, force: true });
+
+      // A save that died before its manifest is never listed.
+      const half = new DirectorySnapshotStore(join(storeDir, "half"));
+      cpSync(join(storeDir, "snap-1"), join(storeDir, "half", "snap-2"), { recursive: true });
+      unlinkSync(join(storeDir, "half", "snap-2", "manifest.json"));
+      expect(await listSavedSnapshots(half)).toEqual([]);
+      await expect(sandbox.loadSnapshot(half, "snap-2")).rejects.toBeInstanceOf(SandboxSnapshotError);
+
+      // Truncated: a typed error, fast.
+      truncateSync(join(storeDir, "snap-1", "state"), 1000);
+      const t = Date.now();
+      const err = await sandbox.loadSnapshot(store, "snap-1").catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(SandboxSnapshotError);
+      expect(String(err)).toMatch(/truncated|corrupt/);
+      expect(Date.now() - t).toBeLessThan(5000);
+      expect(readdirSync(join(storeDir, "snap-1"))).toContain("manifest.json");
+    } finally {
+      rmSync(storeDir, { recursive: true, force: true });
+    }
+  }, 300_000);
+
+  it("refuses to boot a snapshot into a runtime that differs (typed, before booting)", async () => {
+    const storeDir = mkdtempSync(join(tmpdir(), "sbx-snapstore-"));
+    try {
+      const store = new DirectorySnapshotStore(storeDir);
+      await snap.save(store, "snap-m");
+      const bigger = defineSandbox({ rootfs: rootfs.ephemeral({ base: rootfs.builtIn("debian:12") }), resources: { cpus: 1, memoryMiB: 768 } });
+      const loaded = await bigger.loadSnapshot(store, "snap-m");
+      const err = await loaded.boot().catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(SandboxSnapshotError);
+      expect(String(err)).toContain("memoryMiB");
+      await loaded.delete();
+    } finally {
+      rmSync(storeDir, { recursive: true, force: true });
+    }
+  });
 
   it("a restore 60 s after the checkpoint has the host's clock", async () => {
     const wait = checkpointedAt + 60_000 - Date.now();
