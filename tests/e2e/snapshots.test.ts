@@ -5,6 +5,8 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   defineSandbox,
   DirectorySnapshotStore,
+  fs,
+  network,
   listSavedSnapshots,
   rootfs,
   SandboxSnapshotError,
@@ -155,6 +157,32 @@ describe("snapshots on a real VM (qemu)", () => {
     } finally {
       rmSync(storeDir, { recursive: true, force: true });
     }
+  });
+
+  it("with a network policy: a fork gets a new interception CA installed by init", async () => {
+    const withNet = defineSandbox({
+      rootfs: rootfs.ephemeral({ base: rootfs.builtIn("debian:12") }),
+      resources: { cpus: 1, memoryMiB: 512 },
+      network: network.policy(() => false),
+    });
+    await using original = await withNet.boot();
+    const before = await sh(original, "cat /run/sandbox/ca.crt");
+    const s = await original.checkpoint();
+    try {
+      await using fork = await s.boot();
+      const after = await sh(fork, "cat /run/sandbox/ca.crt");
+      expect(after).toContain("BEGIN CERTIFICATE");
+      expect(after).not.toBe(before);
+      expect(await sh(fork, "grep -c 'BEGIN CERTIFICATE' \"$SSL_CERT_FILE\"")).not.toBe("0");
+    } finally {
+      await s.delete();
+    }
+  }, 120_000);
+
+  it("a lane with an fs.memory mount is refused with a typed error (not yet capturable)", async () => {
+    const withMount = defineSandbox({ rootfs: rootfs.builtIn("debian:12"), resources: { cpus: 1, memoryMiB: 512 } });
+    await using l = await withMount.boot({ mounts: { "/mnt/shared": fs.memory() } });
+    await expect(l.checkpoint()).rejects.toBeInstanceOf(SandboxSnapshotError);
   });
 
   it("a restore 60 s after the checkpoint has the host's clock", async () => {

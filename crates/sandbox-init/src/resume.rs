@@ -37,6 +37,29 @@ pub fn apply(r: &Resume) -> Vec<String> {
     warnings
 }
 
+/// Installs the new lane's interception CA in place of the checkpointed
+/// lane's (same paths, so the environment variables that name it still hold).
+pub fn install_ca(pem: &str) -> Result<Vec<(String, String)>, String> {
+    let run = |program: &std::path::Path, args: &[&str]| {
+        std::process::Command::new(program)
+            .args(args)
+            .env_clear()
+            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .current_dir("/")
+            .stdin(std::process::Stdio::null())
+            .output()
+    };
+    crate::ca::setup(std::path::Path::new("/"), pem, root_writable(), &run).map_err(|e| e.to_string())
+}
+
+fn root_writable() -> bool {
+    // SAFETY: statvfs fills the zeroed struct it is given; the path is a NUL-terminated literal.
+    unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        libc::statvfs(c"/".as_ptr(), &mut st) == 0 && st.f_flag & libc::ST_RDONLY == 0
+    }
+}
+
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
     if s.len() != ENTROPY_BYTES * 2 {
         return None;

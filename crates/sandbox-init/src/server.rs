@@ -425,6 +425,12 @@ impl Server {
             if let Some(h) = &resume.hostname {
                 self.base_env.insert("HOSTNAME".into(), h.to_string());
             }
+            if let Some(pem) = &resume.ca_cert_pem {
+                match crate::resume::install_ca(pem) {
+                    Ok(env) => self.base_env.extend(env),
+                    Err(e) => warnings.push(format!("the new interception CA could not be installed: {e}")),
+                }
+            }
             self.detach_all();
         }
         let msg = crate::resume::resumed(self.procs.len(), warnings);
