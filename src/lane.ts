@@ -1,5 +1,6 @@
 /** A running sandbox instance and the processes it runs. */
 import { constants as bufferConstants } from "node:buffer";
+import { rm } from "node:fs/promises";
 import {
   abortError,
   LaneClosedError,
@@ -399,8 +400,14 @@ export class Lane implements AsyncDisposable {
     if (!snaps || "refuse" in snaps) throw new SandboxSnapshotError(`this lane cannot be checkpointed: ${snaps?.refuse ?? "its backend has no snapshots"}`);
     const started = performance.now();
     const dir = await snapshotDir(options.dir);
-    const reply = await this.#conn.request("Checkpoint", { dir });
-    if (reply.status === "failed") throw new SandboxSnapshotError(`the checkpoint failed: ${reply.error}`);
+    const reply = await this.#conn.request("Checkpoint", { dir }).catch(async (err: unknown) => {
+      if (options.dir === undefined) await rm(dir, { recursive: true, force: true });
+      throw err;
+    });
+    if (reply.status === "failed") {
+      if (options.dir === undefined) await rm(dir, { recursive: true, force: true });
+      throw new SandboxSnapshotError(`the checkpoint failed: ${reply.error}`);
+    }
     const stats = { pausedMs: reply.pausedMs, ramBytes: reply.ramBytes, diskBytes: reply.diskBytes, totalMs: performance.now() - started };
     return new SandboxSnapshot(dir, stats, this.info.hostname, snaps.boot, snaps.requires);
   }

@@ -181,7 +181,7 @@ describe("snapshots on a real VM (qemu)", () => {
 
   it("a lane with an fs.memory mount is refused with a typed error (not yet capturable)", async () => {
     const withMount = defineSandbox({ rootfs: rootfs.builtIn("debian:12"), resources: { cpus: 1, memoryMiB: 512 } });
-    await using l = await withMount.boot({ mounts: { "/mnt/shared": fs.memory() } });
+    await using l = await withMount.boot({ mounts: { "/mnt/shared": fs.virtual(fs.memory()) } });
     await expect(l.checkpoint()).rejects.toBeInstanceOf(SandboxSnapshotError);
   });
 
