@@ -18,6 +18,8 @@
 //    flow vs host loopback, connection setup latency, policy decision time.
 //  - virtual filesystem mounts vs the guest's tmpfs (scripts/bench/fs.mjs;
 //    BENCH_FS=0 skips them).
+//  - snapshots (scripts/bench/snapshots.mjs; BENCH_SNAPSHOTS=0 skips them):
+//    restore-to-first-exec vs cold boot-to-first-exec, checkpoint time, PSS of 10 forks.
 //  - image import (scripts/bench/images.mjs; BENCH_IMAGES=0 skips it): a ~300 MiB
 //    image from a local registry through importImage vs `skopeo copy` of the
 //    same image to a directory, alternating in the same run.
@@ -263,6 +265,10 @@ const result = {
 if (process.env.BENCH_FS !== "0") {
   const { benchFs } = await import(join(root, "scripts/bench/fs.mjs"));
   result.virtualFs = await benchFs({ image: IMAGE, log });
+}
+if (process.env.BENCH_SNAPSHOTS !== "0") {
+  const { benchSnapshots } = await import(join(root, "scripts/bench/snapshots.mjs"));
+  result.snapshots = await benchSnapshots({ image: IMAGE, log });
 }
 if (process.env.BENCH_IMAGES !== "0") {
   const { benchImages } = await import(join(root, "scripts/bench/images.mjs"));

@@ -274,6 +274,13 @@ export class PortForwardError extends SandboxError {
   }
 }
 
+/** A checkpoint could not be taken, or a snapshot cannot be restored here (see the message). */
+export class SandboxSnapshotError extends SandboxError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("ERR_SANDBOX_SNAPSHOT", message, options);
+  }
+}
+
 /**
  * Words for anything that was thrown — an Error, `null`, a string, a
  * null-prototype object, an object whose getters throw — that never throws

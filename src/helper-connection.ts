@@ -55,7 +55,15 @@ export type ControlFrame =
   | { kind: "Launched"; msg: KindMessages["Launched"] }
   | { kind: "Hello"; msg: KindMessages["Hello"] }
   | { kind: "Ready"; msg: KindMessages["Ready"] }
-  | { kind: "InitError"; msg: KindMessages["InitError"] };
+  | { kind: "InitError"; msg: KindMessages["InitError"] }
+  | { kind: "Resumed"; msg: KindMessages["Resumed"] };
+
+/** The reply kind of each request Node makes of the helper. */
+interface RequestReplies {
+  PortForward: "PortForwarded";
+  Checkpoint: "Checkpointed";
+}
+const REQUEST_REPLIES: { readonly [K in keyof RequestReplies]: RequestReplies[K] } = { PortForward: "PortForwarded", Checkpoint: "Checkpointed" };
 
 /** How the connection ended. */
 export interface ConnectionEnd {
@@ -148,13 +156,13 @@ export class HelperConnection extends EventEmitter {
     this.#services.set(Kind[kind], service as unknown as RequestService<RequestKind>);
   }
 
-  /** A request of Node to the helper (e.g. PortForward); resolves with its validated reply. */
-  request<K extends "PortForward">(kind: K, body: KindMessages[K]): Promise<KindMessages["PortForwarded"]> {
+  /** A request of Node to the helper (PortForward, Checkpoint); resolves with its validated reply. */
+  request<K extends keyof RequestReplies>(kind: K, body: KindMessages[K]): Promise<KindMessages[RequestReplies[K]]> {
     if (this.#closed) return Promise.reject(this.end.error ?? new LaneClosedError());
     const id = this.#nextRequest;
     this.#nextRequest = id >= 0xffff_ffff ? 1 : id + 1;
     return new Promise((resolve, reject) => {
-      this.#waiting.set(id, { reply: "PortForwarded", resolve: resolve as (m: unknown) => void, reject });
+      this.#waiting.set(id, { reply: REQUEST_REPLIES[kind], resolve: resolve as (m: unknown) => void, reject });
       this.sendJson(kind, id, body);
     });
   }
@@ -245,6 +253,7 @@ export class HelperConnection extends EventEmitter {
       case "Launched":
       case "Hello":
       case "Ready":
+      case "Resumed":
       case "InitError":
         this.emit("control", { kind: info.name, msg: decodeJson(info.name, f.payload, f.channel) } as ControlFrame);
         return;
@@ -267,11 +276,12 @@ export class HelperConnection extends EventEmitter {
       case "FsForget":
         this.#serveForget(f);
         return;
-      case "PortForwarded": {
+      case "PortForwarded":
+      case "Checkpointed": {
         const waiting = this.#waiting.get(f.channel);
-        if (!waiting) throw violation("no request waits for this answer");
+        if (!waiting || waiting.reply !== info.name) throw violation("no request waits for this answer");
         this.#waiting.delete(f.channel);
-        waiting.resolve(decodeJson("PortForwarded", f.payload, f.channel));
+        waiting.resolve(decodeJson(info.name, f.payload, f.channel));
         return;
       }
       case "BlockRequest":

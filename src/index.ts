@@ -1,6 +1,10 @@
 export { defineSandbox, listBuiltInImages } from "./sandbox.js";
 export type { Sandbox, SandboxDefinition, SandboxResources, BootOptions, LaneEvent } from "./sandbox.js";
 export { Lane } from "./lane.js";
+export { SandboxSnapshot } from "./snapshot.js";
+export type { CheckpointOptions, SnapshotBootOptions, SnapshotStats, SnapshotBooter } from "./snapshot.js";
+export { DirectorySnapshotStore, listSavedSnapshots } from "./snapshot-store.js";
+export type { SandboxSnapshotStore, SnapshotRequirements, SnapshotManifest } from "./snapshot-store.js";
 export type { ExecOptions, ExecResult, LaneInfo, SpawnOptions, PtyOptions, SandboxProcess, SandboxPty } from "./lane.js";
 export type { StoreRetryEvent } from "./rootfs/block-store.js";
 export type { StoreRetryPolicy } from "./rootfs.js";
@@ -53,6 +57,7 @@ export {
   BlockStoreError,
   BlockStoreBaseMismatchError,
   PortForwardError,
+  SandboxSnapshotError,
 } from "./errors.js";
 export type { BlockStoreOp, ImageImportFailure, ProtocolOffender } from "./errors.js";
 export { network } from "./network/policy.js";

@@ -1,11 +1,13 @@
 /** A running sandbox instance and the processes it runs. */
 import { constants as bufferConstants } from "node:buffer";
+import { rm } from "node:fs/promises";
 import {
   abortError,
   LaneClosedError,
   OutputLimitError,
   PortForwardError,
   SandboxConfigError,
+  SandboxSnapshotError,
   SandboxCrashedError,
   SandboxUnresponsiveError,
   type SandboxError,
@@ -25,6 +27,8 @@ import {
 } from "./process.js";
 import { Kind, MAX_PAYLOAD } from "./protocol/frames.js";
 import { checkAbsolutePath, checkArgv, checkEnv, checkInteger } from "./validate.js";
+import { SandboxSnapshot, snapshotDir, type CheckpointOptions, type SnapshotBooter } from "./snapshot.js";
+import type { SnapshotRequirements } from "./snapshot-store.js";
 
 /** Facts about a running lane: backend and why it was chosen, image, names, pids, boot timings. */
 export interface LaneInfo {
@@ -164,6 +168,8 @@ export interface LaneOptions {
   storeProgress?: (() => number) | undefined;
   /** Silence from the guest after which the lane ends with SandboxUnresponsiveError. */
   livenessTimeoutMs?: number | undefined;
+  /** How snapshots of this lane boot, or why it cannot be checkpointed. */
+  snapshots?: { boot: SnapshotBooter; requires: () => Promise<SnapshotRequirements> } | { refuse: string } | undefined;
 }
 
 /**
@@ -193,6 +199,7 @@ export class Lane implements AsyncDisposable {
     this.#shutdownGraceMs = options.shutdownGraceMs ?? 5000;
     this.#storeFailures = options.storeFailures;
     this.#storeProgress = options.storeProgress;
+    this.#snapshots = options.snapshots;
     this.info = Object.freeze(info);
     this.#livenessMs = options.livenessTimeoutMs ?? 30_000;
     this.#liveness = setInterval(() => this.#checkLiveness(), 1000);
@@ -216,6 +223,7 @@ export class Lane implements AsyncDisposable {
   }
 
   #endedWith: SandboxError | undefined;
+  readonly #snapshots: LaneOptions["snapshots"];
   readonly #livenessMs: number;
   readonly #liveness: NodeJS.Timeout;
   readonly #storeProgress: (() => number) | undefined;
@@ -376,6 +384,42 @@ export class Lane implements AsyncDisposable {
     });
     this.#pending.add(ch);
     return ch;
+  }
+
+  /**
+   * Captures the running lane — guest memory, CPU and device state, the
+   * ephemeral root's changes — into a snapshot; the lane and its processes
+   * keep running (the guest pauses for `stats.pausedMs`). Boot the snapshot
+   * any number of times (`snapshot.boot()`): each boot is an independent fork.
+   * Rejects with SandboxSnapshotError when this lane cannot be captured
+   * (mounts, a `rootfs.cow` root, the krun backend, a lane itself restored).
+   */
+  async checkpoint(options: CheckpointOptions = {}): Promise<SandboxSnapshot> {
+    if (this.closed) throw this.#endedWith ?? new LaneClosedError();
+    const snaps = this.#snapshots;
+    if (!snaps || "refuse" in snaps) throw new SandboxSnapshotError(`this lane cannot be checkpointed: ${snaps?.refuse ?? "its backend has no snapshots"}`);
+    const started = performance.now();
+    const dir = await snapshotDir(options.dir);
+    const reply = await this.#conn.request("Checkpoint", { dir }).catch(async (err: unknown) => {
+      if (options.dir === undefined) await rm(dir, { recursive: true, force: true });
+      throw err;
+    });
+    if (reply.status === "failed") {
+      if (options.dir === undefined) await rm(dir, { recursive: true, force: true });
+      throw new SandboxSnapshotError(`the checkpoint failed: ${reply.error}`);
+    }
+    const stats = { pausedMs: reply.pausedMs, ramBytes: reply.ramBytes, diskBytes: reply.diskBytes, totalMs: performance.now() - started };
+    return new SandboxSnapshot(dir, stats, this.info.hostname, snaps.boot, snaps.requires);
+  }
+
+  /**
+   * Checkpoints the lane, then powers it off: the snapshot is how it wakes
+   * (`snapshot.boot()`).
+   */
+  async hibernate(options: CheckpointOptions = {}): Promise<SandboxSnapshot> {
+    const snap = await this.checkpoint(options);
+    await this.close();
+    return snap;
   }
 
   /**

@@ -1,6 +1,9 @@
 /** `defineSandbox`: a checked, frozen description of a machine; `boot()` starts one (src/boot/). */
 import type { BackendName } from "./backend.js";
-import { bootLane } from "./boot/index.js";
+import { bootLane, snapshotBooter } from "./boot/index.js";
+import { rm } from "node:fs/promises";
+import { SandboxSnapshot, snapshotDir } from "./snapshot.js";
+import { fetchSnapshotFiles, type SandboxSnapshotStore } from "./snapshot-store.js";
 import { SandboxConfigError, type BlockStoreError } from "./errors.js";
 import type { LaneDiagnostic } from "./helper-connection.js";
 import type { StoreRetryEvent } from "./rootfs/block-store.js";
@@ -117,6 +120,15 @@ export type LaneEvent = ({ type: "diagnostic" } & LaneDiagnostic) | StoreRetryEv
 export interface Sandbox {
   readonly definition: Readonly<Required<Pick<SandboxDefinition, "rootfs">>> & { resources: Required<SandboxResources>; network?: NetworkPolicy };
   boot(options?: BootOptions): Promise<Lane>;
+  /**
+   * Fetches snapshot `id` from `store` into a local directory (default: a new
+   * one under the OS temp dir), verifying every file's size and sha256; a
+   * missing, truncated or corrupt snapshot rejects with SandboxSnapshotError.
+   * Its `boot()` refuses (SandboxSnapshotError, before booting) when this
+   * sandbox's library version, backend, image, kernel, memory or vCPUs differ
+   * from the ones it was taken with.
+   */
+  loadSnapshot(store: SandboxSnapshotStore, id: string, options?: { dir?: string }): Promise<SandboxSnapshot>;
 }
 
 /**
@@ -162,6 +174,19 @@ export function defineSandbox(definition: SandboxDefinition = {}): Sandbox {
   return {
     definition: frozen,
     boot: (options) => bootLane(frozen.rootfs, frozen.resources, options ?? {}, frozen.network),
+    loadSnapshot: async (store, id, options = {}) => {
+      const dir = await snapshotDir(options.dir);
+      try {
+        const manifest = await fetchSnapshotFiles(store, id, dir);
+        const requires = manifest.requires;
+        const hostname = typeof manifest.hostname === "string" ? manifest.hostname : "sandbox";
+        const boot = snapshotBooter(frozen.rootfs, frozen.resources, frozen.network, {}, hostname, requires);
+        return new SandboxSnapshot(dir, { pausedMs: 0, ramBytes: 0, diskBytes: 0, totalMs: 0 }, hostname, boot, () => Promise.resolve(requires));
+      } catch (err) {
+        if (options.dir === undefined) await rm(dir, { recursive: true, force: true });
+        throw err;
+      }
+    },
   };
 }
 

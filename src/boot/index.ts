@@ -4,7 +4,7 @@
  * store, start the helper, serve its requests (block store, filesystems,
  * network), build the Launch and Configure messages, run the handshake.
  */
-import { SandboxBootError } from "../errors.js";
+import { SandboxBootError, SandboxSnapshotError } from "../errors.js";
 import { HelperConnection } from "../helper-connection.js";
 import { Lane } from "../lane.js";
 import { BlockStoreFailures, serveBlockStore } from "../rootfs/block-store.js";
@@ -19,7 +19,24 @@ import { resolveImage } from "../images/resolve.js";
 import { checkAbsolutePath } from "../validate.js";
 import type { BootOptions, SandboxResources } from "../sandbox.js";
 import { configureMessage, launchSpec, networkLaunch } from "./launch.js";
-import { handshake } from "./handshake.js";
+import { handshake, resumeHandshake } from "./handshake.js";
+import type { SnapshotBootOptions } from "../snapshot.js";
+import { fileSha256, requirementMismatch, type SnapshotRequirements } from "../snapshot-store.js";
+import { readFileSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+
+/** The library's version (its helper and guest init are built with it), from its package.json (src/ or dist/src/). */
+const VERSION: string = (() => {
+  for (const up of ["../../package.json", "../../../package.json"]) {
+    try {
+      const pkg = JSON.parse(readFileSync(fileURLToPath(new URL(up, import.meta.url)), "utf8")) as { name?: string; version?: string };
+      if (pkg.name === "@torkbot/sandbox" && typeof pkg.version === "string") return pkg.version;
+    } catch {
+      // not this one
+    }
+  }
+  return "unknown";
+})();
 import { checkBootOptions } from "./options.js";
 import { resolvePlatform } from "./platform.js";
 import { attachStore } from "./store.js";
@@ -45,15 +62,30 @@ export async function bootLane(
   options: BootOptions,
   policy: NetworkPolicy | undefined,
   internals: BootInternals = {},
+  restore?: { dir: string; requires?: SnapshotRequirements },
 ): Promise<Lane> {
   const started = performance.now();
   const plan = checkBootOptions(options);
+  if (restore && plan.mounts.length > 0) throw new SandboxSnapshotError("a lane restored from a snapshot cannot have mounts yet");
   plan.signal?.throwIfAborted();
   const platform = resolvePlatform(resources);
   const image = await resolveImage(root.kind === "builtIn" || root.kind === "image" ? root : root.base);
   // The image config's Env < secret placeholders < the boot's own env.
   const env = { ...image.defaults.env, ...policy?.secrets?.env, ...plan.env };
   const cwd = plan.cwd ?? guestDir(image.defaults.workingDir) ?? "/";
+  const requirements = async (): Promise<SnapshotRequirements> => ({
+    version: VERSION,
+    backend: platform.choice.backend,
+    imageSha256: image.sha256,
+    kernelSha256: await fileSha256(platform.artifacts.qemuKernel),
+    initrdSha256: await fileSha256(platform.artifacts.qemuInitrd),
+    memoryMiB: resources.memoryMiB,
+    cpus: resources.cpus,
+  });
+  if (restore?.requires) {
+    const why = requirementMismatch(restore.requires, await requirements());
+    if (why) throw new SandboxSnapshotError(`this runtime cannot boot the snapshot: ${why}. Boot it with the library version, image and resources it was taken with`);
+  }
   const failures = new BlockStoreFailures(plan.onError);
   const store = await attachStore(root, image.sha256);
 
@@ -124,7 +156,11 @@ export async function bootLane(
       plan.mounts.length,
       policy && intercept ? networkLaunch(policy, intercept.socketPath) : undefined,
     );
-    const launch = internals.transformLaunch ? internals.transformLaunch(spec) : spec;
+    const launched0 = internals.transformLaunch ? internals.transformLaunch(spec) : spec;
+    // A restored guest gets its new CA (with interception) in the Resume the helper sends.
+    const launch = restore
+      ? { ...launched0, restore: { dir: restore.dir, hostname: plan.hostname, ...(policy ? { caCertPem: await caCertPem } : {}) } }
+      : launched0;
     const configure = caCertPem.then((pem) =>
       configureMessage({
         hostname: plan.hostname,
@@ -140,7 +176,9 @@ export async function bootLane(
       }),
     );
     configure.catch(() => {});
-    const { launched, hello, ready } = await handshake(conn, launch, configure, plan.timeoutMs, plan.signal);
+    const { launched, hello, ready } = restore
+      ? await resumeHandshake(conn, launch, plan.timeoutMs, plan.signal)
+      : await handshake(conn, launch, configure, plan.timeoutMs, plan.signal);
     for (const warning of ready.warnings ?? []) {
       conn.emit("diagnostic", { level: "warn", source: "guest", message: warning });
     }
@@ -171,6 +209,10 @@ export async function bootLane(
         storeFailures: failures,
         storeProgress: store ? () => failures.lastProgressAt : undefined,
         livenessTimeoutMs: plan.livenessTimeoutMs,
+        snapshots: snapshotRefusal(platform.choice.backend, root, plan.mounts.length, restore !== undefined) ?? {
+          boot: snapshotBooter(root, resources, policy, internals, plan.hostname),
+          requires: requirements,
+        },
       },
     );
   } catch (err) {
@@ -180,6 +222,35 @@ export async function bootLane(
     // A store failure during boot is the root cause of whatever the guest then reported.
     throw err instanceof SandboxBootError && failures.first ? failures.first : err;
   }
+}
+
+/** How snapshots of a lane boot: as that lane would, resumed from `dir`, after checking `requires`. */
+export function snapshotBooter(
+  root: RootfsSpec,
+  resources: Required<SandboxResources>,
+  policy: NetworkPolicy | undefined,
+  internals: BootInternals,
+  hostname: string,
+  requires?: SnapshotRequirements,
+) {
+  return (dir: string, o: SnapshotBootOptions): Promise<Lane> =>
+    bootLane(
+      root,
+      resources,
+      { hostname: o.hostname ?? hostname, timeoutMs: o.timeoutMs, signal: o.signal, livenessTimeoutMs: o.livenessTimeoutMs },
+      policy,
+      internals,
+      { dir, requires },
+    );
+}
+
+/** Why a lane booted like this cannot be checkpointed, if it cannot. */
+function snapshotRefusal(backend: string, root: RootfsSpec, mounts: number, restored: boolean): { refuse: string } | undefined {
+  if (backend !== "qemu") return { refuse: `the ${backend} backend has no snapshots yet (qemu has)` };
+  if (mounts > 0) return { refuse: "it has mounts (QEMU 7.2 cannot migrate virtio-fs devices)" };
+  if (root.kind === "cow") return { refuse: "its root is rootfs.cow (a store-backed root); use rootfs.ephemeral or a read-only root" };
+  if (restored) return { refuse: "it was itself restored from a snapshot (its RAM is a private mapping of that snapshot); checkpoint the original lane" };
+  return undefined;
 }
 
 /** An image's WorkingDir as an absolute guest path (configs occasionally omit the slash). */

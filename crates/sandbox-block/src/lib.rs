@@ -17,4 +17,4 @@ mod testutil;
 
 pub use base::{BaseImage, Qcow2Base, RawBase};
 pub use disk::{Disk, DiskError, ReadOnlyDisk};
-pub use overlay::{BlockStore, CowConfig, CowDisk, CowMode, MemBlockStore};
+pub use overlay::{BlockStore, CowConfig, CowDisk, CowMode, MemBlockStore, SavedBlock};

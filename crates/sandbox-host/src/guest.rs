@@ -57,6 +57,8 @@ enum Phase {
     Running,
     /// The guest reported a boot failure; only shutdown follows.
     Failed,
+    /// A restored VM: waiting for the guest to take the helper's `Resume`.
+    Resuming,
 }
 
 #[derive(Debug, Default)]
@@ -84,6 +86,13 @@ impl Default for Session {
 impl Session {
     pub fn new() -> Self {
         Self { phase: Phase::Hello, procs: HashMap::new(), pings: 0 }
+    }
+
+    /// The session of a VM restored from a snapshot: its guest booted long
+    /// ago and answers the helper's `Resume` with `Resumed` (which stands for
+    /// `Ready`); no process channel of the old session exists here.
+    pub fn resuming() -> Self {
+        Self { phase: Phase::Resuming, procs: HashMap::new(), pings: 0 }
     }
 
     /// Checks one frame from the guest; `Ok` means it may go to Node as it is.
@@ -120,6 +129,13 @@ impl Session {
                 proto::decode::<proto::InitError>(payload).map_err(bad)?;
                 self.phase = Phase::Failed;
             }
+            Kind::Resumed => {
+                // A checkpoint's own Resumed never gets here (the helper takes it).
+                self.expect_phase(Phase::Resuming, &fail)?;
+                proto::decode::<proto::Resumed>(payload).map_err(bad)?;
+                self.phase = Phase::Running;
+            }
+            Kind::Quiesced => return Err(fail("no Quiesce asked for it".into())),
             Kind::Pong => {
                 proto::expect_empty(k, payload).map_err(bad)?;
                 if self.pings == 0 {
@@ -217,6 +233,7 @@ impl Session {
             proto::expect_empty(kind, payload).map_err(bad)?;
         }
         match kind {
+            Kind::Quiesce | Kind::Resume => return Err(fail("only the helper sends it, around a checkpoint".into())),
             Kind::Configure => {
                 proto::decode::<proto::Configure>(payload).map_err(bad)?;
                 if self.phase != Phase::Configure {

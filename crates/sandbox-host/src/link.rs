@@ -31,6 +31,11 @@ impl NodeTx {
         self.0.send(frame).await.map_err(|_| Closed)
     }
 
+    /// Queues a frame from a plain thread (never from the runtime's own).
+    pub fn blocking_send(&self, frame: Vec<u8>) -> Result<(), Closed> {
+        self.0.blocking_send(frame).map_err(|_| Closed)
+    }
+
     /// Queues a frame if there is room; false when full or closed (the caller drops it).
     pub fn try_send(&self, frame: Vec<u8>) -> bool {
         !frame.is_empty() && self.0.try_send(frame).is_ok()

@@ -20,9 +20,11 @@ mod guest;
 mod lifeline;
 mod link;
 mod net;
+mod qmp;
 mod rate;
 mod relay;
 mod service;
+mod snapshot;
 
 use diag::Diag;
 use error::HostError;
@@ -127,11 +129,20 @@ fn run(node: &mut UnixStream, faults: Option<Arc<Faults>>) -> Result<(), HostErr
     }
     let mut requests: HashMap<u8, Arc<dyn relay::NodeRequestHandler>> = HashMap::new();
     requests.insert(Kind::PortForward as u8, forwards);
+    let (guest, guest_rx) = relay::GuestLink::new();
+    if let Some(cap) = vm.snapshot.take() {
+        requests.insert(Kind::Checkpoint as u8, Arc::new(snapshot::Checkpointer::new(cap, guest.clone(), tx.clone())));
+    }
+    if let Some(r) = &launch.restore {
+        // Before anything of Node's: the restored guest waits for it.
+        guest.send(relay::GuestOut::Own(snapshot::resume_frame(r).map_err(HostError::Setup)?));
+    }
     let launched = proto::Launched { vmm_pid: vm.pid(), backend: launch.backend, accel: vm.accel() };
     // The queue is empty: the first frame always fits.
     let _ = tx.try_send(proto::encode(0, &launched));
     let node = node.try_clone().map_err(HostError::NodeIo)?;
-    relay::run(rt, node, leftover, vm, relay::Wiring { tx, rx, router, requests })
+    let restored = launch.restore.is_some();
+    relay::run(rt, node, leftover, vm, relay::Wiring { tx, rx, router, requests, guest, guest_rx, restored })
 }
 
 /// Blocks for the first frame, which must be `Launch`.

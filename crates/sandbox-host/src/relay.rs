@@ -51,6 +51,86 @@ pub struct Wiring {
     pub rx: mpsc::Receiver<Vec<u8>>,
     pub router: crate::service::Router,
     pub requests: HashMap<u8, Arc<dyn NodeRequestHandler>>,
+    pub guest: Arc<GuestLink>,
+    pub guest_rx: mpsc::UnboundedReceiver<GuestOut>,
+    /// The VM was restored from a snapshot: the session starts at `Resume`.
+    pub restored: bool,
+}
+
+/// One entry of the guest-bound queue.
+pub enum GuestOut {
+    /// One of Node's frames (counted against Node's queued bytes).
+    Frame(Vec<u8>),
+    /// One of the helper's own (Quiesce, a restore's Resume).
+    Own(Vec<u8>),
+    /// Stop here until the frame arrives (a checkpoint's `Resume`), write it,
+    /// go on; a dropped sender goes on at once.
+    Hold(oneshot::Receiver<Vec<u8>>),
+}
+
+/// The helper's own line to the guest (checkpoints): its queue, shared with
+/// Node's frames so order is kept, and who waits for the guest's answers.
+pub struct GuestLink {
+    queue: mpsc::UnboundedSender<GuestOut>,
+    waiting: Mutex<LinkWaiters>,
+}
+
+#[derive(Default)]
+struct LinkWaiters {
+    quiesced: Option<std::sync::mpsc::SyncSender<()>>,
+    resumed: Option<std::sync::mpsc::SyncSender<proto::Resumed>>,
+}
+
+impl GuestLink {
+    pub fn new() -> (Arc<Self>, mpsc::UnboundedReceiver<GuestOut>) {
+        let (queue, rx) = mpsc::unbounded_channel();
+        (Arc::new(Self { queue, waiting: Mutex::new(LinkWaiters::default()) }), rx)
+    }
+
+    /// Queues a frame of the helper's own after everything Node sent so far.
+    pub fn send(&self, out: GuestOut) {
+        let _ = self.queue.send(out);
+    }
+
+    pub fn expect_quiesced(&self) -> std::sync::mpsc::Receiver<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.lock().quiesced = Some(tx);
+        rx
+    }
+
+    pub fn expect_resumed(&self) -> std::sync::mpsc::Receiver<proto::Resumed> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.lock().resumed = Some(tx);
+        rx
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LinkWaiters> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes a guest frame a checkpoint waits for; false: not awaited.
+    fn take(&self, kind: Kind, payload: &[u8]) -> Result<bool, Violation> {
+        let mut w = self.lock();
+        match kind {
+            Kind::Quiesced => match w.quiesced.take() {
+                Some(tx) => {
+                    let _ = tx.try_send(());
+                    Ok(true)
+                }
+                None => Ok(false),
+            },
+            Kind::Resumed => match w.resumed.take() {
+                Some(tx) => {
+                    let r = proto::decode::<proto::Resumed>(payload)
+                        .map_err(|e| Violation { kind: Some(kind as u8), channel: 0, reason: e.to_string() })?;
+                    let _ = tx.try_send(r);
+                    Ok(true)
+                }
+                None => Ok(false),
+            },
+            _ => Ok(false),
+        }
+    }
 }
 
 /// How the relay ended.
@@ -76,10 +156,10 @@ pub fn run(rt: tokio::runtime::Runtime, node: StdUnixStream, leftover: FrameDeco
 }
 
 async fn relay(node: StdUnixStream, leftover: FrameDecoder, vm: RunningVm, wiring: Wiring) -> Result<(), HostError> {
-    let Wiring { tx, rx, router, requests } = wiring;
+    let Wiring { tx, rx, router, requests, guest, guest_rx, restored } = wiring;
     let RunningVm { pid, wait, control, console, .. } = vm;
     let (node_rx, node_wr) = to_tokio(node)?.into_split();
-    let (guest_rx, guest_wr) = to_tokio(control)?.into_split();
+    let (guest_rx_port, guest_wr) = to_tokio(control)?.into_split();
 
     // The VMM is waited for on a plain thread: Child::wait blocks.
     let (exit_tx, mut exit_rx) = oneshot::channel();
@@ -87,20 +167,19 @@ async fn relay(node: StdUnixStream, leftover: FrameDecoder, vm: RunningVm, wirin
         let _ = exit_tx.send(wait());
     });
 
-    let session = Arc::new(Mutex::new(Session::new()));
+    let session = Arc::new(Mutex::new(if restored { Session::resuming() } else { Session::new() }));
     let (ended_tx, mut ended_rx) = mpsc::channel::<End>(4);
     let writer = tokio::spawn(link::write_frames(node_wr, rx));
-    let (guest_q, guest_q_rx) = mpsc::unbounded_channel::<Vec<u8>>();
     let queued = Arc::new(AtomicUsize::new(0));
-    let guest_writer = tokio::spawn(write_guest(guest_wr, guest_q_rx, queued.clone()));
+    let guest_writer = tokio::spawn(write_guest(guest_wr, guest_rx, queued.clone()));
     let from_node = tokio::spawn(node_reader(
         node_rx,
         leftover,
-        NodeSide { session: session.clone(), guest: guest_q, queued, router, requests, ended: ended_tx.clone() },
+        NodeSide { session: session.clone(), guest: guest.clone(), queued, router, requests, ended: ended_tx.clone() },
     ));
     let (guest_done_tx, guest_done) = oneshot::channel();
     let from_guest = tokio::spawn(async move {
-        guest_reader(guest_rx, session, tx.clone(), ended_tx).await;
+        guest_reader(guest_rx_port, session, guest, tx.clone(), ended_tx).await;
         let _ = guest_done_tx.send(tx);
     });
 
@@ -176,7 +255,7 @@ async fn relay(node: StdUnixStream, leftover: FrameDecoder, vm: RunningVm, wirin
 
 struct NodeSide {
     session: Arc<Mutex<Session>>,
-    guest: mpsc::UnboundedSender<Vec<u8>>,
+    guest: Arc<GuestLink>,
     queued: Arc<AtomicUsize>,
     router: crate::service::Router,
     requests: HashMap<u8, Arc<dyn NodeRequestHandler>>,
@@ -202,7 +281,7 @@ impl NodeSide {
                 frame.extend_from_slice(&proto::frame_header(f.kind, f.channel, f.payload.len()));
                 frame.extend_from_slice(&f.payload);
                 // The writer is gone only when the VMM is; its exit is reported separately.
-                let _ = self.guest.send(frame);
+                self.guest.send(GuestOut::Frame(frame));
                 Ok(())
             }
             Direction::NodeToHelper => {
@@ -254,20 +333,30 @@ async fn node_reader(mut rx: OwnedReadHalf, mut dec: FrameDecoder, side: NodeSid
     }
 }
 
-async fn write_guest(mut port: OwnedWriteHalf, mut frames: mpsc::UnboundedReceiver<Vec<u8>>, queued: Arc<AtomicUsize>) {
-    while let Some(frame) = frames.recv().await {
-        let payload = frame.len() - proto::HEADER_LEN;
+async fn write_guest(mut port: OwnedWriteHalf, mut frames: mpsc::UnboundedReceiver<GuestOut>, queued: Arc<AtomicUsize>) {
+    while let Some(out) = frames.recv().await {
+        let frame = match out {
+            GuestOut::Frame(frame) => {
+                queued.fetch_sub(frame.len() - proto::HEADER_LEN, Ordering::Relaxed);
+                frame
+            }
+            // The helper's own frames: not counted against Node's bytes.
+            GuestOut::Own(frame) => frame,
+            GuestOut::Hold(resume) => match resume.await {
+                Ok(frame) => frame,
+                Err(_) => continue,
+            },
+        };
         if port.write_all(&frame).await.is_err() {
             // The VMM is going away; its exit is reported separately.
             return;
         }
-        queued.fetch_sub(payload, Ordering::Relaxed);
     }
 }
 
 /// Reads the guest's frames, checks each, forwards the good ones; ends at EOF
 /// or at the first violation.
-async fn guest_reader(mut rx: OwnedReadHalf, session: Arc<Mutex<Session>>, node: NodeTx, ended: mpsc::Sender<End>) {
+async fn guest_reader(mut rx: OwnedReadHalf, session: Arc<Mutex<Session>>, link: Arc<GuestLink>, node: NodeTx, ended: mpsc::Sender<End>) {
     let mut dec = FrameDecoder::new();
     let mut buf = vec![0u8; CHUNK];
     // When the frame now buffered began (reset each time a frame completes).
@@ -300,6 +389,17 @@ async fn guest_reader(mut rx: OwnedReadHalf, session: Arc<Mutex<Session>>, node:
                 Ok(Some((kind, raw))) => {
                     completed = true;
                     let channel = u32::from_be_bytes([raw[5], raw[6], raw[7], raw[8]]);
+                    // A checkpoint's Quiesced and Resumed are the helper's, not Node's.
+                    if let (0, Ok(k @ (Kind::Quiesced | Kind::Resumed))) = (channel, Kind::try_from(kind)) {
+                        match link.take(k, &raw[proto::HEADER_LEN..]) {
+                            Ok(true) => continue,
+                            Ok(false) => {}
+                            Err(v) => {
+                                let _ = ended.send(End::Guest(v)).await;
+                                return;
+                            }
+                        }
+                    }
                     let checked = session.lock().unwrap_or_else(|p| p.into_inner()).check_guest(kind, channel, &raw[proto::HEADER_LEN..]);
                     if let Err(v) = checked {
                         let _ = ended.send(End::Guest(v)).await;

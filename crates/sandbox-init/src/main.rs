@@ -11,6 +11,7 @@ mod ca;
 mod cgroups;
 mod net;
 mod process;
+mod resume;
 mod server;
 mod shutdown;
 mod sys;

@@ -87,6 +87,9 @@ pub struct Process {
     pub status: Option<i32>,
     /// The command's cgroup (absent only when this kernel has no cgroup v2).
     pub leaf: Option<Leaf>,
+    /// Its host-side handle is gone (the guest was restored from a snapshot):
+    /// output is read and dropped, and its exit is reported to nobody.
+    pub detached: bool,
 }
 
 impl Process {
@@ -156,6 +159,7 @@ impl Process {
                 timed_out: false,
                 status: None,
                 leaf,
+                detached: false,
             });
         }
 
@@ -198,6 +202,7 @@ impl Process {
             timed_out: false,
             status: None,
             leaf,
+            detached: false,
         })
     }
 

@@ -224,6 +224,7 @@ impl Server {
                 }
             }
             Kind::Ping => self.port.write_all(&proto::encode_raw(Kind::Pong, 0, &[]))?,
+            Kind::Quiesce => return self.quiesce(),
             Kind::Shutdown => return Ok(Flow::Shutdown),
             // Anything else is not meant for the guest; ignore it rather than trust it.
             _ => {}
@@ -256,6 +257,7 @@ impl Server {
                 o.drained = true;
                 Ok(false)
             }
+            Ok(_) if p.detached => Ok(true),
             Ok(n) => {
                 o.credit -= n as u64;
                 buf[..proto::HEADER_LEN].copy_from_slice(&proto::frame_header(kind, ch, n));
@@ -303,12 +305,19 @@ impl Server {
         if let (Some(c), Some(leaf)) = (self.containment.as_mut(), p.leaf.take()) {
             c.release(leaf);
         }
+        if p.detached {
+            return Ok(());
+        }
         self.send(ch, &exit)
     }
 
     fn ack_stdin(&mut self, ch: u32) -> io::Result<()> {
         loop {
             let Some(p) = self.procs.get_mut(&ch) else { return Ok(()) };
+            if p.detached {
+                p.stdin_unacked = 0;
+                return Ok(());
+            }
             // One ack is at most the stdin window (the host never has more in flight).
             let bytes = u32::try_from(p.stdin_unacked.min(u64::from(proto::STDIN_WINDOW))).unwrap_or(proto::STDIN_WINDOW);
             let Some(ack) = proto::U32In::new(bytes) else { return Ok(()) };
@@ -374,6 +383,79 @@ impl Server {
                 p.timed_out = true;
                 p.kill_group(libc::SIGKILL);
             }
+        }
+    }
+}
+
+/// Detached processes move to channels from here, out of the host's way.
+const DETACHED_CHANNELS: u32 = 0x8000_0000;
+
+impl Server {
+    /// Acknowledges a `Quiesce`, then writes nothing until `Resume` arrives
+    /// (the host captures the VM meanwhile). A restored guest wakes up here.
+    fn quiesce(&mut self) -> io::Result<Flow> {
+        self.port.write_all(&proto::encode_raw(Kind::Quiesced, 0, &[]))?;
+        let mut buf = vec![0u8; 64 * 1024];
+        let frame = loop {
+            match self.decoder.next_frame() {
+                Ok(Some(f)) => break f,
+                Ok(None) => {}
+                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
+            }
+            let mut fds = [pollfd(self.port.as_raw_fd(), libc::POLLIN)];
+            // SAFETY: one live pollfd.
+            unsafe { libc::poll(fds.as_mut_ptr(), 1, -1) };
+            match self.port.read(&mut buf) {
+                Ok(0) => return Ok(Flow::Shutdown),
+                Ok(n) => self.decoder.push(&buf[..n]),
+                Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock) => {}
+                Err(e) => return Err(e),
+            }
+        };
+        match frame.kind {
+            Kind::Resume => {}
+            Kind::Shutdown => return Ok(Flow::Shutdown),
+            // The helper sends nothing else while quiesced.
+            _ => return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{} while quiesced", frame.kind.name()))),
+        }
+        let resume: proto::Resume = proto::decode(&frame.payload).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        let mut warnings = Vec::new();
+        if resume.restored {
+            warnings = crate::resume::apply(&resume);
+            if let Some(h) = &resume.hostname {
+                self.base_env.insert("HOSTNAME".into(), h.to_string());
+            }
+            if let Some(pem) = &resume.ca_cert_pem {
+                match crate::resume::install_ca(pem) {
+                    Ok(env) => self.base_env.extend(env),
+                    Err(e) => warnings.push(format!("the new interception CA could not be installed: {e}")),
+                }
+            }
+            self.detach_all();
+        }
+        let msg = crate::resume::resumed(self.procs.len(), warnings);
+        self.send(0, &msg)?;
+        Ok(Flow::Continue)
+    }
+
+    /// The host that started these processes is gone: they keep running with
+    /// their output drained into nothing, on channels no host will use.
+    fn detach_all(&mut self) {
+        let procs = std::mem::take(&mut self.procs);
+        self.by_pid.clear();
+        for (i, (_, mut p)) in procs.into_iter().enumerate() {
+            let ch = DETACHED_CHANNELS + u32::try_from(i).unwrap_or(0);
+            p.detached = true;
+            p.deadline = None;
+            for o in &mut p.out {
+                o.credit = u64::MAX;
+            }
+            p.stdin_queue.clear();
+            p.stdin_unacked = 0;
+            if p.status.is_none() {
+                self.by_pid.insert(p.pid, ch);
+            }
+            self.procs.insert(ch, p);
         }
     }
 }

@@ -160,6 +160,14 @@ kinds! {
     Ping = 0x06, HostToGuest, Zero, Empty;
     /// the answer to one Ping.
     Pong = 0x07, GuestToHost, Zero, Empty;
+    /// helper only: finish the frame being written and send nothing until `Resume`.
+    Quiesce = 0x08, HostToGuest, Zero, Empty;
+    /// the guest will write nothing more until `Resume`.
+    Quiesced = 0x09, GuestToHost, Zero, Empty;
+    /// helper only: the channel is live again (after a checkpoint, or in a restored VM).
+    Resume = 0x0a, HostToGuest, Zero, Json(Resume);
+    /// the guest took the `Resume`.
+    Resumed = 0x0b, GuestToHost, Zero, Json(Resumed);
 
     // --- processes (channel = process id chosen by the host) ---
     /// start a process.
@@ -202,6 +210,10 @@ kinds! {
     BlockReply = 0x85, NodeToHelper, Request, Framed(BlockReply);
     /// something the helper wants the user to know.
     Diagnostic = 0x86, HelperToNode, Zero, Json(Diagnostic);
+    /// capture the running VM into a directory.
+    Checkpoint = 0x87, NodeToHelper, Request, Json(Checkpoint);
+    /// the answer to one Checkpoint.
+    Checkpointed = 0x88, HelperToNode, Request, Json(Checkpointed);
 
     // --- network (0x90–0x9f) ---
     /// a policy question for one new flow or DNS message (the query follows the header).

@@ -32,6 +32,14 @@ export const Kind = {
   Ping: 0x06,
   /** the answer to one Ping. */
   Pong: 0x07,
+  /** helper only: finish the frame being written and send nothing until `Resume`. */
+  Quiesce: 0x08,
+  /** the guest will write nothing more until `Resume`. */
+  Quiesced: 0x09,
+  /** helper only: the channel is live again (after a checkpoint, or in a restored VM). */
+  Resume: 0x0a,
+  /** the guest took the `Resume`. */
+  Resumed: 0x0b,
   /** start a process. */
   Start: 0x10,
   /** the process runs. */
@@ -70,6 +78,10 @@ export const Kind = {
   BlockReply: 0x85,
   /** something the helper wants the user to know. */
   Diagnostic: 0x86,
+  /** capture the running VM into a directory. */
+  Checkpoint: 0x87,
+  /** the answer to one Checkpoint. */
+  Checkpointed: 0x88,
   /** a policy question for one new flow or DNS message (the query follows the header). */
   NetRequest: 0x90,
   /** the verdict for one NetRequest (a DNS answer follows the header). */
@@ -111,6 +123,10 @@ export const KINDS: readonly KindInfo[] = [
   { name: "Shutdown", value: 0x05, direction: "host-to-guest", channel: "zero", payload: "empty", message: null },
   { name: "Ping", value: 0x06, direction: "host-to-guest", channel: "zero", payload: "empty", message: null },
   { name: "Pong", value: 0x07, direction: "guest-to-host", channel: "zero", payload: "empty", message: null },
+  { name: "Quiesce", value: 0x08, direction: "host-to-guest", channel: "zero", payload: "empty", message: null },
+  { name: "Quiesced", value: 0x09, direction: "guest-to-host", channel: "zero", payload: "empty", message: null },
+  { name: "Resume", value: 0x0a, direction: "host-to-guest", channel: "zero", payload: "json", message: "Resume" },
+  { name: "Resumed", value: 0x0b, direction: "guest-to-host", channel: "zero", payload: "json", message: "Resumed" },
   { name: "Start", value: 0x10, direction: "host-to-guest", channel: "process", payload: "json", message: "Start" },
   { name: "Started", value: 0x11, direction: "guest-to-host", channel: "process", payload: "json", message: "Started" },
   { name: "StartFailed", value: 0x12, direction: "guest-to-host", channel: "process", payload: "json", message: "StartFailed" },
@@ -130,6 +146,8 @@ export const KINDS: readonly KindInfo[] = [
   { name: "BlockRequest", value: 0x84, direction: "helper-to-node", channel: "request", payload: "framed", message: "BlockRequest" },
   { name: "BlockReply", value: 0x85, direction: "node-to-helper", channel: "request", payload: "framed", message: "BlockReply" },
   { name: "Diagnostic", value: 0x86, direction: "helper-to-node", channel: "zero", payload: "json", message: "Diagnostic" },
+  { name: "Checkpoint", value: 0x87, direction: "node-to-helper", channel: "request", payload: "json", message: "Checkpoint" },
+  { name: "Checkpointed", value: 0x88, direction: "helper-to-node", channel: "request", payload: "json", message: "Checkpointed" },
   { name: "NetRequest", value: 0x90, direction: "helper-to-node", channel: "request", payload: "framed", message: "NetRequest" },
   { name: "NetReply", value: 0x91, direction: "node-to-helper", channel: "request", payload: "framed", message: "NetReply" },
   { name: "NetAudit", value: 0x92, direction: "helper-to-node", channel: "zero", payload: "json", message: "NetAudit" },
@@ -148,6 +166,10 @@ export interface KindMessages {
   Shutdown: null;
   Ping: null;
   Pong: null;
+  Quiesce: null;
+  Quiesced: null;
+  Resume: Resume;
+  Resumed: Resumed;
   Start: Start;
   Started: Started;
   StartFailed: StartFailed;
@@ -167,6 +189,8 @@ export interface KindMessages {
   BlockRequest: BlockRequest;
   BlockReply: BlockReply;
   Diagnostic: Diagnostic;
+  Checkpoint: Checkpoint;
+  Checkpointed: Checkpointed;
   NetRequest: NetRequest;
   NetReply: NetReply;
   NetAudit: NetAudit;
@@ -182,6 +206,8 @@ export interface Messages {
   BlockReply: BlockReply;
   BlockRequest: BlockRequest;
   Category: Category;
+  Checkpoint: Checkpoint;
+  Checkpointed: Checkpointed;
   Configure: Configure;
   Credit: Credit;
   Diagnostic: Diagnostic;
@@ -201,6 +227,8 @@ export interface Messages {
   PortForwarded: PortForwarded;
   Ready: Ready;
   Resize: Resize;
+  Resume: Resume;
+  Resumed: Resumed;
   Signal: Signal;
   Start: Start;
   StartFailed: StartFailed;
@@ -210,7 +238,7 @@ export interface Messages {
 }
 export type MessageName = keyof Messages;
 /** Every message name. */
-export const MESSAGE_NAMES: readonly MessageName[] = ["BlockReply", "BlockRequest", "Category", "Configure", "Credit", "Diagnostic", "Exit", "FsForget", "FsReply", "FsRequest", "Hello", "HelperError", "InitError", "Launch", "Launched", "NetAudit", "NetReply", "NetRequest", "PortForward", "PortForwarded", "Ready", "Resize", "Signal", "Start", "StartFailed", "Started", "StdinAck", "VmExited"];
+export const MESSAGE_NAMES: readonly MessageName[] = ["BlockReply", "BlockRequest", "Category", "Checkpoint", "Checkpointed", "Configure", "Credit", "Diagnostic", "Exit", "FsForget", "FsReply", "FsRequest", "Hello", "HelperError", "InitError", "Launch", "Launched", "NetAudit", "NetReply", "NetRequest", "PortForward", "PortForwarded", "Ready", "Resize", "Resume", "Resumed", "Signal", "Start", "StartFailed", "Started", "StdinAck", "VmExited"];
 
 /** A row of the address classification; the first matching row wins. */
 export interface AddressRow {
@@ -336,6 +364,32 @@ export type Category =
   | "documentation"
   | "reserved"
   | "public";
+/**
+ * helper → Node: the answer to one `Checkpoint`, on its channel.
+ *
+ * This interface was referenced by `WireMessages`'s JSON-Schema
+ * via the `definition` "Checkpointed".
+ */
+export type Checkpointed =
+  | {
+      /**
+       * Dirty root-disk blocks captured.
+       */
+      diskBytes: number;
+      /**
+       * How long the guest was paused.
+       */
+      pausedMs: number;
+      /**
+       * Bytes of guest RAM written to the snapshot.
+       */
+      ramBytes: number;
+      status: "done";
+    }
+  | {
+      error: string;
+      status: "failed";
+    };
 /**
  * Root filesystem types init can mount.
  *
@@ -634,6 +688,8 @@ export interface WireMessages {
   BlockReply: BlockReply;
   BlockRequest: BlockRequest;
   Category: Category;
+  Checkpoint: Checkpoint;
+  Checkpointed: Checkpointed;
   Configure: Configure;
   Credit: Credit;
   Diagnostic: Diagnostic;
@@ -653,12 +709,25 @@ export interface WireMessages {
   PortForwarded: PortForwarded;
   Ready: Ready;
   Resize: Resize;
+  Resume: Resume;
+  Resumed: Resumed;
   Signal: Signal;
   Start: Start;
   StartFailed: StartFailed;
   Started: Started;
   StdinAck: StdinAck;
   VmExited: VmExited;
+}
+/**
+ * Node → helper: capture the running VM into `dir` (an empty directory the
+ * helper writes `state`, `ram` and `disk<i>.blocks` into). The VM keeps
+ * running. The channel carries the request id.
+ *
+ * This interface was referenced by `WireMessages`'s JSON-Schema
+ * via the `definition` "Checkpoint".
+ */
+export interface Checkpoint {
+  dir: string;
 }
 /**
  * host → guest: how to finish booting.
@@ -1011,6 +1080,10 @@ export interface Launch {
    * qemu only: path of qemu-system-x86_64.
    */
   qemu?: string | null;
+  /**
+   * qemu only: resume the VM a `Checkpoint` captured instead of booting.
+   */
+  restore?: Restore | null;
 }
 /**
  * This interface was referenced by `WireMessages`'s JSON-Schema
@@ -1078,6 +1151,23 @@ export interface NetLaunch {
    * Longest wait for a verdict from Node (the DNS forward included for DNS).
    */
   policyDeadlineMs: number;
+}
+/**
+ * Where a restored VM's state comes from (a directory a `Checkpoint` filled).
+ *
+ * This interface was referenced by `WireMessages`'s JSON-Schema
+ * via the `definition` "Restore".
+ */
+export interface Restore {
+  /**
+   * With HTTP interception: the new lane's CA, installed in place of the old one.
+   */
+  caCertPem?: string | null;
+  dir: string;
+  /**
+   * The hostname the resumed guest takes.
+   */
+  hostname: string;
 }
 /**
  * helper → Node: the VMM is running.
@@ -1174,6 +1264,45 @@ export interface Ready {
 export interface Resize {
   cols: number;
   rows: number;
+}
+/**
+ * helper → guest (never Node): the control channel is live again. A
+ * `restored` guest is a fork of a snapshot: it mixes `entropy` into its RNG
+ * and reseeds it, sets its clock and hostname, forgets every host-side
+ * process channel and resets its network.
+ *
+ * This interface was referenced by `WireMessages`'s JSON-Schema
+ * via the `definition` "Resume".
+ */
+export interface Resume {
+  caCertPem?: string | null;
+  /**
+   * 64 bytes, hex.
+   */
+  entropy: string;
+  hostname?: string | null;
+  /**
+   * The host's wall clock, µs since the epoch (within JavaScript's safe integers).
+   */
+  realtimeUs: number;
+  restored: boolean;
+}
+/**
+ * guest → host: the guest took the `Resume`. Forwarded to Node only for a
+ * restored VM, where it stands for `Ready`.
+ *
+ * This interface was referenced by `WireMessages`'s JSON-Schema
+ * via the `definition` "Resumed".
+ */
+export interface Resumed {
+  /**
+   * Guest processes still running (all detached from the host).
+   */
+  processes: number;
+  /**
+   * Problems the guest met resuming (e.g. the RNG could not be reseeded).
+   */
+  warnings?: string[];
 }
 /**
  * host → guest: signal the whole process group.

@@ -113,6 +113,11 @@ pub struct CowStats {
     pub write_back_bytes: u64,
 }
 
+/// A block's index and full contents, as a snapshot saves them.
+pub type SavedBlock = (u64, Box<[u8]>);
+
+/// Clones share one disk (the NBD server's and a checkpoint's view of it).
+#[derive(Clone)]
 pub struct CowDisk {
     inner: Arc<Inner>,
 }
@@ -255,6 +260,43 @@ impl CowDisk {
 
     pub fn stats(&self) -> CowStats {
         self.inner.lock().stats(self.inner.bs)
+    }
+
+    /// Every block changed since the disk was opened, with its contents, in
+    /// block order: an ephemeral disk's whole difference from its base.
+    /// Consistent only while no request is in flight (a paused VM).
+    pub fn export_changes(&self) -> Result<Vec<SavedBlock>, DiskError> {
+        if self.inner.store.is_some() {
+            return Err(DiskError::Config("only an ephemeral overlay can be exported from memory".into()));
+        }
+        let st = self.inner.lock();
+        let mut out: Vec<SavedBlock> = st.dirty.iter().map(|(&i, d)| (i, d.data.clone())).collect();
+        out.sort_unstable_by_key(|(i, _)| *i);
+        Ok(out)
+    }
+
+    /// Installs blocks an `export_changes` produced as this (new, ephemeral)
+    /// disk's changes. Every block is checked: index within the disk, full size.
+    pub fn preload(&self, blocks: Vec<SavedBlock>) -> Result<(), DiskError> {
+        if self.inner.store.is_some() {
+            return Err(DiskError::Config("only an ephemeral overlay can be preloaded".into()));
+        }
+        let nblocks = self.inner.size.div_ceil(self.inner.bs);
+        let mut st = self.inner.lock();
+        if blocks.len() > st.budget() {
+            return Err(DiskError::Config(format!(
+                "{} saved blocks exceed the disk's budget of {} blocks: boot with a larger maxDirtyBytes",
+                blocks.len(),
+                st.budget()
+            )));
+        }
+        for (idx, data) in blocks {
+            if idx >= nblocks || data.len() as u64 != self.inner.bs {
+                return Err(DiskError::Config(format!("saved block {idx} ({} bytes) does not fit this disk", data.len())));
+            }
+            st.install(idx, data);
+        }
+        Ok(())
     }
 }
 

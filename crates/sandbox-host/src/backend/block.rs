@@ -8,14 +8,19 @@ use crate::block_store::NodeStore;
 use crate::error::HostError;
 use sandbox_block::{nbd, BaseImage, CowConfig, CowDisk, CowMode, Qcow2Base, RawBase};
 use sandbox_protocol::{self as proto, DiagnosticSource, Disk, DiskFormat};
+use crate::snapshot::DiskHandle;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+/// Blocks a restored ephemeral disk starts with (a snapshot's changes).
+pub type Preload = Vec<sandbox_block::SavedBlock>;
 
 /// Opens the base image, starts the NBD server and returns the VMM's end of
 /// the connection. The server ends when the VMM closes its end.
 /// A `persistent` disk keeps its dirty blocks in Node's block store.
-pub fn serve_cow(disk: &Disk, services: &Services) -> Result<UnixStream, HostError> {
+/// Returns once the overlay is open (with `preload` installed) or failed.
+pub fn serve_cow(disk: &Disk, services: &Services, preload: Option<Preload>) -> Result<(UnixStream, DiskHandle), HostError> {
     let Some(cow) = disk.cow.clone() else {
         return Err(HostError::InvalidLaunch("serve_cow called for a disk without cow".into()));
     };
@@ -38,6 +43,9 @@ pub fn serve_cow(disk: &Disk, services: &Services) -> Result<UnixStream, HostErr
     };
     let name = disk.path.clone();
     let diag = services.diag.clone();
+    let handle: DiskHandle = Arc::new(OnceLock::new());
+    let opened = handle.clone();
+    let (ready_tx, ready) = std::sync::mpsc::sync_channel::<Result<(), String>>(1);
     std::thread::Builder::new()
         .name("sandbox-nbd".into())
         .spawn(move || {
@@ -49,8 +57,19 @@ pub fn serve_cow(disk: &Disk, services: &Services) -> Result<UnixStream, HostErr
             rt.block_on(async move {
                 let disk = match CowDisk::new(base, config, mode).await {
                     Ok(d) => d,
-                    Err(e) => return report(format!("copy-on-write disk: {e}")),
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(format!("copy-on-write disk: {e}")));
+                        return;
+                    }
                 };
+                if let Some(blocks) = preload {
+                    if let Err(e) = disk.preload(blocks) {
+                        let _ = ready_tx.send(Err(format!("restoring the snapshot's disk: {e}")));
+                        return;
+                    }
+                }
+                let _ = opened.set(disk.clone());
+                let _ = ready_tx.send(Ok(()));
                 let stream = match tokio::net::UnixStream::from_std(ours) {
                     Ok(s) => s,
                     Err(e) => return report(format!("NBD socket: {e}")),
@@ -62,7 +81,16 @@ pub fn serve_cow(disk: &Disk, services: &Services) -> Result<UnixStream, HostErr
             });
         })
         .map_err(|e| HostError::Setup(format!("NBD thread: {e}")))?;
-    Ok(vmm_end)
+    // A persistent overlay lists Node's store as it opens, which needs the
+    // relay running: only an ephemeral one is waited for.
+    if cow.mode == proto::CowMode::Persistent {
+        return Ok((vmm_end, handle));
+    }
+    match ready.recv() {
+        Ok(Ok(())) => Ok((vmm_end, handle)),
+        Ok(Err(message)) => Err(HostError::Launch { backend: "qemu", message }),
+        Err(_) => Err(HostError::Setup("the NBD thread ended before opening its disk".into())),
+    }
 }
 
 fn base_err(disk: &Disk, e: impl std::fmt::Display) -> HostError {

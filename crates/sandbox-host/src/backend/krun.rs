@@ -147,6 +147,7 @@ pub fn spawn(l: &Launch, services: &Services, router: &mut Router, rt: &tokio::r
         }
     });
     Ok(RunningVm {
+        snapshot: None,
         pid,
         wait: Box::new(move || {
             let mut status = 0;

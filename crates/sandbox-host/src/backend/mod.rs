@@ -31,6 +31,8 @@ pub struct RunningVm {
     pub net: Option<UnixStream>,
     pub console: ConsoleTail,
     pub accel: Accel,
+    /// What a checkpoint needs (qemu only).
+    pub snapshot: Option<Arc<crate::snapshot::Capturable>>,
 }
 
 /// The helper's services a backend wires its devices to.
@@ -103,6 +105,12 @@ fn validate(l: &Launch) -> Result<(), HostError> {
     }
     if l.mounts.len() > qemu::MAX_MOUNTS {
         return Err(HostError::InvalidLaunch(format!("at most {} virtual filesystem mounts", qemu::MAX_MOUNTS)));
+    }
+    if l.restore.is_some() && l.backend != BackendKind::Qemu {
+        return Err(HostError::InvalidLaunch("restoring a snapshot needs the qemu backend".into()));
+    }
+    if l.restore.is_some() && !l.mounts.is_empty() {
+        return Err(HostError::InvalidLaunch("a restored lane cannot have mounts yet".into()));
     }
     for m in &l.mounts {
         if m.tag.is_empty() || m.tag.len() > 36 || !m.tag.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {

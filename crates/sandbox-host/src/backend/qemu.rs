@@ -28,6 +28,15 @@ fn net_fd(l: &Launch) -> i32 {
     FIRST_NBD_FD + i32::try_from(l.disks.iter().filter(|d| d.cow.is_some()).count()).unwrap_or(i32::MAX)
 }
 
+/// QEMU's private monitor (QMP) follows the network socket, then the guest RAM memfd.
+fn qmp_fd(l: &Launch) -> i32 {
+    net_fd(l) + i32::from(l.network.is_some())
+}
+
+fn ram_fd(l: &Launch) -> i32 {
+    qmp_fd(l) + 1
+}
+
 /// virtio-fs devices per VM.
 pub const MAX_MOUNTS: usize = 16;
 
@@ -71,13 +80,22 @@ pub fn args(l: &Launch, fs_sockets: &[PathBuf]) -> Result<Vec<String>, HostError
     .into_iter()
     .map(String::from)
     .collect();
-    // vhost-user devices access guest RAM directly: it must be a shareable memfd.
-    if l.mounts.is_empty() {
-        a.extend(["-M".into(), "q35".into()]);
-    } else {
-        a.extend(["-M".into(), "q35,memory-backend=mem".into()]);
-        a.extend(["-object".into(), format!("memory-backend-memfd,id=mem,size={}M,share=on", l.memory_mib)]);
+    // Guest RAM is the helper's memfd, shared: vhost-user devices map it, and a
+    // checkpoint copies it while migration skips it (x-ignore-shared). A
+    // restored VM maps the snapshot's RAM file privately: forks share its
+    // pages copy-on-write.
+    a.extend(["-M".into(), "q35,memory-backend=mem".into()]);
+    match &l.restore {
+        None => a.extend(["-object".into(), format!("memory-backend-file,id=mem,size={}M,mem-path=/proc/self/fd/{},share=on", l.memory_mib, ram_fd(l))]),
+        Some(r) => {
+            let ram = crate::snapshot::ram_path(std::path::Path::new(r.dir.as_str()), l.memory_mib.get()).map_err(HostError::InvalidLaunch)?;
+            let ram = ram.to_str().filter(|p| !p.contains(',')).ok_or_else(|| HostError::InvalidLaunch(format!("unusable snapshot path {}", ram.display())))?.to_string();
+            a.extend(["-object".into(), format!("memory-backend-file,id=mem,size={}M,mem-path={ram},share=off", l.memory_mib)]);
+            a.extend(["-incoming".into(), "defer".into()]);
+        }
     }
+    a.extend(["-chardev".into(), format!("socket,id=qmp,fd={}", qmp_fd(l))]);
+    a.extend(["-mon".into(), "chardev=qmp,mode=control".into()]);
     a.push("-accel".into());
     a.push(if accel == Accel::Tcg { format!("tcg,thread=multi,tb-size={TCG_TB_MIB}") } else { "kvm".into() });
     a.extend(["-cpu".into(), if accel == Accel::Kvm { "host".into() } else { TCG_CPU.into() }]);
@@ -142,12 +160,29 @@ pub fn spawn(l: &Launch, services: &Services, rt: &tokio::runtime::Handle) -> Re
     let (host_end, guest_end) =
         UnixStream::pair().map_err(|e| HostError::Setup(format!("socketpair: {e}")))?;
     let guest_fd = guest_end.as_raw_fd();
-    let nbd_ends = l
-        .disks
-        .iter()
-        .filter(|d| d.cow.is_some())
-        .map(|d| super::block::serve_cow(d, services))
-        .collect::<Result<Vec<_>, _>>()?;
+    let restore_dir = l.restore.as_ref().map(|r| PathBuf::from(r.dir.as_str()));
+    let mut nbd_ends = Vec::new();
+    let mut disk_handles = Vec::new();
+    for (i, d) in l.disks.iter().enumerate() {
+        let Some(cow) = &d.cow else { continue };
+        let preload = match &restore_dir {
+            Some(dir) if cow.mode == sandbox_protocol::CowMode::Ephemeral => {
+                let file = dir.join(crate::snapshot::blocks_file(i));
+                Some(if file.exists() { crate::snapshot::read_blocks(&file, u64::from(cow.block_size.get())).map_err(HostError::InvalidLaunch)? } else { Vec::new() })
+            }
+            _ => None,
+        };
+        let (end, handle) = super::block::serve_cow(d, services, preload)?;
+        nbd_ends.push(end);
+        if cow.mode == sandbox_protocol::CowMode::Ephemeral {
+            disk_handles.push((i, handle));
+        }
+    }
+    let (qmp_ours, qmp_theirs) = UnixStream::pair().map_err(|e| HostError::Setup(format!("socketpair for QMP: {e}")))?;
+    let ram = match &l.restore {
+        Some(_) => None,
+        None => Some(ram_memfd(u64::from(l.memory_mib.get()) << 20)?),
+    };
     if nbd_ends.len() > MAX_COW_DISKS {
         return Err(HostError::InvalidLaunch(format!("at most {MAX_COW_DISKS} copy-on-write disks")));
     }
@@ -159,6 +194,11 @@ pub fn spawn(l: &Launch, services: &Services, rt: &tokio::runtime::Handle) -> Re
     // The network socket is placed right after the NBD sockets (see `net_fd`).
     if let Some((_, vmm_end)) = &net {
         nbd_fds.push(vmm_end.as_raw_fd());
+    }
+    // Then QMP and the RAM memfd (see `qmp_fd`, `ram_fd`).
+    nbd_fds.push(qmp_theirs.as_raw_fd());
+    if let Some(ram) = &ram {
+        nbd_fds.push(ram.as_raw_fd());
     }
     let mut cmd = Command::new(&qemu);
     cmd.args(&argv).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -172,7 +212,7 @@ pub fn spawn(l: &Launch, services: &Services, rt: &tokio::runtime::Handle) -> Re
             // clobbers a descriptor that is still to be moved.
             // No allocation here: other helper threads (NBD servers) exist, so
             // after fork only async-signal-safe work is allowed.
-            let mut sources = [-1i32; 2 + MAX_COW_DISKS];
+            let mut sources = [-1i32; 4 + MAX_COW_DISKS];
             sources[0] = guest_fd;
             sources[1..=nbd_fds.len()].copy_from_slice(&nbd_fds);
             let sources = &mut sources[..=nbd_fds.len()];
@@ -197,6 +237,7 @@ pub fn spawn(l: &Launch, services: &Services, rt: &tokio::runtime::Handle) -> Re
     })?;
     drop(guest_end);
     drop(nbd_ends);
+    drop(qmp_theirs);
     let net = net.map(|(ours, vmm_end)| {
         drop(vmm_end);
         ours
@@ -206,14 +247,47 @@ pub fn spawn(l: &Launch, services: &Services, rt: &tokio::runtime::Handle) -> Re
         let tail = console.clone();
         std::thread::spawn(move || pump_console(pipe, tail));
     }
+    let pid = child.id() as i32;
+    let kill_vmm = |e: String| {
+        // SAFETY: kill(2) has no memory effects; pid is our own VMM child.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        HostError::Launch { backend: "qemu", message: e }
+    };
+    let mut qmp = crate::qmp::Qmp::connect(qmp_ours).map_err(|e| kill_vmm(format!("{e}; console: {}", console.text())))?;
+    if let Some(dir) = &restore_dir {
+        crate::snapshot::restore(&mut qmp, dir).map_err(|e| kill_vmm(format!("restoring {}: {e}; console: {}", dir.display(), console.text())))?;
+    }
+    let refuse = (!l.mounts.is_empty()).then(|| "a lane with mounts cannot be checkpointed yet (QEMU 7.2 cannot migrate vhost-user-fs devices)".to_string());
+    let refuse = refuse.or_else(|| {
+        l.disks
+            .iter()
+            .any(|d| d.cow.as_ref().is_some_and(|c| c.mode == sandbox_protocol::CowMode::Persistent))
+            .then(|| "a lane with a cow (store-backed) root cannot be checkpointed yet: use an ephemeral root".to_string())
+    });
+    let capture = crate::snapshot::Capturable { qmp: std::sync::Mutex::new(qmp), ram, disks: disk_handles, refuse };
     Ok(RunningVm {
-        pid: child.id() as i32,
+        snapshot: Some(std::sync::Arc::new(capture)),
+        pid,
         wait: Box::new(move || child.wait().ok()),
         control: host_end,
         net,
         console,
         accel: l.accel.unwrap_or(Accel::Tcg),
     })
+}
+
+/// Guest RAM: a memfd of the helper's, so a checkpoint can read it.
+fn ram_memfd(size: u64) -> Result<std::fs::File, HostError> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: the name is a NUL-terminated literal; the new descriptor is owned below.
+    let fd = unsafe { libc::memfd_create(c"sandbox-guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(HostError::Setup(format!("memfd_create for guest RAM: {}", std::io::Error::last_os_error())));
+    }
+    // SAFETY: `fd` was just created and nothing else owns it.
+    let file = unsafe { std::fs::File::from_raw_fd(fd) };
+    file.set_len(size).map_err(|e| HostError::Setup(format!("sizing guest RAM: {e}")))?;
+    Ok(file)
 }
 
 fn pump_console(mut pipe: Box<dyn Read + Send>, tail: ConsoleTail) {
@@ -287,11 +361,40 @@ mod tests {
         l.mounts = from(json!([{ "tag": "sbxfs0" }, { "tag": "sbxfs1" }]));
         let socks = [PathBuf::from("/run/x/fs0.sock"), PathBuf::from("/run/x/fs1.sock")];
         let a = args(&l, &socks).unwrap().join(" ");
-        assert!(a.contains("-M q35,memory-backend=mem -object memory-backend-memfd,id=mem,size=512M,share=on"), "{a}");
+        assert!(a.contains("-M q35,memory-backend=mem -object memory-backend-file,id=mem,size=512M,mem-path=/proc/self/fd/5,share=on"), "{a}");
         assert!(a.contains("-chardev socket,id=vfs1,path=/run/x/fs1.sock -device vhost-user-fs-pci,chardev=vfs1,tag=sbxfs1,queue-size=1024"), "{a}");
         assert!(args(&l, &socks[..1]).is_err(), "one socket per mount");
-        let plain = args(&launch(), &[]).unwrap().join(" ");
-        assert!(!plain.contains("memory-backend"), "no shared memory without mounts: {plain}");
+        assert!(args(&launch(), &[]).unwrap().join(" ").contains("share=on"), "guest RAM is always the helper's shared memfd");
+    }
+
+    #[test]
+    fn qmp_and_ram_follow_the_network_socket() {
+        let mut l = launch();
+        let a = args(&l, &[]).unwrap().join(" ");
+        assert!(a.contains("-chardev socket,id=qmp,fd=4 -mon chardev=qmp,mode=control"), "{a}");
+        assert!(a.contains("mem-path=/proc/self/fd/5,share=on"), "{a}");
+        l.network = Some(from(json!({ "policyDeadlineMs": 1000, "maxFlows": 4, "allowProtected": [] })));
+        l.disks[0].cow = cow();
+        let a = args(&l, &[]).unwrap().join(" ");
+        assert!(a.contains("id=qmp,fd=6") && a.contains("/proc/self/fd/7"), "{a}");
+        assert!(!a.contains("-incoming"), "{a}");
+    }
+
+    #[test]
+    fn a_restore_maps_the_snapshot_ram_privately_and_waits_for_its_state() {
+        let dir = std::env::temp_dir().join(format!("sbx-restore-args-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut l = launch();
+        l.restore = Some(from(json!({ "dir": dir.to_str().unwrap(), "hostname": "h" })));
+        assert!(matches!(args(&l, &[]), Err(HostError::InvalidLaunch(_))), "no RAM file");
+        std::fs::File::create(dir.join("ram")).unwrap().set_len(256 << 20).unwrap();
+        let e = args(&l, &[]).unwrap_err().to_string();
+        assert!(e.contains("512 MiB"), "RAM size must match: {e}");
+        std::fs::File::create(dir.join("ram")).unwrap().set_len(512 << 20).unwrap();
+        let a = args(&l, &[]).unwrap().join(" ");
+        assert!(a.contains(&format!("mem-path={}/ram,share=off", dir.display())), "{a}");
+        assert!(a.contains("-incoming defer"), "{a}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

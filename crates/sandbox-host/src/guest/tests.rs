@@ -113,3 +113,16 @@ fn node_frames_are_decoded_too() {
     assert!(s.check_node(Kind::Exit, 1, b"{}").is_err(), "a guest kind from Node");
     s.check_node(Kind::Shutdown, 0, b"").unwrap();
 }
+
+#[test]
+fn a_restored_session_starts_at_resumed_and_only_the_helper_quiesces() {
+    let mut s = Session::resuming();
+    let hello = br#"{"protocol":2,"uptimeMs":1,"initStartedMs":1,"modulesLoadedMs":1}"#;
+    assert!(s.check_guest(Kind::Hello as u8, 0, hello).is_err(), "a restored guest does not boot again");
+    assert!(s.check_guest(Kind::Quiesced as u8, 0, &[]).is_err(), "nobody asked it to quiesce");
+    let resumed = json(&proto::Resumed { processes: 2, warnings: vec![] });
+    s.check_guest(Kind::Resumed as u8, 0, &resumed).unwrap();
+    assert!(s.check_guest(Kind::Resumed as u8, 0, &resumed).is_err(), "once");
+    assert!(s.check_node(Kind::Quiesce, 0, &[]).is_err(), "Node may not quiesce the guest");
+    assert!(s.check_node(Kind::Resume, 0, b"{}").is_err(), "Node may not resume it");
+}

@@ -77,6 +77,9 @@ pub struct Launch {
     /// Virtual filesystems: one virtio-fs device each, served by the helper,
     /// whose operations go to Node as `FsRequest` frames.
     pub mounts: Vec<FsMount>,
+    /// qemu only: resume the VM a `Checkpoint` captured instead of booting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<super::Restore>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]

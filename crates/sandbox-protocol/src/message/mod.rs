@@ -6,6 +6,7 @@ mod fs;
 mod helper;
 mod net;
 mod process;
+mod snapshot;
 
 pub use block::*;
 pub use boot::*;
@@ -13,3 +14,4 @@ pub use fs::*;
 pub use helper::*;
 pub use net::*;
 pub use process::*;
+pub use snapshot::*;

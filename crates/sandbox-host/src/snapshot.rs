@@ -1,0 +1,309 @@
+//! Checkpoint and restore of a QEMU VM.
+//!
+//! Guest RAM is a memfd the helper creates and QEMU maps shared
+//! (`memory-backend-file`, `share=on`), so a checkpoint migrates only device
+//! state (`x-ignore-shared`) while the helper copies the RAM itself, sparse,
+//! into the snapshot. A restore maps that file privately (`share=off`):
+//! forks of one snapshot share its pages copy-on-write through the page cache.
+//!
+//! Around the capture the control channel is quiesced: the helper queues
+//! `Quiesce` after Node's frames and holds the rest; the guest answers
+//! `Quiesced` and writes nothing more. Both directions are then at a frame
+//! boundary, which is where a restored guest resumes when it gets `Resume`.
+//!
+//! A snapshot directory holds `state` (QEMU's device state), `ram` and one
+//! `disk<i>.blocks` per ephemeral copy-on-write disk.
+
+use crate::link::NodeTx;
+use crate::qmp::{self, Qmp};
+use crate::relay::{GuestLink, GuestOut, NodeRequestHandler};
+use sandbox_block::{CowDisk, SavedBlock};
+use sandbox_protocol::{self as proto, JsU64, Text};
+use serde_json::json;
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// How long the guest may take to acknowledge `Quiesce` or `Resume`.
+const GUEST_ANSWER: Duration = Duration::from_secs(10);
+/// Device state is a few MiB; a migration that takes longer is broken.
+const MIGRATION_TIMEOUT: Duration = Duration::from_secs(60);
+const BLOCKS_MAGIC: &[u8; 8] = b"SBXBLK01";
+/// RAM is copied in chunks this big; all-zero chunks stay holes.
+const RAM_CHUNK: usize = 1 << 20;
+
+const ZERO: JsU64 = match JsU64::new(0) {
+    Some(z) => z,
+    None => panic!("0 is a JsU64"),
+};
+
+pub const STATE_FILE: &str = "state";
+pub const RAM_FILE: &str = "ram";
+
+pub fn blocks_file(disk: usize) -> String {
+    format!("disk{disk}.blocks")
+}
+
+/// A copy-on-write disk's overlay, set once its NBD thread opened it.
+pub type DiskHandle = Arc<OnceLock<CowDisk>>;
+
+/// What a running QEMU VM offers for checkpoints.
+pub struct Capturable {
+    pub qmp: Mutex<Qmp>,
+    /// The guest RAM memfd; `None` for a restored VM (its RAM is private).
+    pub ram: Option<File>,
+    /// (disk index, overlay) of every ephemeral copy-on-write disk.
+    pub disks: Vec<(usize, DiskHandle)>,
+    /// Why this VM cannot be checkpointed, if it cannot.
+    pub refuse: Option<String>,
+}
+
+/// Serves `Checkpoint` requests, one at a time.
+pub struct Checkpointer {
+    cap: Arc<Capturable>,
+    link: Arc<GuestLink>,
+    tx: NodeTx,
+    busy: Arc<AtomicBool>,
+}
+
+impl Checkpointer {
+    pub fn new(cap: Arc<Capturable>, link: Arc<GuestLink>, tx: NodeTx) -> Self {
+        Self { cap, link, tx, busy: Arc::new(AtomicBool::new(false)) }
+    }
+}
+
+impl NodeRequestHandler for Checkpointer {
+    fn handle(&self, channel: u32, payload: Vec<u8>) {
+        let (cap, link, tx, busy) = (self.cap.clone(), self.link.clone(), self.tx.clone(), self.busy.clone());
+        // QMP and file copies block: a thread of its own, off the relay.
+        let _ = std::thread::Builder::new().name("sandbox-checkpoint".into()).spawn(move || {
+            let result = match proto::decode::<proto::Checkpoint>(&payload) {
+                Err(e) => Err(format!("bad Checkpoint request: {e}")),
+                Ok(_) if busy.swap(true, Ordering::AcqRel) => Err("a checkpoint of this lane is already being taken".into()),
+                Ok(req) => {
+                    let r = checkpoint(&cap, &link, Path::new(req.dir.as_str()));
+                    busy.store(false, Ordering::Release);
+                    r
+                }
+            };
+            let msg = match result {
+                Ok(done) => done,
+                Err(error) => proto::Checkpointed::Failed { error: Text::truncated(error) },
+            };
+            let _ = tx.blocking_send(proto::encode(channel, &msg));
+        });
+    }
+}
+
+fn checkpoint(cap: &Capturable, link: &GuestLink, dir: &Path) -> Result<proto::Checkpointed, String> {
+    if let Some(why) = &cap.refuse {
+        return Err(why.clone());
+    }
+    let ram = cap.ram.as_ref().ok_or("a lane restored from a snapshot cannot be checkpointed yet (its RAM is a private mapping of the snapshot): checkpoint the original lane")?;
+    if !dir.is_dir() {
+        return Err(format!("snapshot directory {} does not exist", dir.display()));
+    }
+    let mut qmp = cap.qmp.lock().unwrap_or_else(|p| p.into_inner());
+    // Quiesce: everything Node sent so far reaches the guest, the rest waits.
+    let quiesced = link.expect_quiesced();
+    let (release, hold) = tokio::sync::oneshot::channel();
+    link.send(GuestOut::Own(proto::encode_raw(proto::Kind::Quiesce, 0, &[])));
+    link.send(GuestOut::Hold(hold));
+    let resumed = link.expect_resumed();
+    let outcome = (|| -> Result<(u128, u64, u64), String> {
+        quiesced.recv_timeout(GUEST_ANSWER).map_err(|_| format!("the guest did not acknowledge the checkpoint within {} s", GUEST_ANSWER.as_secs()))?;
+        let paused = Instant::now();
+        qmp.execute("stop", json!({}))?;
+        let captured = capture(&mut qmp, ram, &cap.disks, dir);
+        // The lane goes on whatever happened to the capture.
+        let cont = qmp.execute("cont", json!({}));
+        let paused_ms = paused.elapsed().as_millis();
+        let (ram_bytes, disk_bytes) = captured?;
+        cont?;
+        Ok((paused_ms, ram_bytes, disk_bytes))
+    })();
+    let resume = proto::Resume { restored: false, entropy: Text::truncated(String::new()), realtime_us: ZERO, hostname: None, ca_cert_pem: None };
+    let _ = release.send(proto::encode(0, &resume));
+    let (paused_ms, ram_bytes, disk_bytes) = outcome?;
+    resumed.recv_timeout(GUEST_ANSWER).map_err(|_| format!("the guest did not resume within {} s of the checkpoint", GUEST_ANSWER.as_secs()))?;
+    // Milliseconds and byte counts of one VM stay far below 2^53.
+    let js = |v: u128| JsU64::new(u64::try_from(v).unwrap_or(u64::MAX).min(proto::JS_SAFE_MAX)).expect("clamped to the range");
+    Ok(proto::Checkpointed::Done { paused_ms: js(paused_ms), ram_bytes: js(ram_bytes.into()), disk_bytes: js(disk_bytes.into()) })
+}
+
+/// With the VM stopped: device state through QEMU, RAM and disks by the helper.
+fn capture(qmp: &mut Qmp, ram: &File, disks: &[(usize, DiskHandle)], dir: &Path) -> Result<(u64, u64), String> {
+    let state = dir.join(STATE_FILE);
+    qmp.execute("migrate-set-capabilities", json!({ "capabilities": [{ "capability": "x-ignore-shared", "state": true }] }))?;
+    qmp.execute("migrate-set-parameters", json!({ "max-bandwidth": i64::MAX }))?;
+    qmp.execute("migrate", json!({ "uri": format!("exec:cat > {}", qmp::shell_path(&state)?) }))?;
+    qmp.wait_migration(MIGRATION_TIMEOUT)?;
+    let ram_bytes = copy_ram(ram, &dir.join(RAM_FILE)).map_err(|e| format!("copying guest RAM into {}: {e}", dir.display()))?;
+    let mut disk_bytes = 0;
+    for (i, handle) in disks {
+        let disk = handle.get().ok_or_else(|| format!("disk {i} is not open yet"))?;
+        let blocks = disk.export_changes().map_err(|e| e.to_string())?;
+        disk_bytes += write_blocks(&dir.join(blocks_file(*i)), disk.block_size(), &blocks).map_err(|e| format!("saving disk {i}: {e}"))?;
+    }
+    Ok((ram_bytes, disk_bytes))
+}
+
+/// Copies RAM leaving all-zero chunks as holes; returns the bytes written.
+fn copy_ram(src: &File, dst: &Path) -> std::io::Result<u64> {
+    let size = src.metadata()?.len();
+    let out = File::create(dst)?;
+    out.set_len(size)?;
+    let mut buf = vec![0u8; RAM_CHUNK];
+    let mut written = 0;
+    let mut off = 0;
+    while off < size {
+        let n = usize::try_from((size - off).min(RAM_CHUNK as u64)).unwrap_or(RAM_CHUNK);
+        src.read_exact_at(&mut buf[..n], off)?;
+        if buf[..n].iter().any(|&b| b != 0) {
+            out.write_all_at(&buf[..n], off)?;
+            written += n as u64;
+        }
+        off += n as u64;
+    }
+    out.sync_all()?;
+    Ok(written)
+}
+
+fn write_blocks(path: &Path, block_size: u64, blocks: &[SavedBlock]) -> std::io::Result<u64> {
+    let mut w = BufWriter::new(File::create(path)?);
+    w.write_all(BLOCKS_MAGIC)?;
+    w.write_all(&block_size.to_be_bytes())?;
+    w.write_all(&(blocks.len() as u64).to_be_bytes())?;
+    for (idx, data) in blocks {
+        w.write_all(&idx.to_be_bytes())?;
+        w.write_all(data)?;
+    }
+    w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    Ok(blocks.len() as u64 * block_size)
+}
+
+/// Reads a `disk<i>.blocks` file, checking every length against the file's.
+pub fn read_blocks(path: &Path, block_size: u64) -> Result<Vec<SavedBlock>, String> {
+    let bad = |why: &str| format!("snapshot disk file {} is corrupt: {why}", path.display());
+    let f = File::open(path).map_err(|e| format!("cannot open snapshot disk file {}: {e}", path.display()))?;
+    let len = f.metadata().map_err(|e| e.to_string())?.len();
+    let mut r = BufReader::new(f);
+    let mut head = [0u8; 24];
+    r.read_exact(&mut head).map_err(|_| bad("shorter than its header"))?;
+    if &head[..8] != BLOCKS_MAGIC {
+        return Err(bad("wrong magic"));
+    }
+    let bs = u64::from_be_bytes(head[8..16].try_into().unwrap_or_default());
+    let count = u64::from_be_bytes(head[16..24].try_into().unwrap_or_default());
+    if bs != block_size {
+        return Err(bad(&format!("block size {bs}, the disk's is {block_size}")));
+    }
+    if count.checked_mul(8 + bs).and_then(|b| b.checked_add(24)) != Some(len) {
+        return Err(bad(&format!("{count} blocks do not match its {len} bytes (truncated?)")));
+    }
+    let bs_usize = usize::try_from(bs).map_err(|_| bad("block size"))?;
+    let mut out = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
+    for _ in 0..count {
+        let mut idx = [0u8; 8];
+        r.read_exact(&mut idx).map_err(|_| bad("truncated"))?;
+        let mut data = vec![0u8; bs_usize].into_boxed_slice();
+        r.read_exact(&mut data).map_err(|_| bad("truncated"))?;
+        out.push((u64::from_be_bytes(idx), data));
+    }
+    Ok(out)
+}
+
+/// Loads device state into a QEMU started with `-incoming defer` and waits
+/// until the VM runs.
+pub fn restore(qmp: &mut Qmp, dir: &Path) -> Result<(), String> {
+    let state = dir.join(STATE_FILE);
+    if !state.is_file() {
+        return Err(format!("snapshot {} has no device state file", dir.display()));
+    }
+    qmp.execute("migrate-set-capabilities", json!({ "capabilities": [{ "capability": "x-ignore-shared", "state": true }] }))?;
+    qmp.execute("migrate-incoming", json!({ "uri": format!("exec:cat {}", qmp::shell_path(&state)?) }))?;
+    qmp.wait_migration(MIGRATION_TIMEOUT)?;
+    // The source was stopped for the capture, and its run state travels with
+    // the migration: the restored VM arrives paused until told to go on.
+    qmp.execute("cont", json!({}))?;
+    qmp.wait_running(GUEST_ANSWER)
+}
+
+/// The first frame a restored guest gets: fresh entropy, clock, hostname.
+pub fn resume_frame(restore: &proto::Restore) -> Result<Vec<u8>, String> {
+    let mut entropy = [0u8; 64];
+    getrandom(&mut entropy)?;
+    let hex: String = entropy.iter().map(|b| format!("{b:02x}")).collect();
+    let realtime_us = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_err(|e| e.to_string())?.as_micros();
+    let msg = proto::Resume {
+        restored: true,
+        entropy: Text::truncated(hex),
+        realtime_us: JsU64::new(u64::try_from(realtime_us).unwrap_or(u64::MAX)).ok_or("the host clock is beyond 2^53 µs")?,
+        hostname: Some(restore.hostname.clone()),
+        ca_cert_pem: restore.ca_cert_pem.clone(),
+    };
+    Ok(proto::encode(0, &msg))
+}
+
+fn getrandom(buf: &mut [u8]) -> Result<(), String> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        // SAFETY: getrandom writes at most `len - filled` bytes into the rest of `buf`.
+        let n = unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), buf.len() - filled, 0) };
+        if n < 0 {
+            return Err(format!("getrandom: {}", std::io::Error::last_os_error()));
+        }
+        filled += n as usize;
+    }
+    Ok(())
+}
+
+/// The snapshot file a restore maps as guest RAM, checked against the launch.
+pub fn ram_path(dir: &Path, memory_mib: u32) -> Result<PathBuf, String> {
+    let p = dir.join(RAM_FILE);
+    let len = std::fs::metadata(&p).map_err(|e| format!("snapshot RAM file {}: {e}", p.display()))?.len();
+    if len != u64::from(memory_mib) << 20 {
+        return Err(format!("snapshot RAM file {} holds {len} bytes, the lane has {memory_mib} MiB: boot it with the memory it was taken with", p.display()));
+    }
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_round_trip_and_truncation_is_caught() {
+        let dir = std::env::temp_dir().join(format!("sbx-blocks-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("d.blocks");
+        let blocks = vec![(3u64, vec![7u8; 4096].into_boxed_slice()), (9, vec![1u8; 4096].into_boxed_slice())];
+        assert_eq!(write_blocks(&p, 4096, &blocks).unwrap(), 8192);
+        assert_eq!(read_blocks(&p, 4096).unwrap(), blocks);
+        assert!(read_blocks(&p, 8192).unwrap_err().contains("block size"));
+        let f = File::options().write(true).open(&p).unwrap();
+        f.set_len(24 + 4096).unwrap();
+        assert!(read_blocks(&p, 4096).unwrap_err().contains("truncated"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn ram_copy_keeps_holes() {
+        let dir = std::env::temp_dir().join(format!("sbx-ram-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let src = dir.join("src");
+        let f = File::create(&src).unwrap();
+        f.set_len(4 * RAM_CHUNK as u64).unwrap();
+        f.write_all_at(b"hello", 2 * RAM_CHUNK as u64 + 5).unwrap();
+        let n = copy_ram(&File::open(&src).unwrap(), &dir.join("dst")).unwrap();
+        assert_eq!(n, RAM_CHUNK as u64, "only the chunk with data is written");
+        let copy = std::fs::read(dir.join("dst")).unwrap();
+        assert_eq!(copy.len(), 4 * RAM_CHUNK);
+        assert_eq!(&copy[2 * RAM_CHUNK + 5..2 * RAM_CHUNK + 10], b"hello");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

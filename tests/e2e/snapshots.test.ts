@@ -1,0 +1,198 @@
+import { mkdtempSync, readdirSync, rmSync, truncateSync, cpSync, unlinkSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import {
+  defineSandbox,
+  DirectorySnapshotStore,
+  fs,
+  network,
+  listSavedSnapshots,
+  rootfs,
+  SandboxSnapshotError,
+  type Lane,
+  type SandboxSnapshot,
+} from "../../src/index.js";
+
+// One checkpointed lane serves every test: boots under TCG are the slow part.
+const sandbox = defineSandbox({
+  rootfs: rootfs.ephemeral({ base: rootfs.builtIn("debian:12") }),
+  resources: { cpus: 1, memoryMiB: 512 },
+});
+
+/** The load fixture in its own process, with its own snapshot directory. */
+async function runFixtureWith(store: string, id: string, snapshotDir: string) {
+  const { execFile } = await import("node:child_process");
+  const { fileURLToPath } = await import("node:url");
+  const script = fileURLToPath(new URL("./fixtures/snapshot-load.mjs", import.meta.url));
+  return new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
+    execFile(process.execPath, [script, store, id], { timeout: 300_000, env: { ...process.env, SANDBOX_SNAPSHOT_DIR: snapshotDir } }, (err, stdout, stderr) => {
+      resolve({ code: err ? ((err as { code?: number }).code ?? null) : 0, stdout, stderr });
+    });
+  });
+}
+
+const sh = async (lane: Lane, script: string) => {
+  const r = await lane.exec("sh", ["-c", script]);
+  expect(r.stderr).toBe("");
+  expect(r.exitCode).toBe(0);
+  return r.stdout.trim();
+};
+
+let lane: Lane;
+let snap: SandboxSnapshot;
+let counterAtCheckpoint = 0;
+let checkpointedAt = 0;
+
+beforeAll(async () => {
+  lane = await sandbox.boot({ hostname: "original" });
+  // A tmpfs /tmp, a change on the ephemeral root, a background counter and a Python REPL in a pty.
+  await sh(lane, "mount -t tmpfs tmpfs /tmp && echo hello > /tmp/note && echo on-disk > /root/disk-note");
+  await sh(lane, "nohup sh -c 'i=0; while :; do i=$((i+1)); echo $i > /run/c.tmp; mv /run/c.tmp /run/counter; sleep 0.1; done' >/dev/null 2>&1 &");
+  const repl = lane.pty("python3", ["-q", "-i"]);
+  const w = repl.input.getWriter();
+  // The REPL holds x; a thread of it keeps writing x to /tmp/x, so a restored fork can show the variable is still set.
+  await w.write(new TextEncoder().encode("import threading, time\nx = 41 + 1\n"));
+  await w.write(new TextEncoder().encode("threading.Thread(target=lambda: [(open('/tmp/x', 'w').write(str(x)), time.sleep(0.2)) for _ in iter(int, 1)], daemon=True).start()\n"));
+  void repl.output.pipeTo(new WritableStream());
+  for (let i = 0; i < 100 && (await lane.exec("cat", ["/tmp/x"])).stdout !== "42"; i++) await new Promise((r) => setTimeout(r, 100));
+  counterAtCheckpoint = Number(await sh(lane, "cat /run/counter"));
+  snap = await lane.checkpoint();
+  checkpointedAt = Date.now();
+}, 300_000);
+
+afterAll(async () => {
+  await lane?.close();
+  await snap?.delete();
+});
+
+describe("snapshots on a real VM (qemu)", () => {
+  it("checkpoints a running lane, which keeps running", async () => {
+    expect(counterAtCheckpoint).toBeGreaterThan(0);
+    expect(snap.stats.pausedMs).toBeGreaterThan(0);
+    expect(snap.stats.ramBytes).toBeGreaterThan(16 << 20);
+    const after = Number(await sh(lane, "sleep 0.5; cat /run/counter"));
+    expect(after).toBeGreaterThan(counterAtCheckpoint);
+    expect(await sh(lane, "cat /tmp/note /root/disk-note")).toBe("hello\non-disk");
+  });
+
+  it("restores processes, tmpfs files, root changes and a REPL's variable; sets a fresh hostname", async () => {
+    await using fork = await snap.boot({ hostname: "fork-a" });
+    expect(await sh(fork, "cat /tmp/note /root/disk-note; hostname")).toBe("hello\non-disk\nfork-a");
+    const c1 = Number(await sh(fork, "cat /run/counter"));
+    // Counting on from where it was, not from zero.
+    expect(c1).toBeGreaterThanOrEqual(counterAtCheckpoint);
+    const c2 = Number(await sh(fork, "sleep 1; cat /run/counter"));
+    expect(c2).toBeGreaterThan(c1);
+    // The REPL process (detached from any host handle) still holds x = 42 and rewrites the file.
+    expect(await sh(fork, "rm /tmp/x; sleep 1; cat /tmp/x")).toBe("42");
+    expect(await sh(fork, "pgrep -c python3")).toBe("1");
+  });
+
+  it("10 forks: distinct randomness, private disks", async () => {
+    const forks = await Promise.all(Array.from({ length: 10 }, (_, i) => snap.boot({ hostname: `fork-${i}` })));
+    try {
+      const seen = await Promise.all(forks.map((f) => sh(f, "cat /proc/sys/kernel/random/uuid; head -c16 /dev/urandom | od -An -tx1 | tr -d ' \\n'")));
+      const uuids = seen.map((s) => s.split("\n")[0]);
+      const bytes = seen.map((s) => s.split("\n")[1]);
+      expect(new Set(uuids).size).toBe(10);
+      expect(new Set(bytes).size).toBe(10);
+      await sh(forks[0]!, "echo mine > /root/only-fork-0 && echo mine > /tmp/only-fork-0 && sync");
+      for (const f of forks.slice(1)) expect(await sh(f, "ls /root/only-fork-0 /tmp/only-fork-0 2>/dev/null; true")).toBe("");
+      expect(await sh(lane, "ls /root/only-fork-0 /tmp/only-fork-0 2>/dev/null; true")).toBe("");
+      await using later = await snap.boot();
+      expect(await sh(later, "ls /root/only-fork-0 /tmp/only-fork-0 2>/dev/null; true")).toBe("");
+    } finally {
+      await Promise.all(forks.map((f) => f.close()));
+    }
+  }, 300_000);
+
+  it("saves to a directory store; another Node process with another snapshot dir loads and boots it", async () => {
+    const storeDir = mkdtempSync(join(tmpdir(), "sbx-snapstore-"));
+    try {
+      const store = new DirectorySnapshotStore(storeDir);
+      const id = await snap.save(store, "snap-1");
+      expect(await listSavedSnapshots(store)).toEqual(["snap-1"]);
+      const other = mkdtempSync(join(tmpdir(), "sbx-snapdir-"));
+      const r = await runFixtureWith(storeDir, id, other);
+      expect(r.code, r.stderr).toBe(0);
+      const out = JSON.parse(r.stdout.trim().split("\n").at(-1)!) as { stdout: string; dir: string };
+      expect(out.dir.startsWith(other)).toBe(true);
+      const [note, disk, host, counter] = out.stdout.trim().split("\n");
+      expect([note, disk, host]).toEqual(["hello", "on-disk", "elsewhere"]);
+      expect(Number(counter)).toBeGreaterThanOrEqual(counterAtCheckpoint);
+      rmSync(other, { recursive: true, force: true });
+
+      // A save that died before its manifest is never listed.
+      const half = new DirectorySnapshotStore(join(storeDir, "half"));
+      cpSync(join(storeDir, "snap-1"), join(storeDir, "half", "snap-2"), { recursive: true });
+      unlinkSync(join(storeDir, "half", "snap-2", "manifest.json"));
+      expect(await listSavedSnapshots(half)).toEqual([]);
+      await expect(sandbox.loadSnapshot(half, "snap-2")).rejects.toBeInstanceOf(SandboxSnapshotError);
+
+      // Truncated: a typed error, fast.
+      truncateSync(join(storeDir, "snap-1", "state"), 1000);
+      const t = Date.now();
+      const err = await sandbox.loadSnapshot(store, "snap-1").catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(SandboxSnapshotError);
+      expect(String(err)).toMatch(/truncated|corrupt/);
+      expect(Date.now() - t).toBeLessThan(5000);
+      expect(readdirSync(join(storeDir, "snap-1"))).toContain("manifest.json");
+    } finally {
+      rmSync(storeDir, { recursive: true, force: true });
+    }
+  }, 300_000);
+
+  it("refuses to boot a snapshot into a runtime that differs (typed, before booting)", async () => {
+    const storeDir = mkdtempSync(join(tmpdir(), "sbx-snapstore-"));
+    try {
+      const store = new DirectorySnapshotStore(storeDir);
+      await snap.save(store, "snap-m");
+      const bigger = defineSandbox({ rootfs: rootfs.ephemeral({ base: rootfs.builtIn("debian:12") }), resources: { cpus: 1, memoryMiB: 768 } });
+      const loaded = await bigger.loadSnapshot(store, "snap-m");
+      const err = await loaded.boot().catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(SandboxSnapshotError);
+      expect(String(err)).toContain("memoryMiB");
+      await loaded.delete();
+    } finally {
+      rmSync(storeDir, { recursive: true, force: true });
+    }
+  });
+
+  it("with a network policy: a fork gets a new interception CA installed by init", async () => {
+    const withNet = defineSandbox({
+      rootfs: rootfs.ephemeral({ base: rootfs.builtIn("debian:12") }),
+      resources: { cpus: 1, memoryMiB: 512 },
+      network: network.policy(() => false),
+    });
+    await using original = await withNet.boot();
+    const before = await sh(original, "cat /run/sandbox/ca.crt");
+    const s = await original.checkpoint();
+    try {
+      await using fork = await s.boot();
+      const after = await sh(fork, "cat /run/sandbox/ca.crt");
+      expect(after).toContain("BEGIN CERTIFICATE");
+      expect(after).not.toBe(before);
+      expect(await sh(fork, "grep -c 'BEGIN CERTIFICATE' \"$SSL_CERT_FILE\"")).not.toBe("0");
+    } finally {
+      await s.delete();
+    }
+  }, 120_000);
+
+  it("a lane with an fs.memory mount is refused with a typed error (not yet capturable)", async () => {
+    const withMount = defineSandbox({ rootfs: rootfs.builtIn("debian:12"), resources: { cpus: 1, memoryMiB: 512 } });
+    await using l = await withMount.boot({ mounts: { "/mnt/shared": fs.virtual(fs.memory()) } });
+    await expect(l.checkpoint()).rejects.toBeInstanceOf(SandboxSnapshotError);
+  });
+
+  it("a restore 60 s after the checkpoint has the host's clock", async () => {
+    const wait = checkpointedAt + 60_000 - Date.now();
+    if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+    await using fork = await snap.boot();
+    const before = Date.now();
+    const guest = Number(await sh(fork, "date +%s.%N")) * 1000;
+    const after = Date.now();
+    expect(guest).toBeGreaterThan(before - 1000);
+    expect(guest).toBeLessThan(after + 1000);
+  }, 120_000);
+});
