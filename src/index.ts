@@ -66,6 +66,7 @@ export type {
   DnsMatch,
   DnsAcceptOptions,
   HttpMatch,
+  HttpAcceptOptions,
   HttpHostMatcher,
   TransportMatch,
   SandboxSecrets,
@@ -92,4 +93,5 @@ export type {
   InterceptHandler,
   Secrets,
   SecretsSpec,
+  Redaction,
 } from "./network/http/index.js";

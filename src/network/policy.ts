@@ -11,7 +11,7 @@ import { Endpoint, parseHostPort, unmapIpv4 } from "./endpoint.js";
 import { normalizeHostname } from "./dns-attribution.js";
 
 import type { HttpEvent, HttpMiddleware, InterceptedRequest } from "./http/types.js";
-import { secretPlaceholders, secretsMiddleware, type SecretEvent, type SecretsSpec } from "./http/secrets.js";
+import { secretPlaceholders, secretRedactions, secretsMiddleware, type Redaction, type SecretEvent, type SecretsSpec } from "./http/secrets.js";
 export type { HttpEvent, HttpMiddleware, InterceptedRequest, SecretEvent, SecretsSpec };
 
 /**
@@ -27,6 +27,8 @@ export interface SandboxSecrets {
   readonly hosts: readonly string[];
   /** @internal The substituting middleware, reporting to `onEvent`. */
   middleware(onEvent?: (event: SecretEvent) => void): HttpMiddleware;
+  /** @internal Real value → placeholder, scrubbed from responses. */
+  readonly redactions: readonly Redaction[];
 }
 
 /** How `matchDns().accept(...)` answers a query. */
@@ -50,8 +52,19 @@ export interface DnsMatch {
 export interface HttpMatch {
   /** The hostname an accepted DNS answer tied to the destination address. */
   readonly hostname: string;
-  /** Without middleware: the flow is spliced as is. With middleware: it goes through the HTTP interceptor. Returns true. */
-  accept(middleware?: HttpMiddleware): true;
+  /**
+   * Without middleware: the flow is spliced as is. With middleware: it goes through the
+   * HTTP interceptor. Headers the middleware sets only go out over TLS verified for the
+   * hostname: a plain-HTTP request it changes is refused (403) unless `allowInsecure`.
+   * Returns true.
+   */
+  accept(middleware?: HttpMiddleware, options?: HttpAcceptOptions): true;
+}
+
+/** Options of `matchHttp(...).accept(middleware, options)`. */
+export interface HttpAcceptOptions {
+  /** Let the middleware add or change headers on plain-HTTP requests (clear text upstream). Default false. */
+  allowInsecure?: boolean;
 }
 
 /** A TCP or UDP flow to a given address (`conn.matchTcp` / `conn.matchUdp`). */
@@ -215,6 +228,7 @@ export const network = {
       env,
       hosts,
       middleware: (onEvent?: (event: SecretEvent) => void) => secretsMiddleware(spec, env, onEvent),
+      redactions: Object.freeze(secretRedactions(spec, env)),
     });
   },
 };
@@ -227,7 +241,7 @@ export function isNetworkPolicy(v: unknown): v is NetworkPolicy {
 export type Grant =
   | { kind: "raw" }
   | { kind: "dns"; resolvers: readonly string[] }
-  | { kind: "http"; hostname: string; middleware: HttpMiddleware | undefined };
+  | { kind: "http"; hostname: string; middleware: HttpMiddleware | undefined; allowInsecure: boolean };
 
 export interface DnsQuestion {
   name: string;
@@ -325,11 +339,13 @@ export class PolicyConnection implements SandboxConnection {
     const name = hostname;
     return {
       hostname: name,
-      accept: (middleware?: HttpMiddleware) => {
+      accept: (middleware?: HttpMiddleware, options?: HttpAcceptOptions) => {
         if (middleware !== undefined && typeof middleware !== "function") {
           throw new SandboxConfigError("matchHttp(...).accept(middleware) takes a function (request) => void");
         }
-        return this.#set({ kind: "http", hostname: name, middleware });
+        const allowInsecure = options?.allowInsecure ?? false;
+        if (typeof allowInsecure !== "boolean") throw new SandboxConfigError("matchHttp(...).accept(middleware, { allowInsecure }) takes a boolean");
+        return this.#set({ kind: "http", hostname: name, middleware, allowInsecure });
       },
     };
   }

@@ -45,7 +45,7 @@ describe("connection matching", () => {
     const c = tcp("203.0.113.10", 443, ["api.example.com"]);
     expect(c.matchHttp("api.example.com")!.accept()).toBe(true);
     expect(c.accept()).toBe(true);
-    expect(c.settle()).toEqual({ kind: "http", hostname: "api.example.com", middleware: undefined });
+    expect(c.settle()).toEqual({ kind: "http", hostname: "api.example.com", middleware: undefined, allowInsecure: false });
     const late = tcp("203.0.113.10", 7);
     late.settle();
     late.accept();
@@ -61,7 +61,7 @@ describe("connection matching", () => {
     expect(c.matchHttp(({ hostname }) => hostname.endsWith(".other.net"))?.hostname).toBe("b.other.net");
     const mw = () => {};
     c.matchHttp("a.example.com")!.accept(mw);
-    expect(c.settle()).toEqual({ kind: "http", hostname: "a.example.com", middleware: mw });
+    expect(c.settle()).toEqual({ kind: "http", hostname: "a.example.com", middleware: mw, allowInsecure: false });
   });
 
   it("matchDns exposes the question and needs resolvers", () => {

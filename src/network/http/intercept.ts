@@ -17,6 +17,8 @@ import type { Client } from "undici";
 import type { SandboxCa } from "./ca.js";
 import { LeafCertificates } from "./leaf-certs.js";
 import { normalizeHostname } from "./request.js";
+import { Redactions } from "./scrub.js";
+import type { Redaction } from "./secrets.js";
 import { HttpSession } from "./session.js";
 import type { HttpEvent, InterceptedFlow, InterceptHandler } from "./types.js";
 import { createUpstreamClient, UpstreamTls, type UpstreamOptions } from "./upstream.js";
@@ -31,6 +33,11 @@ export interface HttpInterceptorOptions extends UpstreamOptions {
   middlewareTimeoutMs?: number;
   /** Deadline for the guest's first byte, TLS handshake and first request head. Default 30 s. */
   handshakeTimeoutMs?: number;
+  /**
+   * Values scrubbed from every response (the secrets' real values → placeholders).
+   * Header values a middleware sets are scrubbed too (→ `[redacted]`), without listing them here.
+   */
+  redactions?: readonly Redaction[];
 }
 
 /** Serves intercepted HTTP(S) flows: terminates the guest's TLS with the CA's leaf certificates, checks every request against the trusted hostname, runs the middleware, forwards with verified TLS. */
@@ -54,6 +61,7 @@ export function createHttpInterceptor(options: HttpInterceptorOptions): HttpInte
   const connectTimeoutMs = options.connectTimeoutMs ?? 30_000;
   const middlewareTimeoutMs = options.middlewareTimeoutMs ?? 30_000;
   const handshakeTimeoutMs = options.handshakeTimeoutMs ?? 30_000;
+  const redactions = new Redactions(options.redactions);
   const emit = (event: HttpEvent) => {
     try {
       options.onEvent?.(event);
@@ -95,6 +103,7 @@ export function createHttpInterceptor(options: HttpInterceptorOptions): HttpInte
       middlewareTimeoutMs,
       headTimeoutMs: handshakeTimeoutMs,
       emit,
+      redactions,
       serveTunnel: tunnelled ? undefined : (s) => serve(s, flow, true),
     });
     try {
