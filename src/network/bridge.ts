@@ -12,7 +12,7 @@ import { DnsAttribution } from "./dns-attribution.js";
 import { forwardQuery, parseQuery, parseResolver, servfail, type ResolverAddress } from "./dns-forward.js";
 import { Endpoint, parseIp } from "./endpoint.js";
 import type { InterceptRegistry } from "./intercept-server.js";
-import { PolicyConnection, type Grant, type NetworkEvent, type NetworkPolicy } from "./policy.js";
+import { PolicyConnection, type Grant, type HttpName, type NetworkEvent, type NetworkPolicy } from "./policy.js";
 import { hostAllowed } from "./http/secrets.js";
 import type { HttpMiddleware } from "./http/types.js";
 
@@ -91,6 +91,7 @@ export class NetworkService {
       dst,
       this.attribution.hostnamesFor(dst.ip),
       question ? { name: question.name, type: question.type, transport } : undefined,
+      this.#policy.httpPorts,
     );
     let grant: Grant | undefined;
     try {
@@ -106,17 +107,16 @@ export class NetworkService {
       return;
     }
     if (req.proto === "dns") return this.#dns(id, grant, query!, question!, transport, where, elapsed);
-    const secrets = grant?.kind === "http" ? this.#secretsFor(grant.hostname) : undefined;
-    const own = grant?.kind === "http" ? grant.middleware : undefined;
-    const intercepted = secrets !== undefined || own !== undefined;
-    const verdict = !grant ? "deny" : grant.kind === "raw" ? "accept" : grant.kind === "http" && req.proto === "tcp" ? (intercepted ? "intercept" : "accept") : "deny";
+    // matchHttp(...).accept, with or without middleware, is HTTP enforcement: always the interceptor.
+    const verdict = !grant ? "deny" : grant.kind === "raw" ? "accept" : grant.kind === "http" && req.proto === "tcp" ? "intercept" : "deny";
     if (verdict === "intercept" && grant?.kind === "http") {
       if (!this.#intercepts) {
         this.#reply(id, "deny");
         this.emit({ type: "intercept", ...where, message: "no interceptor socket for this lane; denied" });
         return;
       }
-      this.#intercepts.register(req.flow, { src, dst, hostname: grant.hostname, middleware: own ?? noMiddleware, secrets, allowInsecure: grant.allowInsecure });
+      const name = (n: HttpName) => ({ hostname: n.hostname, middleware: n.middleware ?? noMiddleware, secrets: this.#secretsFor(n.hostname), allowInsecure: n.allowInsecure });
+      this.#intercepts.register(req.flow, { src, dst, ...name(grant), alternatives: grant.others.map(name) });
     }
     this.#reply(id, verdict);
     this.emit({ type: "decision", protocol: req.proto, ...where, verdict, hostname: grant?.kind === "http" ? grant.hostname : undefined, elapsedMs: elapsed() });

@@ -14,6 +14,8 @@ import { ADDR, createNetns, type Netns } from "./netns.js";
 
 const TOKEN = "tok-" + "77c1e0f9b2a64d58";
 const API_KEY = "key-" + "c03d9a11e85f4b27";
+const CDN_A = "cdn-a-" + "5e0f3b9c1d";
+const CDN_B = "cdn-b-" + "a81c44e7f2";
 
 let ns: Netns;
 let dir: string;
@@ -35,7 +37,7 @@ function dechunk(raw: string): string {
 }
 
 const requests = () =>
-  upstreamLog.filter((l) => l.startsWith("{") && !l.includes('"ready"')).map((l) => JSON.parse(l) as { server: string; tls: boolean; method: string; path: string; headers: Record<string, string> });
+  upstreamLog.filter((l) => l.startsWith('{"server"')).map((l) => JSON.parse(l) as { server: string; tls: boolean; method: string; path: string; headers: Record<string, string> });
 
 describe("secrets and middleware credentials stay secret, end to end", () => {
   beforeAll(async () => {
@@ -48,13 +50,21 @@ describe("secrets and middleware credentials stay secret, end to end", () => {
       join(dir, "upstream.json"),
       JSON.stringify({
         dnsIp: ADDR.dns,
-        zone: { "api.test": ADDR.api, "legacy.test": ADDR.api2 },
+        zone: { "api.test": ADDR.api, "legacy.test": ADDR.api2, "cdn-a.test": ADDR.other, "cdn-b.test": ADDR.other, "plain.test": ADDR.other },
+        raw: [[ADDR.other, 2222]],
         inject: { "inject.attacker.test": { cname: "api.test", ip: ADDR.api3 } },
         // The attacker's server even holds a certificate for api.test: only attribution stands in its way.
-        servers: [server("api.test", ADDR.api), server("legacy.test", ADDR.api2), { ...server("api.test", ADDR.api3), label: "attacker" }],
+        servers: [server("api.test", ADDR.api), server("legacy.test", ADDR.api2), { ...server("api.test", ADDR.api3), label: "attacker" },
+          {
+            ...server("cdn-a.test", ADDR.other),
+            label: "cdn",
+            tlsPorts: [443, 8443],
+            alternatives: ["cdn-b.test", "plain.test"].map((name) => ({ name, certPem: ca.issueLeaf(name, key) })),
+          },
+        ],
       }),
     );
-    writeFileSync(join(dir, "lane.json"), JSON.stringify({ dnsIp: ADDR.dns, token: TOKEN, apiKey: API_KEY, caPem: ca.certPem, evilIp: ADDR.api3 }));
+    writeFileSync(join(dir, "lane.json"), JSON.stringify({ dnsIp: ADDR.dns, token: TOKEN, apiKey: API_KEY, caPem: ca.certPem, evilIp: ADDR.api3, cdnA: CDN_A, cdnB: CDN_B }));
     ns = createNetns();
     upstreamLog = (await ns.startNode(ns.inet, "secrets-upstream.mjs", [join(dir, "upstream.json")], (l) => l.includes('"ready"'))).lines;
     const { child, lines } = await ns.startNode(ns.host, "secrets-lane.mjs", [join(dir, "lane.json")], (l) => l.startsWith('{"results"'));
@@ -76,7 +86,7 @@ describe("secrets and middleware credentials stay secret, end to end", () => {
     }
     expect(r.plain80!.stdout).toContain("only sent over TLS verified for api.test");
     expect(r.plainNoSecret!.stdout).toContain("only go out over verified TLS");
-    expect(requests().filter((q) => q.path.startsWith("/plain"))).toEqual([]);
+    expect(requests().filter((q) => q.server === "api.test" && q.path.startsWith("/plain"))).toEqual([]);
     // No server ever saw a real credential over clear text, except the one declared allowInsecure.
     const clear = requests().filter((q) => !q.tls);
     expect(clear.map((q) => q.path)).toEqual(["/legacy"]);
@@ -126,5 +136,29 @@ describe("secrets and middleware credentials stay secret, end to end", () => {
     const toAttacker = events.filter((e) => e.type === "decision" && e.dst?.startsWith(`${ADDR.api3}:`));
     expect(toAttacker.length).toBeGreaterThanOrEqual(2);
     expect(toAttacker.every((e) => e.verdict === "deny")).toBe(true);
+  });
+
+  it("serves several accepted names behind one upstream IP, each with its own middleware (SNI picks)", () => {
+    for (const [name, path] of [["cdnA", "/cdn-a"], ["cdnB", "/cdn-b"]] as const) {
+      expect([name, r[name]!.exitCode, r[name]!.stderr]).toEqual([name, 0, ""]);
+      expect(JSON.parse(r[name]!.stdout)).toMatchObject({ host: `${path.slice(1)}.test`, "x-cdn": "[redacted]" });
+    }
+    const cdn = requests().filter((q) => q.server === "cdn");
+    expect(cdn.find((q) => q.path === "/cdn-a")?.headers).toMatchObject({ host: "cdn-a.test", "x-cdn": CDN_A });
+    expect(cdn.find((q) => q.path === "/cdn-b")?.headers).toMatchObject({ host: "cdn-b.test", "x-cdn": CDN_B });
+    expect(guestBytes).not.toContain(CDN_A);
+    expect(guestBytes).not.toContain(CDN_B);
+  });
+
+  it("matchHttp works on any port (8443 intercepted) and accept() without middleware fails closed on an SSH banner", () => {
+    expect(r.cdnB8443!.exitCode).toBe(0);
+    expect(requests().find((q) => q.path === "/p8443")?.headers).toMatchObject({ host: "cdn-b.test:8443", "x-cdn": CDN_B });
+    // No middleware: HTTPS still works (through the interceptor), unchanged.
+    expect(r.plainTls!.stdout).toBe("200");
+    expect(requests().find((q) => q.path === "/plain-tls")?.headers["x-cdn"]).toBeUndefined();
+    // The SSH banner: closed without a byte from upstream, and the upstream never saw it.
+    expect(r.ssh!.stdout.trim()).toBe("b''");
+    expect(upstreamLog.filter((l) => l.includes('"raw"'))).toEqual([]);
+    expect(events.some((e) => e.type === "http.protocol-error" && e.reason === "not-http")).toBe(true);
   });
 });

@@ -30,6 +30,19 @@ export interface InterceptedFlow {
    * middleware adds is usually a credential and plain HTTP has no verified upstream.
    */
   readonly allowInsecure?: boolean;
+  /**
+   * Further accepted names of the same destination (a shared CDN address): the TLS SNI,
+   * or the first request's Host for plain HTTP, picks one of these instead of `hostname`.
+   */
+  readonly alternatives?: readonly HttpFlowName[];
+}
+
+/** One accepted name of an intercepted flow with what applies to it. */
+export interface HttpFlowName {
+  readonly hostname: string;
+  readonly middleware: HttpMiddleware;
+  readonly secrets?: HttpMiddleware;
+  readonly allowInsecure?: boolean;
 }
 
 /** Serves one intercepted flow; resolves once the flow is finished (never rejects). */
