@@ -71,6 +71,7 @@ export type {
   DnsMatch,
   DnsAcceptOptions,
   HttpMatch,
+  HttpAcceptOptions,
   HttpHostMatcher,
   TransportMatch,
   SandboxSecrets,
@@ -97,4 +98,5 @@ export type {
   InterceptHandler,
   Secrets,
   SecretsSpec,
+  Redaction,
 } from "./network/http/index.js";

@@ -134,7 +134,7 @@ export async function bootLane(
     let network: NetworkService | undefined;
     // With a policy, HTTP interception is ready for matchHttp(...).accept(middleware):
     // the CA is generated now (overlapping the VM's boot) and its certificate goes to init.
-    interception = policy ? startInterception({ upstreamCa: policy.upstreamCa, onEvent: (e) => network?.emit(e) }) : undefined;
+    interception = policy ? startInterception({ upstreamCa: policy.upstreamCa, redactions: policy.secrets?.redactions, onEvent: (e) => network?.emit(e) }) : undefined;
     const caCertPem = plan.caCertPem ?? interception?.ca.then((c) => c.certPem) ?? Promise.resolve(undefined);
     caCertPem.catch(() => {});
     if (policy) {

@@ -12,8 +12,8 @@ import { DnsAttribution } from "./dns-attribution.js";
 import { forwardQuery, parseQuery, parseResolver, servfail, type ResolverAddress } from "./dns-forward.js";
 import { Endpoint, parseIp } from "./endpoint.js";
 import type { InterceptRegistry } from "./intercept-server.js";
-import { PolicyConnection, type Grant, type NetworkEvent, type NetworkPolicy } from "./policy.js";
-import { composeMiddleware, hostAllowed } from "./http/secrets.js";
+import { PolicyConnection, type Grant, type HttpName, type NetworkEvent, type NetworkPolicy } from "./policy.js";
+import { hostAllowed } from "./http/secrets.js";
 import type { HttpMiddleware } from "./http/types.js";
 
 /** The guest's resolver address (`/etc/resolv.conf`); DNS "to" it has no real destination. */
@@ -25,6 +25,8 @@ export function helperDeadlineMs(p: NetworkPolicy): number {
 }
 
 class PolicyTimeout extends Error {}
+
+const noMiddleware: HttpMiddleware = () => {};
 
 export class NetworkService {
   readonly attribution = new DnsAttribution();
@@ -89,6 +91,7 @@ export class NetworkService {
       dst,
       this.attribution.hostnamesFor(dst.ip),
       question ? { name: question.name, type: question.type, transport } : undefined,
+      this.#policy.httpPorts,
     );
     let grant: Grant | undefined;
     try {
@@ -104,26 +107,27 @@ export class NetworkService {
       return;
     }
     if (req.proto === "dns") return this.#dns(id, grant, query!, question!, transport, where, elapsed);
-    const middleware = grant?.kind === "http" ? this.#httpMiddleware(grant.hostname, grant.middleware) : undefined;
-    const verdict = !grant ? "deny" : grant.kind === "raw" ? "accept" : grant.kind === "http" && req.proto === "tcp" ? (middleware ? "intercept" : "accept") : "deny";
+    // matchHttp(...).accept, with or without middleware, is HTTP enforcement: always the interceptor.
+    const verdict = !grant ? "deny" : grant.kind === "raw" ? "accept" : grant.kind === "http" && req.proto === "tcp" ? "intercept" : "deny";
     if (verdict === "intercept" && grant?.kind === "http") {
       if (!this.#intercepts) {
         this.#reply(id, "deny");
         this.emit({ type: "intercept", ...where, message: "no interceptor socket for this lane; denied" });
         return;
       }
-      this.#intercepts.register(req.flow, { src, dst, hostname: grant.hostname, middleware: middleware! });
+      const name = (n: HttpName) => ({ hostname: n.hostname, middleware: n.middleware ?? noMiddleware, secrets: this.#secretsFor(n.hostname), allowInsecure: n.allowInsecure });
+      this.#intercepts.register(req.flow, { src, dst, ...name(grant), alternatives: grant.others.map(name) });
     }
     this.#reply(id, verdict);
     this.emit({ type: "decision", protocol: req.proto, ...where, verdict, hostname: grant?.kind === "http" ? grant.hostname : undefined, elapsedMs: elapsed() });
   }
 
-  /** The policy's middleware, preceded by the secrets substitution when the host may receive a secret. */
-  #httpMiddleware(hostname: string, own: HttpMiddleware | undefined): HttpMiddleware | undefined {
+  /** The secrets substitution, when the host may receive a secret (it runs before the policy's middleware). */
+  #secretsFor(hostname: string): HttpMiddleware | undefined {
     const secrets = this.#policy.secrets;
-    if (!secrets || !hostAllowed(hostname, secrets.hosts)) return own;
+    if (!secrets || !hostAllowed(hostname, secrets.hosts)) return undefined;
     this.#secretsMiddleware ??= secrets.middleware((e) => this.emit(e));
-    return composeMiddleware(this.#secretsMiddleware, own);
+    return this.#secretsMiddleware;
   }
 
   /** Runs the callback; resolves with the grant when it settles, rejects on throw or deadline. */
@@ -210,7 +214,9 @@ export class NetworkService {
     }
     if (trusted && answered.addresses.length) {
       try {
-        this.attribution.record(question.name, answered.addresses, answered.cnames);
+        // Only the question name: a CNAME is a claim by the queried name's own zone, so its
+        // target (say api.allowed.test under inject.attacker.test) gains no attribution.
+        this.attribution.record(question.name, answered.addresses);
       } catch {
         // A record the cache refuses (odd TTL, odd name) only means less attribution.
       }

@@ -47,7 +47,7 @@ export interface Answered {
   answer: Buffer;
   resolver: string;
   rcode: string;
-  /** A/AAAA records reached from the question (CNAME chain followed). */
+  /** A/AAAA records of the name the question's CNAME chain ends at (the question name itself without CNAMEs). */
   addresses: { ip: string; ttlSeconds: number }[];
   cnames: string[];
 }
@@ -64,33 +64,40 @@ function matches(query: ParsedQuery, answer: Buffer): dnsPacket.Packet | undefin
   }
 }
 
-function summarize(query: ParsedQuery, p: dnsPacket.Packet, answer: Buffer, resolver: string): Answered {
+/** Longer CNAME chains are not followed (resolvers give up around 8-16 hops too). */
+const MAX_CNAME_HOPS = 16;
+
+/** Reads an answer matched to `query`: rcode, and the addresses its CNAME chain (walked strictly from the question) ends at. */
+export function summarize(query: ParsedQuery, p: dnsPacket.Packet, answer: Buffer, resolver: string): Answered {
   const rcode = String((p as { rcode?: string }).rcode ?? "NOERROR");
   const addresses: Answered["addresses"] = [];
   const cnames: string[] = [];
   if (rcode === "NOERROR") {
-    // Follow the chain from the queried name only: unrelated records in the
-    // answer section attribute nothing.
-    const names = new Set([query.name]);
+    // Walk the chain from the queried name only, one record at a time: each CNAME
+    // must be the only one owned by the current name, and addresses count only
+    // for the name the chain ends at. Unrelated and out-of-chain records, and a
+    // branching or looping chain, attribute nothing.
     const answers = (p.answers ?? []) as dnsPacket.Answer[];
-    for (let changed = true; changed; ) {
-      changed = false;
-      for (const a of answers) {
-        const owner = a.name.toLowerCase().replace(/\.$/, "");
-        if (a.type === "CNAME" && names.has(owner)) {
-          const target = String(a.data).toLowerCase().replace(/\.$/, "");
-          if (!names.has(target)) {
-            names.add(target);
-            cnames.push(target);
-            changed = true;
-          }
-        }
+    const owner = (a: dnsPacket.Answer) => a.name.toLowerCase().replace(/\.$/, "");
+    let current = query.name;
+    const seen = new Set([current]);
+    let valid = true;
+    for (let hops = 0; valid; hops++) {
+      const next = answers.filter((a) => a.type === "CNAME" && owner(a) === current);
+      if (next.length === 0) break;
+      const target = next.length === 1 ? String((next[0] as { data?: unknown }).data).toLowerCase().replace(/\.$/, "") : "";
+      if (next.length > 1 || hops >= MAX_CNAME_HOPS || seen.has(target)) valid = false;
+      else {
+        seen.add(target);
+        cnames.push(target);
+        current = target;
       }
     }
-    for (const a of answers) {
-      const owner = a.name.toLowerCase().replace(/\.$/, "");
-      if ((a.type === "A" || a.type === "AAAA") && names.has(owner) && typeof a.data === "string") {
-        addresses.push({ ip: a.data, ttlSeconds: a.ttl ?? 0 });
+    if (valid) {
+      for (const a of answers) {
+        if ((a.type === "A" || a.type === "AAAA") && owner(a) === current && typeof a.data === "string") {
+          addresses.push({ ip: a.data, ttlSeconds: a.ttl ?? 0 });
+        }
       }
     }
   }

@@ -11,7 +11,7 @@ import { Endpoint, parseHostPort, unmapIpv4 } from "./endpoint.js";
 import { normalizeHostname } from "./dns-attribution.js";
 
 import type { HttpEvent, HttpMiddleware, InterceptedRequest } from "./http/types.js";
-import { secretPlaceholders, secretsMiddleware, type SecretEvent, type SecretsSpec } from "./http/secrets.js";
+import { secretPlaceholders, secretRedactions, secretsMiddleware, type Redaction, type SecretEvent, type SecretsSpec } from "./http/secrets.js";
 export type { HttpEvent, HttpMiddleware, InterceptedRequest, SecretEvent, SecretsSpec };
 
 /**
@@ -27,6 +27,8 @@ export interface SandboxSecrets {
   readonly hosts: readonly string[];
   /** @internal The substituting middleware, reporting to `onEvent`. */
   middleware(onEvent?: (event: SecretEvent) => void): HttpMiddleware;
+  /** @internal Real value → placeholder, scrubbed from responses. */
+  readonly redactions: readonly Redaction[];
 }
 
 /** How `matchDns().accept(...)` answers a query. */
@@ -50,8 +52,22 @@ export interface DnsMatch {
 export interface HttpMatch {
   /** The hostname an accepted DNS answer tied to the destination address. */
   readonly hostname: string;
-  /** Without middleware: the flow is spliced as is. With middleware: it goes through the HTTP interceptor. Returns true. */
-  accept(middleware?: HttpMiddleware): true;
+  /**
+   * Enters the HTTP enforcement path (the interceptor): every request is parsed and its
+   * Host/SNI checked against the hostname, and a flow that is not HTTP(S) is closed. With
+   * middleware, it runs on each request; without, requests go upstream unchanged. When
+   * several `matchHttp` names of the destination are accepted, the flow's SNI (or first
+   * Host) picks which one (and whose middleware) applies. Headers the middleware sets only go out over TLS verified for the
+   * hostname: a plain-HTTP request it changes is refused (403) unless `allowInsecure`.
+   * Returns true.
+   */
+  accept(middleware?: HttpMiddleware, options?: HttpAcceptOptions): true;
+}
+
+/** Options of `matchHttp(...).accept(middleware, options)`. */
+export interface HttpAcceptOptions {
+  /** Let the middleware add or change headers on plain-HTTP requests (clear text upstream). Default false. */
+  allowInsecure?: boolean;
 }
 
 /** A TCP or UDP flow to a given address (`conn.matchTcp` / `conn.matchUdp`). */
@@ -125,6 +141,11 @@ export interface NetworkPolicyOptions {
   allowProtected?: readonly string[];
   /** Per upstream resolver attempt. Default 3000 ms. */
   dnsTimeoutMs?: number;
+  /**
+   * Ports `matchHttp` matches on. Default: any port (TLS or plain HTTP is told by the
+   * flow's first bytes, not the port).
+   */
+  httpPorts?: readonly number[];
   /** Audit hook: every verdict, callback failure, stack-level denial and intercepted HTTP request. Must not throw. */
   onEvent?: (event: NetworkEvent) => void;
   /**
@@ -151,6 +172,8 @@ export interface NetworkPolicy {
   readonly allowProtected: readonly string[];
   readonly allowProtectedCidrs: readonly Cidr[];
   readonly dnsTimeoutMs: number;
+  /** Ports `matchHttp` matches on; undefined: any. */
+  readonly httpPorts: readonly number[] | undefined;
   readonly onEvent: ((event: NetworkEvent) => void) | undefined;
   readonly upstreamCa: string | readonly string[] | undefined;
   readonly secrets: SandboxSecrets | undefined;
@@ -189,6 +212,10 @@ export const network = {
     if (caList === null || caList.some((c) => typeof c !== "string" || !c.includes("-----BEGIN CERTIFICATE-----"))) {
       throw new SandboxConfigError("network.policy option upstreamCa must be a PEM certificate string or an array of them");
     }
+    const httpPorts = options.httpPorts === undefined ? undefined : [...options.httpPorts];
+    if (httpPorts !== undefined && (httpPorts.length === 0 || !httpPorts.every((p) => Number.isInteger(p) && p >= 1 && p <= 65535))) {
+      throw new SandboxConfigError("network.policy option httpPorts must be a non-empty list of ports (1-65535), e.g. [80, 443, 8443]");
+    }
     if (options.secrets !== undefined && (options.secrets as SandboxSecrets | null)?.kind !== "secrets") {
       throw new SandboxConfigError("network.policy option secrets must come from network.secrets({ NAME: { value, hosts } })");
     }
@@ -200,6 +227,7 @@ export const network = {
       allowProtected,
       allowProtectedCidrs: cidrs,
       dnsTimeoutMs: positiveInt("dnsTimeoutMs", options.dnsTimeoutMs, 3000, 60_000),
+      httpPorts: httpPorts && Object.freeze(httpPorts),
       onEvent: options.onEvent,
       upstreamCa,
       secrets: options.secrets,
@@ -215,6 +243,7 @@ export const network = {
       env,
       hosts,
       middleware: (onEvent?: (event: SecretEvent) => void) => secretsMiddleware(spec, env, onEvent),
+      redactions: Object.freeze(secretRedactions(spec, env)),
     });
   },
 };
@@ -227,7 +256,14 @@ export function isNetworkPolicy(v: unknown): v is NetworkPolicy {
 export type Grant =
   | { kind: "raw" }
   | { kind: "dns"; resolvers: readonly string[] }
-  | { kind: "http"; hostname: string; middleware: HttpMiddleware | undefined };
+  | ({ kind: "http"; others: HttpName[] } & HttpName);
+
+/** One hostname the callback accepted for an HTTP flow, with its middleware. */
+export interface HttpName {
+  hostname: string;
+  middleware: HttpMiddleware | undefined;
+  allowInsecure: boolean;
+}
 
 export interface DnsQuestion {
   name: string;
@@ -252,16 +288,18 @@ export class PolicyConnection implements SandboxConnection {
   readonly dst: Endpoint;
   readonly hostnames: readonly string[];
   readonly #dns: DnsQuestion | undefined;
+  readonly #httpPorts: readonly number[] | undefined;
   #grant: Grant | undefined;
   #open = true;
 
-  constructor(protocol: "tcp" | "udp", src: Endpoint, dst: Endpoint, hostnames: readonly string[], dns?: DnsQuestion) {
+  constructor(protocol: "tcp" | "udp", src: Endpoint, dst: Endpoint, hostnames: readonly string[], dns?: DnsQuestion, httpPorts?: readonly number[]) {
     this.protocol = protocol;
     // The guest's addresses are IPv4 on the wire; the classifiers see the same either way.
     this.src = src;
     this.dst = dst;
     this.hostnames = Object.freeze([...hostnames]);
     this.#dns = dns;
+    this.#httpPorts = httpPorts;
   }
 
   get grant(): Grant | undefined {
@@ -274,8 +312,13 @@ export class PolicyConnection implements SandboxConnection {
   }
 
   #set(g: Grant): true {
-    // The first grant stands; later ones (or ones after the verdict) are ignored.
-    if (this.#open && this.#grant === undefined) this.#grant = g;
+    // The first grant stands; later ones (or ones after the verdict) are ignored, except
+    // that further HTTP names on the same address are kept: the flow's SNI/Host picks one.
+    if (!this.#open) return true;
+    if (this.#grant === undefined) this.#grant = g;
+    else if (this.#grant.kind === "http" && g.kind === "http" && g.hostname !== this.#grant.hostname && !this.#grant.others.some((o) => o.hostname === g.hostname)) {
+      this.#grant.others.push({ hostname: g.hostname, middleware: g.middleware, allowInsecure: g.allowInsecure });
+    }
     return true;
   }
 
@@ -311,7 +354,7 @@ export class PolicyConnection implements SandboxConnection {
   }
 
   matchHttp(host: HttpHostMatcher): HttpMatch | null {
-    if (this.protocol !== "tcp" || this.#dns || (this.dst.port !== 80 && this.dst.port !== 443)) return null;
+    if (this.protocol !== "tcp" || this.#dns || (this.#httpPorts !== undefined && !this.#httpPorts.includes(this.dst.port))) return null;
     let hostname: string | undefined;
     if (typeof host === "string") {
       const want = normalizeHostname(host);
@@ -325,11 +368,13 @@ export class PolicyConnection implements SandboxConnection {
     const name = hostname;
     return {
       hostname: name,
-      accept: (middleware?: HttpMiddleware) => {
+      accept: (middleware?: HttpMiddleware, options?: HttpAcceptOptions) => {
         if (middleware !== undefined && typeof middleware !== "function") {
           throw new SandboxConfigError("matchHttp(...).accept(middleware) takes a function (request) => void");
         }
-        return this.#set({ kind: "http", hostname: name, middleware });
+        const allowInsecure = options?.allowInsecure ?? false;
+        if (typeof allowInsecure !== "boolean") throw new SandboxConfigError("matchHttp(...).accept(middleware, { allowInsecure }) takes a boolean");
+        return this.#set({ kind: "http", hostname: name, middleware, allowInsecure, others: [] });
       },
     };
   }

@@ -53,12 +53,15 @@ describe("HTTP(S) interception and credential injection, end to end", () => {
     const byPath = (path: string) => requests().filter((q) => q.path === path);
 
     // Real clients in the guest reach the allowed host, through the interceptor, with the credential added on the host.
-    for (const [name, path] of [["curl", "/curl"], ["python", "/python"], ["node", "/node"], ["plainHttp", "/plain"]] as const) {
+    for (const [name, path] of [["curl", "/curl"], ["python", "/python"], ["node", "/node"]] as const) {
       expect([name, r[name].exitCode, r[name].stderr]).toEqual([name, 0, ""]);
       expect(JSON.parse(r[name].stdout)).toEqual({ server: "api.test", path, authorized: true });
       expect(byPath(path)).toMatchObject([{ server: "api.test", host: "api.test", authorization: `Bearer ${TOKEN}` }]);
     }
     expect(r.git).toMatchObject({ exitCode: 0, stdout: "cloned through the interceptor" });
+    // Plain HTTP: the middleware's credential would travel in clear text, so the request is refused.
+    expect(r.plainHttp.stdout).toContain("only go out over verified TLS");
+    expect(byPath("/plain")).toEqual([]);
     expect(requests().filter((q) => q.path.startsWith("/repo.git/")).every((q) => q.authorization === `Bearer ${TOKEN}`)).toBe(true);
 
     // Another allowed host, accepted without middleware: reached, no credential.
@@ -95,7 +98,7 @@ describe("HTTP(S) interception and credential injection, end to end", () => {
 
     // The host heard about the denials.
     const denied = events.filter((e: any) => e.type === "http.denied").map((e: any) => e.reason);
-    expect(denied).toEqual(expect.arrayContaining(["host-mismatch", "sni-mismatch"]));
+    expect(denied).toEqual(expect.arrayContaining(["host-mismatch", "sni-mismatch", "insecure-transport"]));
     expect(events.some((e: any) => e.type === "decision" && e.verdict === "deny" && e.dst?.startsWith(ADDR.api3))).toBe(true);
   }, 600_000);
 

@@ -70,6 +70,21 @@ describe("network policy, end to end in network namespaces", () => {
     expect(r.events.some((e: any) => e.type === "decision" && e.protocol === "dns" && e.verdict === "deny" && e.dns?.name === "denied.test")).toBe(true);
   });
 
+  it("keeps the host unreachable: allowProtected covering its address, an address added after boot, DNS to it", async () => {
+    const r = await runScenario("host");
+    expect(r.probe.tcp_host_addr).toBe("refused");
+    expect(r.probe.tcp_new_addr).toBe("refused");
+    expect(r.probe.dns_host_addr).toEqual({ rcode: 5, answers: 0 });
+    // Nothing on the host heard from the guest.
+    expect(r.hostLog).toEqual([]);
+    // allowProtected does open the rest of the range (not the host): refused there only by the absent listener, after the policy.
+    expect(r.events.some((e: any) => e.type === "decision" && e.dst === "10.77.0.2:7" && e.verdict === "accept")).toBe(true);
+    for (const dst of ["198.51.100.1:7", "10.77.0.1:7"]) {
+      expect([dst, r.events.some((e: any) => e.type === "decision" && e.dst === dst)]).toEqual([dst, false]);
+      expect([dst, r.events.some((e: any) => e.type === "stack" && e.dst === dst)]).toEqual([dst, true]);
+    }
+  }, 600_000);
+
   it("a policy that only allows DNS leaks nothing else", async () => {
     const r = await runScenario("dns-only");
     expect(r.probe).toEqual({

@@ -89,7 +89,7 @@ export interface Guest {
 export async function startGuestSide(
   upstreamPort: number,
   middleware: HttpMiddleware,
-  options: Partial<HttpInterceptorOptions> & { hostname?: string; trustUpstreamCa?: boolean } = {},
+  options: Partial<HttpInterceptorOptions> & { hostname?: string; trustUpstreamCa?: boolean; allowInsecure?: boolean; secrets?: HttpMiddleware } = {},
 ): Promise<Guest> {
   const c = await certificates();
   const events: HttpEvent[] = [];
@@ -105,6 +105,8 @@ export async function startGuestSide(
       dst: { ip: "127.0.0.1", port: upstreamPort },
       hostname: options.hostname ?? HOST,
       middleware,
+      secrets: options.secrets,
+      allowInsecure: options.allowInsecure,
     });
   });
   server.listen(upstreamPort, GUEST_IP);

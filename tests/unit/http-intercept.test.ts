@@ -172,8 +172,8 @@ describe("HTTP interceptor", () => {
     expect(seen).toHaveLength(0);
   });
 
-  it("intercepts plain HTTP the same way", async () => {
-    const { seen, guest } = await setup(inject, { tls: false });
+  it("intercepts plain HTTP the same way when the middleware may add headers in clear text", async () => {
+    const { seen, guest } = await setup(inject, { tls: false, allowInsecure: true });
     const s = await rawConnect(guest.port, { plain: true });
     s.write(get("/plain", `${HOST}:${guest.port}`));
     const { text } = await readUntil(s, completeResponse);
@@ -321,8 +321,30 @@ describe("HTTP interceptor", () => {
     expect(guest.events).toMatchObject([{ type: "http.protocol-error", reason: "idle" }]);
   });
 
-  it("serves HTTP/1.0 clients (close-delimited, Host optional)", async () => {
+  it("refuses a plain-HTTP request the middleware adds a credential to (403, nothing upstream)", async () => {
     const { seen, guest } = await setup(inject, { tls: false });
+    const s = await rawConnect(guest.port, { plain: true });
+    s.write(get("/plain", `${HOST}:${guest.port}`));
+    const { text } = await readUntil(s, completeResponse);
+    expect(text).toMatch(/^HTTP\/1\.1 403 /);
+    expect(text).toContain("only go out over verified TLS");
+    expect(seen).toHaveLength(0);
+    expect(guest.events).toMatchObject([{ type: "http.denied", reason: "insecure-transport" }]);
+    s.destroy();
+  });
+
+  it("refuses TRACE on intercepted connections", async () => {
+    const { seen, guest } = await setup();
+    const s = await rawConnect(guest.port);
+    s.write(`TRACE /t HTTP/1.1\r\nHost: ${HOST}:${guest.port}\r\n\r\n`);
+    const { text } = await readUntil(s, completeResponse);
+    expect(text).toMatch(/^HTTP\/1\.1 405 /);
+    expect(seen).toHaveLength(0);
+    expect(guest.events).toMatchObject([{ type: "http.denied", reason: "method-refused" }]);
+  });
+
+  it("serves HTTP/1.0 clients (close-delimited, Host optional)", async () => {
+    const { seen, guest } = await setup(inject, { tls: false, allowInsecure: true });
     const s = await rawConnect(guest.port, { plain: true });
     s.write("GET /old HTTP/1.0\r\n\r\n");
     const { text, closed } = await readUntil(s);

@@ -5,7 +5,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { HttpHeaders } from "../../src/network/http/headers.js";
-import { composeMiddleware, createSecrets, hostAllowed, secretsMiddleware, type SecretEvent } from "../../src/network/http/secrets.js";
+import { composeMiddleware, createSecrets, hostAllowed, InsecureTransportError, secretsMiddleware, type SecretEvent } from "../../src/network/http/secrets.js";
 import type { InterceptedRequest } from "../../src/network/http/types.js";
 import { completeResponse, HOST, rawConnect, readBody, readUntil, startGuestSide, startUpstream, type Guest, type Upstream } from "./http-harness.js";
 
@@ -72,6 +72,24 @@ describe("secrets", () => {
       ["secret.substituted", "api.test", "Proxy-Thing"],
       ["secret.withheld", "other.test", "Authorization"],
     ]);
+  });
+
+  it("refuses to put a secret on a plain-HTTP request unless the host is allowInsecure", async () => {
+    const events: SecretEvent[] = [];
+    const spec = { T: { value: "real-value", hosts: ["api.test", "legacy.test"], allowInsecure: ["legacy.test"] } };
+    const { env } = createSecrets(spec);
+    const mw = secretsMiddleware(spec, env, (e) => events.push(e));
+    const plain = { ...req("api.test", [["authorization", `Bearer ${env.T}`]]), protocol: "http:" as const };
+    await expect(Promise.resolve().then(() => mw(plain))).rejects.toBeInstanceOf(InsecureTransportError);
+    expect(plain.headers.get("authorization")).toBe(`Bearer ${env.T}`);
+    const legacy = { ...req("legacy.test", [["authorization", `Bearer ${env.T}`]]), protocol: "http:" as const };
+    await mw(legacy);
+    expect(legacy.headers.get("authorization")).toBe("Bearer real-value");
+    // A placeholder to a host that may not receive it is not a secret leak: it goes out unchanged.
+    const other = { ...req("other.test", [["authorization", `Bearer ${env.T}`]]), protocol: "http:" as const };
+    await mw(other);
+    expect(events.map((e) => e.type)).toEqual(["secret.refused", "secret.substituted", "secret.withheld"]);
+    expect(() => createSecrets({ T: { value: "v", hosts: ["a.test"], allowInsecure: "a.test" as never } })).toThrow(/allowInsecure/);
   });
 
   it("composes with a policy middleware", async () => {

@@ -45,23 +45,33 @@ describe("connection matching", () => {
     const c = tcp("203.0.113.10", 443, ["api.example.com"]);
     expect(c.matchHttp("api.example.com")!.accept()).toBe(true);
     expect(c.accept()).toBe(true);
-    expect(c.settle()).toEqual({ kind: "http", hostname: "api.example.com", middleware: undefined });
+    expect(c.settle()).toEqual({ kind: "http", hostname: "api.example.com", middleware: undefined, allowInsecure: false, others: [] });
     const late = tcp("203.0.113.10", 7);
     late.settle();
     late.accept();
     expect(late.grant).toBeUndefined();
   });
 
-  it("matchHttp needs port 80/443 and a trusted hostname; predicates see each candidate", () => {
+  it("matchHttp needs a trusted hostname, on any port unless httpPorts restricts them; predicates see each candidate", () => {
     expect(tcp("203.0.113.10", 443).matchHttp("api.example.com")).toBeNull();
-    expect(tcp("203.0.113.10", 8443, ["api.example.com"]).matchHttp("api.example.com")).toBeNull();
+    expect(tcp("203.0.113.10", 8443, ["api.example.com"]).matchHttp("api.example.com")?.hostname).toBe("api.example.com");
+    const restricted = new PolicyConnection("tcp", src, new Endpoint("203.0.113.10", 8443), ["api.example.com"], undefined, [443]);
+    expect(restricted.matchHttp("api.example.com")).toBeNull();
+    // Several accepted names of one address are all kept: the flow's SNI/Host picks one.
+    const shared = tcp("203.0.113.10", 443, ["a.cdn.test", "b.cdn.test"]);
+    const mwA = () => {};
+    const mwB = () => {};
+    shared.matchHttp("a.cdn.test")!.accept(mwA);
+    shared.matchHttp("b.cdn.test")!.accept(mwB);
+    shared.matchHttp("a.cdn.test")!.accept();
+    expect(shared.settle()).toEqual({ kind: "http", hostname: "a.cdn.test", middleware: mwA, allowInsecure: false, others: [{ hostname: "b.cdn.test", middleware: mwB, allowInsecure: false }] });
     const c = tcp("203.0.113.10", 80, ["a.example.com", "b.other.net"]);
     expect(c.matchHttp("API.Example.com.")).toBeNull();
     expect(c.matchHttp("A.EXAMPLE.COM")?.hostname).toBe("a.example.com");
     expect(c.matchHttp(({ hostname }) => hostname.endsWith(".other.net"))?.hostname).toBe("b.other.net");
     const mw = () => {};
     c.matchHttp("a.example.com")!.accept(mw);
-    expect(c.settle()).toEqual({ kind: "http", hostname: "a.example.com", middleware: mw });
+    expect(c.settle()).toEqual({ kind: "http", hostname: "a.example.com", middleware: mw, allowInsecure: false, others: [] });
   });
 
   it("matchDns exposes the question and needs resolvers", () => {

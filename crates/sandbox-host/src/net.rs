@@ -142,7 +142,7 @@ pub fn config(n: &NetLaunch) -> Result<NetConfig, HostError> {
         policy_deadline: Duration::from_millis(n.policy_deadline_ms.get()),
         max_flows: n.max_flows.get() as usize,
         allow_protected,
-        host_addrs: host_addresses(),
+        host_addrs: live_host_addresses(),
         intercept_socket: n.intercept_socket.as_ref().map(PathBuf::from),
         ..NetConfig::default()
     })
@@ -236,6 +236,73 @@ fn audit_of(ev: &NetEvent) -> Option<NetAudit> {
     })
 }
 
+/// The host's own addresses, tracked live: a netlink socket subscribed to address
+/// changes is drained at every check, and any notification (or a lost one, ENOBUFS)
+/// makes the list be read again. The kernel queues the notification before the
+/// address-adding call returns, so an address is refused from the moment it exists.
+/// Without netlink (or if it cannot be opened) the list is read at every check.
+fn live_host_addresses() -> sandbox_net::HostAddrs {
+    let watch = AddrWatch::open();
+    let state = std::sync::Mutex::new(std::sync::Arc::new(host_addresses()));
+    sandbox_net::HostAddrs::live(move || {
+        let mut cached = state.lock().unwrap_or_else(|p| p.into_inner());
+        if watch.as_ref().is_none_or(AddrWatch::changed) {
+            *cached = std::sync::Arc::new(host_addresses());
+        }
+        cached.clone()
+    })
+}
+
+/// A NETLINK_ROUTE socket subscribed to IPv4/IPv6 address events.
+struct AddrWatch(std::os::fd::OwnedFd);
+
+impl AddrWatch {
+    #[cfg(target_os = "linux")]
+    #[allow(clippy::cast_possible_truncation)] // AF_NETLINK and sizeof(sockaddr_nl) are small constants
+    fn open() -> Option<Self> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: plain socket(2); the fd is owned from here on.
+        let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: fd is a fresh socket nobody else owns.
+        let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        // SAFETY: an all-zero sockaddr_nl is valid; we set family and groups.
+        let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        sa.nl_groups = (libc::RTMGRP_IPV4_IFADDR | libc::RTMGRP_IPV6_IFADDR) as u32;
+        // SAFETY: sa is a valid sockaddr_nl of the given size.
+        let rc = unsafe { libc::bind(fd, (&sa as *const libc::sockaddr_nl).cast(), std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t) };
+        (rc == 0).then_some(Self(owned))
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn open() -> Option<Self> {
+        None
+    }
+
+    /// Drains pending notifications; true if there were any (or some were lost).
+    fn changed(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        let mut buf = [0u8; 8192];
+        let mut any = false;
+        loop {
+            // SAFETY: buf is valid for its length; non-blocking socket.
+            let n = unsafe { libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+            if n > 0 {
+                any = true;
+                continue;
+            }
+            if n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN) {
+                return any;
+            }
+            // ENOBUFS (notifications lost) or anything else: assume a change.
+            return true;
+        }
+    }
+}
+
 /// The host's own addresses: a guest must not reach the host through them.
 fn host_addresses() -> Vec<IpAddr> {
     let mut out = Vec::new();
@@ -309,7 +376,7 @@ mod tests {
         let c = config(&ok).unwrap();
         assert_eq!(c.max_flows, 10);
         assert_eq!(c.allow_protected.len(), 1);
-        assert!(c.host_addrs.iter().any(|a| a.is_loopback()), "the host's loopback is its own: {:?}", c.host_addrs);
+        assert!(c.host_addrs.current().iter().any(|a| a.is_loopback()), "the host's loopback is its own: {:?}", c.host_addrs);
         for bad in [
             NetLaunch { allow_protected: vec![Text::truncated("10.0.0.0")], ..ok.clone() },
             NetLaunch { intercept_socket: Some("rel.sock".into()), ..ok.clone() },

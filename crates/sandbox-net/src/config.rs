@@ -1,7 +1,9 @@
 //! Addresses and limits of one guest network.
 
+use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::addr::Cidr;
@@ -22,8 +24,8 @@ pub struct NetConfig {
     pub mtu: usize,
     /// Protected ranges opted in by the sandbox definition.
     pub allow_protected: Vec<Cidr>,
-    /// The host's own addresses, denied like protected ranges.
-    pub host_addrs: Vec<IpAddr>,
+    /// The host's own addresses, refused before the policy (whatever `allow_protected` says).
+    pub host_addrs: HostAddrs,
     /// Longest wait for a policy answer; past it the flow is denied.
     pub policy_deadline: Duration,
     /// Concurrent TCP + UDP flows; SYNs beyond it are reset, datagrams dropped.
@@ -53,7 +55,7 @@ impl Default for NetConfig {
             dns_ip: Ipv4Addr::new(10, 0, 2, 3),
             mtu: 1500,
             allow_protected: Vec::new(),
-            host_addrs: Vec::new(),
+            host_addrs: HostAddrs::fixed(Vec::new()),
             policy_deadline: Duration::from_secs(5),
             max_flows: 256,
             max_dns_inflight: 64,
@@ -64,5 +66,34 @@ impl Default for NetConfig {
             intercept_socket: None,
             max_port_forwards: 64,
         }
+    }
+}
+
+/// The host's own addresses as of now: a fixed list, or a source tracking them live
+/// (the helper re-reads them whenever the kernel reports an address change).
+#[derive(Clone)]
+pub struct HostAddrs(Arc<dyn Fn() -> Arc<Vec<IpAddr>> + Send + Sync>);
+
+impl HostAddrs {
+    /// Always these addresses (tests, platforms without change notifications).
+    pub fn fixed(addrs: Vec<IpAddr>) -> Self {
+        let addrs = Arc::new(addrs);
+        Self(Arc::new(move || addrs.clone()))
+    }
+
+    /// Asks `source` at every check; it must be cheap when nothing changed.
+    pub fn live(source: impl Fn() -> Arc<Vec<IpAddr>> + Send + Sync + 'static) -> Self {
+        Self(Arc::new(source))
+    }
+
+    /// The addresses in force now.
+    pub fn current(&self) -> Arc<Vec<IpAddr>> {
+        (self.0)()
+    }
+}
+
+impl fmt::Debug for HostAddrs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("HostAddrs").field(&self.current()).finish()
     }
 }

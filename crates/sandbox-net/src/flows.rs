@@ -96,7 +96,8 @@ pub enum PreDeny {
     OwnAddress,
 }
 
-/// Checks made before the policy: the guest never reaches protected space by default.
+/// Checks made before the policy: the guest never reaches protected space by default,
+/// and never the host itself.
 pub fn pre_check(cfg: &NetConfig, proto: Proto, dst: SocketAddr) -> Option<PreDeny> {
     let ip = dst.ip();
     let own = ip == IpAddr::V4(cfg.gateway_ip) || ip == IpAddr::V4(cfg.dns_ip);
@@ -104,20 +105,29 @@ pub fn pre_check(cfg: &NetConfig, proto: Proto, dst: SocketAddr) -> Option<PreDe
         return Some(PreDeny::OwnAddress);
     }
     if proto == Proto::Dns {
-        return None; // the resolvers chosen by the policy are checked instead
+        // The sandbox resolver is the guest's DNS; any other address the guest sends a
+        // query to must not be the host (a raw accept forwards to it). The resolvers a
+        // policy chooses are checked on the Node side instead.
+        return (!own && is_host_address(cfg, ip)).then_some(PreDeny::OwnAddress);
     }
     check_destination(cfg, ip)
 }
 
-/// The protected-range rule for one destination address (also applied to resolvers).
-pub fn check_destination(cfg: &NetConfig, ip: IpAddr) -> Option<PreDeny> {
-    if cfg.allow_protected.iter().any(|c| c.contains(ip)) {
-        return None;
-    }
+/// Whether `ip` (any spelling) is one of the host's own addresses right now.
+pub fn is_host_address(cfg: &NetConfig, ip: IpAddr) -> bool {
     // Cidr::contains compares IPv4-mapped spellings with plain IPv4.
     let host = |h: &IpAddr| addr::Cidr::new(*h, if h.is_ipv4() { 32 } else { 128 }).is_ok_and(|c| c.contains(ip));
-    if cfg.host_addrs.iter().any(host) {
+    cfg.host_addrs.current().iter().any(host)
+}
+
+/// The protected-range rule for one destination address (also applied to resolvers).
+/// The host's own addresses come first: `allow_protected` cannot open them.
+pub fn check_destination(cfg: &NetConfig, ip: IpAddr) -> Option<PreDeny> {
+    if is_host_address(cfg, ip) {
         return Some(PreDeny::OwnAddress);
+    }
+    if cfg.allow_protected.iter().any(|c| c.contains(ip)) {
+        return None;
     }
     addr::is_protected(ip).then(|| PreDeny::Protected(addr::classify(ip)))
 }
@@ -166,8 +176,15 @@ mod tests {
         cfg.allow_protected.push("127.0.0.0/8".parse().unwrap());
         assert_eq!(pre_check(&cfg, Proto::Tcp, sa("127.0.0.1:80")), None);
         assert_eq!(pre_check(&cfg, Proto::Tcp, sa("[::ffff:127.0.0.1]:80")), None);
-        cfg.host_addrs.push("198.51.100.9".parse().unwrap());
+        cfg.host_addrs = crate::config::HostAddrs::fixed(vec!["198.51.100.9".parse().unwrap(), "10.1.2.3".parse().unwrap()]);
         assert_eq!(pre_check(&cfg, Proto::Tcp, sa("198.51.100.9:80")), Some(PreDeny::OwnAddress));
         assert_eq!(pre_check(&cfg, Proto::Tcp, sa("[::ffff:198.51.100.9]:80")), Some(PreDeny::OwnAddress));
+        // allowProtected covering the host's address does not open it.
+        cfg.allow_protected.push("10.0.0.0/8".parse().unwrap());
+        assert_eq!(pre_check(&cfg, Proto::Tcp, sa("10.1.2.4:80")), None);
+        assert_eq!(pre_check(&cfg, Proto::Tcp, sa("10.1.2.3:80")), Some(PreDeny::OwnAddress));
+        // DNS straight to the host's address is refused too; to the sandbox resolver it is not.
+        assert_eq!(pre_check(&cfg, Proto::Dns, sa("10.1.2.3:53")), Some(PreDeny::OwnAddress));
+        assert_eq!(pre_check(&cfg, Proto::Dns, sa("10.0.2.3:53")), None);
     }
 }

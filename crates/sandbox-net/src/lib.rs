@@ -12,7 +12,7 @@ pub mod packet;
 pub mod stack;
 
 pub use addr::{Category, Cidr};
-pub use config::NetConfig;
+pub use config::{HostAddrs, NetConfig};
 pub use event::{Malformed, NetEvent, Stats, Verdict};
 pub use flows::{BoxFuture, Decision, FlowInfo, Policy, PolicyError, PolicyFailure, Proto};
 pub use stack::{NetControl, NetError, NetStack};

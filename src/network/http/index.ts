@@ -7,7 +7,7 @@ export { createSandboxCa, SandboxCa } from "./ca.js";
 export type { CaOptions } from "./ca.js";
 export { HttpHeaders } from "./headers.js";
 export { createSecrets, secretPlaceholders, secretsMiddleware, composeMiddleware, hostAllowed } from "./secrets.js";
-export type { Secrets, SecretsSpec, SecretSpec, SecretEvent } from "./secrets.js";
+export type { Secrets, SecretsSpec, SecretSpec, SecretEvent, Redaction } from "./secrets.js";
 export type {
   FlowEndpoint,
   HttpDenyReason,

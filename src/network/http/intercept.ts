@@ -16,7 +16,9 @@ import { TLSSocket } from "node:tls";
 import type { Client } from "undici";
 import type { SandboxCa } from "./ca.js";
 import { LeafCertificates } from "./leaf-certs.js";
-import { normalizeHostname } from "./request.js";
+import { normalizeHostname, parseAuthority } from "./request.js";
+import { Redactions } from "./scrub.js";
+import type { Redaction } from "./secrets.js";
 import { HttpSession } from "./session.js";
 import type { HttpEvent, InterceptedFlow, InterceptHandler } from "./types.js";
 import { createUpstreamClient, UpstreamTls, type UpstreamOptions } from "./upstream.js";
@@ -31,6 +33,11 @@ export interface HttpInterceptorOptions extends UpstreamOptions {
   middlewareTimeoutMs?: number;
   /** Deadline for the guest's first byte, TLS handshake and first request head. Default 30 s. */
   handshakeTimeoutMs?: number;
+  /**
+   * Values scrubbed from every response (the secrets' real values → placeholders).
+   * Header values a middleware sets are scrubbed too (→ `[redacted]`), without listing them here.
+   */
+  redactions?: readonly Redaction[];
 }
 
 /** Serves intercepted HTTP(S) flows: terminates the guest's TLS with the CA's leaf certificates, checks every request against the trusted hostname, runs the middleware, forwards with verified TLS. */
@@ -54,6 +61,7 @@ export function createHttpInterceptor(options: HttpInterceptorOptions): HttpInte
   const connectTimeoutMs = options.connectTimeoutMs ?? 30_000;
   const middlewareTimeoutMs = options.middlewareTimeoutMs ?? 30_000;
   const handshakeTimeoutMs = options.handshakeTimeoutMs ?? 30_000;
+  const redactions = new Redactions(options.redactions);
   const emit = (event: HttpEvent) => {
     try {
       options.onEvent?.(event);
@@ -76,10 +84,15 @@ export function createHttpInterceptor(options: HttpInterceptorOptions): HttpInte
     let inner: Duplex = stream;
     let useTls = false;
     if (first === TLS_HANDSHAKE_RECORD) {
-      const tls = await terminateTls(stream, flow);
-      if (!tls) return;
-      inner = tls;
+      const terminated = await terminateTls(stream, flow);
+      if (!terminated) return;
+      inner = terminated.tls;
+      flow = terminated.flow;
       useTls = true;
+    } else if (flow.alternatives?.length) {
+      // Plain HTTP to a shared address: the first request's Host picks the accepted name.
+      const host = await peekHost(stream, handshakeTimeoutMs);
+      flow = chooseName(flow, host ? parseAuthority(host)?.host : undefined);
     }
     let client: Client | undefined;
     const session = new HttpSession(inner, {
@@ -95,6 +108,7 @@ export function createHttpInterceptor(options: HttpInterceptorOptions): HttpInte
       middlewareTimeoutMs,
       headTimeoutMs: handshakeTimeoutMs,
       emit,
+      redactions,
       serveTunnel: tunnelled ? undefined : (s) => serve(s, flow, true),
     });
     try {
@@ -107,7 +121,7 @@ export function createHttpInterceptor(options: HttpInterceptorOptions): HttpInte
     }
   }
 
-  async function terminateTls(stream: Duplex, flow: InterceptedFlow): Promise<TLSSocket | undefined> {
+  async function terminateTls(stream: Duplex, flow: InterceptedFlow): Promise<{ tls: TLSSocket; flow: InterceptedFlow } | undefined> {
     let context;
     try {
       context = await leaves.contextFor(flow.hostname);
@@ -117,12 +131,20 @@ export function createHttpInterceptor(options: HttpInterceptorOptions): HttpInte
       return undefined;
     }
     let sniMismatch: string | undefined;
+    let chosen = flow;
     const tls = new TLSSocket(stream as never, {
       isServer: true,
       secureContext: context,
       ALPNProtocols: ["http/1.1"],
       SNICallback: (servername, cb) => {
-        if (normalizeHostname(servername) === flow.hostname) return cb(null, context);
+        const name = normalizeHostname(servername);
+        if (name === flow.hostname) return cb(null, context);
+        // Another accepted name of this address (several names behind one CDN IP).
+        if (flow.alternatives?.some((a) => normalizeHostname(a.hostname) === name)) {
+          chosen = chooseName(flow, name);
+          leaves.contextFor(chosen.hostname).then((c) => cb(null, c), (err: Error) => cb(err, undefined));
+          return;
+        }
         sniMismatch = servername;
         cb(new Error(`SNI ${servername} does not match ${flow.hostname}`), undefined);
       },
@@ -152,7 +174,7 @@ export function createHttpInterceptor(options: HttpInterceptorOptions): HttpInte
         clearTimeout(timer);
         tls.off("error", fail);
         tls.on("error", () => tls.destroy());
-        resolve(tls);
+        resolve({ tls, flow: chosen });
       });
     });
   }
@@ -184,6 +206,43 @@ export function createHttpInterceptor(options: HttpInterceptorOptions): HttpInte
       await Promise.all([...clients].map((c) => c.destroy().catch(() => {})));
     },
   };
+}
+
+/** The flow as seen for `name` when it is one of its accepted alternatives; else unchanged. */
+function chooseName(flow: InterceptedFlow, name: string | undefined): InterceptedFlow {
+  const alt = name === undefined ? undefined : flow.alternatives?.find((a) => normalizeHostname(a.hostname) === name);
+  if (!alt) return flow;
+  return { ...flow, hostname: normalizeHostname(alt.hostname), middleware: alt.middleware, secrets: alt.secrets, allowInsecure: alt.allowInsecure, alternatives: [] };
+}
+
+/** Longest head looked at to find the first request's Host. */
+const PEEK_MAX = 16 * 1024;
+
+/** Reads (and puts back) up to the end of the first request head; its Host value, if any. */
+function peekHost(stream: Duplex, timeoutMs: number): Promise<string | undefined> {
+  return new Promise((resolve) => {
+    let buf = Buffer.alloc(0);
+    const done = () => {
+      clearTimeout(timer);
+      stream.off("data", onData);
+      stream.off("end", done);
+      stream.pause();
+      if (buf.length) stream.unshift(buf);
+      const head = buf.subarray(0, buf.indexOf("\r\n\r\n") >= 0 ? buf.indexOf("\r\n\r\n") : buf.length).toString("latin1");
+      resolve(/\r\nhost:[ \t]*([^\r\n]*)/i.exec(head)?.[1]?.trim());
+    };
+    const onData = (chunk: Buffer) => {
+      buf = Buffer.concat([buf, chunk]);
+      const eol = buf.indexOf("\r\n");
+      // Not an HTTP request line (an SSH banner…): stop looking; the session fails it closed.
+      if (eol >= 0 && !/^[!#$%&'*+.^_`|~0-9A-Za-z-]+ \S+ HTTP\/\d\.\d$/.test(buf.subarray(0, eol).toString("latin1"))) return done();
+      if (buf.includes("\r\n\r\n") || buf.length >= PEEK_MAX) done();
+    };
+    const timer = setTimeout(done, timeoutMs);
+    stream.on("data", onData);
+    stream.once("end", done);
+    stream.resume();
+  });
 }
 
 function ends(flow: InterceptedFlow) {

@@ -2,12 +2,12 @@
 import type { Duplex } from "node:stream";
 import type { InterceptedFlow, InterceptedRequest } from "./types.js";
 
-/** Runs the middleware with a deadline; resolves undefined on success, else why it failed. */
+/** Runs the middleware with a deadline; resolves undefined on success, else what it threw. */
 export async function runMiddleware(
   middleware: InterceptedFlow["middleware"],
   request: InterceptedRequest,
   timeoutMs: number,
-): Promise<string | undefined> {
+): Promise<Error | undefined> {
   let timer: NodeJS.Timeout | undefined;
   try {
     await Promise.race([
@@ -18,7 +18,7 @@ export async function runMiddleware(
     ]);
     return undefined;
   } catch (err) {
-    return err instanceof Error ? err.message : String(err);
+    return err instanceof Error ? err : new Error(String(err));
   } finally {
     clearTimeout(timer);
   }

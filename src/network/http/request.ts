@@ -10,7 +10,7 @@ import { HOP_BY_HOP } from "./response.js";
 export class RequestRejection extends Error {
   constructor(
     readonly status: number,
-    readonly reason: "host-mismatch" | "connect-target" | "bad-request" | "unsupported-upgrade",
+    readonly reason: "host-mismatch" | "connect-target" | "bad-request" | "unsupported-upgrade" | "method-refused",
     message: string,
   ) {
     super(message);

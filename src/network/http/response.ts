@@ -4,7 +4,8 @@
  * re-framed), and every write waits for the guest to drain.
  */
 import { STATUS_CODES } from "node:http";
-import type { Duplex, Readable } from "node:stream";
+import { pipeline, type Duplex, type Readable } from "node:stream";
+import { containsAny, decodersFor, scrubText, ScrubStream, type ScrubRule } from "./scrub.js";
 
 /** Headers that describe one hop and are never copied across the interceptor. */
 export const HOP_BY_HOP = new Set([
@@ -78,21 +79,59 @@ export interface ForwardedResponse {
   body: Readable;
 }
 
+/** The response body is encoded in a way the scrubber cannot decode; it is not passed to the guest. */
+export class UnscannableBodyError extends Error {
+  override readonly name = "UnscannableBodyError";
+}
+
+/** Response headers with every scrubbed value replaced; a header whose name carries one is dropped. */
+export function scrubHeaders(headers: ResponseHeaders, rules: readonly ScrubRule[]): ResponseHeaders {
+  if (rules.length === 0) return headers;
+  const out: ResponseHeaders = {};
+  for (const [name, value] of Object.entries(headers)) {
+    if (value === undefined || containsAny(name, rules)) continue;
+    out[name] = Array.isArray(value) ? value.map((v) => scrubText(v, rules)) : scrubText(value, rules);
+  }
+  return out;
+}
+
 /**
  * Streams an upstream response to the guest. Returns whether the connection
  * can stay open afterwards (false when the body had to be close-delimited).
+ * With scrub rules, headers and body are scrubbed (a compressed body decoded
+ * first and sent decoded, re-framed without Content-Length); a body in an
+ * encoding that cannot be decoded throws `UnscannableBodyError` before
+ * anything is written.
  */
 export async function sendResponse(
   stream: Duplex,
   res: ForwardedResponse,
-  opts: { method: string; http10: boolean; keepAlive: boolean },
+  opts: { method: string; http10: boolean; keepAlive: boolean; scrub?: readonly ScrubRule[] },
 ): Promise<boolean> {
   const noBody = opts.method === "HEAD" || (res.status >= 100 && res.status < 200) || res.status === 204 || res.status === 304;
-  const lengthHeader = res.headers["content-length"];
+  const rules = opts.scrub ?? [];
+  let body: Readable = res.body;
+  let headers = res.headers;
+  if (rules.length > 0) {
+    headers = scrubHeaders(res.headers, rules);
+    if (!noBody) {
+      const encoding = headers["content-encoding"];
+      const decoders = decodersFor(Array.isArray(encoding) ? encoding.join(",") : encoding);
+      if (decoders === undefined) {
+        throw new UnscannableBodyError(`the response body is encoded as ${JSON.stringify(encoding)}, which the interceptor cannot decode to scrub credentials from it`);
+      }
+      delete headers["content-encoding"];
+      delete headers["content-length"];
+      const scrubber = new ScrubStream(rules);
+      // A decoding error (corrupt gzip) fails the stream, which ends the guest connection.
+      body = pipeline([res.body, ...decoders, scrubber] as unknown as [Readable, ScrubStream], () => {}) as unknown as Readable;
+    }
+  }
+  const lengthHeader = headers["content-length"];
   const length = typeof lengthHeader === "string" && /^\d+$/.test(lengthHeader) ? lengthHeader : undefined;
   let keepAlive = opts.keepAlive;
   let chunked = false;
-  let head = statusLine(res.status) + headerLines(res.headers, new Set([...HOP_BY_HOP, "content-length"]));
+  let head = statusLine(res.status) + headerLines(headers, new Set([...HOP_BY_HOP, "content-length"]));
   if (noBody) {
     if (length !== undefined) head += `content-length: ${length}\r\n`;
   } else if (length !== undefined) {
@@ -111,7 +150,7 @@ export async function sendResponse(
     res.body.resume();
     return keepAlive;
   }
-  for await (const chunk of res.body as AsyncIterable<Buffer>) {
+  for await (const chunk of body as AsyncIterable<Buffer>) {
     if (chunk.length === 0) continue;
     if (chunked) {
       stream.write(`${chunk.length.toString(16)}\r\n`);

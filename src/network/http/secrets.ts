@@ -7,7 +7,9 @@
  * through keeps tools that send the variable to other hosts working instead
  * of failing in surprising ways (an event reports it, for audit).
  *
- * Headers only: bodies and URLs are never rewritten. Basic credentials are
+ * Headers only: request bodies and URLs are never rewritten (responses are
+ * scrubbed of the real values, see scrub.ts), and the real value only goes out
+ * on TLS requests unless the secret lists the host in `allowInsecure`. Basic credentials are
  * handled (the placeholder inside `Authorization: Basic base64(user:pass)` is
  * decoded, replaced and re-encoded), so `https://user:$TOKEN@host/repo.git`
  * works with git.
@@ -22,14 +24,25 @@ export interface SecretSpec {
   value: string;
   /** Hostnames it may be sent to: exact names or `*.example.com` (subdomains only). */
   hosts: readonly string[];
+  /**
+   * Hosts (a subset of `hosts`, same patterns) to which the secret may also be sent over
+   * plain HTTP. Without it the real value only goes out on requests whose upstream leg is
+   * TLS verified for the trusted hostname; a clear-text request carrying the placeholder
+   * to one of `hosts` is refused (403 and a `secret.refused` event).
+   */
+  allowInsecure?: readonly string[];
 }
 
 /** Secrets by environment variable name (`createSecrets` / `network.secrets`). */
 export type SecretsSpec = Record<string, SecretSpec>;
 
-/** A placeholder in a request header was replaced by its secret (`secret.substituted`) or left alone because the host may not receive it (`secret.withheld`). */
+/**
+ * A placeholder in a request header was replaced by its secret (`secret.substituted`), left
+ * alone because the host may not receive it (`secret.withheld`), or the request was refused
+ * because it would have carried the secret over clear text (`secret.refused`).
+ */
 export interface SecretEvent {
-  readonly type: "secret.substituted" | "secret.withheld";
+  readonly type: "secret.substituted" | "secret.withheld" | "secret.refused";
   readonly name: string;
   readonly hostname: string;
   readonly header: string;
@@ -41,6 +54,24 @@ export interface Secrets {
   readonly env: Readonly<Record<string, string>>;
   /** Substitutes placeholders in headers of requests to allowed hosts. */
   readonly middleware: HttpMiddleware;
+  /** Real value → placeholder, for scrubbing responses on their way back to the guest. */
+  readonly redactions: readonly Redaction[];
+}
+
+/** A value that must never reach the guest, and what the guest sees instead. */
+export interface Redaction {
+  /** The real value (a secret, or a header value a middleware set). */
+  readonly value: string;
+  /** What replaces it in responses: the secret's placeholder, or `[redacted]`. */
+  readonly replacement: string;
+}
+
+/**
+ * Thrown by the secrets middleware (and raised by the interceptor) when a request would
+ * carry a credential over clear text; the interceptor answers 403 `insecure-transport`.
+ */
+export class InsecureTransportError extends Error {
+  override readonly name = "InsecureTransportError";
 }
 
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
@@ -65,6 +96,14 @@ export function secretPlaceholders(spec: SecretsSpec): Record<string, string> {
         throw new SandboxConfigError(`secret ${name}: ${JSON.stringify(h)} is not a hostname or *.domain pattern`);
       }
     }
+    if (s.allowInsecure !== undefined) {
+      if (!Array.isArray(s.allowInsecure)) throw new SandboxConfigError(`secret ${name}: allowInsecure must be a list of hostnames from hosts`);
+      for (const h of s.allowInsecure) {
+        if (typeof h !== "string" || !HOST_PATTERN.test(normalizeHostname(h))) {
+          throw new SandboxConfigError(`secret ${name}: allowInsecure entry ${JSON.stringify(h)} is not a hostname or *.domain pattern`);
+        }
+      }
+    }
     env[name] = secretPlaceholder();
   }
   return env;
@@ -87,7 +126,13 @@ export function secretsMiddleware(
   placeholders: Readonly<Record<string, string>>,
   onEvent?: (event: SecretEvent) => void,
 ): HttpMiddleware {
-  const entries = Object.entries(spec).map(([name, s]) => ({ name, value: s.value, hosts: [...s.hosts], placeholder: placeholders[name]! }));
+  const entries = Object.entries(spec).map(([name, s]) => ({
+    name,
+    value: s.value,
+    hosts: [...s.hosts],
+    insecure: [...(s.allowInsecure ?? [])],
+    placeholder: placeholders[name]!,
+  }));
   for (const e of entries) {
     if (typeof e.placeholder !== "string") throw new SandboxConfigError(`secret ${e.name} has no placeholder`);
   }
@@ -100,6 +145,13 @@ export function secretsMiddleware(
         const allowed = hostAllowed(request.hostname, e.hosts);
         const next = substitute(value, e.placeholder, allowed ? e.value : undefined);
         if (next === undefined) continue; // placeholder absent
+        // Clear text upstream: the real value would cross the network readable by anyone on the path.
+        if (allowed && request.protocol !== "https:" && !hostAllowed(request.hostname, e.insecure)) {
+          onEvent?.({ type: "secret.refused", name: e.name, hostname: request.hostname, header });
+          throw new InsecureTransportError(
+            `secret ${e.name} is only sent over TLS verified for ${request.hostname}; this request is plain HTTP (use https://, or list the host in the secret's allowInsecure)`,
+          );
+        }
         onEvent?.({ type: allowed ? "secret.substituted" : "secret.withheld", name: e.name, hostname: request.hostname, header });
         value = next;
       }
@@ -133,7 +185,12 @@ function substitute(value: string, placeholder: string, real: string | undefined
 /** Placeholders plus middleware in one call (the shape `network.secrets(...)` wires in). */
 export function createSecrets(spec: SecretsSpec, onEvent?: (event: SecretEvent) => void): Secrets {
   const env = secretPlaceholders(spec);
-  return { env: Object.freeze({ ...env }), middleware: secretsMiddleware(spec, env, onEvent) };
+  return { env: Object.freeze({ ...env }), middleware: secretsMiddleware(spec, env, onEvent), redactions: secretRedactions(spec, env) };
+}
+
+/** Each secret's real value with its placeholder, for response scrubbing. */
+export function secretRedactions(spec: SecretsSpec, placeholders: Readonly<Record<string, string>>): Redaction[] {
+  return Object.entries(spec).map(([name, s]) => ({ value: s.value, replacement: placeholders[name]! }));
 }
 
 /** Runs middlewares in order (e.g. the secrets substitution, then the policy's own). */

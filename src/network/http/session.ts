@@ -13,7 +13,9 @@ import type { Client } from "undici";
 import { createRequestParser, hasHeader, headerValue, rawValues } from "./parser.js";
 import { relay, runMiddleware } from "./relay.js";
 import { checkConnectTarget, checkRequest, RequestRejection, type CheckedRequest } from "./request.js";
-import { headerLines, plainResponse, sendResponse, statusLine, writeAsync, type ResponseHeaders } from "./response.js";
+import { headerLines, plainResponse, scrubHeaders, sendResponse, statusLine, UnscannableBodyError, writeAsync, type ResponseHeaders } from "./response.js";
+import type { Redactions } from "./scrub.js";
+import { InsecureTransportError } from "./secrets.js";
 import type { HttpDenyReason, HttpEvent, InterceptedFlow, InterceptedRequest } from "./types.js";
 
 const BODY_HIGH_WATER = 64 * 1024;
@@ -27,6 +29,8 @@ export interface SessionContext {
   /** Deadline for the first request head. */
   headTimeoutMs: number;
   emit: (event: HttpEvent) => void;
+  /** The lane's values to scrub from responses; header values the middleware sets are added here. */
+  redactions: Redactions;
   /** Serves a CONNECT tunnel's inner stream as a new flow (sniffing TLS vs plain again). */
   serveTunnel: ((stream: Duplex) => Promise<void>) | undefined;
 }
@@ -210,6 +214,10 @@ export class HttpSession {
     this.#requests++;
     let checked: CheckedRequest;
     try {
+      // TRACE echoes the request, credentials the host added included, back to the guest.
+      if (req.method === "TRACE" || req.method === "TRACK") {
+        throw new RequestRejection(405, "method-refused", `${req.method} is refused on intercepted connections (it would echo the credentials added on the host)`);
+      }
       if (req.method === "CONNECT") {
         checkConnectTarget(req.target, flow.hostname, flow.dst.port);
         return await this.#tunnel(req);
@@ -229,10 +237,25 @@ export class HttpSession {
       dst: flow.dst,
       headers: checked.headers,
     });
-    const verdict = await runMiddleware(flow.middleware, request, this.#ctx.middlewareTimeoutMs);
-    if (verdict !== undefined) {
-      return this.#reject(req, 403, "middleware", `request denied by the sandbox HTTP middleware`, verdict);
+    const before = headerSnapshot(checked.headers);
+    let failed = flow.secrets ? await runMiddleware(flow.secrets, request, this.#ctx.middlewareTimeoutMs) : undefined;
+    const afterSecrets = headerSnapshot(checked.headers);
+    if (failed === undefined) failed = await runMiddleware(flow.middleware, request, this.#ctx.middlewareTimeoutMs);
+    if (failed instanceof InsecureTransportError) return this.#reject(req, 403, "insecure-transport", failed.message);
+    if (failed !== undefined) {
+      return this.#reject(req, 403, "middleware", `request denied by the sandbox HTTP middleware`, failed.message);
     }
+    const set = changedValues(afterSecrets, headerSnapshot(checked.headers));
+    if (set.length > 0 && this.#ctx.protocol !== "https:" && !flow.allowInsecure) {
+      return this.#reject(
+        req,
+        403,
+        "insecure-transport",
+        `the middleware set ${set.map(([n]) => n).join(", ")} on a plain-HTTP request to ${flow.hostname}; headers a middleware adds only go out over verified TLS (use https://, or accept(middleware, { allowInsecure: true }))`,
+      );
+    }
+    // Whatever the host added must never come back to the guest.
+    for (const [, v] of changedValues(before, headerSnapshot(checked.headers))) this.#ctx.redactions.addMiddlewareValue(v);
 
     if (checked.upgrade) return this.#upgrade(req, checked, request, started);
     if (checked.expectContinue) await writeAsync(this.#stream, "HTTP/1.1 100 Continue\r\n\r\n");
@@ -253,9 +276,14 @@ export class HttpSession {
       const keepAlive = await sendResponse(
         this.#stream,
         { status: res.statusCode, headers: res.headers as ResponseHeaders, body: res.body },
-        { method: req.method, http10: req.http10, keepAlive: req.keepAlive },
-      ).catch((err) => {
+        { method: req.method, http10: req.http10, keepAlive: req.keepAlive, scrub: this.#ctx.redactions.rules() },
+      ).catch(async (err) => {
         res.body.destroy();
+        if (err instanceof UnscannableBodyError) {
+          this.#ctx.emit({ type: "http.denied", ...endpoints(flow), reason: "unscannable-body", message: err.message, method: req.method, url: checked.path, status: 502 });
+          await writeAsync(this.#stream, plainResponse(502, `sandbox: ${err.message}`, true)).catch(() => {});
+          return false;
+        }
         throw err;
       });
       this.#ctx.emit({
@@ -337,7 +365,7 @@ export class HttpSession {
     const guest = this.#stream;
     guest.off("data", this.#onData);
     guest.off("end", this.#onEnd);
-    guest.write(statusLine(101) + headerLines(headers, new Set()) + "\r\n");
+    guest.write(statusLine(101) + headerLines(scrubHeaders(headers, this.#ctx.redactions.rules()), new Set()) + "\r\n");
     this.#ctx.emit({
       type: "http.request",
       ...endpoints(flow),
@@ -423,6 +451,26 @@ export class HttpSession {
     this.#queue.length = 0;
     this.#resolveDone();
   }
+}
+
+/** Header lines as `name(lowercase) → values`, to see what a middleware changed. */
+function headerSnapshot(headers: Iterable<[string, string]>): Map<string, string[]> {
+  const out = new Map<string, string[]>();
+  for (const [n, v] of headers) {
+    const k = n.toLowerCase();
+    out.set(k, [...(out.get(k) ?? []), v]);
+  }
+  return out;
+}
+
+/** Header values present in `after` that `before` did not have under the same name. */
+function changedValues(before: Map<string, string[]>, after: Map<string, string[]>): [string, string][] {
+  const out: [string, string][] = [];
+  for (const [n, vs] of after) {
+    const old = before.get(n) ?? [];
+    for (const v of vs) if (!old.includes(v)) out.push([n, v]);
+  }
+  return out;
 }
 
 function endpoints(flow: InterceptedFlow) {

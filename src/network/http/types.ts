@@ -19,6 +19,30 @@ export interface InterceptedFlow {
   /** Trusted hostname (from an accepted DNS answer, never from Host or SNI). */
   readonly hostname: string;
   readonly middleware: HttpMiddleware;
+  /**
+   * The secrets substitution, run before `middleware`. It refuses (403
+   * `insecure-transport`) a clear-text request that would carry a secret.
+   */
+  readonly secrets?: HttpMiddleware;
+  /**
+   * Whether `middleware` may add or change headers on plain-HTTP requests. Default
+   * false: such a request is refused (403 `insecure-transport`), because what a
+   * middleware adds is usually a credential and plain HTTP has no verified upstream.
+   */
+  readonly allowInsecure?: boolean;
+  /**
+   * Further accepted names of the same destination (a shared CDN address): the TLS SNI,
+   * or the first request's Host for plain HTTP, picks one of these instead of `hostname`.
+   */
+  readonly alternatives?: readonly HttpFlowName[];
+}
+
+/** One accepted name of an intercepted flow with what applies to it. */
+export interface HttpFlowName {
+  readonly hostname: string;
+  readonly middleware: HttpMiddleware;
+  readonly secrets?: HttpMiddleware;
+  readonly allowInsecure?: boolean;
 }
 
 /** Serves one intercepted flow; resolves once the flow is finished (never rejects). */
@@ -60,7 +84,13 @@ export type HttpDenyReason =
   | "connect-target"
   | "middleware"
   | "bad-request"
-  | "unsupported-upgrade";
+  | "unsupported-upgrade"
+  /** A credential (a secret, or a header the middleware set) would have gone out over plain HTTP. */
+  | "insecure-transport"
+  /** TRACE/TRACK: it would echo the credentials the host added back to the guest. */
+  | "method-refused"
+  /** The response body is in an encoding the interceptor cannot decode to scrub credentials from it (answered 502). */
+  | "unscannable-body";
 
 interface EventBase {
   readonly hostname: string;

@@ -72,6 +72,12 @@ impl Engine {
         let q: Arc<[u8]> = payload.into();
         let mut info = FlowInfo::new(Proto::Dns, SocketAddr::V4(src), SocketAddr::V4(dst)).with_id(self.next_id());
         info.query = Some(q.clone());
+        // A query addressed to the host itself is refused before the policy (REFUSED).
+        if let Some(why) = flows::pre_check(&self.cfg, Proto::Dns, info.dst) {
+            self.denied_early(info, why);
+            let _ = self.tx.send(Internal::DnsAnswer { guest: src, resolver: dst, payload: dns::error_response(payload, query, dns::RCODE_REFUSED) });
+            return;
+        }
         tokio::spawn(async move {
             let _guard = guard;
             let answer = resolve(&*policy, &cfg, &sink, info, &q, query).await;
