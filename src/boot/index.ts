@@ -171,6 +171,7 @@ export async function bootLane(
         mounts: plan.mounts,
         network: policy !== undefined,
         caCertPem: pem,
+        caOptional: plan.caCertPem === undefined,
         resources,
         writableRoot: internals.writableRoot,
       }),

@@ -88,6 +88,8 @@ export interface ConfigureInput {
   mounts: readonly { target: string; mount: { readOnly: boolean } }[];
   network: boolean;
   caCertPem: string | undefined;
+  /** The CA came with the network policy (not `boot({ interceptCa })`): see Configure.caOptional. */
+  caOptional: boolean;
   resources: Required<SandboxResources>;
   writableRoot?: boolean;
 }
@@ -111,6 +113,7 @@ export function configureMessage(c: ConfigureInput): Configure {
     })),
     limits: { maxProcesses: c.resources.maxProcesses, workloadMemoryMib: c.resources.workloadMemoryMiB },
     ...(c.caCertPem === undefined ? {} : { caCertPem: c.caCertPem }),
+    ...(c.caCertPem !== undefined && c.caOptional ? { caOptional: true } : {}),
     ...(c.network ? { network: { ...GUEST_NET } } : {}),
     // The image config's User, resolved at import: init drops every process to it.
     ...(c.image.defaults.user ? { user: { uid: c.image.defaults.user.uid, gid: c.image.defaults.user.gid, groups: c.image.defaults.user.groups } } : {}),

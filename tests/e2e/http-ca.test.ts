@@ -3,10 +3,11 @@
  * that TLS tooling finds it through the environment, that a read-only image's
  * trust store stays untouched, that a writable root gets it installed with the
  * image's own update-ca-certificates, and that a writable root without an
- * installer fails boot closed.
+ * installer fails boot closed — unless the CA only came with a network policy,
+ * where it is staged under /run with a warning.
  */
 import { describe, expect, it } from "vitest";
-import { defineSandbox, rootfs, SandboxBootError } from "../../src/index.js";
+import { defineSandbox, network, rootfs, SandboxBootError, type LaneEvent } from "../../src/index.js";
 import { createSandboxCa, generateRsaKey } from "../../src/network/http/ca.js";
 
 const ca = await createSandboxCa({ commonName: "e2e sandbox CA" });
@@ -114,6 +115,19 @@ describe("interception CA in the guest", () => {
     expect(err).toBeInstanceOf(SandboxBootError);
     expect((err as SandboxBootError).stage).toBe("ca");
     expect((err as SandboxBootError).message).toMatch(/no supported trust-store installer.*update-ca-certificates/);
+  });
+
+  it("a network policy on busybox, ephemeral (no installer): boots, CA staged under /run, a warning says so", async () => {
+    const events: LaneEvent[] = [];
+    const sandbox = defineSandbox({
+      rootfs: rootfs.ephemeral({ base: rootfs.builtIn("busybox") }),
+      network: network.policy(async (conn) => conn.matchDns()?.accept({ resolvers: ["192.0.2.53"] }) ?? false),
+    });
+    await using lane = await sandbox.boot({ onEvent: (e) => events.push(e) });
+    const r = await lane.exec("sh", ["-c", 'test -s /run/sandbox/ca-bundle.crt && echo "$SSL_CERT_FILE"; test -e /etc/ssl/certs/ca-certificates.crt || echo no-system-bundle']);
+    expect(r.stdout).toBe("/run/sandbox/ca-bundle.crt\nno-system-bundle\n");
+    const warning = events.find((e) => e.type === "diagnostic" && e.level === "warn" && /update-ca-certificates/.test(e.message));
+    expect(warning, JSON.stringify(events)).toBeDefined();
   });
 
   it("read-only busybox (no CA bundle at all): the bundle is our CA alone", async () => {

@@ -233,7 +233,13 @@ pub fn switch_root(cfg: &Configure) -> Result<(), BootError> {
 /// The HTTP interception CA (after the switch, inside the new root): returns
 /// the environment variables for processes. Without a CA, a writable root is
 /// cleaned of one a previous boot installed.
-pub fn setup_ca(cfg: &Configure) -> Result<Vec<(String, String)>, BootError> {
+/// What the CA setup gives every process, and a warning when it could only be staged.
+pub struct CaSetup {
+    pub env: Vec<(String, String)>,
+    pub warning: Option<String>,
+}
+
+pub fn setup_ca(cfg: &Configure) -> Result<CaSetup, BootError> {
     let run = |program: &Path, args: &[&str]| {
         std::process::Command::new(program)
             .args(args)
@@ -245,12 +251,23 @@ pub fn setup_ca(cfg: &Configure) -> Result<Vec<(String, String)>, BootError> {
     };
     let root = Path::new("/");
     match &cfg.ca_cert_pem {
-        Some(pem) => crate::ca::setup(root, pem, !cfg.root.read_only, &run).map_err(|e| fail(BootStage::Ca, e.to_string())),
+        Some(pem) => match crate::ca::setup(root, pem, !cfg.root.read_only, &run) {
+            Ok(env) => Ok(CaSetup { env, warning: None }),
+            // Tools that honour SSL_CERT_FILE & co. trust the staged bundle; the
+            // rest fail their TLS handshakes with the interceptor: still closed.
+            Err(crate::ca::CaError::NoInstaller) if cfg.ca_optional => {
+                let env = crate::ca::setup(root, pem, false, &run).map_err(|e| fail(BootStage::Ca, e.to_string()))?;
+                let why = "the writable root has no update-ca-certificates: the interception CA is only in /run/sandbox/ca-bundle.crt \
+                           (SSL_CERT_FILE and the like point there); install ca-certificates in the image for every tool to trust it";
+                Ok(CaSetup { env, warning: Some(why.to_string()) })
+            }
+            Err(e) => Err(fail(BootStage::Ca, e.to_string())),
+        },
         None => {
             if !cfg.root.read_only {
                 crate::ca::remove_stale(root, &run);
             }
-            Ok(Vec::new())
+            Ok(CaSetup { env: Vec::new(), warning: None })
         }
     }
 }

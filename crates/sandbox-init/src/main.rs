@@ -52,7 +52,7 @@ fn main() {
         },
         None => power_off(),
     };
-    let booted = (|| -> Result<Vec<(String, String)>, boot::BootError> {
+    let booted = (|| -> Result<boot::CaSetup, boot::BootError> {
         // Modules come from the initramfs, so they load before the switch.
         if cfg.network.is_some() {
             net::load_modules()?;
@@ -60,19 +60,19 @@ fn main() {
         boot::load_fs_modules(&cfg)?;
         boot::switch_root(&cfg)?;
         boot::mount_virtual(&cfg)?;
-        let ca_env = boot::setup_ca(&cfg)?;
+        let ca = boot::setup_ca(&cfg)?;
         boot::finish(&cfg)?;
         net::loopback_up()?;
         cfg.network.as_ref().map_or(Ok(()), |n| net::configure(n, &cfg.hostname))?;
-        Ok(ca_env)
+        Ok(ca)
     })();
-    let ca_env = match booted {
-        Ok(env) => env,
+    let boot::CaSetup { env: ca_env, warning: ca_warning } = match booted {
+        Ok(ca) => ca,
         Err(e) => link.fail(e.stage, &e.message),
     };
+    let mut warnings: Vec<_> = ca_warning.into_iter().map(proto::Text::truncated).collect();
     // Containment is what keeps init answering whatever the workload does; a
     // kernel without cgroup v2 boots without it, and the host is told.
-    let mut warnings = Vec::new();
     let containment = match cgroups::Containment::setup(cfg.limits.max_processes.get(), cfg.limits.workload_memory_mib.get()) {
         Ok(c) => Some(c),
         Err(e) => {

@@ -743,6 +743,12 @@ export interface Configure {
    */
   caCertPem?: string | null;
   /**
+   * The CA comes with a network policy, not an explicit `boot({ interceptCa })`:
+   * a writable root without a trust-store installer stages it under /run
+   * (as a read-only root does) and boot goes on with a warning, instead of failing.
+   */
+  caOptional?: boolean;
+  /**
    * Default working directory; boot fails in the guest if it does not exist.
    */
   cwd: string;

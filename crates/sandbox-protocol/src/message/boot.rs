@@ -63,6 +63,11 @@ pub struct Configure {
     /// Never a private key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_cert_pem: Option<Text<65536>>,
+    /// The CA comes with a network policy, not an explicit `boot({ interceptCa })`:
+    /// a writable root without a trust-store installer stages it under /run
+    /// (as a read-only root does) and boot goes on with a warning, instead of failing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ca_optional: bool,
     /// The guest NIC's addresses; absent: no network device, no DNS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<GuestNet>,
