@@ -1,6 +1,8 @@
 export { defineSandbox, listBuiltInImages } from "./sandbox.js";
 export type { Sandbox, SandboxDefinition, SandboxResources, BootOptions, LaneEvent } from "./sandbox.js";
 export { Lane } from "./lane.js";
+export { LaneFileSystem } from "./lane-fs/index.js";
+export type { GuestFileStats, GuestFileType, GuestDirEntry, ReadFileOptions, WriteFileOptions, MkdirOptions, RmOptions } from "./lane-fs/index.js";
 export type { ExecOptions, ExecResult, LaneInfo, SpawnOptions, PtyOptions, SandboxProcess, SandboxPty } from "./lane.js";
 export type { StoreRetryEvent } from "./rootfs/block-store.js";
 export type { StoreRetryPolicy } from "./rootfs.js";
@@ -50,6 +52,7 @@ export {
   LaneClosedError,
   ProcessStartError,
   OutputLimitError,
+  SandboxFileSystemError,
   BlockStoreError,
   BlockStoreBaseMismatchError,
   PortForwardError,

@@ -24,6 +24,7 @@ import {
   type TerminalSize,
 } from "./process.js";
 import { Kind, MAX_PAYLOAD } from "./protocol/frames.js";
+import { LaneFileSystem } from "./lane-fs/index.js";
 import { checkAbsolutePath, checkArgv, checkEnv, checkInteger } from "./validate.js";
 
 /** Facts about a running lane: backend and why it was chosen, image, names, pids, boot timings. */
@@ -175,6 +176,8 @@ export interface LaneOptions {
 export class Lane implements AsyncDisposable {
   /** Backend and why it was chosen, image, hostname, pids, boot timings (frozen at boot). */
   readonly info: LaneInfo;
+  /** The guest's files: read, write, list, stream (see {@link LaneFileSystem}). Served by init; works on any image. */
+  readonly fs: LaneFileSystem;
   readonly #conn: HelperConnection;
   readonly #pending = new Set<ProcessChannel>();
   #nextChannel = 1;
@@ -194,6 +197,7 @@ export class Lane implements AsyncDisposable {
     this.#storeFailures = options.storeFailures;
     this.#storeProgress = options.storeProgress;
     this.info = Object.freeze(info);
+    this.fs = new LaneFileSystem(() => (this.closed ? undefined : conn));
     this.#livenessMs = options.livenessTimeoutMs ?? 30_000;
     this.#liveness = setInterval(() => this.#checkLiveness(), 1000);
     this.#liveness.unref?.();

@@ -2,6 +2,7 @@
 
 mod block;
 mod boot;
+mod files;
 mod fs;
 mod helper;
 mod net;
@@ -9,6 +10,7 @@ mod process;
 
 pub use block::*;
 pub use boot::*;
+pub use files::*;
 pub use fs::*;
 pub use helper::*;
 pub use net::*;
