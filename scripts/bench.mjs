@@ -18,6 +18,8 @@
 //    flow vs host loopback, connection setup latency, policy decision time.
 //  - virtual filesystem mounts vs the guest's tmpfs (scripts/bench/fs.mjs;
 //    BENCH_FS=0 skips them).
+//  - lane.fs (scripts/bench/files.mjs; BENCH_FILES=0 skips it): readFile of a
+//    100 MB guest file vs exec("cat") and spawn("cat") of it, alternating.
 //  - image import (scripts/bench/images.mjs; BENCH_IMAGES=0 skips it): a ~300 MiB
 //    image from a local registry through importImage vs `skopeo copy` of the
 //    same image to a directory, alternating in the same run.
@@ -260,6 +262,10 @@ const result = {
     throughputOk: stats(throughput).p50 / stats(ddFloor).p50 >= 0.5,
   },
 };
+if (process.env.BENCH_FILES !== "0") {
+  const { benchFiles } = await import(join(root, "scripts/bench/files.mjs"));
+  result.laneFs = await benchFiles({ image: IMAGE, log });
+}
 if (process.env.BENCH_FS !== "0") {
   const { benchFs } = await import(join(root, "scripts/bench/fs.mjs"));
   result.virtualFs = await benchFs({ image: IMAGE, log });

@@ -2,6 +2,7 @@ export { defineSandbox, listBuiltInImages } from "./sandbox.js";
 export type { Sandbox, SandboxDefinition, SandboxResources, BootOptions, LaneEvent } from "./sandbox.js";
 export { Lane } from "./lane.js";
 export { LaneFileSystem } from "./lane-fs/index.js";
+export type { TransferOptions, TransferProgress, TransferRefusal } from "./lane-fs/trees.js";
 export type { GuestFileStats, GuestFileType, GuestDirEntry, ReadFileOptions, WriteFileOptions, MkdirOptions, RmOptions } from "./lane-fs/index.js";
 export type { ExecOptions, ExecResult, LaneInfo, SpawnOptions, PtyOptions, SandboxProcess, SandboxPty } from "./lane.js";
 export type { StoreRetryEvent } from "./rootfs/block-store.js";

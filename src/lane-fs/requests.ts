@@ -31,6 +31,7 @@ const EXPECTS: Record<FileRequest["op"], FileReply["result"]> = {
   chmod: "done",
   symlink: "done",
   readlink: "link",
+  utimes: "done",
 };
 
 /** Sends one request; rejects with SandboxFileSystemError (guest errno) or the lane's end. */

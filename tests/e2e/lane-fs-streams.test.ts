@@ -13,7 +13,7 @@ const PIECE = 1024 * 1024;
 describe("lane.fs streams", () => {
   it("moves 1 GiB byte-exact with host RSS growth under 64 MiB", { timeout: 900_000 }, async () => {
     // The file lives on an ephemeral root: its blocks are the disk, held by the helper, not Node.
-    const sandbox = defineSandbox({ rootfs: rootfs.ephemeral({ base: rootfs.builtIn("busybox"), maxDirtyBytes: GIB + 256 * 1024 * 1024 }) });
+    const sandbox = defineSandbox({ rootfs: rootfs.ephemeral({ base: rootfs.builtIn("debian:12"), maxDirtyBytes: GIB + 256 * 1024 * 1024 }) });
     await using lane = await sandbox.boot();
     global.gc?.();
     const base = process.memoryUsage().rss;

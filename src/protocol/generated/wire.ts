@@ -473,6 +473,11 @@ export type FileRequest =
   | {
       op: "readlink";
       path: string;
+    }
+  | {
+      mtimeMs: number;
+      op: "utimes";
+      path: string;
     };
 /**
  * Node → helper (framed; read and readlink data follow the header): the

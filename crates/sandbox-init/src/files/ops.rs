@@ -93,6 +93,17 @@ pub fn run(req: &FileRequest, data: &[u8]) -> Result<FileReply, Errno> {
             std::os::unix::fs::symlink(target.as_str(), abs(path)?).map_err(errno)?;
             done
         }
+        FileRequest::Utimes { path, mtime_ms } => {
+            let c = std::ffi::CString::new(abs(path)?.as_os_str().as_encoded_bytes()).map_err(|_| libc::EINVAL)?;
+            let ms = mtime_ms.get();
+            let t = libc::timespec { tv_sec: (ms / 1000) as libc::time_t, tv_nsec: ((ms % 1000) * 1_000_000) as libc::c_long };
+            let times = [t, t];
+            // SAFETY: `c` is a NUL-terminated path and `times` two timespecs, both alive for the call.
+            if unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) } != 0 {
+                return Err(errno(io::Error::last_os_error()));
+            }
+            done
+        }
         FileRequest::Readlink { path } => {
             let target = fs::read_link(abs(path)?).map_err(errno)?;
             let target = target.to_string_lossy();

@@ -57,6 +57,8 @@ pub enum FileRequest {
     /// A symbolic link at `path` pointing to `target` (any text, not checked).
     Symlink { target: GuestPath, path: GuestPath },
     Readlink { path: GuestPath },
+    /// Sets access and modification time (ms since the epoch) of `path` itself, never following a link.
+    Utimes { path: GuestPath, mtime_ms: JsU64 },
 }
 
 /// What a directory entry, or a stat, is.
