@@ -81,7 +81,7 @@ describe("lane.upload / lane.download", () => {
     // No link out of hostDir is made: the escaping one is skipped, absolute ones re-rooted inside; each is reported.
     expect(() => lstatSync(join(host, "rel"))).toThrow(/ENOENT/);
     expect(readlinkSync(join(host, "abs"))).toBe("etc/passwd");
-    expect(got.refused!.map((r) => r.path).sort()).toEqual(["abs", "rel", "root"]);
+    expect([...new Set(got.refused!.map((r) => r.path))].sort()).toEqual(["abs", "rel", "root"]);
     expect(readFileSync(join(host, "d/passwd"), "utf8")).toBe("pwned\n");
     expect(createHash("sha256").update(readFileSync("/etc/passwd")).digest("hex")).toBe(passwd);
 
