@@ -99,14 +99,28 @@ export async function upload(link: FileLink, source: string | ReadableStream<Uin
           let offset = 0;
           let parts: Buffer[] = [];
           let size = 0;
+          let sentAny = false;
+          let timed = false;
           const flush = (last: boolean) => {
-            while (size >= CHUNK || (last && (size > 0 || offset === 0))) {
+            while (size >= CHUNK || (last && (size > 0 || !sentAny))) {
               const joined = parts.length === 1 ? parts[0]! : Buffer.concat(parts);
               const piece = joined.subarray(0, CHUNK);
-              const first = offset === 0;
-              send(
-                call(link, "upload", { op: "write", path, offset, create: first, truncate: first, createParents: false, ...(first ? { mode } : {}) }, "done", [piece]),
-              );
+              const first = !sentAny;
+              const final = last && joined.length <= CHUNK;
+              sentAny = true;
+              timed ||= final && mtimeMs !== undefined;
+              // One request for a small file: created or truncated with the source's mode, its mtime set after the data.
+              const req = {
+                op: "write" as const,
+                path,
+                offset,
+                create: first,
+                truncate: first,
+                createParents: false,
+                ...(first ? { mode, forceMode: true } : {}),
+                ...(final && mtimeMs !== undefined ? { mtimeMs } : {}),
+              };
+              send(call(link, "upload", req, "done", [piece]));
               offset += piece.length;
               progress.bytes += piece.length;
               const rest = joined.subarray(piece.length);
@@ -122,9 +136,8 @@ export async function upload(link: FileLink, source: string | ReadableStream<Uin
           });
           entry.on("end", () => {
             flush(true);
-            // A file replaced by the upload keeps its mode otherwise: set it.
-            send(call(link, "upload", { op: "chmod", path, mode }, "done"));
-            if (mtimeMs !== undefined) send(call(link, "upload", { op: "utimes", path, mtimeMs }, "done"));
+            // A size that is a multiple of CHUNK ended with a full piece sent before the end was known.
+            if (!timed && mtimeMs !== undefined) send(call(link, "upload", { op: "utimes", path, mtimeMs }, "done"));
           });
           break;
         }

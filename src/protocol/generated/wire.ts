@@ -427,7 +427,15 @@ export type FileRequest =
   | {
       create: boolean;
       createParents: boolean;
+      /**
+       * Apply `mode` to an existing file too (uploads keep the source's mode).
+       */
+      forceMode?: boolean;
       mode?: number | null;
+      /**
+       * After writing, set the file's access and modification time (ms since the epoch).
+       */
+      mtimeMs?: number | null;
       offset: number;
       op: "write";
       path: string;

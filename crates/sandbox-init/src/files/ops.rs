@@ -26,7 +26,7 @@ pub fn run(req: &FileRequest, data: &[u8]) -> Result<FileReply, Errno> {
     let done = Ok(FileReply::Done {});
     match req {
         FileRequest::Read { .. } => Err(libc::EINVAL),
-        FileRequest::Write { path, offset, create, truncate, mode, create_parents } => {
+        FileRequest::Write { path, offset, create, truncate, mode, create_parents, force_mode, mtime_ms } => {
             let path = abs(path)?;
             let file = match open_for_write(path, *create, *truncate, mode.map(|m| m.get())) {
                 Err(libc::ENOENT) if *create && *create_parents => {
@@ -38,6 +38,13 @@ pub fn run(req: &FileRequest, data: &[u8]) -> Result<FileReply, Errno> {
                 other => other?,
             };
             file.write_all_at(data, offset.get()).map_err(errno)?;
+            if let (true, Some(m)) = (*force_mode, mode) {
+                file.set_permissions(fs::Permissions::from_mode(m.get())).map_err(errno)?;
+            }
+            if let Some(ms) = mtime_ms {
+                let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.get());
+                file.set_times(fs::FileTimes::new().set_accessed(t).set_modified(t)).map_err(errno)?;
+            }
             done
         }
         FileRequest::Stat { path, follow } => {

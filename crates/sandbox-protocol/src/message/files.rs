@@ -37,6 +37,12 @@ pub enum FileRequest {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         mode: Option<FileMode>,
         create_parents: bool,
+        /// Apply `mode` to an existing file too (uploads keep the source's mode).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        force_mode: bool,
+        /// After writing, set the file's access and modification time (ms since the epoch).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mtime_ms: Option<JsU64>,
     },
     /// `stat` (`follow`) or `lstat`.
     Stat { path: GuestPath, follow: bool },
