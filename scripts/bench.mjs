@@ -20,6 +20,8 @@
 //    BENCH_FS=0 skips them).
 //  - snapshots (scripts/bench/snapshots.mjs; BENCH_SNAPSHOTS=0 skips them):
 //    restore-to-first-exec vs cold boot-to-first-exec, checkpoint time, PSS of 10 forks.
+//  - lane.fs (scripts/bench/files.mjs; BENCH_FILES=0 skips it): readFile of a
+//    100 MB guest file vs exec("cat") and spawn("cat") of it, alternating.
 //  - image import (scripts/bench/images.mjs; BENCH_IMAGES=0 skips it): a ~300 MiB
 //    image from a local registry through importImage vs `skopeo copy` of the
 //    same image to a directory, alternating in the same run.
@@ -262,6 +264,10 @@ const result = {
     throughputOk: stats(throughput).p50 / stats(ddFloor).p50 >= 0.5,
   },
 };
+if (process.env.BENCH_FILES !== "0") {
+  const { benchFiles } = await import(join(root, "scripts/bench/files.mjs"));
+  result.laneFs = await benchFiles({ image: IMAGE, log });
+}
 if (process.env.BENCH_FS !== "0") {
   const { benchFs } = await import(join(root, "scripts/bench/fs.mjs"));
   result.virtualFs = await benchFs({ image: IMAGE, log });

@@ -200,6 +200,51 @@ export class ProcessStartError extends SandboxError {
   }
 }
 
+/**
+ * A `lane.fs` call failed in the guest. Unlike other SandboxErrors, `code` is
+ * the guest kernel's errno name (`ENOENT`, `EROFS`, `ENOTDIR`, `EEXIST`,
+ * `EISDIR`, `ENOTEMPTY`, `EACCES`…), as Node's own fs errors have it, so
+ * `err.code === "ENOENT"` works the same on host and guest files.
+ */
+export class SandboxFileSystemError extends SandboxError {
+  /** The errno number in the guest (Linux numbering). */
+  readonly errno: number;
+  /** The `lane.fs` operation: `readFile`, `writeFile`, `stat`, `readdir`, `mkdir`, `rm`… */
+  readonly syscall: string;
+  /** The guest path the operation was given. */
+  readonly path: string;
+  /** The second path of `rename` (destination) and `symlink` (the link's target). */
+  readonly dest: string | undefined;
+  constructor(code: string, errno: number, syscall: string, path: string, dest?: string) {
+    super(code, fileErrorMessage(code, syscall, path, dest));
+    this.errno = errno;
+    this.syscall = syscall;
+    this.path = path;
+    this.dest = dest;
+  }
+}
+
+const FILE_ERROR_HINTS: Record<string, string> = {
+  ENOENT: "no such file or directory",
+  EROFS: "the guest filesystem is read-only here: write under /tmp, /run, /var/tmp, a writable mount, or boot with rootfs.ephemeral() or rootfs.cow()",
+  ENOTDIR: "a component of the path is not a directory",
+  EEXIST: "the path already exists",
+  EISDIR: "the path is a directory (rm needs { recursive: true })",
+  ENOTEMPTY: "the directory is not empty",
+  EACCES: "permission denied",
+  EPERM: "operation not permitted",
+  ELOOP: "too many levels of symbolic links",
+  ENOSPC: "no space left on the guest filesystem",
+  EXDEV: "rename across filesystems is not possible",
+  EINVAL: "invalid argument",
+};
+
+function fileErrorMessage(code: string, syscall: string, path: string, dest: string | undefined): string {
+  const hint = FILE_ERROR_HINTS[code] ?? "the guest kernel refused the operation";
+  const hint2 = code === "ENOENT" && syscall === "writeFile" ? "; pass { createParents: true } to make missing directories" : "";
+  return `${syscall} ${JSON.stringify(path)}${dest === undefined ? "" : ` → ${JSON.stringify(dest)}`} failed in the guest: ${code} (${hint}${hint2})`;
+}
+
 /** Buffered output passed `maxOutputBytes`; the process group was killed. */
 export class OutputLimitError extends SandboxError {
   /** The `maxOutputBytes` that was passed. */

@@ -167,6 +167,21 @@ export class HelperConnection extends EventEmitter {
     });
   }
 
+  /**
+   * One `lane.fs` operation, served by the guest's init; resolves with its
+   * validated reply (the helper already checked it answers this request with
+   * at most the data it asked for) and the bytes after the header.
+   */
+  fileRequest(header: KindMessages["FileRequest"], bytes: readonly Uint8Array[] = []): Promise<{ reply: KindMessages["FileReply"]; bytes: Buffer }> {
+    if (this.#closed) return Promise.reject(this.end.error ?? new LaneClosedError());
+    const id = this.#nextRequest;
+    this.#nextRequest = id >= 0xffff_ffff ? 1 : id + 1;
+    return new Promise((resolve, reject) => {
+      this.#waiting.set(id, { reply: "FileReply", resolve: resolve as (m: unknown) => void, reject });
+      this.sendFramed("FileRequest", id, header, bytes);
+    });
+  }
+
   /** Ends the helper now: SIGKILL takes the VMM with it (PDEATHSIG). */
   kill(): void {
     if (this.pid > 0) {
@@ -282,6 +297,14 @@ export class HelperConnection extends EventEmitter {
         if (!waiting || waiting.reply !== info.name) throw violation("no request waits for this answer");
         this.#waiting.delete(f.channel);
         waiting.resolve(decodeJson(info.name, f.payload, f.channel));
+        return;
+      }
+      case "FileReply": {
+        const waiting = this.#waiting.get(f.channel);
+        if (!waiting || waiting.reply !== "FileReply") throw violation("no file request waits for this answer");
+        this.#waiting.delete(f.channel);
+        const { header, bytes } = decodeFramed("FileReply", f.payload, f.channel);
+        waiting.resolve({ reply: header, bytes });
         return;
       }
       case "BlockRequest":

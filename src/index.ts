@@ -5,6 +5,9 @@ export { SandboxSnapshot } from "./snapshot.js";
 export type { CheckpointOptions, SnapshotBootOptions, SnapshotStats, SnapshotBooter } from "./snapshot.js";
 export { DirectorySnapshotStore, listSavedSnapshots } from "./snapshot-store.js";
 export type { SandboxSnapshotStore, SnapshotRequirements, SnapshotManifest } from "./snapshot-store.js";
+export { LaneFileSystem } from "./lane-fs/index.js";
+export type { TransferOptions, TransferProgress, TransferRefusal } from "./lane-fs/trees.js";
+export type { GuestFileStats, GuestFileType, GuestDirEntry, ReadFileOptions, WriteFileOptions, MkdirOptions, RmOptions } from "./lane-fs/index.js";
 export type { ExecOptions, ExecResult, LaneInfo, SpawnOptions, PtyOptions, SandboxProcess, SandboxPty } from "./lane.js";
 export type { StoreRetryEvent } from "./rootfs/block-store.js";
 export type { StoreRetryPolicy } from "./rootfs.js";
@@ -54,6 +57,7 @@ export {
   LaneClosedError,
   ProcessStartError,
   OutputLimitError,
+  SandboxFileSystemError,
   BlockStoreError,
   BlockStoreBaseMismatchError,
   PortForwardError,

@@ -26,6 +26,9 @@ import {
   type TerminalSize,
 } from "./process.js";
 import { Kind, MAX_PAYLOAD } from "./protocol/frames.js";
+import { LaneFileSystem } from "./lane-fs/index.js";
+import { guestPath } from "./lane-fs/requests.js";
+import { extractInto, tarOf, tarStream, upload, type TransferOptions, type TransferProgress } from "./lane-fs/trees.js";
 import { checkAbsolutePath, checkArgv, checkEnv, checkInteger } from "./validate.js";
 import { SandboxSnapshot, snapshotDir, type CheckpointOptions, type SnapshotBooter } from "./snapshot.js";
 import type { SnapshotRequirements } from "./snapshot-store.js";
@@ -181,6 +184,8 @@ export interface LaneOptions {
 export class Lane implements AsyncDisposable {
   /** Backend and why it was chosen, image, hostname, pids, boot timings (frozen at boot). */
   readonly info: LaneInfo;
+  /** The guest's files: read, write, list, stream (see {@link LaneFileSystem}). Served by init; works on any image. */
+  readonly fs: LaneFileSystem;
   readonly #conn: HelperConnection;
   readonly #pending = new Set<ProcessChannel>();
   #nextChannel = 1;
@@ -201,6 +206,7 @@ export class Lane implements AsyncDisposable {
     this.#storeProgress = options.storeProgress;
     this.#snapshots = options.snapshots;
     this.info = Object.freeze(info);
+    this.fs = new LaneFileSystem(() => (this.closed ? undefined : conn));
     this.#livenessMs = options.livenessTimeoutMs ?? 30_000;
     this.#liveness = setInterval(() => this.#checkLiveness(), 1000);
     this.#liveness.unref?.();
@@ -306,6 +312,36 @@ export class Lane implements AsyncDisposable {
       if (reply.status === "listening") return { host: "127.0.0.1" as const, port: reply.port };
       throw new PortForwardError(`cannot forward to guest port ${port}: ${reply.error}`);
     });
+  }
+
+  /**
+   * Copies a tree into the guest: `source` is a host directory (packed with the
+   * tar library, links kept as links) or a ReadableStream of tar bytes. Modes,
+   * symbolic links, mtimes and empty directories are kept; `guestDir` is created
+   * if missing. Entries leaving `guestDir` (absolute, `..`) or of other types
+   * (hard links, devices) fail the call. Resolves with the bytes and entries moved.
+   */
+  upload(source: string | ReadableStream<Uint8Array>, guestDir: string, options: TransferOptions = {}): Promise<TransferProgress> {
+    const dir = guestPath("guestDir", guestDir);
+    return upload(() => (this.closed ? undefined : this.#conn), source, dir, options);
+  }
+
+  /** A guest file or tree as a tar ReadableStream (modes, mtimes, links as links, empty directories), read as it is consumed. */
+  download(guestPath: string, options?: TransferOptions): ReadableStream<Uint8Array>;
+  /**
+   * Extracts a guest file or tree into `hostDir` (created if missing). Extraction
+   * never leaves `hostDir`, never writes through a link and makes no link that points
+   * outside it: such entries are listed in the result's `refused`.
+   */
+  download(guestPath: string, hostDir: string, options?: TransferOptions): Promise<TransferProgress>;
+  download(path: string, hostDirOrOptions?: string | TransferOptions, maybeOptions: TransferOptions = {}): ReadableStream<Uint8Array> | Promise<TransferProgress> {
+    const p = guestPath("guestPath", path);
+    const link = () => (this.closed ? undefined : this.#conn);
+    const options = typeof hostDirOrOptions === "string" ? maybeOptions : (hostDirOrOptions ?? {});
+    const progress: TransferProgress = { bytes: 0, entries: 0 };
+    const gen = tarOf(link, p, progress, options.onProgress);
+    if (typeof hostDirOrOptions !== "string") return tarStream(gen);
+    return extractInto(gen, hostDirOrOptions).then((refused) => ({ ...progress, refused }));
   }
 
   /** Runs a command to completion and returns its buffered output. */

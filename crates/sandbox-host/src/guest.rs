@@ -39,6 +39,11 @@ impl std::fmt::Display for Violation {
 
 impl std::error::Error for Violation {}
 
+/// `E` and at least one more uppercase letter or digit (`ENOENT`, `E2BIG`).
+fn is_errno_name(code: &str) -> bool {
+    code.len() >= 2 && code.starts_with('E') && code.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+}
+
 fn kind_name(kind: u8) -> String {
     match Kind::try_from(kind) {
         Ok(k) => format!("{} frame (0x{kind:02x})", k.name()),
@@ -75,6 +80,8 @@ pub struct Session {
     procs: HashMap<u32, Proc>,
     /// Pings Node sent that the guest has not answered.
     pings: u64,
+    /// File requests waiting for their reply: the result each expects and the most data it may carry.
+    files: HashMap<u32, (&'static str, u32)>,
 }
 
 impl Default for Session {
@@ -85,14 +92,14 @@ impl Default for Session {
 
 impl Session {
     pub fn new() -> Self {
-        Self { phase: Phase::Hello, procs: HashMap::new(), pings: 0 }
+        Self { phase: Phase::Hello, procs: HashMap::new(), pings: 0, files: HashMap::new() }
     }
 
     /// The session of a VM restored from a snapshot: its guest booted long
     /// ago and answers the helper's `Resume` with `Resumed` (which stands for
     /// `Ready`); no process channel of the old session exists here.
     pub fn resuming() -> Self {
-        Self { phase: Phase::Resuming, procs: HashMap::new(), pings: 0 }
+        Self { phase: Phase::Resuming, procs: HashMap::new(), pings: 0, files: HashMap::new() }
     }
 
     /// Checks one frame from the guest; `Ok` means it may go to Node as it is.
@@ -143,6 +150,10 @@ impl Session {
                 }
                 self.pings -= 1;
             }
+            Kind::FileReply => {
+                self.expect_phase(Phase::Running, &fail)?;
+                self.file_reply(channel, payload).map_err(fail)?;
+            }
             _ => {
                 self.expect_phase(Phase::Running, &fail)?;
                 self.process_frame(k, channel, payload).map_err(fail)?;
@@ -157,6 +168,38 @@ impl Session {
         } else {
             Err(fail(format!("not expected now (boot phase {:?}, this frame belongs to {want:?})", self.phase)))
         }
+    }
+
+    /// A FileReply must answer a request Node made, with the result that
+    /// request expects and no more data than it asked for.
+    fn file_reply(&mut self, channel: u32, payload: &[u8]) -> Result<(), String> {
+        let Some((want, max)) = self.files.remove(&channel) else {
+            return Err("no file request waits for this answer".into());
+        };
+        let (reply, bytes) = proto::decode_framed::<proto::FileReply>(payload).map_err(|e| e.to_string())?;
+        let got = reply.result();
+        if got != "error" && got != want {
+            return Err(format!("a {got} answer to a request that expects {want}"));
+        }
+        let limit = if got == "data" { max as usize } else { 0 };
+        if bytes.len() > limit {
+            return Err(format!("{} bytes of data, but the request allows {limit}", bytes.len()));
+        }
+        match &reply {
+            proto::FileReply::Error { code, .. } if !is_errno_name(code) => {
+                return Err(format!("{code:?} is not an errno name"));
+            }
+            proto::FileReply::Dir { entries, .. } => {
+                if entries.len() > proto::MAX_DIR_PAGE {
+                    return Err(format!("{} directory entries in one page; at most {}", entries.len(), proto::MAX_DIR_PAGE));
+                }
+                if let Some(e) = entries.iter().find(|e| !proto::is_entry_name(&e.name)) {
+                    return Err(format!("{:?} is not a directory entry name", e.name.as_str()));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     fn process_frame(&mut self, k: Kind, channel: u32, payload: &[u8]) -> Result<(), String> {
@@ -264,6 +307,13 @@ impl Session {
             }
             Kind::Signal => {
                 proto::decode::<proto::Signal>(payload).map_err(bad)?;
+            }
+            Kind::FileRequest => {
+                let (req, _) = proto::decode_framed::<proto::FileRequest>(payload).map_err(bad)?;
+                if self.files.contains_key(&channel) {
+                    return Err(fail("a file request with this id is still waiting for its answer".into()));
+                }
+                self.files.insert(channel, req.expects());
             }
             Kind::Ping => self.pings = self.pings.saturating_add(1),
             Kind::Resize => {

@@ -9,6 +9,7 @@
 mod boot;
 mod ca;
 mod cgroups;
+mod files;
 mod net;
 mod process;
 mod resume;

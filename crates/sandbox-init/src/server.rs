@@ -25,6 +25,8 @@ pub struct Server {
     /// The workload's cgroups; `None` when the kernel has none (reported at boot).
     containment: Option<Containment>,
     out: Vec<u8>,
+    /// Reply buffer of file requests (kept: a read places its data in it).
+    file_out: Vec<u8>,
 }
 
 /// What the loop should do after handling input.
@@ -51,6 +53,7 @@ impl Server {
             base_env,
             default_cwd,
             out: Vec::with_capacity(READ_CHUNK + 64),
+            file_out: Vec::new(),
         })
     }
 
@@ -222,6 +225,10 @@ impl Server {
                 if let (Some(p), Ok(sig)) = (self.procs.get(&ch), proto::decode::<proto::Signal>(&frame.payload)) {
                     p.kill_group(sig.signal.get());
                 }
+            }
+            Kind::FileRequest => {
+                let n = crate::files::serve(ch, &frame.payload, &mut self.file_out);
+                self.port.write_all(&self.file_out[..n])?;
             }
             Kind::Ping => self.port.write_all(&proto::encode_raw(Kind::Pong, 0, &[]))?,
             Kind::Quiesce => return self.quiesce(),

@@ -195,6 +195,12 @@ kinds! {
     /// new terminal size of a pty process.
     Resize = 0x1b, HostToGuest, Process, Json(Resize);
 
+    // --- lane.fs (0x30–0x3f; channel = request id chosen by the host) ---
+    /// one file operation served by init (write data follows the header).
+    FileRequest = 0x30, HostToGuest, Request, Framed(FileRequest);
+    /// the answer to one FileRequest (read data follows the header).
+    FileReply = 0x31, GuestToHost, Request, Framed(FileReply);
+
     // --- Node ⇄ helper: the VMM (channel 0) ---
     /// everything needed to start the VMM; the first frame.
     Launch = 0x80, NodeToHelper, Zero, Json(Launch);

@@ -11,6 +11,9 @@ export const WIRE = {
   jsSafeMax: 9007199254740991,
   maxBlocksPerFrame: 32768,
   maxDirEntries: 16384,
+  maxDirPage: 1024,
+  maxFileChunk: 524288,
+  maxGuestPath: 4096,
   maxPayload: 1048576,
   maxWindow: 16777216,
   stdinWindow: 262144,
@@ -64,6 +67,10 @@ export const Kind = {
   StdinAck: 0x1a,
   /** new terminal size of a pty process. */
   Resize: 0x1b,
+  /** one file operation served by init (write data follows the header). */
+  FileRequest: 0x30,
+  /** the answer to one FileRequest (read data follows the header). */
+  FileReply: 0x31,
   /** everything needed to start the VMM; the first frame. */
   Launch: 0x80,
   /** the VMM is running. */
@@ -139,6 +146,8 @@ export const KINDS: readonly KindInfo[] = [
   { name: "Credit", value: 0x19, direction: "host-to-guest", channel: "process", payload: "json", message: "Credit" },
   { name: "StdinAck", value: 0x1a, direction: "guest-to-host", channel: "process", payload: "json", message: "StdinAck" },
   { name: "Resize", value: 0x1b, direction: "host-to-guest", channel: "process", payload: "json", message: "Resize" },
+  { name: "FileRequest", value: 0x30, direction: "host-to-guest", channel: "request", payload: "framed", message: "FileRequest" },
+  { name: "FileReply", value: 0x31, direction: "guest-to-host", channel: "request", payload: "framed", message: "FileReply" },
   { name: "Launch", value: 0x80, direction: "node-to-helper", channel: "zero", payload: "json", message: "Launch" },
   { name: "Launched", value: 0x81, direction: "helper-to-node", channel: "zero", payload: "json", message: "Launched" },
   { name: "VmExited", value: 0x82, direction: "helper-to-node", channel: "zero", payload: "json", message: "VmExited" },
@@ -182,6 +191,8 @@ export interface KindMessages {
   Credit: Credit;
   StdinAck: StdinAck;
   Resize: Resize;
+  FileRequest: FileRequest;
+  FileReply: FileReply;
   Launch: Launch;
   Launched: Launched;
   VmExited: VmExited;
@@ -212,6 +223,8 @@ export interface Messages {
   Credit: Credit;
   Diagnostic: Diagnostic;
   Exit: Exit;
+  FileReply: FileReply;
+  FileRequest: FileRequest;
   FsForget: FsForget;
   FsReply: FsReply;
   FsRequest: FsRequest;
@@ -238,7 +251,7 @@ export interface Messages {
 }
 export type MessageName = keyof Messages;
 /** Every message name. */
-export const MESSAGE_NAMES: readonly MessageName[] = ["BlockReply", "BlockRequest", "Category", "Checkpoint", "Checkpointed", "Configure", "Credit", "Diagnostic", "Exit", "FsForget", "FsReply", "FsRequest", "Hello", "HelperError", "InitError", "Launch", "Launched", "NetAudit", "NetReply", "NetRequest", "PortForward", "PortForwarded", "Ready", "Resize", "Resume", "Resumed", "Signal", "Start", "StartFailed", "Started", "StdinAck", "VmExited"];
+export const MESSAGE_NAMES: readonly MessageName[] = ["BlockReply", "BlockRequest", "Category", "Checkpoint", "Checkpointed", "Configure", "Credit", "Diagnostic", "Exit", "FileReply", "FileRequest", "FsForget", "FsReply", "FsRequest", "Hello", "HelperError", "InitError", "Launch", "Launched", "NetAudit", "NetReply", "NetRequest", "PortForward", "PortForwarded", "Ready", "Resize", "Resume", "Resumed", "Signal", "Start", "StartFailed", "Started", "StdinAck", "VmExited"];
 
 /** A row of the address classification; the first matching row wins. */
 export interface AddressRow {
@@ -409,6 +422,125 @@ export type DiagnosticLevel = "info" | "warn" | "error";
  * via the `definition` "DiagnosticSource".
  */
 export type DiagnosticSource = "relay" | "vmm" | "block" | "fs" | "net" | "guest";
+/**
+ * guest → host: the answer to one FileRequest.
+ *
+ * This interface was referenced by `WireMessages`'s JSON-Schema
+ * via the `definition` "FileReply".
+ */
+export type FileReply =
+  | {
+      code: string;
+      errno: number;
+      result: "error";
+    }
+  | {
+      eof: boolean;
+      result: "data";
+    }
+  | {
+      result: "done";
+    }
+  | {
+      result: "stat";
+      stat: FileStat;
+    }
+  | {
+      /**
+       * @maxItems 1024
+       */
+      entries: FileDirEntry[];
+      more: boolean;
+      result: "dir";
+    }
+  | {
+      result: "link";
+      target: string;
+    };
+/**
+ * What a directory entry, or a stat, is.
+ *
+ * This interface was referenced by `WireMessages`'s JSON-Schema
+ * via the `definition` "FileType".
+ */
+export type FileType =
+  "file" | "directory" | "symlink" | "block-device" | "character-device" | "fifo" | "socket" | "unknown";
+/**
+ * host → guest: one file operation.
+ *
+ * This interface was referenced by `WireMessages`'s JSON-Schema
+ * via the `definition` "FileRequest".
+ */
+export type FileRequest =
+  | {
+      length: number;
+      offset: number;
+      op: "read";
+      path: string;
+    }
+  | {
+      create: boolean;
+      createParents: boolean;
+      /**
+       * Apply `mode` to an existing file too (uploads keep the source's mode).
+       */
+      forceMode?: boolean;
+      mode?: number | null;
+      /**
+       * After writing, set the file's access and modification time (ms since the epoch).
+       */
+      mtimeMs?: number | null;
+      offset: number;
+      op: "write";
+      path: string;
+      truncate: boolean;
+    }
+  | {
+      follow: boolean;
+      op: "stat";
+      path: string;
+    }
+  | {
+      op: "readdir";
+      path: string;
+      skip: number;
+    }
+  | {
+      mode?: number | null;
+      op: "mkdir";
+      path: string;
+      recursive: boolean;
+    }
+  | {
+      force: boolean;
+      op: "rm";
+      path: string;
+      recursive: boolean;
+    }
+  | {
+      from: string;
+      op: "rename";
+      to: string;
+    }
+  | {
+      mode: number;
+      op: "chmod";
+      path: string;
+    }
+  | {
+      op: "symlink";
+      path: string;
+      target: string;
+    }
+  | {
+      op: "readlink";
+      path: string;
+    }
+  | {
+      mtimeMs: number;
+      op: "utimes";
+      path: string;
+    };
 /**
  * Node → helper (framed; read and readlink data follow the header): the
  * answer to one `FsRequest`, on its channel. Which result is valid depends on
@@ -694,6 +826,8 @@ export interface WireMessages {
   Credit: Credit;
   Diagnostic: Diagnostic;
   Exit: Exit;
+  FileReply: FileReply;
+  FileRequest: FileRequest;
   FsForget: FsForget;
   FsReply: FsReply;
   FsRequest: FsRequest;
@@ -895,6 +1029,45 @@ export interface Exit {
   oomKilled?: boolean;
   signal?: number | null;
   timedOut: boolean;
+}
+/**
+ * What stat(2) said.
+ *
+ * This interface was referenced by `WireMessages`'s JSON-Schema
+ * via the `definition` "FileStat".
+ */
+export interface FileStat {
+  atimeMs: number;
+  ctimeMs: number;
+  gid: number;
+  ino: number;
+  /**
+   * Permission bits.
+   */
+  mode: number;
+  /**
+   * Milliseconds since the epoch (whole), and the nanoseconds within that millisecond.
+   */
+  mtimeMs: number;
+  mtimeNs: number;
+  nlink: number;
+  size: number;
+  type: FileType;
+  uid: number;
+}
+/**
+ * One directory entry.
+ *
+ * This interface was referenced by `WireMessages`'s JSON-Schema
+ * via the `definition` "FileDirEntry".
+ */
+export interface FileDirEntry {
+  /**
+   * One path component (never `.`, `..`, empty or containing `/`). A name that
+   * is not UTF-8 is sent with U+FFFD in place of the bad bytes.
+   */
+  name: string;
+  type: FileType;
 }
 /**
  * helper → Node, no answer: the guest kernel dropped `count` references to `node`.

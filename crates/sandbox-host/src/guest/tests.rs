@@ -126,3 +126,40 @@ fn a_restored_session_starts_at_resumed_and_only_the_helper_quiesces() {
     assert!(s.check_node(Kind::Quiesce, 0, &[]).is_err(), "Node may not quiesce the guest");
     assert!(s.check_node(Kind::Resume, 0, b"{}").is_err(), "Node may not resume it");
 }
+
+fn framed<M: proto::Message>(m: &M, bytes: &[u8]) -> Vec<u8> {
+    let frame = proto::encode_framed(1, m, &[bytes]);
+    frame[proto::HEADER_LEN..].to_vec()
+}
+
+#[test]
+fn file_replies_must_answer_a_request_with_its_result_and_at_most_its_data() {
+    let mut s = running();
+    let read: proto::FileRequest =
+        serde_json::from_str(r#"{"op":"read","path":"/etc/hostname","offset":0,"length":4}"#).unwrap();
+    let data = proto::FileReply::Data { eof: true };
+    // No request waits on channel 9.
+    assert!(s.check_guest(Kind::FileReply as u8, 9, &framed(&data, b"ab")).is_err());
+    s.check_node(Kind::FileRequest, 9, &framed(&read, b"")).unwrap();
+    assert!(s.check_node(Kind::FileRequest, 9, &framed(&read, b"")).is_err(), "an id in use");
+    let err = s.check_guest(Kind::FileReply as u8, 9, &framed(&data, b"abcde")).unwrap_err();
+    assert!(err.reason.contains("5 bytes"), "{err}");
+    s.check_node(Kind::FileRequest, 9, &framed(&read, b"")).unwrap();
+    s.check_guest(Kind::FileReply as u8, 9, &framed(&data, b"abcd")).unwrap();
+    // Answered: a second reply is refused.
+    assert!(s.check_guest(Kind::FileReply as u8, 9, &framed(&data, b"")).is_err());
+
+    let stat: proto::FileRequest = serde_json::from_str(r#"{"op":"stat","path":"/","follow":true}"#).unwrap();
+    s.check_node(Kind::FileRequest, 10, &framed(&stat, b"")).unwrap();
+    let err = s.check_guest(Kind::FileReply as u8, 10, &framed(&data, b"")).unwrap_err();
+    assert!(err.reason.contains("expects stat"), "{err}");
+    s.check_node(Kind::FileRequest, 10, &framed(&stat, b"")).unwrap();
+    let bogus: proto::FileReply = serde_json::from_str(r#"{"result":"error","code":"enoent","errno":2}"#).unwrap();
+    assert!(s.check_guest(Kind::FileReply as u8, 10, &framed(&bogus, b"")).is_err());
+
+    let list: proto::FileRequest = serde_json::from_str(r#"{"op":"readdir","path":"/","skip":0}"#).unwrap();
+    s.check_node(Kind::FileRequest, 11, &framed(&list, b"")).unwrap();
+    let dir: proto::FileReply =
+        serde_json::from_str(r#"{"result":"dir","entries":[{"name":"../etc","type":"file"}],"more":false}"#).unwrap();
+    assert!(s.check_guest(Kind::FileReply as u8, 11, &framed(&dir, b"")).is_err());
+}

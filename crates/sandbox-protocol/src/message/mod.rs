@@ -2,6 +2,7 @@
 
 mod block;
 mod boot;
+mod files;
 mod fs;
 mod helper;
 mod net;
@@ -10,6 +11,7 @@ mod snapshot;
 
 pub use block::*;
 pub use boot::*;
+pub use files::*;
 pub use fs::*;
 pub use helper::*;
 pub use net::*;
