@@ -1,6 +1,8 @@
-import { mkdtempSync, readdirSync, rmSync, truncateSync, cpSync, unlinkSync } from "node:fs";
+import { execFileSync, spawn } from "node:child_process";
+import { mkdtempSync, readdirSync, rmSync, truncateSync, cpSync, unlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { basename, dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   defineSandbox,
@@ -13,6 +15,8 @@ import {
   type Lane,
   type SandboxSnapshot,
 } from "../../src/index.js";
+import { createSandboxCa, generateRsaKey } from "../../src/network/http/ca.js";
+import { ADDR, createNetns } from "./netns.js";
 
 // One checkpointed lane serves every test: boots under TCG are the slow part.
 const sandbox = defineSandbox({
@@ -195,4 +199,86 @@ describe("snapshots on a real VM (qemu)", () => {
     expect(guest).toBeGreaterThan(before - 1000);
     expect(guest).toBeLessThan(after + 1000);
   }, 120_000);
+
+  it("kill -9 of Node during checkpoint(): no helper or QEMU left, the half-written snapshot is never valid", async () => {
+    const parent = mkdtempSync(join(tmpdir(), "sbx-snapkill-"));
+    const dir = join(parent, "snap-killed");
+    const { mkdirSync } = await import("node:fs");
+    mkdirSync(dir);
+    try {
+      const script = fileURLToPath(new URL("./fixtures/snapshot-kill.mjs", import.meta.url));
+      const child = spawn(process.execPath, [script, dir], { stdio: ["ignore", "pipe", "inherit"] });
+      let out = "";
+      await new Promise<void>((resolve, reject) => {
+        child.stdout.on("data", (d: Buffer) => {
+          out += d.toString();
+          if (out.includes('"ready"')) resolve();
+        });
+        child.on("exit", (code) => reject(new Error(`snapshot-kill.mjs exited with ${code} before it was ready: ${out}`)));
+      });
+      // Every descendant of the fixture (the helper, QEMU and whatever they run).
+      const descendants = (pid: number): number[] => {
+        let kids: number[] = [];
+        try {
+          kids = execFileSync("pgrep", ["-P", String(pid)]).toString().trim().split("\n").filter(Boolean).map(Number);
+        } catch {
+          // no children
+        }
+        return kids.flatMap((k) => [k, ...descendants(k)]);
+      };
+      const pids = descendants(child.pid!);
+      expect(pids.length).toBeGreaterThanOrEqual(2);
+      // Kill as soon as the checkpoint has started writing files.
+      const deadline = Date.now() + 60_000;
+      while (readdirSync(dir).length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 2));
+      const written = readdirSync(dir);
+      child.kill("SIGKILL");
+      await new Promise((r) => child.once("exit", r));
+      expect(written.length).toBeGreaterThan(0);
+      expect(out).not.toContain("checkpointed");
+      const alive = (p: number) => {
+        try {
+          process.kill(p, 0);
+          return true;
+        } catch {
+          return false;
+        }
+      };
+      for (let i = 0; i < 100 && pids.some(alive); i++) await new Promise((r) => setTimeout(r, 100));
+      expect(pids.filter(alive)).toEqual([]);
+      // Whatever was half-written is not a snapshot: never listed, and loading it is a typed error.
+      const store = new DirectorySnapshotStore(parent);
+      expect(await listSavedSnapshots(store)).toEqual([]);
+      await expect(sandbox.loadSnapshot(store, basename(dir))).rejects.toBeInstanceOf(SandboxSnapshotError);
+      expect(dirname(dir)).toBe(parent);
+    } finally {
+      rmSync(parent, { recursive: true, force: true });
+    }
+  }, 300_000);
+
+  it("with HTTP interception: a fork curls https through the middleware with its new CA, and the policy sees its flows", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "sbx-snaphttp-"));
+    const ns = createNetns();
+    try {
+      const ca = await createSandboxCa({ commonName: "upstream test CA" });
+      const key = await generateRsaKey();
+      const keyPem = key.privateKey.export({ type: "pkcs8", format: "pem" }).toString();
+      const token = "tok-" + "snapshot-fork";
+      writeFileSync(join(dir, "upstream.json"), JSON.stringify({ dnsIp: ADDR.dns, token, zone: { "api.test": ADDR.api }, servers: [{ name: "api.test", ip: ADDR.api, keyPem, certPem: ca.issueLeaf("api.test", key) }] }));
+      writeFileSync(join(dir, "lane.json"), JSON.stringify({ dnsIp: ADDR.dns, token, caPem: ca.certPem }));
+      await ns.startNode(ns.inet, "http-upstream.mjs", [join(dir, "upstream.json")], (l) => l.includes('"ready"'));
+      const { lines } = await ns.startNode(ns.host, "snapshot-http.mjs", [join(dir, "lane.json")], (l) => l.startsWith('{"results"'));
+      const { results: r } = JSON.parse(lines.find((l) => l.startsWith('{"results"'))!);
+      expect(r.before).toEqual({ exitCode: 0, stdout: JSON.stringify({ server: "api.test", path: "/before-checkpoint", authorized: true }), stderr: "" });
+      expect(r.after.stderr).toBe("");
+      expect(JSON.parse(r.after.stdout)).toEqual({ server: "api.test", path: "/after-restore", authorized: true });
+      expect(r.caChanged).toBe(true);
+      // Only the fork was running: the callback and the middleware saw its flow.
+      expect(r.seenByFork).toContain("api.test");
+      expect(r.seenByFork).toContain("middleware");
+    } finally {
+      ns.cleanup();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 300_000);
 });
