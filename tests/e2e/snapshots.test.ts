@@ -165,8 +165,14 @@ describe("snapshots on a real VM (qemu)", () => {
 
   it("a lane with an fs.memory mount is refused with a typed error (not yet capturable)", async () => {
     const withMount = defineSandbox({ rootfs: rootfs.builtIn("debian:12"), resources: { cpus: 1, memoryMiB: 512 } });
-    await using l = await withMount.boot({ mounts: { "/mnt/shared": fs.virtual(fs.memory()) } });
+    const events: LaneEvent[] = [];
+    await using l = await withMount.boot({ mounts: { "/mnt/shared": fs.virtual(fs.memory()) }, idleTimeoutMs: 1000, onEvent: (e) => events.push(e) });
     await expect(l.checkpoint()).rejects.toBeInstanceOf(SandboxSnapshotError);
+    // Idle hibernation of such a lane: reported once, and the lane keeps running.
+    for (let i = 0; i < 50 && !events.some((e) => e.type === "hibernate-failed"); i++) await new Promise((r) => setTimeout(r, 100));
+    const failed = events.find((e) => e.type === "hibernate-failed");
+    expect(failed?.type === "hibernate-failed" && failed.error).toBeInstanceOf(SandboxSnapshotError);
+    expect(await sh(l, "echo alive")).toBe("alive");
   });
 
   it("kill -9 of Node during checkpoint(): no helper or QEMU left, the half-written snapshot is never valid", async () => {
