@@ -1,5 +1,5 @@
 export { defineSandbox, listBuiltInImages } from "./sandbox.js";
-export type { Sandbox, SandboxDefinition, SandboxResources, BootOptions, LaneEvent } from "./sandbox.js";
+export type { Sandbox, SandboxDefinition, SandboxResources, BootOptions, LaneEvent, IdleHibernateEvent } from "./sandbox.js";
 export { Lane } from "./lane.js";
 export { SandboxSnapshot } from "./snapshot.js";
 export type { CheckpointOptions, SnapshotBootOptions, SnapshotStats, SnapshotBooter } from "./snapshot.js";

@@ -31,6 +31,7 @@ import { guestPath } from "./lane-fs/requests.js";
 import { extractInto, tarOf, tarStream, upload, type TransferOptions, type TransferProgress } from "./lane-fs/trees.js";
 import { checkAbsolutePath, checkArgv, checkEnv, checkInteger } from "./validate.js";
 import { SandboxSnapshot, snapshotDir, type CheckpointOptions, type SnapshotBooter } from "./snapshot.js";
+import type { LaneEvent } from "./sandbox.js";
 import type { SnapshotRequirements } from "./snapshot-store.js";
 
 /** Facts about a running lane: backend and why it was chosen, image, names, pids, boot timings. */
@@ -173,6 +174,10 @@ export interface LaneOptions {
   livenessTimeoutMs?: number | undefined;
   /** How snapshots of this lane boot, or why it cannot be checkpointed. */
   snapshots?: { boot: SnapshotBooter; requires: () => Promise<SnapshotRequirements> } | { refuse: string } | undefined;
+  /** Auto-hibernate after this long without exec/spawn/pty activity (`boot({ idleTimeoutMs })`). */
+  idleTimeoutMs?: number | undefined;
+  /** Where the idle hibernation reports (`boot({ onEvent })`). */
+  onEvent?: ((event: LaneEvent) => void) | undefined;
 }
 
 /**
@@ -211,6 +216,7 @@ export class Lane implements AsyncDisposable {
     this.#liveness = setInterval(() => this.#checkLiveness(), 1000);
     this.#liveness.unref?.();
     conn.once("exit", () => clearInterval(this.#liveness));
+    if (options.idleTimeoutMs !== undefined) this.#watchIdle(options.idleTimeoutMs, options.onEvent);
     this.#exited = new Promise((resolve) => {
       if (conn.closed) resolve();
       conn.once("exit", (end: ConnectionEnd) => {
@@ -234,6 +240,33 @@ export class Lane implements AsyncDisposable {
   readonly #liveness: NodeJS.Timeout;
   readonly #storeProgress: (() => number) | undefined;
   #pingedAt = 0;
+  /** `performance.now()` of the last process start or end (idle hibernation). */
+  #lastActivity = performance.now();
+
+  /** Hibernates once no process ran or started for `idleMs`; reports through `onEvent`. */
+  #watchIdle(idleMs: number, onEvent: ((event: LaneEvent) => void) | undefined): void {
+    const report = (event: LaneEvent) => {
+      try {
+        onEvent?.(event);
+      } catch {
+        // An event hook that throws must not take the lane down.
+      }
+    };
+    const timer = setInterval(() => {
+      if (this.closed) return clearInterval(timer);
+      const now = performance.now();
+      // A running process (a long exec, an open pty) is activity.
+      if (this.#pending.size > 0) this.#lastActivity = now;
+      if (now - this.#lastActivity < idleMs) return;
+      clearInterval(timer);
+      this.hibernate().then(
+        (snapshot) => report({ type: "hibernated", snapshot, idleMs }),
+        (error: unknown) => report({ type: "hibernate-failed", error, idleMs }),
+      );
+    }, Math.min(1000, Math.max(100, idleMs / 10)));
+    timer.unref?.();
+    this.#conn.once("exit", () => clearInterval(timer));
+  }
 
   /**
    * Pings a guest that has been silent for a while and ends the lane when it
@@ -415,10 +448,14 @@ export class Lane implements AsyncDisposable {
     if (signal?.aborted) throw abortError(signal);
     const ch = new ProcessChannel(this.#conn, this.#allocChannel(), {
       ...hooks,
-      onSettled: () => this.#pending.delete(ch),
+      onSettled: () => {
+        this.#pending.delete(ch);
+        this.#lastActivity = performance.now();
+      },
       onHostTimeout: () => this.#probe(),
     });
     this.#pending.add(ch);
+    this.#lastActivity = performance.now();
     return ch;
   }
 

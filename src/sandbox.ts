@@ -104,6 +104,15 @@ export interface BootOptions {
    * built-in or durable root the target must exist (built-in images have /workspace and /mnt).
    */
   mounts?: Record<string, VirtualMount>;
+  /**
+   * Hibernates the lane on its own after this long (ms, ≥ 1000) with no
+   * exec/spawn/pty running or started: `lane.hibernate()`, then a
+   * `hibernated` event (`boot({ onEvent })`) carrying the snapshot to wake it
+   * with (`event.snapshot.boot()`). A lane that cannot be checkpointed (mounts,
+   * `rootfs.cow`) gets a `hibernate-failed` event instead and keeps running.
+   * Default: never.
+   */
+  idleTimeoutMs?: number;
 }
 
 /**
@@ -111,7 +120,17 @@ export interface BootOptions {
  * init's own words, with level and source; `store-retry` = a `rootfs.cow`
  * store call failed and will be tried again (the guest sees nothing yet).
  */
-export type LaneEvent = ({ type: "diagnostic" } & LaneDiagnostic) | StoreRetryEvent;
+export type LaneEvent = ({ type: "diagnostic" } & LaneDiagnostic) | StoreRetryEvent | IdleHibernateEvent;
+
+/**
+ * `boot({ idleTimeoutMs })` fired: `hibernated` = the lane was checkpointed and
+ * powered off after `idleMs` without exec/spawn/pty activity, and `snapshot`
+ * wakes it (`snapshot.boot()`; delete it when done); `hibernate-failed` = the
+ * checkpoint failed (`error`), and the lane keeps running.
+ */
+export type IdleHibernateEvent =
+  | { type: "hibernated"; snapshot: SandboxSnapshot; idleMs: number }
+  | { type: "hibernate-failed"; error: unknown; idleMs: number };
 
 /**
  * A checked, frozen machine description (`defineSandbox`). Nothing runs until `boot()`,

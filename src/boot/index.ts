@@ -210,6 +210,8 @@ export async function bootLane(
         storeFailures: failures,
         storeProgress: store ? () => failures.lastProgressAt : undefined,
         livenessTimeoutMs: plan.livenessTimeoutMs,
+        idleTimeoutMs: plan.idleTimeoutMs,
+        onEvent: plan.onEvent,
         snapshots: snapshotRefusal(platform.choice.backend, root, plan.mounts.length, restore !== undefined) ?? {
           boot: snapshotBooter(root, resources, policy, internals, plan.hostname),
           requires: requirements,

@@ -20,6 +20,8 @@ export interface BootPlan {
   onError: ((error: BlockStoreError) => void) | undefined;
   onEvent: ((event: LaneEvent) => void) | undefined;
   livenessTimeoutMs: number;
+  /** `boot({ idleTimeoutMs })`: auto-hibernate after this long idle (undefined: never). */
+  idleTimeoutMs: number | undefined;
   /** The explicit interception CA's certificate, checked (undefined: none given). */
   caCertPem: Promise<string | undefined> | undefined;
 }
@@ -46,6 +48,7 @@ export function checkBootOptions(options: BootOptions): BootPlan {
     mounts: checkMounts(options.mounts),
     timeoutMs: checkInteger("timeoutMs", options.timeoutMs ?? 120_000, 1, 3_600_000),
     livenessTimeoutMs: checkInteger("livenessTimeoutMs", options.livenessTimeoutMs ?? 30_000, 5_000, 3_600_000),
+    idleTimeoutMs: options.idleTimeoutMs === undefined ? undefined : checkInteger("idleTimeoutMs", options.idleTimeoutMs, 1000, 7 * 86_400_000),
     signal: options.signal,
     onError: options.onError,
     onEvent: options.onEvent,

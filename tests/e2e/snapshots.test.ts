@@ -1,18 +1,22 @@
-import { mkdtempSync, readdirSync, rmSync, truncateSync, cpSync, unlinkSync } from "node:fs";
+import { execFileSync, spawn } from "node:child_process";
+import { mkdtempSync, readdirSync, rmSync, truncateSync, cpSync, unlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { basename, dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   defineSandbox,
   DirectorySnapshotStore,
   fs,
-  network,
   listSavedSnapshots,
   rootfs,
   SandboxSnapshotError,
   type Lane,
+  type LaneEvent,
   type SandboxSnapshot,
 } from "../../src/index.js";
+import { createSandboxCa, generateRsaKey } from "../../src/network/http/ca.js";
+import { ADDR, createNetns } from "./netns.js";
 
 // One checkpointed lane serves every test: boots under TCG are the slow part.
 const sandbox = defineSandbox({
@@ -159,31 +163,130 @@ describe("snapshots on a real VM (qemu)", () => {
     }
   });
 
-  it("with a network policy: a fork gets a new interception CA installed by init", async () => {
-    const withNet = defineSandbox({
-      rootfs: rootfs.ephemeral({ base: rootfs.builtIn("debian:12") }),
-      resources: { cpus: 1, memoryMiB: 512 },
-      network: network.policy(() => false),
-    });
-    await using original = await withNet.boot();
-    const before = await sh(original, "cat /run/sandbox/ca.crt");
-    const s = await original.checkpoint();
-    try {
-      await using fork = await s.boot();
-      const after = await sh(fork, "cat /run/sandbox/ca.crt");
-      expect(after).toContain("BEGIN CERTIFICATE");
-      expect(after).not.toBe(before);
-      expect(await sh(fork, "grep -c 'BEGIN CERTIFICATE' \"$SSL_CERT_FILE\"")).not.toBe("0");
-    } finally {
-      await s.delete();
-    }
-  }, 120_000);
-
   it("a lane with an fs.memory mount is refused with a typed error (not yet capturable)", async () => {
     const withMount = defineSandbox({ rootfs: rootfs.builtIn("debian:12"), resources: { cpus: 1, memoryMiB: 512 } });
-    await using l = await withMount.boot({ mounts: { "/mnt/shared": fs.virtual(fs.memory()) } });
+    const events: LaneEvent[] = [];
+    await using l = await withMount.boot({ mounts: { "/mnt/shared": fs.virtual(fs.memory()) }, idleTimeoutMs: 1000, onEvent: (e) => events.push(e) });
     await expect(l.checkpoint()).rejects.toBeInstanceOf(SandboxSnapshotError);
+    // Idle hibernation of such a lane: reported once, and the lane keeps running.
+    for (let i = 0; i < 50 && !events.some((e) => e.type === "hibernate-failed"); i++) await new Promise((r) => setTimeout(r, 100));
+    const failed = events.find((e) => e.type === "hibernate-failed");
+    expect(failed?.type === "hibernate-failed" && failed.error).toBeInstanceOf(SandboxSnapshotError);
+    expect(await sh(l, "echo alive")).toBe("alive");
   });
+
+  it("kill -9 of Node during checkpoint(): no helper or QEMU left, the half-written snapshot is never valid", async () => {
+    const parent = mkdtempSync(join(tmpdir(), "sbx-snapkill-"));
+    const dir = join(parent, "snap-killed");
+    const { mkdirSync } = await import("node:fs");
+    mkdirSync(dir);
+    try {
+      const script = fileURLToPath(new URL("./fixtures/snapshot-kill.mjs", import.meta.url));
+      const child = spawn(process.execPath, [script, dir], { stdio: ["ignore", "pipe", "inherit"] });
+      let out = "";
+      await new Promise<void>((resolve, reject) => {
+        child.stdout.on("data", (d: Buffer) => {
+          out += d.toString();
+          if (out.includes('"ready"')) resolve();
+        });
+        child.on("exit", (code) => reject(new Error(`snapshot-kill.mjs exited with ${code} before it was ready: ${out}`)));
+      });
+      // Every descendant of the fixture (the helper, QEMU and whatever they run).
+      const descendants = (pid: number): number[] => {
+        let kids: number[] = [];
+        try {
+          kids = execFileSync("pgrep", ["-P", String(pid)]).toString().trim().split("\n").filter(Boolean).map(Number);
+        } catch {
+          // no children
+        }
+        return kids.flatMap((k) => [k, ...descendants(k)]);
+      };
+      const pids = descendants(child.pid!);
+      expect(pids.length).toBeGreaterThanOrEqual(2);
+      // Kill as soon as the checkpoint has started writing files.
+      const deadline = Date.now() + 60_000;
+      while (readdirSync(dir).length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 2));
+      const written = readdirSync(dir);
+      // Also what the checkpoint itself started (QEMU's migration writer).
+      pids.push(...descendants(child.pid!).filter((p) => !pids.includes(p)));
+      child.kill("SIGKILL");
+      await new Promise((r) => child.once("exit", r));
+      expect(written.length).toBeGreaterThan(0);
+      console.log(`kill -9 during checkpoint: files written ${written.join(",")}, pids checked ${pids.length}`);
+      expect(out).not.toContain("checkpointed");
+      const alive = (p: number) => {
+        try {
+          process.kill(p, 0);
+          return true;
+        } catch {
+          return false;
+        }
+      };
+      for (let i = 0; i < 100 && pids.some(alive); i++) await new Promise((r) => setTimeout(r, 100));
+      expect(pids.filter(alive)).toEqual([]);
+      // Whatever was half-written is not a snapshot: never listed, and loading it is a typed error.
+      const store = new DirectorySnapshotStore(parent);
+      expect(await listSavedSnapshots(store)).toEqual([]);
+      await expect(sandbox.loadSnapshot(store, basename(dir))).rejects.toBeInstanceOf(SandboxSnapshotError);
+      expect(dirname(dir)).toBe(parent);
+    } finally {
+      rmSync(parent, { recursive: true, force: true });
+    }
+  }, 300_000);
+
+  it("with HTTP interception: a fork curls https through the middleware with its new CA, and the policy sees its flows", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "sbx-snaphttp-"));
+    const ns = createNetns();
+    try {
+      const ca = await createSandboxCa({ commonName: "upstream test CA" });
+      const key = await generateRsaKey();
+      const keyPem = key.privateKey.export({ type: "pkcs8", format: "pem" }).toString();
+      const token = "tok-" + "snapshot-fork";
+      writeFileSync(join(dir, "upstream.json"), JSON.stringify({ dnsIp: ADDR.dns, token, zone: { "api.test": ADDR.api }, servers: [{ name: "api.test", ip: ADDR.api, keyPem, certPem: ca.issueLeaf("api.test", key) }] }));
+      writeFileSync(join(dir, "lane.json"), JSON.stringify({ dnsIp: ADDR.dns, token, caPem: ca.certPem }));
+      await ns.startNode(ns.inet, "http-upstream.mjs", [join(dir, "upstream.json")], (l) => l.includes('"ready"'));
+      const { lines } = await ns.startNode(ns.host, "snapshot-http.mjs", [join(dir, "lane.json")], (l) => l.startsWith('{"results"'));
+      const { results: r } = JSON.parse(lines.find((l) => l.startsWith('{"results"'))!);
+      expect(r.before).toEqual({ exitCode: 0, stdout: JSON.stringify({ server: "api.test", path: "/before-checkpoint", authorized: true }), stderr: "" });
+      expect(r.after.stderr).toBe("");
+      expect(JSON.parse(r.after.stdout)).toEqual({ server: "api.test", path: "/after-restore", authorized: true });
+      expect(r.caChanged).toBe(true);
+      // Only the fork was running: the callback and the middleware saw its flow.
+      expect(r.seenByFork).toContain("api.test");
+      expect(r.seenByFork).toContain("middleware");
+    } finally {
+      ns.cleanup();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 300_000);
+
+  it("boot({ idleTimeoutMs }) hibernates an idle lane (not while a process runs) and hands the snapshot over in an event", async () => {
+    const events: LaneEvent[] = [];
+    const idle = await sandbox.boot({ hostname: "idler", idleTimeoutMs: 2000, onEvent: (e) => events.push(e) });
+    let woke: Lane | undefined;
+    let parked: SandboxSnapshot | undefined;
+    try {
+      await sh(idle, "echo parked > /root/idle-note");
+      // A process running longer than the timeout is activity.
+      await sh(idle, "sleep 3");
+      const settledAt = Date.now();
+      expect(events.filter((e) => e.type === "hibernated" || e.type === "hibernate-failed")).toEqual([]);
+      for (let i = 0; i < 300 && !events.some((e) => e.type === "hibernated" || e.type === "hibernate-failed"); i++) await new Promise((r) => setTimeout(r, 100));
+      const ev = events.find((e) => e.type === "hibernated" || e.type === "hibernate-failed");
+      expect(ev?.type).toBe("hibernated");
+      if (ev?.type !== "hibernated") return;
+      parked = ev.snapshot;
+      expect(ev.idleMs).toBe(2000);
+      expect(Date.now() - settledAt).toBeGreaterThanOrEqual(2000);
+      expect(idle.closed).toBe(true);
+      woke = await ev.snapshot.boot();
+      expect(await sh(woke, "cat /root/idle-note; hostname")).toBe("parked\nidler");
+    } finally {
+      await woke?.close();
+      await idle.close();
+      await parked?.delete();
+    }
+  }, 120_000);
 
   it("a restore 60 s after the checkpoint has the host's clock", async () => {
     const wait = checkpointedAt + 60_000 - Date.now();

@@ -35,6 +35,12 @@ describe("input validation", () => {
     await expect(sb.boot({ interceptCa: { certPem: cert + cert } })).rejects.toThrow(SandboxConfigError);
   });
 
+  it("refuses an idle timeout under 1 s or not an integer, before booting", async () => {
+    const sb = defineSandbox({ rootfs: rootfs.builtIn("busybox") });
+    await expect(sb.boot({ idleTimeoutMs: 10 })).rejects.toThrow(/idleTimeoutMs/);
+    await expect(sb.boot({ idleTimeoutMs: 1500.5 })).rejects.toThrow(SandboxConfigError);
+  });
+
   it("rejects an empty built-in image name", () => {
     expect(() => rootfs.builtIn("")).toThrow(SandboxConfigError);
   });
