@@ -174,7 +174,7 @@ export interface LaneOptions {
   livenessTimeoutMs?: number | undefined;
   /** How snapshots of this lane boot, or why it cannot be checkpointed. */
   snapshots?: { boot: SnapshotBooter; requires: () => Promise<SnapshotRequirements> } | { refuse: string } | undefined;
-  /** Auto-hibernate after this long without exec/spawn/pty activity (`boot({ idleTimeoutMs })`). */
+  /** Auto-hibernate after this long without exec/spawn/pty/lane.fs activity (`boot({ idleTimeoutMs })`). */
   idleTimeoutMs?: number | undefined;
   /** Where the idle hibernation reports (`boot({ onEvent })`). */
   onEvent?: ((event: LaneEvent) => void) | undefined;
@@ -211,7 +211,11 @@ export class Lane implements AsyncDisposable {
     this.#storeProgress = options.storeProgress;
     this.#snapshots = options.snapshots;
     this.info = Object.freeze(info);
-    this.fs = new LaneFileSystem(() => (this.closed ? undefined : conn));
+    this.fs = new LaneFileSystem(() => {
+      // Every file request is activity for the idle hibernation.
+      this.#lastActivity = performance.now();
+      return this.closed ? undefined : conn;
+    });
     this.#livenessMs = options.livenessTimeoutMs ?? 30_000;
     this.#liveness = setInterval(() => this.#checkLiveness(), 1000);
     this.#liveness.unref?.();
@@ -240,7 +244,7 @@ export class Lane implements AsyncDisposable {
   readonly #liveness: NodeJS.Timeout;
   readonly #storeProgress: (() => number) | undefined;
   #pingedAt = 0;
-  /** `performance.now()` of the last process start or end (idle hibernation). */
+  /** `performance.now()` of the last process start or end or `lane.fs` request (idle hibernation). */
   #lastActivity = performance.now();
 
   /** Hibernates once no process ran or started for `idleMs`; reports through `onEvent`. */

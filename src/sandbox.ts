@@ -106,7 +106,7 @@ export interface BootOptions {
   mounts?: Record<string, VirtualMount>;
   /**
    * Hibernates the lane on its own after this long (ms, ≥ 1000) with no
-   * exec/spawn/pty running or started: `lane.hibernate()`, then a
+   * exec/spawn/pty running or started and no `lane.fs` request: `lane.hibernate()`, then a
    * `hibernated` event (`boot({ onEvent })`) carrying the snapshot to wake it
    * with (`event.snapshot.boot()`). A lane that cannot be checkpointed (mounts,
    * `rootfs.cow`) gets a `hibernate-failed` event instead and keeps running.
@@ -124,7 +124,7 @@ export type LaneEvent = ({ type: "diagnostic" } & LaneDiagnostic) | StoreRetryEv
 
 /**
  * `boot({ idleTimeoutMs })` fired: `hibernated` = the lane was checkpointed and
- * powered off after `idleMs` without exec/spawn/pty activity, and `snapshot`
+ * powered off after `idleMs` without exec/spawn/pty/lane.fs activity, and `snapshot`
  * wakes it (`snapshot.boot()`; delete it when done); `hibernate-failed` = the
  * checkpoint failed (`error`), and the lane keeps running.
  */
