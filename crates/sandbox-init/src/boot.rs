@@ -239,16 +239,20 @@ pub struct CaSetup {
     pub warning: Option<String>,
 }
 
+/// Runs one of the image's own programs (the trust-store installer) with a
+/// clean environment, from `/`, without stdin.
+pub fn run_image_tool(program: &Path, args: &[&str]) -> std::io::Result<std::process::Output> {
+    std::process::Command::new(program)
+        .args(args)
+        .env_clear()
+        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .current_dir("/")
+        .stdin(std::process::Stdio::null())
+        .output()
+}
+
 pub fn setup_ca(cfg: &Configure) -> Result<CaSetup, BootError> {
-    let run = |program: &Path, args: &[&str]| {
-        std::process::Command::new(program)
-            .args(args)
-            .env_clear()
-            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-            .current_dir("/")
-            .stdin(std::process::Stdio::null())
-            .output()
-    };
+    let run = run_image_tool;
     let root = Path::new("/");
     match &cfg.ca_cert_pem {
         Some(pem) => match crate::ca::setup(root, pem, !cfg.root.read_only, &run) {

@@ -40,15 +40,7 @@ pub fn apply(r: &Resume) -> Vec<String> {
 /// Installs the new lane's interception CA in place of the checkpointed
 /// lane's (same paths, so the environment variables that name it still hold).
 pub fn install_ca(pem: &str) -> Result<Vec<(String, String)>, String> {
-    let run = |program: &std::path::Path, args: &[&str]| {
-        std::process::Command::new(program)
-            .args(args)
-            .env_clear()
-            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-            .current_dir("/")
-            .stdin(std::process::Stdio::null())
-            .output()
-    };
+    let run = crate::boot::run_image_tool;
     let root = std::path::Path::new("/");
     match crate::ca::setup(root, pem, root_writable(), &run) {
         // The checkpointed lane staged its CA the same way (Configure.caOptional).
