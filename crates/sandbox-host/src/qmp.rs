@@ -103,6 +103,33 @@ pub fn shell_path(p: &std::path::Path) -> Result<String, String> {
     Ok(format!("'{s}'"))
 }
 
+/// The monitor, connected on first use. A VM's launch must not wait for the
+/// greeting: QEMU opens its disks first, and a `cow` disk's NBD handshake is
+/// answered through Node, which the helper only relays once launch returns.
+pub enum LazyQmp {
+    Pending(UnixStream),
+    Ready(Qmp),
+    Failed(String),
+}
+
+impl LazyQmp {
+    /// The connected monitor; the first call reads the greeting.
+    pub fn get(&mut self) -> Result<&mut Qmp, String> {
+        if let LazyQmp::Pending(_) = self {
+            let LazyQmp::Pending(stream) = std::mem::replace(self, LazyQmp::Failed(String::new())) else { unreachable!() };
+            *self = match Qmp::connect(stream) {
+                Ok(q) => LazyQmp::Ready(q),
+                Err(e) => LazyQmp::Failed(e),
+            };
+        }
+        match self {
+            LazyQmp::Ready(q) => Ok(q),
+            LazyQmp::Failed(e) => Err(format!("QEMU's monitor is unusable: {e}")),
+            LazyQmp::Pending(_) => unreachable!("connected above"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,7 @@
 //! `disk<i>.blocks` per ephemeral copy-on-write disk.
 
 use crate::link::NodeTx;
-use crate::qmp::{self, Qmp};
+use crate::qmp::{self, LazyQmp, Qmp};
 use crate::relay::{GuestLink, GuestOut, NodeRequestHandler};
 use sandbox_block::{CowDisk, SavedBlock};
 use sandbox_protocol::{self as proto, JsU64, Text};
@@ -53,7 +53,7 @@ pub type DiskHandle = Arc<OnceLock<CowDisk>>;
 
 /// What a running QEMU VM offers for checkpoints.
 pub struct Capturable {
-    pub qmp: Mutex<Qmp>,
+    pub qmp: Mutex<LazyQmp>,
     /// The guest RAM memfd; `None` for a restored VM (its RAM is private).
     pub ram: Option<File>,
     /// (disk index, overlay) of every ephemeral copy-on-write disk.
@@ -107,7 +107,8 @@ fn checkpoint(cap: &Capturable, link: &GuestLink, dir: &Path) -> Result<proto::C
     if !dir.is_dir() {
         return Err(format!("snapshot directory {} does not exist", dir.display()));
     }
-    let mut qmp = cap.qmp.lock().unwrap_or_else(|p| p.into_inner());
+    let mut monitor = cap.qmp.lock().unwrap_or_else(|p| p.into_inner());
+    let qmp = monitor.get()?;
     // Quiesce: everything Node sent so far reaches the guest, the rest waits.
     let quiesced = link.expect_quiesced();
     let (release, hold) = tokio::sync::oneshot::channel();
@@ -118,7 +119,7 @@ fn checkpoint(cap: &Capturable, link: &GuestLink, dir: &Path) -> Result<proto::C
         quiesced.recv_timeout(GUEST_ANSWER).map_err(|_| format!("the guest did not acknowledge the checkpoint within {} s", GUEST_ANSWER.as_secs()))?;
         let paused = Instant::now();
         qmp.execute("stop", json!({}))?;
-        let captured = capture(&mut qmp, ram, &cap.disks, dir);
+        let captured = capture(qmp, ram, &cap.disks, dir);
         // The lane goes on whatever happened to the capture.
         let cont = qmp.execute("cont", json!({}));
         let paused_ms = paused.elapsed().as_millis();

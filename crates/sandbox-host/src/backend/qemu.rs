@@ -253,10 +253,16 @@ pub fn spawn(l: &Launch, services: &Services, rt: &tokio::runtime::Handle) -> Re
         unsafe { libc::kill(pid, libc::SIGKILL) };
         HostError::Launch { backend: "qemu", message: e }
     };
-    let mut qmp = crate::qmp::Qmp::connect(qmp_ours).map_err(|e| kill_vmm(format!("{e}; console: {}", console.text())))?;
-    if let Some(dir) = &restore_dir {
-        crate::snapshot::restore(&mut qmp, dir).map_err(|e| kill_vmm(format!("restoring {}: {e}; console: {}", dir.display(), console.text())))?;
-    }
+    // A restore needs the monitor now (restored roots are ephemeral: no NBD
+    // round trip through Node); any other VM connects it at its first checkpoint.
+    let qmp = match &restore_dir {
+        Some(dir) => {
+            let mut qmp = crate::qmp::Qmp::connect(qmp_ours).map_err(|e| kill_vmm(format!("{e}; console: {}", console.text())))?;
+            crate::snapshot::restore(&mut qmp, dir).map_err(|e| kill_vmm(format!("restoring {}: {e}; console: {}", dir.display(), console.text())))?;
+            crate::qmp::LazyQmp::Ready(qmp)
+        }
+        None => crate::qmp::LazyQmp::Pending(qmp_ours),
+    };
     let refuse = (!l.mounts.is_empty()).then(|| "a lane with mounts cannot be checkpointed yet (QEMU 7.2 cannot migrate vhost-user-fs devices)".to_string());
     let refuse = refuse.or_else(|| {
         l.disks
