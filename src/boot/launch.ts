@@ -47,6 +47,8 @@ export function networkLaunch(policy: NetworkPolicy, interceptSocket: string): N
   return {
     policyDeadlineMs: helperDeadlineMs(policy),
     maxFlows: policy.maxFlows,
+    maxConnectsPerSecond: policy.maxConnectsPerSecond,
+    connectBurst: policy.connectBurst,
     allowProtected: policy.allowProtectedCidrs.map((c) => c.text),
     interceptSocket,
   };

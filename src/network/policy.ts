@@ -132,8 +132,20 @@ export type NetworkPolicyCallback = (conn: SandboxConnection) => void | Promise<
 export interface NetworkPolicyOptions {
   /** Deadline for one callback; past it the flow is denied. Default 5000 ms. */
   timeoutMs?: number;
-  /** Concurrent TCP + UDP flows per sandbox. Default 256. */
+  /**
+   * Concurrent TCP + UDP flows per sandbox, and host sockets held for them at any
+   * instant (connecting, open or closing). Default 256.
+   */
   maxFlows?: number;
+  /**
+   * New flows the guest may open per second (TCP connects, new UDP destinations),
+   * on average; past it and the burst, new flows are dropped before the callback runs
+   * (the guest's TCP retries later) and a coalesced `stack` event of kind
+   * `connect-rate` says how many. Default 100.
+   */
+  maxConnectsPerSecond?: number;
+  /** New flows allowed at once on top of the rate (token bucket size). Default 200. */
+  connectBurst?: number;
   /**
    * Protected ranges (CIDR) the policy may grant: loopback, RFC 1918, link-local… are denied
    * before the callback runs unless listed here. The host's own addresses stay denied.
@@ -169,6 +181,8 @@ export interface NetworkPolicy {
   readonly callback: NetworkPolicyCallback;
   readonly timeoutMs: number;
   readonly maxFlows: number;
+  readonly maxConnectsPerSecond: number;
+  readonly connectBurst: number;
   readonly allowProtected: readonly string[];
   readonly allowProtectedCidrs: readonly Cidr[];
   readonly dnsTimeoutMs: number;
@@ -224,6 +238,8 @@ export const network = {
       callback,
       timeoutMs: positiveInt("timeoutMs", options.timeoutMs, 5000, 600_000),
       maxFlows: positiveInt("maxFlows", options.maxFlows, 256, 65_536),
+      maxConnectsPerSecond: positiveInt("maxConnectsPerSecond", options.maxConnectsPerSecond, 100, 100_000),
+      connectBurst: positiveInt("connectBurst", options.connectBurst, 200, 100_000),
       allowProtected,
       allowProtectedCidrs: cidrs,
       dnsTimeoutMs: positiveInt("dnsTimeoutMs", options.dnsTimeoutMs, 3000, 60_000),

@@ -4,7 +4,7 @@
  * in an "internet" namespace on documentation addresses, routed over a veth.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createNetns, INTERNET, type Netns } from "./netns.js";
+import { ADDR, createNetns, INTERNET, type Netns } from "./netns.js";
 
 let ns: Netns;
 let dnsLog: string[];
@@ -115,6 +115,46 @@ describe("network policy, end to end in network namespaces", () => {
     expect(r.forward.port).toBeGreaterThan(0);
     expect(r.forward.listing).toBe(true);
   });
+});
+
+describe("flow churn in network namespaces", () => {
+  let fns: Netns;
+  beforeAll(() => {
+    fns = createNetns();
+  });
+  afterAll(() => fns?.cleanup());
+
+  it("2,000 parallel connects: maxFlows bounds the upstream's open sockets, the connect rate is limited, helper memory returns to idle", async () => {
+    const up = await fns.startNode(fns.inet, "net-flow-upstream.mjs", [ADDR.tcp, "9"], (l) => l.includes('"ready"'));
+    const { child, lines } = await fns.startNode(fns.host, "net-lane.mjs", ["flows"], (l) => l.startsWith("{"));
+    child.kill();
+    const r = JSON.parse(lines.find((l) => l.startsWith("{"))!);
+    // The guest's sockets are closed by now; give the upstream's log a beat to show it.
+    await new Promise((res) => setTimeout(res, 1000));
+    const log = up.lines.filter((l) => l.startsWith('{"open"')).map((l) => JSON.parse(l));
+    up.child.kill();
+    const last = log.at(-1);
+    console.log(JSON.stringify({ burst: r.burst, rss: r.rss, upstream: { max: last.max, accepted: last.accepted, open: last.open, perSecond: last.perSecond.filter((n: number) => n > 0) }, events: r.eventCounts, rateEvent: r.rateEvents[0] }));
+    // The upstream's own count: never more than maxFlows sockets at once, all closed again.
+    expect(last.max).toBeGreaterThan(0);
+    expect(last.max).toBeLessThanOrEqual(256);
+    expect(last.open).toBe(0);
+    expect(r.burst.connected).toBeGreaterThan(0);
+    expect(r.burst.connected).toBeLessThanOrEqual(256);
+    // Connects reach it no faster than the limit: per second at most burst + rate, in
+    // total at most burst + rate per second of the burst (a second of slack).
+    const { perSecond, burst } = r.limits;
+    const seconds = last.perSecond.map((n: number, i: number) => [n, i]).filter(([n]: number[]) => n > 0).map(([, i]: number[]) => i);
+    const span = seconds.at(-1) - seconds[0] + 1;
+    for (const n of last.perSecond) expect(n).toBeLessThanOrEqual(burst + perSecond);
+    expect(last.accepted).toBeLessThanOrEqual(burst + perSecond * (span + 1));
+    // The dropped SYNs were reported, coalesced (not one event per SYN).
+    expect(r.rateEventCount).toBeGreaterThan(0);
+    expect(r.rateEventCount).toBeLessThan(60);
+    expect(r.rateEvents[0]).toMatch(/new connections dropped before the policy: more than 50 per second \(burst 100\)/);
+    // Helper memory back within 10 MiB of idle after the flows closed.
+    expect(r.rss.after - r.rss.idle).toBeLessThanOrEqual(10);
+  }, 600_000);
 });
 
 describe("frame fuzzer against the running helper", () => {

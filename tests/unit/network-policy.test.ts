@@ -19,6 +19,18 @@ describe("network.policy options", () => {
     expect(p.timeoutMs).toBe(5000);
     expect(p.maxFlows).toBe(256);
   });
+
+  it("bounds new connections per second with a burst, validated and passed to the helper", async () => {
+    const p = network.policy(() => {});
+    expect([p.maxConnectsPerSecond, p.connectBurst]).toEqual([100, 200]);
+    const custom = network.policy(() => {}, { maxFlows: 256, maxConnectsPerSecond: 20, connectBurst: 50 });
+    const { networkLaunch } = await import("../../src/boot/launch.js");
+    expect(networkLaunch(custom, "/tmp/i.sock")).toMatchObject({ maxFlows: 256, maxConnectsPerSecond: 20, connectBurst: 50 });
+    for (const bad of [0, -1, 1.5, 100_001, Number.NaN]) {
+      expect(() => network.policy(() => {}, { maxConnectsPerSecond: bad })).toThrow(SandboxConfigError);
+      expect(() => network.policy(() => {}, { connectBurst: bad })).toThrow(/connectBurst must be an integer from 1 to 100000/);
+    }
+  });
 });
 
 describe("connection matching", () => {

@@ -141,6 +141,8 @@ pub fn config(n: &NetLaunch) -> Result<NetConfig, HostError> {
     Ok(NetConfig {
         policy_deadline: Duration::from_millis(n.policy_deadline_ms.get()),
         max_flows: n.max_flows.get() as usize,
+        max_connects_per_second: n.max_connects_per_second.map_or(NetConfig::default().max_connects_per_second, |r| r.get()),
+        connect_burst: n.connect_burst.map_or(NetConfig::default().connect_burst, |b| b.get()),
         allow_protected,
         host_addrs: live_host_addresses(),
         intercept_socket: n.intercept_socket.as_ref().map(PathBuf::from),
@@ -152,6 +154,8 @@ pub fn config(n: &NetLaunch) -> Result<NetConfig, HostError> {
 pub fn start(cfg: NetConfig, stream: UnixStream, service: Arc<Service>, forwards: &PortForwards, tx: NodeTx, diag: Diag) -> Result<(), HostError> {
     stream.set_nonblocking(true).map_err(|e| HostError::Setup(format!("nonblocking net socket: {e}")))?;
     let stack = NetStack::new(cfg, Arc::new(NodePolicy(service))).map_err(|e| HostError::Setup(e.to_string()))?;
+    heap::fixed_mmap_threshold();
+    let stats = stack.stats();
     *forwards.control.lock().unwrap_or_else(|p| p.into_inner()) = Some(stack.control());
     let (etx, mut erx) = mpsc::channel::<NetEvent>(256);
     let stack = stack.with_events(etx);
@@ -163,6 +167,7 @@ pub fn start(cfg: NetConfig, stream: UnixStream, service: Arc<Service>, forwards
                 Err(e) => return diag.error(DiagnosticSource::Net, format!("network runtime: {e}; the guest has no network")),
             };
             rt.block_on(async move {
+                tokio::spawn(heap::trim_after_bursts(stats));
                 tokio::spawn(async move {
                     let mut limit = RateLimit::new(AUDITS_PER_SECOND);
                     while let Some(ev) = erx.recv().await {
@@ -189,6 +194,59 @@ pub fn start(cfg: NetConfig, stream: UnixStream, service: Arc<Service>, forwards
         })
         .map_err(|e| HostError::Setup(format!("network thread: {e}")))?;
     Ok(())
+}
+
+/// The helper's heap across flow bursts. Each flow allocates two smoltcp buffers
+/// (`NetConfig::tcp_buffer`, 256 KiB each) plus small per-chunk buffers. glibc
+/// serves the large ones with mmap at first, but raises its mmap threshold every
+/// time such a chunk is freed, after which they come from the heap (zeroed by hand,
+/// so fully resident) and stay there after the flow closes: measured 5 → 61 MiB RSS
+/// after a 2,000-connect burst, never returned.
+mod heap {
+    use sandbox_net::Stats;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// Flows started since the last trim before a quiet moment trims again.
+    const TRIM_AFTER_FLOWS: u64 = 64;
+
+    /// Pins glibc's mmap threshold at its default (128 KiB), which turns off the
+    /// dynamic raise: flow buffers stay mmapped (lazily zeroed, unmapped on free).
+    pub fn fixed_mmap_threshold() {
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: mallopt only changes allocator tuning; any value is valid.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+        }
+    }
+
+    /// Returns free heap pages to the OS once a burst of flows is over (the live
+    /// flow count stopped growing after many new flows): small per-flow buffers
+    /// freed in the middle of an arena are otherwise kept.
+    pub async fn trim_after_bursts(stats: Arc<Stats>) {
+        let started = |s: &Stats| Stats::get(&s.flows_accepted) + Stats::get(&s.flows_denied) + Stats::get(&s.connects_rate_limited);
+        let mut at_trim = started(&stats);
+        let mut last_live = u64::MAX;
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        loop {
+            tick.tick().await;
+            let live = Stats::get(&stats.live_flows).max(Stats::get(&stats.host_sockets));
+            let now = started(&stats);
+            if now.saturating_sub(at_trim) >= TRIM_AFTER_FLOWS && live <= last_live {
+                release_free_heap();
+                at_trim = now;
+            }
+            last_live = live;
+        }
+    }
+
+    fn release_free_heap() {
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim only releases free memory; safe to call at any time.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
 }
 
 /// Audit records per second passed to Node; past it they are counted and summarized,
@@ -224,6 +282,15 @@ fn audit_of(ev: &NetEvent) -> Option<NetAudit> {
         }
         NetEvent::PolicyFailed { flow: f, failure } => flow(AuditKind::PolicyFailed, f, format!("denied: {failure:?}")),
         NetEvent::FlowLimit { flow: f } => flow(AuditKind::FlowLimit, f, "denied: the sandbox's concurrent flow limit is reached".into()),
+        NetEvent::ConnectRateLimited { dropped, per_second, burst } => NetAudit {
+            kind: AuditKind::ConnectRate,
+            proto: None,
+            src: None,
+            dst: None,
+            message: Text::truncated(format!(
+                "{dropped} new connections dropped before the policy: more than {per_second} per second (burst {burst}); raise maxConnectsPerSecond / connectBurst if this is legitimate"
+            )),
+        },
         NetEvent::UpstreamFailed { flow: f, error } => flow(AuditKind::UpstreamFailed, f, format!("accepted but the destination failed: {error}")),
         NetEvent::MalformedFrame { reason } => NetAudit {
             kind: AuditKind::Malformed,
@@ -375,6 +442,11 @@ mod tests {
         let ok: NetLaunch = serde_json::from_str(r#"{"policyDeadlineMs":5000,"maxFlows":10,"allowProtected":["10.0.0.0/8"],"interceptSocket":"/tmp/x.sock"}"#).unwrap();
         let c = config(&ok).unwrap();
         assert_eq!(c.max_flows, 10);
+        assert_eq!((c.max_connects_per_second, c.connect_burst), (100, 200), "defaults");
+        let rated: NetLaunch = serde_json::from_str(r#"{"policyDeadlineMs":5000,"maxFlows":10,"maxConnectsPerSecond":7,"connectBurst":9,"allowProtected":[]}"#).unwrap();
+        let r = config(&rated).unwrap();
+        assert_eq!((r.max_connects_per_second, r.connect_burst), (7, 9));
+        assert!(serde_json::from_str::<NetLaunch>(r#"{"policyDeadlineMs":5000,"maxFlows":10,"maxConnectsPerSecond":0,"allowProtected":[]}"#).is_err());
         assert_eq!(c.allow_protected.len(), 1);
         assert!(c.host_addrs.current().iter().any(|a| a.is_loopback()), "the host's loopback is its own: {:?}", c.host_addrs);
         for bad in [

@@ -28,8 +28,15 @@ pub struct NetConfig {
     pub host_addrs: HostAddrs,
     /// Longest wait for a policy answer; past it the flow is denied.
     pub policy_deadline: Duration,
-    /// Concurrent TCP + UDP flows; SYNs beyond it are reset, datagrams dropped.
+    /// Concurrent TCP + UDP flows, and host sockets held for them at any instant
+    /// (connecting, established, half-closed or being torn down); SYNs beyond it are
+    /// reset, datagrams dropped.
     pub max_flows: usize,
+    /// New guest-opened flows (TCP SYN, UDP 4-tuple) admitted per second on average;
+    /// past it (and the burst) they are dropped before the policy is asked.
+    pub max_connects_per_second: u32,
+    /// New flows admitted at once from a full bucket.
+    pub connect_burst: u32,
     /// Concurrent DNS queries being decided.
     pub max_dns_inflight: usize,
     /// From SYN to established (policy, upstream connect and handshake included).
@@ -58,6 +65,8 @@ impl Default for NetConfig {
             host_addrs: HostAddrs::fixed(Vec::new()),
             policy_deadline: Duration::from_secs(5),
             max_flows: 256,
+            max_connects_per_second: 100,
+            connect_burst: 200,
             max_dns_inflight: 64,
             handshake_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),

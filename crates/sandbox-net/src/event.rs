@@ -38,6 +38,9 @@ pub enum NetEvent {
     DeniedProtected { flow: FlowInfo, category: Option<Category> },
     PolicyFailed { flow: FlowInfo, failure: PolicyFailure },
     FlowLimit { flow: FlowInfo },
+    /// New flows dropped by the connection rate limit since the last such event
+    /// (coalesced: at most one per second while the guest keeps exceeding it).
+    ConnectRateLimited { dropped: u64, per_second: u32, burst: u32 },
     UpstreamFailed { flow: FlowInfo, error: String },
     MalformedFrame { reason: Malformed },
 }
@@ -55,6 +58,12 @@ pub struct Stats {
     /// Frames or datagrams dropped because a queue was full.
     pub overflow: AtomicU64,
     pub events_dropped: AtomicU64,
+    /// New flows dropped by the connection rate limit.
+    pub connects_rate_limited: AtomicU64,
+    /// Gauge: flows in the table now (refreshed a few times per second).
+    pub live_flows: AtomicU64,
+    /// Gauge: host sockets held for flows now (connecting, open or closing).
+    pub host_sockets: AtomicU64,
 }
 
 impl Stats {

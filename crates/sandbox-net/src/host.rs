@@ -7,10 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use std::path::Path;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, UdpSocket, UnixStream};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::flows::{Decision, PolicyFailure};
 
@@ -21,11 +23,69 @@ pub(crate) const CHUNK: usize = 16 * 1024;
 /// Chunks in flight per direction outside smoltcp's own buffers.
 pub(crate) const CREDITS: usize = 4;
 
-/// The host end of a spliced TCP flow.
-pub(crate) enum HostConn {
+/// The host end of a spliced TCP flow, with the slot it holds.
+pub(crate) struct HostConn {
+    pub(crate) io: HostIo,
+    /// Declared after `io`: fields drop in order, so the slot is free only once the
+    /// socket is closed.
+    pub(crate) slot: OwnedSemaphorePermit,
+}
+
+pub(crate) enum HostIo {
     Tcp(TcpStream),
     /// The interceptor's socket, header already written.
     Unix(UnixStream),
+}
+
+/// One half of a host socket holding a share of the socket's slot (one of
+/// `NetConfig::max_flows`). The slot returns to the pool only when both halves are
+/// gone, and each half is dropped before its share: a new host connect can start
+/// only after the socket it replaces is closed.
+pub(crate) struct Slotted<S> {
+    io: S,
+    _slot: Arc<OwnedSemaphorePermit>,
+}
+
+impl<S> Slotted<S> {
+    pub(crate) fn new(io: S, slot: Arc<OwnedSemaphorePermit>) -> Self {
+        Self { io, _slot: slot }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Slotted<S> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Slotted<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+impl<S: Abortive> Abortive for Slotted<S> {
+    fn zero_linger(&self) {
+        self.io.zero_linger();
+    }
+}
+
+/// A host UDP socket with its slot (dropped after the socket, as for `HostConn`).
+pub(crate) struct HostUdp {
+    pub(crate) sock: UdpSocket,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl HostUdp {
+    pub(crate) fn new(sock: UdpSocket, slot: OwnedSemaphorePermit) -> Self {
+        Self { sock, _slot: slot }
+    }
 }
 
 /// How the host half is closed when the guest resets the flow.
@@ -173,14 +233,14 @@ pub(crate) fn udp_bind(dst: SocketAddr, first: &[Vec<u8>]) -> std::io::Result<Ud
     UdpSocket::from_std(s)
 }
 
-pub(crate) async fn udp_reader(sock: Arc<UdpSocket>, credit: Arc<Semaphore>, tx: Tx, key: Key, id: u64) {
+pub(crate) async fn udp_reader(host: Arc<HostUdp>, credit: Arc<Semaphore>, tx: Tx, key: Key, id: u64) {
     let mut buf = vec![0u8; 65535];
     loop {
         match credit.acquire().await {
             Ok(p) => p.forget(),
             Err(_) => return,
         }
-        match sock.recv(&mut buf).await {
+        match host.sock.recv(&mut buf).await {
             Ok(n) => {
                 if tx.send(Internal::UdpRecv { key, id, data: buf[..n].to_vec() }).is_err() {
                     return;

@@ -782,7 +782,7 @@ export type DiskFormat = "raw" | "qcow2";
  * via the `definition` "AuditKind".
  */
 export type AuditKind =
-  "protected" | "policy-failed" | "flow-limit" | "upstream-failed" | "malformed" | "audit-dropped";
+  "protected" | "policy-failed" | "flow-limit" | "upstream-failed" | "malformed" | "audit-dropped" | "connect-rate";
 /**
  * This interface was referenced by `WireMessages`'s JSON-Schema
  * via the `definition` "NetProto".
@@ -1319,11 +1319,19 @@ export interface NetLaunch {
    */
   allowProtected: string[];
   /**
+   * New flows admitted at once from a full bucket (default 200).
+   */
+  connectBurst?: number | null;
+  /**
    * Unix socket of Node's interceptor for flows with the `intercept` verdict.
    */
   interceptSocket?: string | null;
   /**
-   * Concurrent TCP + UDP flows.
+   * New guest-opened flows admitted per second (token bucket refill; default 100).
+   */
+  maxConnectsPerSecond?: number | null;
+  /**
+   * Concurrent TCP + UDP flows, and host sockets held for them at any instant.
    */
   maxFlows: number;
   /**

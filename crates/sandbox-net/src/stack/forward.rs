@@ -74,6 +74,11 @@ impl Engine {
             Stats::bump(&self.stats().flows_denied);
             return; // dropping the stream closes the host connection
         }
+        // The accepted host connection is a host socket like any other.
+        let Ok(slot) = self.host_slots.clone().try_acquire_owned() else {
+            Stats::bump(&self.stats().flows_denied);
+            return;
+        };
         let guest = SocketAddrV4::new(self.cfg.guest_ip, guest_port);
         let Some(local) = self.free_forward_port(guest) else { return };
         let key = (guest, SocketAddrV4::new(self.cfg.gateway_ip, local));
@@ -84,7 +89,7 @@ impl Engine {
         }
         let handle = self.sockets.add(sock);
         let id = self.next_id();
-        let active = self.attach(key, id, handle, HostConn::Tcp(stream));
+        let active = self.attach(key, id, handle, HostConn { io: HostIo::Tcp(stream), slot });
         let info = FlowInfo::new(Proto::Tcp, SocketAddr::V4(key.1), SocketAddr::V4(key.0)).with_id(id);
         let phase = TcpPhase::Active(Box::new(active));
         self.tcp.insert(key, TcpFlow { id, info, started: Instant::now(), syn: Vec::new(), syn_ack: 0, phase });

@@ -14,7 +14,7 @@ use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpListenEndpoint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::AbortHandle;
 
@@ -25,7 +25,7 @@ use crate::dns;
 use crate::event::{EventSink, Malformed, NetEvent, Stats, Verdict};
 use crate::flows::{self, Decision, FlowInfo, Policy, PolicyFailure, PreDeny, Proto};
 use crate::frames::{self, FrameDecoder};
-use crate::host::{self, HostConn, Internal, Key, Tx, CHUNK, CREDITS};
+use crate::host::{self, HostConn, HostIo, HostUdp, Internal, Key, Slotted, Tx, CHUNK, CREDITS};
 use crate::packet::{self, Ingress, ParseError};
 
 mod forward;
@@ -37,7 +37,7 @@ mod udp_flow;
 pub use forward::NetControl;
 use forward::Control;
 use wire::{read_frames, write_frames};
-use limits::InflightGuard;
+use limits::{ConnectBucket, InflightGuard};
 use tcp_flow::{Active, DnsTcpQuery, TcpFlow, TcpPhase};
 use udp_flow::{UdpFlow, UdpPhase};
 
@@ -126,8 +126,11 @@ fn validate(c: &NetConfig) -> Result<(), NetError> {
     if !(576..=65535).contains(&c.mtu) {
         return bad("mtu must be 576..=65535");
     }
-    if c.tcp_buffer < 1024 || c.max_flows == 0 {
+    if c.tcp_buffer < 1024 || c.max_flows == 0 || c.max_flows > Semaphore::MAX_PERMITS {
         return bad("tcp_buffer >= 1024 and max_flows >= 1");
+    }
+    if c.max_connects_per_second == 0 || c.connect_burst == 0 {
+        return bad("max_connects_per_second and connect_burst must be >= 1");
     }
     Ok(())
 }
@@ -158,14 +161,20 @@ struct Engine {
     next_forward_port: u16,
     /// Entries of `udp` in the `Denied` phase (not counted as flows).
     udp_denied: usize,
+    /// One permit per host socket allowed to exist (`max_flows`); see `host::Slotted`.
+    host_slots: Arc<Semaphore>,
+    /// New guest-opened flows per second.
+    connects: ConnectBucket,
 }
 
 impl Drop for Engine {
     fn drop(&mut self) {
         self.listeners.iter().for_each(AbortHandle::abort);
         for f in self.tcp.values() {
-            if let TcpPhase::Active(a) = &f.phase {
-                a.tasks.iter().for_each(AbortHandle::abort);
+            match &f.phase {
+                TcpPhase::Active(a) => a.tasks.iter().for_each(AbortHandle::abort),
+                TcpPhase::Connecting(task) => task.abort(),
+                _ => {}
             }
         }
         for f in self.udp.values() {
@@ -194,6 +203,8 @@ impl Engine {
         iface.set_any_ip(true);
         let (tx, rx) = mpsc::unbounded_channel();
         let guest_mac = cfg.guest_mac;
+        let cfg_slots = cfg.max_flows;
+        let connects = ConnectBucket::new(cfg.max_connects_per_second, cfg.connect_burst, epoch);
         Self {
             cfg,
             policy,
@@ -215,6 +226,8 @@ impl Engine {
             listeners: Vec::new(),
             next_forward_port: forward::FIRST_PORT,
             udp_denied: 0,
+            host_slots: Arc::new(Semaphore::new(cfg_slots)),
+            connects,
         }
     }
 

@@ -18,7 +18,9 @@ pub(super) struct Active {
 
 pub(super) enum TcpPhase {
     Deciding,
-    Connecting,
+    /// Waiting for a host-socket slot, then connecting: aborting the task closes the
+    /// socket it may hold.
+    Connecting(AbortHandle),
     Active(Box<Active>),
     /// DNS over TCP to port 53: served by the stack itself, message by message.
     Dns(Box<DnsConn>),
@@ -77,6 +79,11 @@ impl Engine {
             self.denied_early(info, why);
             return self.reset_guest(key, next_seq);
         }
+        // Dropped, not reset: the guest's own SYN retransmission retries later, and a
+        // flood costs neither a policy question nor a host socket.
+        if !dns && !self.admit_connect() {
+            return;
+        }
         if !self.make_room() {
             Stats::bump(&self.stats().flows_denied);
             self.sink.emit(NetEvent::FlowLimit { flow: info });
@@ -105,23 +112,28 @@ impl Engine {
         let intercept = matches!(result, Ok(Decision::Intercept));
         let socket = self.cfg.intercept_socket.clone();
         let accept = matches!(result, Ok(Decision::AcceptRaw)) || (intercept && socket.is_some());
-        let info = flow.info.clone();
         if !accept {
-            let ack = flow.syn_ack;
+            let (ack, info) = (flow.syn_ack, flow.info.clone());
             self.tcp.remove(&key);
             self.verdict(&info, &result, false);
             return self.reset_guest(key, ack);
         }
-        flow.phase = TcpPhase::Connecting;
-        self.verdict(&info, &result, true);
-        let (tx, limit) = (self.tx.clone(), self.cfg.connect_timeout);
-        tokio::spawn(async move {
-            let result = match socket {
-                Some(path) if intercept => host::connect_intercept(&path, info.id, limit).await.map(HostConn::Unix),
-                _ => host::connect(info.dst, limit).await.map(HostConn::Tcp),
+        let info = flow.info.clone();
+        let (dst, fid) = (info.dst, info.id);
+        let (tx, limit, slots) = (self.tx.clone(), self.cfg.connect_timeout, self.host_slots.clone());
+        let task = tokio::spawn(async move {
+            // A host socket exists only while it holds a slot: wait for one (a
+            // closing socket frees its slot once it is closed), then connect.
+            let Ok(slot) = slots.acquire_owned().await else { return };
+            let io = match socket {
+                Some(path) if intercept => host::connect_intercept(&path, fid, limit).await.map(HostIo::Unix),
+                _ => host::connect(dst, limit).await.map(HostIo::Tcp),
             };
+            let result = io.map(|io| HostConn { io, slot });
             let _ = tx.send(Internal::TcpConnected { key, id, result });
         });
+        flow.phase = TcpPhase::Connecting(task.abort_handle());
+        self.verdict(&info, &result, true);
     }
 
     /// A smoltcp socket listening on exactly the flow's destination, fed the held SYN:
@@ -152,7 +164,7 @@ impl Engine {
 
     pub(super) fn tcp_connected(&mut self, key: Key, id: u64, result: Result<HostConn, String>) {
         let Some(flow) = self.tcp.get(&key) else { return };
-        if flow.id != id || !matches!(flow.phase, TcpPhase::Connecting) {
+        if flow.id != id || !matches!(flow.phase, TcpPhase::Connecting(_)) {
             return;
         }
         let (syn, ack, info) = (flow.syn.clone(), flow.syn_ack, flow.info.clone());
@@ -181,16 +193,20 @@ impl Engine {
         let (to_host, to_host_rx) = mpsc::channel(CREDITS);
         let (reset_tx, reset_rx) = oneshot::channel();
         let tx = self.tx.clone();
-        let tasks = match conn {
-            HostConn::Tcp(s) => {
+        let HostConn { io, slot } = conn;
+        let slot = Arc::new(slot);
+        let tasks = match io {
+            HostIo::Tcp(s) => {
                 let (rd, wr) = s.into_split();
+                let (rd, wr) = (Slotted::new(rd, slot.clone()), Slotted::new(wr, slot));
                 [
                     tokio::spawn(host::tcp_reader(rd, credit.clone(), tx.clone(), key, id)).abort_handle(),
                     tokio::spawn(host::tcp_writer(wr, to_host_rx, reset_rx, tx, key, id)).abort_handle(),
                 ]
             }
-            HostConn::Unix(s) => {
+            HostIo::Unix(s) => {
                 let (rd, wr) = s.into_split();
+                let (rd, wr) = (Slotted::new(rd, slot.clone()), Slotted::new(wr, slot));
                 [
                     tokio::spawn(host::tcp_reader(rd, credit.clone(), tx.clone(), key, id)).abort_handle(),
                     tokio::spawn(host::tcp_writer(wr, to_host_rx, reset_rx, tx, key, id)).abort_handle(),

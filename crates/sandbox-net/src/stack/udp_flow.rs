@@ -4,7 +4,7 @@ use super::*;
 
 pub(super) enum UdpPhase {
     Deciding(Vec<Vec<u8>>),
-    Active { sock: Arc<UdpSocket>, credit: Arc<Semaphore>, task: AbortHandle },
+    Active { sock: Arc<HostUdp>, credit: Arc<Semaphore>, task: AbortHandle },
     /// Remembered until idle so retries are not new policy questions.
     Denied,
 }
@@ -38,7 +38,7 @@ impl Engine {
             flow.last = Instant::now();
             match &mut flow.phase {
                 UdpPhase::Deciding(q) if q.len() < UDP_PENDING => q.push(payload.to_vec()),
-                UdpPhase::Active { sock, .. } if sock.try_send(payload).is_err() => {
+                UdpPhase::Active { sock, .. } if sock.sock.try_send(payload).is_err() => {
                     Stats::bump(&self.sink.stats().overflow);
                 }
                 _ => {}
@@ -50,6 +50,9 @@ impl Engine {
         if let Some(why) = flows::pre_check(&self.cfg, Proto::Udp, info.dst) {
             self.denied_early(info.clone(), why);
             self.remember_denied(key, info);
+            return;
+        }
+        if !self.admit_connect() {
             return;
         }
         if !self.make_room() {
@@ -105,8 +108,17 @@ impl Engine {
         if !accept {
             return;
         }
+        // Every host socket holds a slot; none free (sockets of evicted flows still
+        // closing): forget the flow, the guest's next datagram asks again.
+        let Ok(slot) = self.host_slots.clone().try_acquire_owned() else {
+            if self.udp.remove(&key).is_some() {
+                self.udp_denied -= 1;
+            }
+            Stats::bump(&self.stats().flows_denied);
+            return self.sink.emit(NetEvent::FlowLimit { flow: info });
+        };
         let sock = match host::udp_bind(info.dst, &queued) {
-            Ok(s) => Arc::new(s),
+            Ok(s) => Arc::new(HostUdp::new(s, slot)),
             Err(e) => return self.sink.emit(NetEvent::UpstreamFailed { flow: info, error: e.to_string() }),
         };
         let credit = Arc::new(Semaphore::new(CREDITS * 8));

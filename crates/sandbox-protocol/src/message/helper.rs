@@ -152,8 +152,14 @@ pub struct FsMount {
 pub struct NetLaunch {
     /// Longest wait for a verdict from Node (the DNS forward included for DNS).
     pub policy_deadline_ms: U64In<1, 600000>,
-    /// Concurrent TCP + UDP flows.
+    /// Concurrent TCP + UDP flows, and host sockets held for them at any instant.
     pub max_flows: U32In<1, 65536>,
+    /// New guest-opened flows admitted per second (token bucket refill; default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connects_per_second: Option<U32In<1, 100000>>,
+    /// New flows admitted at once from a full bucket (default 200).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_burst: Option<U32In<1, 100000>>,
     /// Protected ranges (CIDR) the sandbox definition opts in; still subject to policy.
     pub allow_protected: Vec<Text<49>>,
     /// Unix socket of Node's interceptor for flows with the `intercept` verdict.

@@ -87,6 +87,8 @@ pub enum AuditKind {
     Malformed,
     /// Audit records were dropped (rate limit).
     AuditDropped,
+    /// New flows dropped by the connection rate limit (coalesced, one per second).
+    ConnectRate,
 }
 
 /// helper → Node: an audit record.
