@@ -4,7 +4,7 @@
  * HTTP/1.1). Asserts on what the upstream saw.
  */
 import { once } from "node:events";
-import { connect as h2connect, createSecureServer, type ClientHttp2Session, type Http2SecureServer, type IncomingHttpHeaders } from "node:http2";
+import { connect as h2connect, constants, createSecureServer, type ClientHttp2Session, type Http2SecureServer, type IncomingHttpHeaders } from "node:http2";
 import type { AddressInfo } from "node:net";
 import { connect as tlsConnect } from "node:tls";
 import { gzipSync } from "node:zlib";
@@ -40,6 +40,10 @@ async function startH2Upstream(seen: Seen[]): Promise<{ server: Http2SecureServe
         te: req.headers.te as string | undefined,
         bodyBytes: bytes,
       });
+      if (req.url === "/reset") {
+        req.stream.close(constants.NGHTTP2_INTERNAL_ERROR);
+        return;
+      }
       if (req.url === "/echo") {
         res.setHeader("x-echo-authorization", String(req.headers.authorization));
         res.setHeader("content-type", "text/plain");
@@ -141,6 +145,13 @@ describe("HTTP/2 through interception", () => {
     expect(g.body).toBe("echo: [redacted]");
     expect(g.headers["content-encoding"]).toBeUndefined();
     expect(JSON.stringify([e, g])).not.toContain("h2-secret-token");
+  });
+
+  it("an upstream that resets the stream gives the guest a 502 and an event; the connection serves on", async () => {
+    const r = await request(session, { ":path": "/reset" });
+    expect(r.status).toBe(502);
+    expect(guest.events).toContainEqual(expect.objectContaining({ type: "http.upstream-error", url: "/reset", answered502: true }));
+    expect((await request(session, { ":path": "/after-reset" })).status).toBe(200);
   });
 
   it("refuses TRACE (405) without reaching upstream", async () => {

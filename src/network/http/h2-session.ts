@@ -205,6 +205,8 @@ async function serveStream(stream: ServerHttp2Stream, headers: IncomingHttpHeade
     return;
   }
 
+  // A body that fails later (upstream reset, socket error) must not become an unhandled 'error'.
+  answer.body.on("error", () => {});
   const noBody = method === "HEAD" || answer.status === 204 || answer.status === 304;
   const rules = ctx.redactions.rules();
   let out: { headers: ResponseHeaders; body: Readable };
@@ -269,7 +271,7 @@ async function forward(stream: ServerHttp2Stream, method: string, checked: Check
       if (!upReq.closed) upReq.close(constants.NGHTTP2_CANCEL);
     });
     if (hasBody) stream.pipe(upReq);
-    const [head] = (await once(upReq, "response")) as [IncomingHttpHeaders];
+    const head = await responseHead(upReq);
     let trailers: ResponseHeaders | undefined;
     upReq.once("trailers", (t: IncomingHttpHeaders) => (trailers = fieldsOnly(t)));
     return { status: Number(head[":status"]), headers: fieldsOnly(head), body: upReq, trailers: () => trailers };
@@ -290,6 +292,30 @@ async function forward(stream: ServerHttp2Stream, method: string, checked: Check
     signal: abort.signal,
   });
   return { status: res.statusCode, headers: res.headers as ResponseHeaders, body: res.body, trailers: () => (Object.keys(res.trailers).length ? (res.trailers as ResponseHeaders) : undefined) };
+}
+
+/** The upstream stream's response head; rejects if the stream errs or closes without one. */
+function responseHead(upReq: ClientHttp2Stream): Promise<IncomingHttpHeaders> {
+  return new Promise((resolve, reject) => {
+    const onResponse = (head: IncomingHttpHeaders) => {
+      upReq.off("close", onClose);
+      upReq.off("error", onError);
+      resolve(head);
+    };
+    const onError = (err: Error) => {
+      upReq.off("response", onResponse);
+      upReq.off("close", onClose);
+      reject(err);
+    };
+    const onClose = () => {
+      upReq.off("response", onResponse);
+      upReq.off("error", onError);
+      reject(Object.assign(new Error(`the upstream closed the stream without a response (code ${upReq.rstCode ?? "none"})`), { code: "ERR_HTTP2_STREAM_CLOSED" }));
+    };
+    upReq.once("response", onResponse);
+    upReq.once("error", onError);
+    upReq.once("close", onClose);
+  });
 }
 
 /** Received fields without pseudo-headers (`:status` is a number, the scrubber takes strings). */
