@@ -34,18 +34,18 @@ const byPath = (path: string) => requests().filter((q) => q.path === path);
 describe("HTTP/2 and gRPC through interception, end to end", () => {
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), "h2-e2e-"));
+    // The upstreams' own CA: only the interceptor is told to trust it; one key for every server.
     const ca = await createSandboxCa({ commonName: "upstream test CA" });
     const key = await generateRsaKey();
-    const keyPem = key.privateKey.export({ type: "pkcs8", format: "pem" }).toString();
-    const server = (name: string, ip: string) => ({ name, ip, keyPem, certPem: ca.issueLeaf(name, key) });
+    const identity = (name: string, ip: string) => ({ name, ip, keyPem: key.privateKey.export({ type: "pkcs8", format: "pem" }).toString(), certPem: ca.issueLeaf(name, key) });
     writeFileSync(
       join(dir, "upstream.json"),
       JSON.stringify({
         dnsIp: ADDR.dns,
         zone: { "api.test": ADDR.api, "legacy.test": ADDR.api2, "grpc.test": ADDR.api3, "other.test": ADDR.api },
-        api: server("api.test", ADDR.api),
-        legacy: server("legacy.test", ADDR.api2),
-        grpc: server("grpc.test", ADDR.api3),
+        api: identity("api.test", ADDR.api),
+        legacy: identity("legacy.test", ADDR.api2),
+        grpc: identity("grpc.test", ADDR.api3),
       }),
     );
     writeFileSync(join(dir, "lane.json"), JSON.stringify({ dnsIp: ADDR.dns, token: TOKEN, apiKey: API_KEY, caPem: ca.certPem }));
