@@ -97,6 +97,7 @@ export type {
   BootInterception,
   HttpEvent,
   HttpMiddleware,
+  HttpVersion,
   InterceptedFlow,
   InterceptedRequest,
   InterceptHandler,

@@ -51,14 +51,14 @@ afterAll(async () => {
 const url = (path: string) => `https://${HOST}:${guest.port}${path}`;
 
 describe("clients through the interceptor", () => {
-  it("curl (offering h2) gets http/1.1 and the answer; the token stays on the host", async () => {
+  it("curl --http2 gets h2 (translated to the HTTP/1.1-only upstream) and the answer; the token stays on the host", async () => {
     const { stdout, stderr } = await run("curl", [
       "-sS", "-v", "--http2", "--cacert", guest.caFile, "--resolve", `${HOST}:${guest.port}:${GUEST_IP}`,
       "-D", "-", "--data-binary", "abc", url("/curl"),
     ]);
-    expect(stdout).toMatch(/^HTTP\/1\.1 200 OK/);
+    expect(stdout).toMatch(/^HTTP\/2 200/);
     expect(stdout).toContain("hello POST /curl 3");
-    expect(stderr).toMatch(/ALPN.*accepted.*http\/1\.1/i);
+    expect(stderr).toMatch(/ALPN.*accepted.*h2/i);
     expect(stdout + stderr).not.toContain("host-side-token");
     expect(seen.at(-1)).toEqual({ url: "/curl", authorization: TOKEN });
   });
@@ -68,12 +68,18 @@ describe("clients through the interceptor", () => {
     expect(err.code).toBe(60); // SSL certificate problem
   });
 
-  it("a refused upload still gets its 403 (the interceptor drains before closing; no reset)", async () => {
+  it("a refused upload still gets its 403 over HTTP/1.1 (the interceptor drains before closing; no reset), 421 over h2", async () => {
     const big = join(tmpdir(), `http-refused-${process.pid}.bin`);
     writeFileSync(big, Buffer.alloc(3 * 1024 * 1024, 7));
     try {
+      const h2 = await run("curl", [
+        "-sS", "--http2", "--cacert", guest.caFile, "--resolve", `${HOST}:${guest.port}:${GUEST_IP}`,
+        "-H", `Host: evil.test:${guest.port}`, "--data-binary", `@${big}`,
+        "-o", "/dev/null", "-w", "%{http_version} %{http_code}", url("/upload"),
+      ]);
+      expect(h2.stdout).toBe("2 421");
       const { stdout } = await run("curl", [
-        "-sS", "--cacert", guest.caFile, "--resolve", `${HOST}:${guest.port}:${GUEST_IP}`,
+        "-sS", "--http1.1", "--cacert", guest.caFile, "--resolve", `${HOST}:${guest.port}:${GUEST_IP}`,
         "-H", `Host: evil.test:${guest.port}`, "-H", "Expect:", "--data-binary", `@${big}`,
         "-o", "/dev/null", "-w", "%{http_code}", url("/upload"),
       ]);

@@ -69,7 +69,7 @@ describe("HTTP interceptor", () => {
     expect(JSON.stringify(headers) + body).not.toContain("host-side-token");
     expect(seen).toHaveLength(1);
     expect(seen[0]!.headers.authorization).toBe(TOKEN);
-    expect(guest.events).toMatchObject([{ type: "http.request", method: "GET", url: "/user", status: 200, protocol: "https:", hostname: HOST }]);
+    expect(guest.events).toMatchObject([{ type: "http.request", method: "GET", url: "/user", status: 200, protocol: "h1", scheme: "https:", hostname: HOST }]);
   });
 
   it("rejects a forged Host header (domain fronting) before anything goes upstream", async () => {
@@ -144,11 +144,14 @@ describe("HTTP interceptor", () => {
     s.destroy();
   });
 
-  it("offers only http/1.1 by ALPN", async () => {
+  it("offers h2 and http/1.1 by ALPN (h2 first)", async () => {
     const { guest } = await setup();
-    const s = (await rawConnect(guest.port, { alpn: ["h2", "http/1.1"] })) as import("node:tls").TLSSocket;
-    expect(s.alpnProtocol).toBe("http/1.1");
-    s.destroy();
+    const both = (await rawConnect(guest.port, { alpn: ["h2", "http/1.1"] })) as import("node:tls").TLSSocket;
+    expect(both.alpnProtocol).toBe("h2");
+    both.destroy();
+    const h1 = (await rawConnect(guest.port, { alpn: ["http/1.1"] })) as import("node:tls").TLSSocket;
+    expect(h1.alpnProtocol).toBe("http/1.1");
+    h1.destroy();
   });
 
   it("answers 502 with a clear body when the upstream certificate is not trusted", async () => {
@@ -179,7 +182,7 @@ describe("HTTP interceptor", () => {
     const { text } = await readUntil(s, completeResponse);
     expect(text).toMatch(/^HTTP\/1\.1 200 /);
     expect(seen[0]!.headers.authorization).toBe(TOKEN);
-    expect(guest.events).toMatchObject([{ type: "http.request", protocol: "http:" }]);
+    expect(guest.events).toMatchObject([{ type: "http.request", protocol: "h1", scheme: "http:" }]);
     s.destroy();
   });
 

@@ -12,7 +12,8 @@ import { completeResponse, HOST, rawConnect, readBody, readUntil, startGuestSide
 const req = (hostname: string, headers: [string, string][]): InterceptedRequest => ({
   method: "GET",
   url: "/",
-  protocol: "https:",
+  protocol: "h1",
+  scheme: "https:",
   hostname,
   src: { ip: "10.0.0.2", port: 40000 },
   dst: { ip: "203.0.113.5", port: 443 },
@@ -79,14 +80,14 @@ describe("secrets", () => {
     const spec = { T: { value: "real-value", hosts: ["api.test", "legacy.test"], allowInsecure: ["legacy.test"] } };
     const { env } = createSecrets(spec);
     const mw = secretsMiddleware(spec, env, (e) => events.push(e));
-    const plain = { ...req("api.test", [["authorization", `Bearer ${env.T}`]]), protocol: "http:" as const };
+    const plain = { ...req("api.test", [["authorization", `Bearer ${env.T}`]]), scheme: "http:" as const };
     await expect(Promise.resolve().then(() => mw(plain))).rejects.toBeInstanceOf(InsecureTransportError);
     expect(plain.headers.get("authorization")).toBe(`Bearer ${env.T}`);
-    const legacy = { ...req("legacy.test", [["authorization", `Bearer ${env.T}`]]), protocol: "http:" as const };
+    const legacy = { ...req("legacy.test", [["authorization", `Bearer ${env.T}`]]), scheme: "http:" as const };
     await mw(legacy);
     expect(legacy.headers.get("authorization")).toBe("Bearer real-value");
     // A placeholder to a host that may not receive it is not a secret leak: it goes out unchanged.
-    const other = { ...req("other.test", [["authorization", `Bearer ${env.T}`]]), protocol: "http:" as const };
+    const other = { ...req("other.test", [["authorization", `Bearer ${env.T}`]]), scheme: "http:" as const };
     await mw(other);
     expect(events.map((e) => e.type)).toEqual(["secret.refused", "secret.substituted", "secret.withheld"]);
     expect(() => createSecrets({ T: { value: "v", hosts: ["a.test"], allowInsecure: "a.test" as never } })).toThrow(/allowInsecure/);

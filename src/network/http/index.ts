@@ -14,6 +14,7 @@ export type {
   HttpEvent,
   HttpEventType,
   HttpMiddleware,
+  HttpVersion,
   InterceptedFlow,
   InterceptedRequest,
   InterceptHandler,

@@ -7,8 +7,10 @@
  * 8080 work, and a CONNECT tunnel's content is sniffed the same way. Guest
  * TLS is terminated with a leaf certificate for the flow's trusted hostname,
  * issued by the sandbox CA; the ClientHello's SNI must name that hostname
- * (absent SNI: the trusted hostname is used), and only `http/1.1` is offered
- * by ALPN so every request stays visible to the middleware.
+ * (absent SNI: the trusted hostname is used). ALPN offers `h2` and `http/1.1`:
+ * an h2 connection is served by node:http2 (h2-session.ts), every stream checked
+ * and passed through the middleware like an HTTP/1.1 request; plain HTTP is
+ * HTTP/1.1 only (no h2c), so every request stays visible to the middleware.
  */
 import { isIP } from "node:net";
 import type { Duplex } from "node:stream";
@@ -19,9 +21,11 @@ import { LeafCertificates } from "./leaf-certs.js";
 import { normalizeHostname, parseAuthority } from "./request.js";
 import { Redactions } from "./scrub.js";
 import type { Redaction } from "./secrets.js";
+import { serveH2 } from "./h2-session.js";
 import { HttpSession } from "./session.js";
 import type { HttpEvent, InterceptedFlow, InterceptHandler } from "./types.js";
 import { createUpstreamClient, UpstreamTls, type UpstreamOptions } from "./upstream.js";
+import { H2UpstreamPool } from "./upstream-h2.js";
 
 /** Options of `createHttpInterceptor`. */
 export interface HttpInterceptorOptions extends UpstreamOptions {
@@ -71,6 +75,7 @@ export function createHttpInterceptor(options: HttpInterceptorOptions): HttpInte
   };
   const open = new Set<Duplex>();
   const clients = new Set<Client>();
+  const pools = new Set<H2UpstreamPool>();
 
   async function serve(stream: Duplex, flow: InterceptedFlow, tunnelled: boolean): Promise<void> {
     const first = await firstByte(stream, handshakeTimeoutMs);
@@ -89,6 +94,17 @@ export function createHttpInterceptor(options: HttpInterceptorOptions): HttpInte
       inner = terminated.tls;
       flow = terminated.flow;
       useTls = true;
+      if (terminated.tls.alpnProtocol === "h2") {
+        const upstream = new H2UpstreamPool(flow, upstreamTls, connectTimeoutMs);
+        pools.add(upstream);
+        try {
+          await serveH2(terminated.tls, { flow, upstream, middlewareTimeoutMs, headTimeoutMs: handshakeTimeoutMs, emit, redactions });
+        } finally {
+          pools.delete(upstream);
+          upstream.close();
+        }
+        return;
+      }
     } else if (flow.alternatives?.length) {
       // Plain HTTP to a shared address: the first request's Host picks the accepted name.
       const host = await peekHost(stream, handshakeTimeoutMs);
@@ -135,7 +151,7 @@ export function createHttpInterceptor(options: HttpInterceptorOptions): HttpInte
     const tls = new TLSSocket(stream as never, {
       isServer: true,
       secureContext: context,
-      ALPNProtocols: ["http/1.1"],
+      ALPNProtocols: ["h2", "http/1.1"],
       SNICallback: (servername, cb) => {
         const name = normalizeHostname(servername);
         if (name === flow.hostname) return cb(null, context);
@@ -203,6 +219,7 @@ export function createHttpInterceptor(options: HttpInterceptorOptions): HttpInte
     leaves,
     async close() {
       for (const s of open) s.destroy();
+      for (const p of pools) p.close();
       await Promise.all([...clients].map((c) => c.destroy().catch(() => {})));
     },
   };

@@ -96,6 +96,34 @@ export function scrubHeaders(headers: ResponseHeaders, rules: readonly ScrubRule
 }
 
 /**
+ * A response's headers and body as the guest may see them: with scrub rules,
+ * headers are scrubbed and a body is decoded (gzip, deflate, br; sent decoded,
+ * without Content-Length) and scrubbed as it streams. Throws
+ * `UnscannableBodyError` for an encoding that cannot be decoded.
+ */
+export function scrubResponse(
+  original: ResponseHeaders,
+  source: Readable,
+  rules: readonly ScrubRule[],
+  noBody: boolean,
+): { headers: ResponseHeaders; body: Readable } {
+  if (rules.length === 0) return { headers: original, body: source };
+  const headers = scrubHeaders(original, rules);
+  if (noBody) return { headers, body: source };
+  const encoding = headers["content-encoding"];
+  const decoders = decodersFor(Array.isArray(encoding) ? encoding.join(",") : encoding);
+  if (decoders === undefined) {
+    throw new UnscannableBodyError(`the response body is encoded as ${JSON.stringify(encoding)}, which the interceptor cannot decode to scrub credentials from it`);
+  }
+  delete headers["content-encoding"];
+  delete headers["content-length"];
+  const scrubber = new ScrubStream(rules);
+  // A decoding error (corrupt gzip) fails the stream, which ends the guest connection.
+  const body = pipeline([source, ...decoders, scrubber] as unknown as [Readable, ScrubStream], () => {}) as unknown as Readable;
+  return { headers, body };
+}
+
+/**
  * Streams an upstream response to the guest. Returns whether the connection
  * can stay open afterwards (false when the body had to be close-delimited).
  * With scrub rules, headers and body are scrubbed (a compressed body decoded
@@ -109,24 +137,7 @@ export async function sendResponse(
   opts: { method: string; http10: boolean; keepAlive: boolean; scrub?: readonly ScrubRule[] },
 ): Promise<boolean> {
   const noBody = opts.method === "HEAD" || (res.status >= 100 && res.status < 200) || res.status === 204 || res.status === 304;
-  const rules = opts.scrub ?? [];
-  let body: Readable = res.body;
-  let headers = res.headers;
-  if (rules.length > 0) {
-    headers = scrubHeaders(res.headers, rules);
-    if (!noBody) {
-      const encoding = headers["content-encoding"];
-      const decoders = decodersFor(Array.isArray(encoding) ? encoding.join(",") : encoding);
-      if (decoders === undefined) {
-        throw new UnscannableBodyError(`the response body is encoded as ${JSON.stringify(encoding)}, which the interceptor cannot decode to scrub credentials from it`);
-      }
-      delete headers["content-encoding"];
-      delete headers["content-length"];
-      const scrubber = new ScrubStream(rules);
-      // A decoding error (corrupt gzip) fails the stream, which ends the guest connection.
-      body = pipeline([res.body, ...decoders, scrubber] as unknown as [Readable, ScrubStream], () => {}) as unknown as Readable;
-    }
-  }
+  const { headers, body } = scrubResponse(res.headers, res.body, opts.scrub ?? [], noBody);
   const lengthHeader = headers["content-length"];
   const length = typeof lengthHeader === "string" && /^\d+$/.test(lengthHeader) ? lengthHeader : undefined;
   let keepAlive = opts.keepAlive;

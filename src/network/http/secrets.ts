@@ -146,7 +146,7 @@ export function secretsMiddleware(
         const next = substitute(value, e.placeholder, allowed ? e.value : undefined);
         if (next === undefined) continue; // placeholder absent
         // Clear text upstream: the real value would cross the network readable by anyone on the path.
-        if (allowed && request.protocol !== "https:" && !hostAllowed(request.hostname, e.insecure)) {
+        if (allowed && request.scheme !== "https:" && !hostAllowed(request.hostname, e.insecure)) {
           onEvent?.({ type: "secret.refused", name: e.name, hostname: request.hostname, header });
           throw new InsecureTransportError(
             `secret ${e.name} is only sent over TLS verified for ${request.hostname}; this request is plain HTTP (use https://, or list the host in the secret's allowInsecure)`,

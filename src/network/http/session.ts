@@ -11,11 +11,11 @@ import { Readable, type Duplex } from "node:stream";
 import { HTTPParser } from "http-parser-js";
 import type { Client } from "undici";
 import { createRequestParser, hasHeader, headerValue, rawValues } from "./parser.js";
-import { relay, runMiddleware } from "./relay.js";
+import { admitRequest } from "./admit.js";
+import { relay } from "./relay.js";
 import { checkConnectTarget, checkRequest, RequestRejection, type CheckedRequest } from "./request.js";
 import { headerLines, plainResponse, scrubHeaders, sendResponse, statusLine, UnscannableBodyError, writeAsync, type ResponseHeaders } from "./response.js";
 import type { Redactions } from "./scrub.js";
-import { InsecureTransportError } from "./secrets.js";
 import type { HttpDenyReason, HttpEvent, InterceptedFlow, InterceptedRequest } from "./types.js";
 
 const BODY_HIGH_WATER = 64 * 1024;
@@ -231,31 +231,15 @@ export class HttpSession {
     const request: InterceptedRequest = Object.freeze({
       method: req.method,
       url: checked.path,
-      protocol: this.#ctx.protocol,
+      protocol: "h1",
+      scheme: this.#ctx.protocol,
       hostname: flow.hostname,
       src: flow.src,
       dst: flow.dst,
       headers: checked.headers,
     });
-    const before = headerSnapshot(checked.headers);
-    let failed = flow.secrets ? await runMiddleware(flow.secrets, request, this.#ctx.middlewareTimeoutMs) : undefined;
-    const afterSecrets = headerSnapshot(checked.headers);
-    if (failed === undefined) failed = await runMiddleware(flow.middleware, request, this.#ctx.middlewareTimeoutMs);
-    if (failed instanceof InsecureTransportError) return this.#reject(req, 403, "insecure-transport", failed.message);
-    if (failed !== undefined) {
-      return this.#reject(req, 403, "middleware", `request denied by the sandbox HTTP middleware`, failed.message);
-    }
-    const set = changedValues(afterSecrets, headerSnapshot(checked.headers));
-    if (set.length > 0 && this.#ctx.protocol !== "https:" && !flow.allowInsecure) {
-      return this.#reject(
-        req,
-        403,
-        "insecure-transport",
-        `the middleware set ${set.map(([n]) => n).join(", ")} on a plain-HTTP request to ${flow.hostname}; headers a middleware adds only go out over verified TLS (use https://, or accept(middleware, { allowInsecure: true }))`,
-      );
-    }
-    // Whatever the host added must never come back to the guest.
-    for (const [, v] of changedValues(before, headerSnapshot(checked.headers))) this.#ctx.redactions.addMiddlewareValue(v);
+    const refused = await admitRequest(flow, request, this.#ctx.middlewareTimeoutMs, this.#ctx.redactions);
+    if (refused) return this.#reject(req, refused.status, refused.reason, refused.message, refused.detail);
 
     if (checked.upgrade) return this.#upgrade(req, checked, request, started);
     if (checked.expectContinue) await writeAsync(this.#stream, "HTTP/1.1 100 Continue\r\n\r\n");
@@ -291,7 +275,8 @@ export class HttpSession {
         ...endpoints(flow),
         method: req.method,
         url: checked.path,
-        protocol: this.#ctx.protocol,
+        protocol: "h1",
+        scheme: this.#ctx.protocol,
         status: res.statusCode,
         durationMs: performance.now() - started,
       });
@@ -371,7 +356,8 @@ export class HttpSession {
       ...endpoints(flow),
       method: req.method,
       url: request.url,
-      protocol: this.#ctx.protocol,
+      protocol: "h1",
+      scheme: this.#ctx.protocol,
       status: 101,
       durationMs: performance.now() - started,
     });
@@ -451,26 +437,6 @@ export class HttpSession {
     this.#queue.length = 0;
     this.#resolveDone();
   }
-}
-
-/** Header lines as `name(lowercase) → values`, to see what a middleware changed. */
-function headerSnapshot(headers: Iterable<[string, string]>): Map<string, string[]> {
-  const out = new Map<string, string[]>();
-  for (const [n, v] of headers) {
-    const k = n.toLowerCase();
-    out.set(k, [...(out.get(k) ?? []), v]);
-  }
-  return out;
-}
-
-/** Header values present in `after` that `before` did not have under the same name. */
-function changedValues(before: Map<string, string[]>, after: Map<string, string[]>): [string, string][] {
-  const out: [string, string][] = [];
-  for (const [n, vs] of after) {
-    const old = before.get(n) ?? [];
-    for (const v of vs) if (!old.includes(v)) out.push([n, v]);
-  }
-  return out;
 }
 
 function endpoints(flow: InterceptedFlow) {

@@ -64,8 +64,13 @@ export interface InterceptedRequest {
   readonly method: string;
   /** Request target in origin form, e.g. `/user?x=1` (read-only). */
   readonly url: string;
-  /** `https:` when the guest spoke TLS to the interceptor, else `http:`. */
-  readonly protocol: "https:" | "http:";
+  /**
+   * The HTTP version the guest spoke on this connection: `h2` (negotiated by TLS ALPN)
+   * or `h1` (HTTP/1.x). The request has the same shape either way.
+   */
+  readonly protocol: HttpVersion;
+  /** `https:` when the guest spoke TLS to the interceptor, else `http:` (h2 is always `https:`). */
+  readonly scheme: "https:" | "http:";
   /** The trusted hostname the flow was matched on. */
   readonly hostname: string;
   readonly src: FlowEndpoint;
@@ -77,9 +82,13 @@ export interface InterceptedRequest {
   readonly headers: HttpHeaders;
 }
 
+/** HTTP version of an intercepted connection: HTTP/1.x or HTTP/2. */
+export type HttpVersion = "h1" | "h2";
+
 /** Why the interceptor refused a flow or a request. */
 export type HttpDenyReason =
   | "sni-mismatch"
+  /** Host, absolute URL or (HTTP/2) `:authority` names another host: 403 on HTTP/1.1, 421 on an HTTP/2 stream. */
   | "host-mismatch"
   | "connect-target"
   | "middleware"
@@ -104,7 +113,8 @@ export type HttpEvent =
       readonly type: "http.request";
       readonly method: string;
       readonly url: string;
-      readonly protocol: "https:" | "http:";
+      readonly protocol: HttpVersion;
+      readonly scheme: "https:" | "http:";
       readonly status: number;
       readonly durationMs: number;
     })

@@ -3,7 +3,8 @@
  * exactly the address the guest connected to (`flow.dst`, never a fresh DNS
  * lookup on the host) and, for TLS, verifies the server certificate for the
  * trusted hostname (SNI and name check = `flow.hostname`) against the system
- * roots plus any explicitly configured extra CAs. Only HTTP/1.1 is offered.
+ * roots plus any explicitly configured extra CAs. HTTP/1.1 guests get an
+ * HTTP/1.1 upstream; HTTP/2 guests get the upstream ALPN picks (upstream-h2.ts).
  */
 import { connect as netConnect, type Socket } from "node:net";
 import { connect as tlsConnect, createSecureContext, rootCertificates, type SecureContext } from "node:tls";
@@ -33,11 +34,22 @@ export function createUpstreamClient(
   useTls: boolean,
   tlsSettings: UpstreamTls,
   connectTimeoutMs: number,
+  /** An already verified TLS connection (ALPN chose http/1.1) to use for the first connect. */
+  first?: Socket,
 ): Client {
+  let ready = first;
   const origin = `${useTls ? "https" : "http"}://${flow.hostname}:${flow.dst.port}`;
   return new Client(origin, {
     pipelining: 1,
     connect: (_opts, callback) => {
+      if (ready && !ready.destroyed) {
+        const s = ready;
+        ready = undefined;
+        // undici expects the callback after connect() has returned.
+        setImmediate(() => callback(null, s));
+        return;
+      }
+      ready = undefined;
       let socket: Socket;
       if (useTls) {
         socket = tlsConnect({
