@@ -10,6 +10,8 @@ import { Readable, Writable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { Header, Pax, Parser, create as tarCreate, extract as tarExtract, type ReadEntry } from "tar";
 import { SandboxConfigError, SandboxProtocolError } from "../errors.js";
+import type { FileRequest, PutEntry } from "../protocol/generated/wire.js";
+import { WIRE } from "../protocol/generated/wire.js";
 import { call, CHUNK, type FileLink } from "./requests.js";
 import { readRanges } from "./streams.js";
 
@@ -66,9 +68,10 @@ export async function upload(link: FileLink, source: string | ReadableStream<Uin
     );
     inFlight.add(q);
   };
-  const dirTimes: [string, number][] = [];
+  const dirTimes: { path: string; mode: number; mtimeMs: number }[] = [];
   const progress: TransferProgress = { bytes: 0, entries: 0 };
   let entryError: unknown;
+  const batch = new PutBatch((req, data) => send(call(link, "upload", req, "done", data)));
 
   const parser = new Parser({
     strict: true,
@@ -82,65 +85,34 @@ export async function upload(link: FileLink, source: string | ReadableStream<Uin
       const path = join(rel);
       const mode = (entry.mode ?? 0o644) & 0o7777;
       const mtimeMs = entry.mtime ? Math.max(0, Math.floor(entry.mtime.getTime())) : undefined;
+      const times = mtimeMs === undefined ? {} : { mtimeMs };
       switch (entry.type) {
         case "Directory":
-          send(call(link, "upload", { op: "mkdir", path, recursive: true, mode }, "done"));
-          if (mtimeMs !== undefined) dirTimes.push([path, mtimeMs]);
+          batch.add({ type: "directory", path, mode }, []);
+          if (mtimeMs !== undefined) dirTimes.push({ path, mode, mtimeMs });
           entry.resume();
           break;
         case "SymbolicLink":
-          send(call(link, "upload", { op: "symlink", target: entry.linkpath ?? "", path }, "done"));
-          if (mtimeMs !== undefined) send(call(link, "upload", { op: "utimes", path, mtimeMs }, "done"));
+          batch.add({ type: "symlink", path, target: entry.linkpath ?? "", ...times }, []);
           entry.resume();
           break;
         case "File":
         case "OldFile":
-        case "ContiguousFile": {
-          let offset = 0;
-          let parts: Buffer[] = [];
-          let size = 0;
-          let sentAny = false;
-          let timed = false;
-          const flush = (last: boolean) => {
-            while (size >= CHUNK || (last && (size > 0 || !sentAny))) {
-              const joined = parts.length === 1 ? parts[0]! : Buffer.concat(parts);
-              const piece = joined.subarray(0, CHUNK);
-              const first = !sentAny;
-              const final = last && joined.length <= CHUNK;
-              sentAny = true;
-              timed ||= final && mtimeMs !== undefined;
-              // One request for a small file: created or truncated with the source's mode, its mtime set after the data.
-              const req = {
-                op: "write" as const,
-                path,
-                offset,
-                create: first,
-                truncate: first,
-                createParents: false,
-                ...(first ? { mode, forceMode: true } : {}),
-                ...(final && mtimeMs !== undefined ? { mtimeMs } : {}),
-              };
-              send(call(link, "upload", req, "done", [piece]));
-              offset += piece.length;
-              progress.bytes += piece.length;
-              const rest = joined.subarray(piece.length);
-              parts = rest.length ? [rest] : [];
-              size = rest.length;
-              if (last && size === 0) break;
-            }
-          };
-          entry.on("data", (c: Buffer) => {
-            parts.push(c);
-            size += c.length;
-            flush(false);
-          });
-          entry.on("end", () => {
-            flush(true);
-            // A size that is a multiple of CHUNK ended with a full piece sent before the end was known.
-            if (!timed && mtimeMs !== undefined) send(call(link, "upload", { op: "utimes", path, mtimeMs }, "done"));
-          });
+        case "ContiguousFile":
+          if ((entry.size ?? 0) <= SMALL_FILE) {
+            // Whole in one Put with its neighbours: created, written, mode and mtime set in one go.
+            const parts: Buffer[] = [];
+            entry.on("data", (c: Buffer) => parts.push(c));
+            entry.on("end", () => {
+              const size = parts.reduce((n, c) => n + c.length, 0);
+              progress.bytes += size;
+              batch.add({ type: "file", path, mode, size, ...times }, parts);
+            });
+          } else {
+            batch.flush();
+            largeFile(entry, path, mode, mtimeMs);
+          }
           break;
-        }
         default:
           entryError ??= new SandboxConfigError(`the tar stream has a ${entry.type} entry (${JSON.stringify(entry.path)}); upload takes files, directories and symbolic links`);
           entry.resume();
@@ -149,6 +121,51 @@ export async function upload(link: FileLink, source: string | ReadableStream<Uin
       o.onProgress?.({ ...progress });
     },
   });
+  /** A file too big for a Put: a sequence of range writes, mtime with the last. */
+  const largeFile = (entry: ReadEntry, path: string, mode: number, mtimeMs: number | undefined) => {
+    let offset = 0;
+    let parts: Buffer[] = [];
+    let size = 0;
+    let sentAny = false;
+    let timed = false;
+    const flush = (last: boolean) => {
+      while (size >= CHUNK || (last && (size > 0 || !sentAny))) {
+        const joined = parts.length === 1 ? parts[0]! : Buffer.concat(parts);
+        const piece = joined.subarray(0, CHUNK);
+        const first = !sentAny;
+        const final = last && joined.length <= CHUNK;
+        sentAny = true;
+        timed ||= final && mtimeMs !== undefined;
+        const req = {
+          op: "write" as const,
+          path,
+          offset,
+          create: first,
+          truncate: first,
+          createParents: false,
+          ...(first ? { mode, forceMode: true } : {}),
+          ...(final && mtimeMs !== undefined ? { mtimeMs } : {}),
+        };
+        send(call(link, "upload", req, "done", [piece]));
+        offset += piece.length;
+        progress.bytes += piece.length;
+        const rest = joined.subarray(piece.length);
+        parts = rest.length ? [rest] : [];
+        size = rest.length;
+        if (last && size === 0) break;
+      }
+    };
+    entry.on("data", (c: Buffer) => {
+      parts.push(c);
+      size += c.length;
+      flush(false);
+    });
+    entry.on("end", () => {
+      flush(true);
+      // A size that is a multiple of CHUNK ended with a full piece sent before the end was known.
+      if (!timed && mtimeMs !== undefined) send(call(link, "upload", { op: "utimes", path, mtimeMs }, "done"));
+    });
+  };
   let parseError: unknown;
   parser.on("error", (e: unknown) => (parseError ??= e));
   for await (const chunk of input) {
@@ -157,15 +174,60 @@ export async function upload(link: FileLink, source: string | ReadableStream<Uin
     while (inFlight.size >= UPLOAD_WINDOW) await Promise.race(inFlight);
   }
   if (!parseError && !entryError && !failure) parser.end();
+  if (!parseError && !entryError && !failure) batch.flush();
   await Promise.all(inFlight);
   if (parseError) throw new SandboxConfigError(`the upload is not a valid tar stream: ${String((parseError as Error).message ?? parseError)}`);
   if (entryError) throw entryError;
   if (failure) throw failure.error;
   // Directory times last, deepest first: creating entries changed them.
-  for (const [path, mtimeMs] of dirTimes.reverse()) send(call(link, "upload", { op: "utimes", path, mtimeMs }, "done"));
+  for (const d of dirTimes.reverse()) batch.add({ type: "directory", ...d }, []);
+  batch.flush();
   await Promise.all(inFlight);
   if (failure) throw (failure as { error: unknown }).error;
   return progress;
+}
+
+/** Files up to this size travel inside a Put with their neighbours. */
+const SMALL_FILE = 64 * 1024;
+/** JSON header bytes one Put may hold (the frame also carries up to CHUNK of data). */
+const PUT_HEADER_BYTES = 256 * 1024;
+
+/**
+ * Entries of an upload gathered into Put requests: one request per up to
+ * `maxPutEntries` entries and CHUNK bytes of data, instead of one per entry —
+ * under TCG each request's round through helper and init costs more than
+ * making a small file.
+ */
+class PutBatch {
+  #entries: PutEntry[] = [];
+  #data: Buffer[] = [];
+  #bytes = 0;
+  #headerBytes = 0;
+  readonly #send: (req: Extract<FileRequest, { op: "put" }>, data: Buffer[]) => void;
+
+  constructor(send: (req: Extract<FileRequest, { op: "put" }>, data: Buffer[]) => void) {
+    this.#send = send;
+  }
+
+  add(entry: PutEntry, data: Buffer[]): void {
+    const size = entry.type === "file" ? entry.size : 0;
+    // Paths are at most 4096 bytes each: a generous estimate of the entry's JSON.
+    const header = Buffer.byteLength(entry.path) + (entry.type === "symlink" ? Buffer.byteLength(entry.target) : 0) + 96;
+    if (this.#entries.length >= WIRE.maxPutEntries || this.#bytes + size > CHUNK || this.#headerBytes + header > PUT_HEADER_BYTES) this.flush();
+    this.#entries.push(entry);
+    this.#data.push(...data);
+    this.#bytes += size;
+    this.#headerBytes += header;
+  }
+
+  flush(): void {
+    if (this.#entries.length === 0) return;
+    this.#send({ op: "put", entries: this.#entries }, this.#data);
+    this.#entries = [];
+    this.#data = [];
+    this.#bytes = 0;
+    this.#headerBytes = 0;
+  }
 }
 
 function badSource(s: unknown): never {

@@ -15,6 +15,10 @@ export const WIRE = {
   maxFileChunk: 524288,
   maxGuestPath: 4096,
   maxPayload: 1048576,
+  maxPutEntries: 1024,
+  maxWatchBatch: 256,
+  maxWatchQueue: 65536,
+  maxWatchWindow: 4096,
   maxWindow: 16777216,
   stdinWindow: 262144,
 } as const;
