@@ -54,7 +54,8 @@ export class GuestWatcher implements AsyncIterableIterator<GuestWatchEvent> {
   #error: Error | undefined;
   #armed!: { resolve: () => void; reject: (e: Error) => void };
   #waiter: { resolve: (r: IteratorResult<GuestWatchEvent>) => void; reject: (e: Error) => void } | undefined;
-  readonly #onExit = () => this.#finish(this.#armedYet ? undefined : new LaneClosedError("the lane ended before lane.fs.watch() started"));
+  /** The lane's end finishes the iteration cleanly; only `ready` says the watch never started. */
+  readonly #onExit = () => this.#finish(undefined, new LaneClosedError("the lane ended before lane.fs.watch() started"));
   readonly #onAbort = () => void this.close();
   #armedYet = false;
 
@@ -128,13 +129,13 @@ export class GuestWatcher implements AsyncIterableIterator<GuestWatchEvent> {
   }
 
   /** The watch is over: events already here are still delivered, then `done` (or the error, once). */
-  #finish(error: Error | undefined): void {
+  #finish(error: Error | undefined, notStarted: Error | undefined = error): void {
     if (this.#ended) return;
     this.#ended = true;
     this.#error = error;
-    // Ended before the guest armed it: by an error (rejects), or by close() (nothing to wait for).
+    // Ended before the guest armed it: by an error or the lane's end (rejects), or by close() (nothing to wait for).
     if (!this.#armedYet) {
-      if (error) this.#armed.reject(error);
+      if (notStarted) this.#armed.reject(notStarted);
       else this.#armed.resolve();
     }
     this.#conn?.off("exit", this.#onExit);
@@ -142,6 +143,7 @@ export class GuestWatcher implements AsyncIterableIterator<GuestWatchEvent> {
     this.#wake();
   }
 
+  /** The next event; `done` once the watch ended (rejects once if it ended with an error). */
   next(): Promise<IteratorResult<GuestWatchEvent>> {
     const event = this.#events.shift();
     if (event) {
@@ -167,6 +169,7 @@ export class GuestWatcher implements AsyncIterableIterator<GuestWatchEvent> {
     this.#finish(undefined);
   }
 
+  /** The watcher is its own iterator (one consumer). */
   [Symbol.asyncIterator](): this {
     return this;
   }
