@@ -256,7 +256,9 @@ impl Server {
                 }
             }
             Kind::WatchStop => {
-                if self.watches.remove(&ch).is_some() {
+                // A watch that already ended (its path gone) has nothing to answer.
+                let stopped = self.watches.remove(&ch).is_some();
+                if stopped {
                     self.send(ch, &proto::WatchEnd::Stopped {})?;
                 }
             }
