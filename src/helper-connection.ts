@@ -86,6 +86,8 @@ export class HelperConnection extends EventEmitter {
   readonly #socket: Socket;
   readonly #decoder = new FrameDecoder();
   readonly #channels = new Map<number, ChannelHandler>();
+  /** `lane.fs.watch` watches by id (ids shared with requests, apart from process channels). */
+  readonly #watches = new Map<number, ChannelHandler>();
   readonly #services = new Map<number, RequestService<RequestKind>>();
   readonly #waiting = new Map<number, { reply: KindName; resolve: (msg: unknown) => void; reject: (err: Error) => void }>();
   readonly #diagnostics: string[] = [];
@@ -180,6 +182,19 @@ export class HelperConnection extends EventEmitter {
       this.#waiting.set(id, { reply: "FileReply", resolve: resolve as (m: unknown) => void, reject });
       this.sendFramed("FileRequest", id, header, bytes);
     });
+  }
+
+  /**
+   * Starts a `lane.fs.watch` in the guest on a new id; its frames (Watching,
+   * WatchEvents, WatchEnd) go to `handler` until WatchEnd. `undefined` when closed.
+   */
+  watch(start: KindMessages["WatchStart"], handler: ChannelHandler): number | undefined {
+    if (this.#closed) return undefined;
+    const id = this.#nextRequest;
+    this.#nextRequest = id >= 0xffff_ffff ? 1 : id + 1;
+    this.#watches.set(id, handler);
+    this.sendJson("WatchStart", id, start);
+    return id;
   }
 
   /** Ends the helper now: SIGKILL takes the VMM with it (PDEATHSIG). */
@@ -305,6 +320,15 @@ export class HelperConnection extends EventEmitter {
         this.#waiting.delete(f.channel);
         const { header, bytes } = decodeFramed("FileReply", f.payload, f.channel);
         waiting.resolve({ reply: header, bytes });
+        return;
+      }
+      case "Watching":
+      case "WatchEvents":
+      case "WatchEnd": {
+        const handler = this.#watches.get(f.channel);
+        if (!handler) throw violation("no watch runs with this id");
+        if (info.name === "WatchEnd") this.#watches.delete(f.channel);
+        handler(f.kind, f.payload);
         return;
       }
       case "BlockRequest":

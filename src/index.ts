@@ -7,6 +7,8 @@ export { DirectorySnapshotStore, listSavedSnapshots } from "./snapshot-store.js"
 export type { SandboxSnapshotStore, SnapshotRequirements, SnapshotManifest } from "./snapshot-store.js";
 export { LaneFileSystem } from "./lane-fs/index.js";
 export type { TransferOptions, TransferProgress, TransferRefusal } from "./lane-fs/trees.js";
+export { GuestWatcher } from "./lane-fs/watch.js";
+export type { GuestWatchEvent, GuestWatchEventType, WatchOptions } from "./lane-fs/watch.js";
 export type { GuestFileStats, GuestFileType, GuestDirEntry, ReadFileOptions, WriteFileOptions, MkdirOptions, RmOptions } from "./lane-fs/index.js";
 export type { ExecOptions, ExecResult, LaneInfo, SpawnOptions, PtyOptions, SandboxProcess, SandboxPty } from "./lane.js";
 export type { StoreRetryEvent } from "./rootfs/block-store.js";

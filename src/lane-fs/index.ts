@@ -8,6 +8,7 @@ import type { FileStat, FileType } from "../protocol/generated/wire.js";
 import { checkInteger } from "../validate.js";
 import { call, CHUNK, fileMode, guestPath, type FileLink } from "./requests.js";
 import { RangeWriter, readRanges, readStream, writeStream } from "./streams.js";
+import { GuestWatcher, type WatchOptions } from "./watch.js";
 
 /** What a guest path is: `file`, `directory`, `symlink`, `block-device`, `character-device`, `fifo`, `socket` or `unknown`. */
 export type GuestFileType = FileType;
@@ -190,6 +191,21 @@ export class LaneFileSystem {
       throw new SandboxConfigError(`symlink target must be a non-empty string of at most 4096 bytes without NUL, got ${JSON.stringify(target)}`);
     }
     await call(this.#link, "symlink", { op: "symlink", target, path: guestPath("path", path) }, "done");
+  }
+
+  /**
+   * Watches `path` (a directory, with `recursive` the whole tree below it, or
+   * a file) for changes, from inotify in the guest: `for await (const e of
+   * lane.fs.watch("/workspace", { recursive: true }))` yields `{ type, path }`
+   * with `type` one of `create`, `modify`, `delete`, `rename` (each side of a
+   * move), and `overflow` when events were lost (the guest's queue of
+   * `maxQueued` events, or the kernel's, was full: re-scan what you track).
+   * Repeats of a path's pending event are coalesced. `break`, `close()`, the
+   * `signal` or the lane's end finish the iteration cleanly; a path that cannot
+   * be watched rejects it (and `ready`) with a SandboxFileSystemError, e.g. ENOENT.
+   */
+  watch(path: string, options: WatchOptions = {}): GuestWatcher {
+    return new GuestWatcher(this.#link, guestPath("path", path), options);
   }
 
   /** The target of a symbolic link, as stored. */

@@ -32,6 +32,7 @@ const EXPECTS: Record<FileRequest["op"], FileReply["result"]> = {
   symlink: "done",
   readlink: "link",
   utimes: "done",
+  put: "done",
 };
 
 /** Sends one request; rejects with SandboxFileSystemError (guest errno) or the lane's end. */
@@ -45,7 +46,7 @@ export async function call<R extends FileReply["result"]>(
   const conn = link();
   if (!conn) throw new LaneClosedError(`lane.fs.${syscall}() on a closed lane`);
   const { reply, bytes } = await conn.fileRequest(req, data);
-  const path = "path" in req ? req.path : req.from;
+  const path = req.op === "put" ? (req.entries[reply.result === "error" ? (reply.entry ?? 0) : 0]?.path ?? "") : "path" in req ? req.path : req.from;
   if (reply.result === "error") {
     const dest = req.op === "rename" ? req.to : req.op === "symlink" ? req.target : undefined;
     throw new SandboxFileSystemError(reply.code, reply.errno, syscall, path, dest);

@@ -3,6 +3,9 @@
  * host tree (modes, links, an empty dir, mtimes) goes in and comes back
  * identical; a guest tree with links pointing outside (`../../etc/passwd`,
  * absolute) is extracted as links and writes nothing outside `hostDir`.
+ * `lane.fs.watch` on the same lane: a recursive tree while a guest process
+ * churns 1,000 files, an overflow when the consumer stops reading, and the
+ * ends (return(), AbortSignal, the lane's close).
  */
 import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
@@ -11,7 +14,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Header } from "tar";
-import { defineSandbox, rootfs, SandboxConfigError, type Lane } from "../../src/index.js";
+import { defineSandbox, rootfs, SandboxConfigError, SandboxFileSystemError, type GuestWatchEvent, type Lane } from "../../src/index.js";
 
 function walk(dir: string, rel = ""): string[] {
   const out: string[] = [];
@@ -98,5 +101,91 @@ describe("lane.upload / lane.download", () => {
     for await (const c of lane.download("/tmp/evil")) chunks.push(Buffer.from(c));
     const listing = execFileSync("tar", ["-tv"], { input: Buffer.concat(chunks) }).toString();
     expect(listing).toMatch(/rel -> \.\.\/\.\.\/etc\/passwd/);
+  });
+
+  it("watches a recursive tree while a guest process churns 1,000 files: create, modify, delete, rename", { timeout: 300_000 }, async () => {
+    const W = "/tmp/watched";
+    await lane.fs.mkdir(`${W}/sub`, { recursive: true });
+    const watcher = lane.fs.watch(W, { recursive: true });
+    await watcher.ready;
+    const seen = new Map<string, Set<string>>();
+    const consumed = (async () => {
+      for await (const e of watcher) {
+        if (!seen.has(e.path)) seen.set(e.path, new Set());
+        seen.get(e.path)!.add(e.type);
+        if (e.path === `${W}/done`) break;
+      }
+    })();
+    // deep/er is made and filled at once: its first files exist before its watch does (found by the scan).
+    const D = `${W}/sub/deep/er`;
+    const churn = await lane.exec("sh", [
+      "-c",
+      `mkdir -p ${D} && i=0; while [ $i -lt 1000 ]; do echo a > ${D}/f$i; i=$((i+1)); done; echo b >> ${W}/sub/deep/er/f1; mv ${D}/f2 ${W}/sub/g2; rm ${D}/f3; : > ${W}/done`,
+    ]);
+    expect(churn.exitCode).toBe(0);
+    await consumed;
+    expect(seen.has(W) && seen.get(W)!.has("overflow")).toBe(false);
+    const created = [...Array(1000).keys()].filter((i) => seen.get(`${D}/f${i}`)?.has("create"));
+    expect(created.length).toBe(1000);
+    expect([...seen.get(`${D}/f1`)!]).toContain("modify");
+    expect([...seen.get(`${D}/f2`)!]).toContain("rename");
+    expect([...seen.get(`${W}/sub/g2`)!]).toEqual(["rename"]);
+    expect([...seen.get(`${D}/f3`)!]).toContain("delete");
+    expect([...seen.get(`${W}/sub/deep`)!]).toContain("create");
+    expect([...seen.get(D)!]).toContain("create");
+    // return() (the break) ended it: the iterator is done.
+    expect(await watcher.next()).toEqual({ value: undefined, done: true });
+  });
+
+  it("reports an overflow when the consumer stops reading, never silent loss", { timeout: 300_000 }, async () => {
+    const W = "/tmp/flood";
+    await lane.fs.mkdir(W, { recursive: true });
+    const watcher = lane.fs.watch(W, { maxQueued: 16 });
+    await watcher.ready;
+    // Nobody reads while 1,000 files are made: the host holds one window, the guest 16 events, the rest is lost.
+    const churn = await lane.exec("sh", ["-c", `i=0; while [ $i -lt 1000 ]; do : > ${W}/f$i; i=$((i+1)); done`]);
+    expect(churn.exitCode).toBe(0);
+    const events: GuestWatchEvent[] = [];
+    for await (const e of watcher) {
+      events.push(e);
+      if (e.type === "overflow") break;
+    }
+    expect(events.at(-1)).toEqual({ type: "overflow", path: W });
+    const creates = events.filter((e) => e.type === "create").length;
+    expect(creates).toBeGreaterThan(0);
+    expect(creates).toBeLessThan(1000);
+    expect(events.length).toBeLessThanOrEqual(256 + 16 + 1);
+  });
+
+  it("rejects a missing path with ENOENT and ends on an AbortSignal", async () => {
+    const missing = lane.fs.watch("/tmp/no/such/dir");
+    const err = await missing.next().catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(SandboxFileSystemError);
+    expect([(err as SandboxFileSystemError).code, (err as SandboxFileSystemError).syscall, (err as SandboxFileSystemError).path]).toEqual(["ENOENT", "watch", "/tmp/no/such/dir"]);
+    await expect(missing.ready).rejects.toBeInstanceOf(SandboxFileSystemError);
+
+    const ac = new AbortController();
+    const watcher = lane.fs.watch("/tmp", { signal: ac.signal });
+    await watcher.ready;
+    const next = watcher.next();
+    ac.abort();
+    expect(await next).toEqual({ value: undefined, done: true });
+  });
+
+  // Last: it closes the shared lane.
+  it("ends the iteration cleanly when the lane closes", { timeout: 120_000 }, async () => {
+    const watcher = lane.fs.watch("/tmp", { recursive: true });
+    await watcher.ready;
+    let sawLast!: () => void;
+    const last = new Promise<void>((r) => (sawLast = r));
+    const consumed = (async () => {
+      for await (const e of watcher) if (e.path === "/tmp/last.txt" && e.type === "create") sawLast();
+      return "ended";
+    })();
+    await lane.fs.writeFile("/tmp/last.txt", "x");
+    await last;
+    // Still iterating, waiting for the next event, when the lane goes.
+    await lane.close();
+    expect(await consumed).toBe("ended");
   });
 });

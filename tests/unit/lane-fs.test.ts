@@ -6,7 +6,7 @@
 import { afterAll, describe, expect, it } from "vitest";
 import { SandboxConfigError, SandboxFileSystemError, SandboxProtocolError } from "../../src/errors.js";
 import { LaneFileSystem } from "../../src/lane-fs/index.js";
-import { decodeFramed, Kind } from "../../src/protocol/contract.js";
+import { decodeFramed, decodeJson, Kind } from "../../src/protocol/contract.js";
 import { connectFakeHelper } from "./fake-helper.js";
 
 const closers: (() => void)[] = [];
@@ -62,5 +62,63 @@ describe("lane.fs on the wire", { timeout: 10_000 }, () => {
     await expect(pending).rejects.toBeInstanceOf(SandboxProtocolError);
     await new Promise<void>((resolve) => (conn.closed ? resolve() : conn.once("exit", () => resolve())));
     await expect(fs.stat("/")).rejects.toThrow(/closed lane/);
+  });
+});
+
+describe("lane.fs.watch on the wire", { timeout: 10_000 }, () => {
+  it("starts a watch, grants credit as events are consumed and maps a failed start to its errno", async () => {
+    const { fs, helper } = await setup();
+    const watcher = fs.watch("/w", { recursive: true, maxQueued: 100 });
+    const start = helper.frames.find((f) => f.kind === Kind.WatchStart) ?? (await new Promise((r) => setTimeout(r, 50)), helper.frames.find((f) => f.kind === Kind.WatchStart));
+    expect(start).toBeDefined();
+    const id = start!.channel;
+    expect(decodeJson("WatchStart", (await helper.next(Kind.WatchStart, id)).payload, id)).toEqual({ path: "/w", recursive: true, window: 256, maxQueued: 100 });
+    helper.raw(Kind.Watching, id);
+    await watcher.ready;
+    const events = Array.from({ length: 200 }, (_, i) => ({ type: "create", path: `/w/f${i}` }));
+    helper.json("WatchEvents", id, { events: events.slice(0, 150) });
+    helper.json("WatchEvents", id, { events: events.slice(150) });
+    const got: unknown[] = [];
+    for (let i = 0; i < 200; i++) got.push((await watcher.next()).value);
+    expect(got).toEqual(events);
+    // Half a window consumed: credit for it went back.
+    const credit = await helper.next(Kind.WatchCredit, id);
+    expect(decodeJson("WatchCredit", credit.payload, id)).toEqual({ events: 128 });
+    const pending = watcher.next();
+    await watcher.return();
+    expect(await pending).toEqual({ value: undefined, done: true });
+    await helper.next(Kind.WatchStop, id);
+
+    const missing = fs.watch("/nope");
+    await new Promise((r) => setTimeout(r, 50));
+    const s2 = helper.frames.find((f) => f.kind === Kind.WatchStart)!;
+    helper.json("WatchEnd", s2.channel, { reason: "error", code: "ENOENT", errno: 2 });
+    await expect(missing.next()).rejects.toMatchObject({ code: "ENOENT", syscall: "watch", path: "/nope" });
+    await expect(missing.ready).rejects.toBeInstanceOf(SandboxFileSystemError);
+    expect(await missing.next()).toEqual({ value: undefined, done: true });
+  });
+
+  it("ends cleanly when the lane ends, and more events than the window end the lane", async () => {
+    const a = await setup();
+    const w = a.fs.watch("/w");
+    const iterating = (async () => {
+      for await (const _ of w) void _;
+      return "ended";
+    })();
+    await new Promise((r) => setTimeout(r, 50));
+    a.close();
+    expect(await iterating).toBe("ended");
+
+    const b = await setup();
+    const w2 = b.fs.watch("/w");
+    await new Promise((r) => setTimeout(r, 50));
+    const id = b.helper.frames.find((f) => f.kind === Kind.WatchStart)!.channel;
+    b.helper.raw(Kind.Watching, id);
+    const flood = Array.from({ length: 256 }, (_, i) => ({ type: "modify", path: `/w/${i}` }));
+    b.helper.json("WatchEvents", id, { events: flood });
+    b.helper.json("WatchEvents", id, { events: flood.slice(0, 1) });
+    await new Promise<void>((resolve) => (b.conn.closed ? resolve() : b.conn.once("exit", () => resolve())));
+    expect(b.conn.end.error).toBeInstanceOf(SandboxProtocolError);
+    void w2.close();
   });
 });

@@ -38,6 +38,10 @@ pub fn all() -> Vec<(String, Value)> {
         ex::<Resize>("Resize", json!({"rows": 50, "cols": 132})),
         ex::<FileRequest>("FileRequest", json!({"op": "write", "path": "/tmp/a/b.txt", "offset": 0, "create": true, "truncate": true, "mode": 420, "createParents": true})),
         ex::<FileReply>("FileReply", json!({"result": "stat", "stat": {"type": "file", "mode": 420, "size": 5, "uid": 0, "gid": 0, "nlink": 1, "ino": 12, "mtimeMs": 1700000000123u64, "mtimeNs": 456789, "atimeMs": 1700000000000u64, "ctimeMs": 1700000000123u64}})),
+        ex::<WatchStart>("WatchStart", json!({"path": "/workspace", "recursive": true, "window": 256, "maxQueued": 4096})),
+        ex::<WatchEvents>("WatchEvents", json!({"events": [{"type": "create", "path": "/workspace/a.txt"}, {"type": "overflow", "path": "/workspace"}]})),
+        ex::<WatchCredit>("WatchCredit", json!({"events": 128})),
+        ex::<WatchEnd>("WatchEnd", json!({"reason": "error", "code": "ENOENT", "errno": 2})),
         ex::<Launch>("Launch", json!({
             "backend": "qemu", "cpus": 1, "memoryMib": 512, "kernel": "/k/vmlinuz", "initrd": "/k/initrd", "cmdline": [],
             "disks": [{"path": "/i/debian.qcow2", "format": "qcow2", "readOnly": false, "cow": {"mode": "persistent", "maxDirtyBytes": 67108864, "blockSize": 65536, "storeTimeoutMs": 31000}}],

@@ -82,6 +82,16 @@ pub struct Session {
     pings: u64,
     /// File requests waiting for their reply: the result each expects and the most data it may carry.
     files: HashMap<u32, (&'static str, u32)>,
+    /// `lane.fs.watch` watches Node started and the guest has not ended.
+    watches: HashMap<u32, WatchState>,
+}
+
+#[derive(Debug, Default)]
+struct WatchState {
+    /// The guest answered `Watching`.
+    armed: bool,
+    /// Events the guest may still send.
+    credit: u64,
 }
 
 impl Default for Session {
@@ -92,14 +102,14 @@ impl Default for Session {
 
 impl Session {
     pub fn new() -> Self {
-        Self { phase: Phase::Hello, procs: HashMap::new(), pings: 0, files: HashMap::new() }
+        Self { phase: Phase::Hello, procs: HashMap::new(), pings: 0, files: HashMap::new(), watches: HashMap::new() }
     }
 
     /// The session of a VM restored from a snapshot: its guest booted long
     /// ago and answers the helper's `Resume` with `Resumed` (which stands for
     /// `Ready`); no process channel of the old session exists here.
     pub fn resuming() -> Self {
-        Self { phase: Phase::Resuming, procs: HashMap::new(), pings: 0, files: HashMap::new() }
+        Self { phase: Phase::Resuming, procs: HashMap::new(), pings: 0, files: HashMap::new(), watches: HashMap::new() }
     }
 
     /// Checks one frame from the guest; `Ok` means it may go to Node as it is.
@@ -154,6 +164,10 @@ impl Session {
                 self.expect_phase(Phase::Running, &fail)?;
                 self.file_reply(channel, payload).map_err(fail)?;
             }
+            Kind::Watching | Kind::WatchEvents | Kind::WatchEnd => {
+                self.expect_phase(Phase::Running, &fail)?;
+                self.watch_frame(k, channel, payload).map_err(fail)?;
+            }
             _ => {
                 self.expect_phase(Phase::Running, &fail)?;
                 self.process_frame(k, channel, payload).map_err(fail)?;
@@ -198,6 +212,50 @@ impl Session {
                 }
             }
             _ => {}
+        }
+        Ok(())
+    }
+
+    /// Watch frames: only for a watch Node started, events within its credit, absolute paths.
+    fn watch_frame(&mut self, k: Kind, channel: u32, payload: &[u8]) -> Result<(), String> {
+        let Some(w) = self.watches.get_mut(&channel) else {
+            return Err("no watch runs with this id".into());
+        };
+        match k {
+            Kind::Watching => {
+                proto::expect_empty(k, payload).map_err(|e| e.to_string())?;
+                if w.armed {
+                    return Err("the watch was already armed".into());
+                }
+                w.armed = true;
+            }
+            Kind::WatchEvents => {
+                let batch: proto::WatchEvents = proto::decode(payload).map_err(|e| e.to_string())?;
+                if !w.armed {
+                    return Err("events before the watch was armed".into());
+                }
+                let n = batch.events.len() as u64;
+                if n == 0 || n > proto::MAX_WATCH_BATCH as u64 {
+                    return Err(format!("{n} events in one frame; 1 to {} allowed", proto::MAX_WATCH_BATCH));
+                }
+                if n > w.credit {
+                    return Err(format!("{n} events, but the host granted only {} more", w.credit));
+                }
+                if let Some(e) = batch.events.iter().find(|e| !e.path.starts_with('/')) {
+                    return Err(format!("{:?} is not an absolute guest path", e.path.as_str()));
+                }
+                w.credit -= n;
+            }
+            Kind::WatchEnd => {
+                let end: proto::WatchEnd = proto::decode(payload).map_err(|e| e.to_string())?;
+                if let proto::WatchEnd::Error { code, .. } = &end {
+                    if !is_errno_name(code) {
+                        return Err(format!("{code:?} is not an errno name"));
+                    }
+                }
+                self.watches.remove(&channel);
+            }
+            _ => return Err("not a watch frame".into()),
         }
         Ok(())
     }
@@ -314,6 +372,19 @@ impl Session {
                     return Err(fail("a file request with this id is still waiting for its answer".into()));
                 }
                 self.files.insert(channel, req.expects());
+            }
+            Kind::WatchStart => {
+                let start: proto::WatchStart = proto::decode(payload).map_err(bad)?;
+                if self.watches.contains_key(&channel) {
+                    return Err(fail("a watch with this id is still running".into()));
+                }
+                self.watches.insert(channel, WatchState { armed: false, credit: u64::from(start.window.get()) });
+            }
+            Kind::WatchCredit => {
+                let c: proto::WatchCredit = proto::decode(payload).map_err(bad)?;
+                if let Some(w) = self.watches.get_mut(&channel) {
+                    w.credit = w.credit.saturating_add(u64::from(c.events.get()));
+                }
             }
             Kind::Ping => self.pings = self.pings.saturating_add(1),
             Kind::Resize => {

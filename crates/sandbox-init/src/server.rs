@@ -2,6 +2,7 @@
 //! process pipe. Single-threaded on purpose: PID 1 must stay simple.
 
 use crate::cgroups::Containment;
+use crate::files::watch::Watch;
 use crate::process::{start_failed, Process};
 use sandbox_protocol::{self as proto, Frame, FrameDecoder, Kind, Message};
 use std::collections::{BTreeMap, HashMap};
@@ -13,6 +14,10 @@ use std::time::Instant;
 const READ_CHUNK: usize = 256 * 1024;
 /// How often lingering command cgroups are checked for removal.
 const SWEEP_MS: i32 = 500;
+/// Watches one guest may hold at once (each is an inotify instance).
+const MAX_WATCHES: usize = 64;
+/// `owners` marker of a watch's inotify descriptor.
+const WATCH_FD: u8 = 0xff;
 
 pub struct Server {
     port: File,
@@ -27,6 +32,8 @@ pub struct Server {
     out: Vec<u8>,
     /// Reply buffer of file requests (kept: a read places its data in it).
     file_out: Vec<u8>,
+    /// `lane.fs.watch` watches, by watch id.
+    watches: HashMap<u32, Watch>,
 }
 
 /// What the loop should do after handling input.
@@ -54,6 +61,7 @@ impl Server {
             default_cwd,
             out: Vec::with_capacity(READ_CHUNK + 64),
             file_out: Vec::new(),
+            watches: HashMap::new(),
         })
     }
 
@@ -90,6 +98,11 @@ impl Server {
                     owners.push((ch, 0));
                 }
             }
+            // Always read: events go into the watch's bounded queue (or its overflow).
+            for (&id, w) in &self.watches {
+                fds.push(pollfd(w.fd(), libc::POLLIN));
+                owners.push((id, WATCH_FD));
+            }
             let timeout = self.next_timeout_ms();
             // SAFETY: `fds` is a live, exclusively borrowed array of exactly `fds.len()` pollfds.
             let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
@@ -109,7 +122,12 @@ impl Server {
                 if revents == 0 {
                     continue;
                 }
-                if which == 0 {
+                if which == WATCH_FD {
+                    if let Some(w) = self.watches.get_mut(&ch) {
+                        w.read();
+                    }
+                    self.flush_watch(ch)?;
+                } else if which == 0 {
                     if let Some(p) = self.procs.get_mut(&ch) {
                         p.pump_stdin();
                     }
@@ -230,6 +248,20 @@ impl Server {
                 let n = crate::files::serve(ch, &frame.payload, &mut self.file_out);
                 self.port.write_all(&self.file_out[..n])?;
             }
+            Kind::WatchStart => self.start_watch(ch, &frame.payload)?,
+            Kind::WatchCredit => {
+                if let (Some(w), Ok(c)) = (self.watches.get_mut(&ch), proto::decode::<proto::WatchCredit>(&frame.payload)) {
+                    w.grant(c.events.get());
+                    self.flush_watch(ch)?;
+                }
+            }
+            Kind::WatchStop => {
+                // A watch that already ended (its path gone) has nothing to answer.
+                let stopped = self.watches.remove(&ch).is_some();
+                if stopped {
+                    self.send(ch, &proto::WatchEnd::Stopped {})?;
+                }
+            }
             Kind::Ping => self.port.write_all(&proto::encode_raw(Kind::Pong, 0, &[]))?,
             Kind::Quiesce => return self.quiesce(),
             Kind::Shutdown => return Ok(Flow::Shutdown),
@@ -237,6 +269,38 @@ impl Server {
             _ => {}
         }
         Ok(Flow::Continue)
+    }
+
+    fn start_watch(&mut self, ch: u32, payload: &[u8]) -> io::Result<()> {
+        let started = match proto::decode::<proto::WatchStart>(payload) {
+            Err(_) => Err(libc::EINVAL),
+            Ok(_) if self.watches.contains_key(&ch) => Err(libc::EEXIST),
+            Ok(_) if self.watches.len() >= MAX_WATCHES => Err(libc::EMFILE),
+            Ok(req) => Watch::start(&req),
+        };
+        match started {
+            Ok(w) => {
+                self.watches.insert(ch, w);
+                self.port.write_all(&proto::encode_raw(Kind::Watching, ch, &[]))
+            }
+            Err(errno) => {
+                let errno = if (1..=4095).contains(&errno) { errno } else { libc::EIO };
+                let end = proto::WatchEnd::Error { code: proto::Text::truncated(crate::sys::errno_name(errno)), errno: proto::I32In::saturating(errno) };
+                self.send(ch, &end)
+            }
+        }
+    }
+
+    /// Sends what a watch's credit allows; ends it once its path is gone and all is told.
+    fn flush_watch(&mut self, ch: u32) -> io::Result<()> {
+        while let Some(batch) = self.watches.get_mut(&ch).and_then(Watch::take_batch) {
+            self.send(ch, &batch)?;
+        }
+        if self.watches.get(&ch).is_some_and(Watch::finished) {
+            self.watches.remove(&ch);
+            self.send(ch, &proto::WatchEnd::Gone {})?;
+        }
+        Ok(())
     }
 
     /// Reads one chunk (bounded by the stream's credit) and forwards it.
@@ -439,6 +503,8 @@ impl Server {
                 }
             }
             self.detach_all();
+            // Their host is gone with its iterators.
+            self.watches.clear();
         }
         let msg = crate::resume::resumed(self.procs.len(), warnings);
         self.send(0, &msg)?;

@@ -200,6 +200,18 @@ kinds! {
     FileRequest = 0x30, HostToGuest, Request, Framed(FileRequest);
     /// the answer to one FileRequest (read data follows the header).
     FileReply = 0x31, GuestToHost, Request, Framed(FileReply);
+    /// start an inotify watch (channel = watch id); the guest answers Watching or WatchEnd.
+    WatchStart = 0x32, HostToGuest, Request, Json(WatchStart);
+    /// the watch is armed: changes from now on are reported.
+    Watching = 0x33, GuestToHost, Request, Empty;
+    /// events of one watch, within the event credit the host granted.
+    WatchEvents = 0x34, GuestToHost, Request, Json(WatchEvents);
+    /// the host consumed events: the guest may send this many more.
+    WatchCredit = 0x35, HostToGuest, Request, Json(WatchCredit);
+    /// stop a watch; the guest answers WatchEnd.
+    WatchStop = 0x36, HostToGuest, Request, Empty;
+    /// the watch is over (stopped, its path gone, or it failed); the id is free.
+    WatchEnd = 0x37, GuestToHost, Request, Json(WatchEnd);
 
     // --- Node ⇄ helper: the VMM (channel 0) ---
     /// everything needed to start the VMM; the first frame.

@@ -15,6 +15,10 @@ export const WIRE = {
   maxFileChunk: 524288,
   maxGuestPath: 4096,
   maxPayload: 1048576,
+  maxPutEntries: 1024,
+  maxWatchBatch: 256,
+  maxWatchQueue: 65536,
+  maxWatchWindow: 4096,
   maxWindow: 16777216,
   stdinWindow: 262144,
 } as const;
@@ -71,6 +75,18 @@ export const Kind = {
   FileRequest: 0x30,
   /** the answer to one FileRequest (read data follows the header). */
   FileReply: 0x31,
+  /** start an inotify watch (channel = watch id); the guest answers Watching or WatchEnd. */
+  WatchStart: 0x32,
+  /** the watch is armed: changes from now on are reported. */
+  Watching: 0x33,
+  /** events of one watch, within the event credit the host granted. */
+  WatchEvents: 0x34,
+  /** the host consumed events: the guest may send this many more. */
+  WatchCredit: 0x35,
+  /** stop a watch; the guest answers WatchEnd. */
+  WatchStop: 0x36,
+  /** the watch is over (stopped, its path gone, or it failed); the id is free. */
+  WatchEnd: 0x37,
   /** everything needed to start the VMM; the first frame. */
   Launch: 0x80,
   /** the VMM is running. */
@@ -148,6 +164,12 @@ export const KINDS: readonly KindInfo[] = [
   { name: "Resize", value: 0x1b, direction: "host-to-guest", channel: "process", payload: "json", message: "Resize" },
   { name: "FileRequest", value: 0x30, direction: "host-to-guest", channel: "request", payload: "framed", message: "FileRequest" },
   { name: "FileReply", value: 0x31, direction: "guest-to-host", channel: "request", payload: "framed", message: "FileReply" },
+  { name: "WatchStart", value: 0x32, direction: "host-to-guest", channel: "request", payload: "json", message: "WatchStart" },
+  { name: "Watching", value: 0x33, direction: "guest-to-host", channel: "request", payload: "empty", message: null },
+  { name: "WatchEvents", value: 0x34, direction: "guest-to-host", channel: "request", payload: "json", message: "WatchEvents" },
+  { name: "WatchCredit", value: 0x35, direction: "host-to-guest", channel: "request", payload: "json", message: "WatchCredit" },
+  { name: "WatchStop", value: 0x36, direction: "host-to-guest", channel: "request", payload: "empty", message: null },
+  { name: "WatchEnd", value: 0x37, direction: "guest-to-host", channel: "request", payload: "json", message: "WatchEnd" },
   { name: "Launch", value: 0x80, direction: "node-to-helper", channel: "zero", payload: "json", message: "Launch" },
   { name: "Launched", value: 0x81, direction: "helper-to-node", channel: "zero", payload: "json", message: "Launched" },
   { name: "VmExited", value: 0x82, direction: "helper-to-node", channel: "zero", payload: "json", message: "VmExited" },
@@ -193,6 +215,12 @@ export interface KindMessages {
   Resize: Resize;
   FileRequest: FileRequest;
   FileReply: FileReply;
+  WatchStart: WatchStart;
+  Watching: null;
+  WatchEvents: WatchEvents;
+  WatchCredit: WatchCredit;
+  WatchStop: null;
+  WatchEnd: WatchEnd;
   Launch: Launch;
   Launched: Launched;
   VmExited: VmExited;
@@ -248,10 +276,14 @@ export interface Messages {
   Started: Started;
   StdinAck: StdinAck;
   VmExited: VmExited;
+  WatchCredit: WatchCredit;
+  WatchEnd: WatchEnd;
+  WatchEvents: WatchEvents;
+  WatchStart: WatchStart;
 }
 export type MessageName = keyof Messages;
 /** Every message name. */
-export const MESSAGE_NAMES: readonly MessageName[] = ["BlockReply", "BlockRequest", "Category", "Checkpoint", "Checkpointed", "Configure", "Credit", "Diagnostic", "Exit", "FileReply", "FileRequest", "FsForget", "FsReply", "FsRequest", "Hello", "HelperError", "InitError", "Launch", "Launched", "NetAudit", "NetReply", "NetRequest", "PortForward", "PortForwarded", "Ready", "Resize", "Resume", "Resumed", "Signal", "Start", "StartFailed", "Started", "StdinAck", "VmExited"];
+export const MESSAGE_NAMES: readonly MessageName[] = ["BlockReply", "BlockRequest", "Category", "Checkpoint", "Checkpointed", "Configure", "Credit", "Diagnostic", "Exit", "FileReply", "FileRequest", "FsForget", "FsReply", "FsRequest", "Hello", "HelperError", "InitError", "Launch", "Launched", "NetAudit", "NetReply", "NetRequest", "PortForward", "PortForwarded", "Ready", "Resize", "Resume", "Resumed", "Signal", "Start", "StartFailed", "Started", "StdinAck", "VmExited", "WatchCredit", "WatchEnd", "WatchEvents", "WatchStart"];
 
 /** A row of the address classification; the first matching row wins. */
 export interface AddressRow {
@@ -431,6 +463,7 @@ export type DiagnosticSource = "relay" | "vmm" | "block" | "fs" | "net" | "guest
 export type FileReply =
   | {
       code: string;
+      entry?: number | null;
       errno: number;
       result: "error";
     }
@@ -540,6 +573,40 @@ export type FileRequest =
       mtimeMs: number;
       op: "utimes";
       path: string;
+    }
+  | {
+      /**
+       * @maxItems 1024
+       */
+      entries: PutEntry[];
+      op: "put";
+    };
+/**
+ * One entry of a Put. `mode` is applied exactly (no umask), to an existing
+ * file or directory too; `mtimeMs` is set last (on a link itself).
+ *
+ * This interface was referenced by `WireMessages`'s JSON-Schema
+ * via the `definition` "PutEntry".
+ */
+export type PutEntry =
+  | {
+      mode: number;
+      mtimeMs?: number | null;
+      path: string;
+      size: number;
+      type: "file";
+    }
+  | {
+      mode: number;
+      mtimeMs?: number | null;
+      path: string;
+      type: "directory";
+    }
+  | {
+      mtimeMs?: number | null;
+      path: string;
+      target: string;
+      type: "symlink";
     };
 /**
  * Node → helper (framed; read and readlink data follow the header): the
@@ -815,6 +882,31 @@ export type PortForwarded =
       error: string;
       status: "failed";
     };
+/**
+ * guest → host: the watch is over; the id is free again.
+ *
+ * This interface was referenced by `WireMessages`'s JSON-Schema
+ * via the `definition` "WatchEnd".
+ */
+export type WatchEnd =
+  | {
+      reason: "stopped";
+    }
+  | {
+      reason: "gone";
+    }
+  | {
+      code: string;
+      errno: number;
+      reason: "error";
+    };
+/**
+ * What happened to a path.
+ *
+ * This interface was referenced by `WireMessages`'s JSON-Schema
+ * via the `definition` "WatchEventType".
+ */
+export type WatchEventType = ("create" | "modify" | "delete") | "rename" | "overflow";
 
 export interface WireMessages {
   BlockReply: BlockReply;
@@ -851,6 +943,10 @@ export interface WireMessages {
   Started: Started;
   StdinAck: StdinAck;
   VmExited: VmExited;
+  WatchCredit: WatchCredit;
+  WatchEnd: WatchEnd;
+  WatchEvents: WatchEvents;
+  WatchStart: WatchStart;
 }
 /**
  * Node → helper: capture the running VM into `dir` (an empty directory the
@@ -1577,6 +1673,62 @@ export interface VmExited {
   consoleTail: string;
   exitCode?: number | null;
   signal?: number | null;
+}
+/**
+ * host → guest: the host consumed this many events; the guest may send as many more.
+ *
+ * This interface was referenced by `WireMessages`'s JSON-Schema
+ * via the `definition` "WatchCredit".
+ */
+export interface WatchCredit {
+  events: number;
+}
+/**
+ * guest → host: events, at most the credit granted.
+ *
+ * This interface was referenced by `WireMessages`'s JSON-Schema
+ * via the `definition` "WatchEvents".
+ */
+export interface WatchEvents {
+  /**
+   * @minItems 1
+   * @maxItems 256
+   */
+  events: WatchEvent[];
+}
+/**
+ * One event.
+ *
+ * This interface was referenced by `WireMessages`'s JSON-Schema
+ * via the `definition` "WatchEvent".
+ */
+export interface WatchEvent {
+  /**
+   * Absolute guest path. A name that is not UTF-8 has U+FFFD in place of the bad bytes.
+   */
+  path: string;
+  type: WatchEventType;
+}
+/**
+ * host → guest: start watching `path`.
+ *
+ * This interface was referenced by `WireMessages`'s JSON-Schema
+ * via the `definition` "WatchStart".
+ */
+export interface WatchStart {
+  /**
+   * Events init holds (coalesced) before it drops and reports `overflow`.
+   */
+  maxQueued: number;
+  path: string;
+  /**
+   * Watch every directory below `path` too, including ones made later.
+   */
+  recursive: boolean;
+  /**
+   * Events the guest may send before the first WatchCredit.
+   */
+  window: number;
 }
 /**
  * Containment of the workload: processes run in cgroups below init's, so

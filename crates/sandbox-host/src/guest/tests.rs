@@ -163,3 +163,31 @@ fn file_replies_must_answer_a_request_with_its_result_and_at_most_its_data() {
         serde_json::from_str(r#"{"result":"dir","entries":[{"name":"../etc","type":"file"}],"more":false}"#).unwrap();
     assert!(s.check_guest(Kind::FileReply as u8, 11, &framed(&dir, b"")).is_err());
 }
+
+#[test]
+fn watch_frames_need_a_watch_and_stay_within_its_credit() {
+    let mut s = running();
+    let events = |n: usize| {
+        let e = proto::WatchEvents {
+            events: (0..n).map(|i| proto::WatchEvent { kind: proto::WatchEventType::Create, path: proto::Text::new(format!("/w/{i}")).unwrap() }).collect(),
+        };
+        json(&e)
+    };
+    assert!(s.check_guest(Kind::Watching as u8, 5, &[]).is_err(), "no watch on 5");
+    let start: proto::WatchStart = serde_json::from_str(r#"{"path":"/w","recursive":true,"window":3,"maxQueued":10}"#).unwrap();
+    s.check_node(Kind::WatchStart, 5, &json(&start)).unwrap();
+    assert!(s.check_node(Kind::WatchStart, 5, &json(&start)).is_err(), "an id in use");
+    assert!(s.check_guest(Kind::WatchEvents as u8, 5, &events(1)).is_err(), "events before Watching");
+    s.check_guest(Kind::Watching as u8, 5, &[]).unwrap();
+    assert!(s.check_guest(Kind::Watching as u8, 5, &[]).is_err(), "armed once");
+    s.check_guest(Kind::WatchEvents as u8, 5, &events(2)).unwrap();
+    let err = s.check_guest(Kind::WatchEvents as u8, 5, &events(2)).unwrap_err();
+    assert!(err.reason.contains("granted only 1"), "{err}");
+    s.check_node(Kind::WatchCredit, 5, br#"{"events":2}"#).unwrap();
+    s.check_guest(Kind::WatchEvents as u8, 5, &events(3)).unwrap();
+    let relative = br#"{"events":[{"type":"create","path":"w/x"}]}"#;
+    s.check_node(Kind::WatchCredit, 5, br#"{"events":2}"#).unwrap();
+    assert!(s.check_guest(Kind::WatchEvents as u8, 5, relative).is_err(), "a relative path");
+    s.check_guest(Kind::WatchEnd as u8, 5, br#"{"reason":"stopped"}"#).unwrap();
+    assert!(s.check_guest(Kind::WatchEnd as u8, 5, br#"{"reason":"stopped"}"#).is_err(), "ended once");
+}

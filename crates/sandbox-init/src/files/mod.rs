@@ -8,6 +8,7 @@
 //! root fail with the kernel's EROFS, like any write there.
 
 mod ops;
+pub mod watch;
 
 use sandbox_protocol::{self as proto, FileReply, Kind};
 
@@ -23,8 +24,15 @@ pub fn serve(channel: u32, payload: &[u8], out: &mut Vec<u8>) -> usize {
         Ok(r) => r,
         Err(_) => return error_reply(channel, libc::EINVAL, out),
     };
-    if let proto::FileRequest::Read { path, offset, length } = &req {
-        return read_reply(channel, path, offset.get(), length.get(), out);
+    match &req {
+        proto::FileRequest::Read { path, offset, length } => return read_reply(channel, path, offset.get(), length.get(), out),
+        proto::FileRequest::Put { entries } => {
+            return match ops::put(entries, bytes) {
+                Ok(()) => put(out, &proto::encode_framed(channel, &FileReply::Done {}, &[])),
+                Err((entry, errno)) => error_reply_at(channel, errno, u32::try_from(entry).ok().and_then(proto::U32In::new), out),
+            };
+        }
+        _ => {}
     }
     match ops::run(&req, bytes) {
         Ok(reply) => put(out, &proto::encode_framed(channel, &reply, &[])),
@@ -42,10 +50,16 @@ fn put(out: &mut Vec<u8>, frame: &[u8]) -> usize {
 }
 
 fn error_reply(channel: u32, errno: i32, out: &mut Vec<u8>) -> usize {
+    error_reply_at(channel, errno, None, out)
+}
+
+/// An error reply; `entry` says which entry of a Put failed.
+fn error_reply_at(channel: u32, errno: i32, entry: Option<proto::U32In<0, 1023>>, out: &mut Vec<u8>) -> usize {
     let errno = if (1..=4095).contains(&errno) { errno } else { libc::EIO };
     let reply = FileReply::Error {
         code: proto::Text::truncated(crate::sys::errno_name(errno)),
         errno: proto::I32In::saturating(errno),
+        entry,
     };
     put(out, &proto::encode_framed(channel, &reply, &[]))
 }

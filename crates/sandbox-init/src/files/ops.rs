@@ -1,7 +1,7 @@
 //! The file operations themselves, on std's wrappers of the syscalls; every
 //! failure is the kernel's errno.
 
-use sandbox_protocol::{self as proto, FileReply, FileRequest, FileStat, FileType};
+use sandbox_protocol::{self as proto, FileReply, FileRequest, FileStat, FileType, PutEntry};
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -101,22 +101,87 @@ pub fn run(req: &FileRequest, data: &[u8]) -> Result<FileReply, Errno> {
             done
         }
         FileRequest::Utimes { path, mtime_ms } => {
-            let c = std::ffi::CString::new(abs(path)?.as_os_str().as_encoded_bytes()).map_err(|_| libc::EINVAL)?;
-            let ms = mtime_ms.get();
-            let t = libc::timespec { tv_sec: (ms / 1000) as libc::time_t, tv_nsec: ((ms % 1000) * 1_000_000) as libc::c_long };
-            let times = [t, t];
-            // SAFETY: `c` is a NUL-terminated path and `times` two timespecs, both alive for the call.
-            if unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) } != 0 {
-                return Err(errno(io::Error::last_os_error()));
-            }
+            utimes_nofollow(abs(path)?, mtime_ms.get())?;
             done
         }
+        // Served by `put`, which says which entry failed.
+        FileRequest::Put { .. } => Err(libc::EINVAL),
         FileRequest::Readlink { path } => {
             let target = fs::read_link(abs(path)?).map_err(errno)?;
             let target = target.to_string_lossy();
             Ok(FileReply::Link { target: proto::Text::new(target).ok_or(libc::ENAMETOOLONG)? })
         }
     }
+}
+
+/// Sets access and modification time of `path` itself (a link is not followed).
+fn utimes_nofollow(path: &Path, ms: u64) -> Result<(), Errno> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| libc::EINVAL)?;
+    let t = libc::timespec { tv_sec: (ms / 1000) as libc::time_t, tv_nsec: ((ms % 1000) * 1_000_000) as libc::c_long };
+    let times = [t, t];
+    // SAFETY: `c` is a NUL-terminated path and `times` two timespecs, both alive for the call.
+    if unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) } != 0 {
+        return Err(errno(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Makes the entries of a Put in order; `data` is their file bytes, one after
+/// the other. The first failure stops it: its index and errno.
+pub fn put(entries: &[PutEntry], data: &[u8]) -> Result<(), (usize, Errno)> {
+    if entries.len() > proto::MAX_PUT_ENTRIES {
+        return Err((0, libc::E2BIG));
+    }
+    let sizes: u64 = entries.iter().map(|e| if let PutEntry::File { size, .. } = e { u64::from(size.get()) } else { 0 }).sum();
+    if sizes != data.len() as u64 {
+        return Err((0, libc::EINVAL));
+    }
+    let mut rest = data;
+    for (i, e) in entries.iter().enumerate() {
+        put_one(e, &mut rest).map_err(|errno| (i, errno))?;
+    }
+    Ok(())
+}
+
+fn put_one(e: &PutEntry, rest: &mut &[u8]) -> Result<(), Errno> {
+    let exact = |p: &Path, mode: u32| fs::set_permissions(p, fs::Permissions::from_mode(mode)).map_err(errno);
+    match e {
+        PutEntry::File { path, mode, size, mtime_ms } => {
+            let n = size.get() as usize;
+            let (Some(bytes), Some(after)) = (rest.get(..n), rest.get(n..)) else { return Err(libc::EINVAL) };
+            *rest = after;
+            let path = abs(path)?;
+            let file = open_for_write(path, true, true, Some(mode.get()))?;
+            file.set_permissions(fs::Permissions::from_mode(mode.get())).map_err(errno)?;
+            file.write_all_at(bytes, 0).map_err(errno)?;
+            if let Some(ms) = mtime_ms {
+                let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.get());
+                file.set_times(fs::FileTimes::new().set_accessed(t).set_modified(t)).map_err(errno)?;
+            }
+        }
+        PutEntry::Directory { path, mode, mtime_ms } => {
+            let path = abs(path)?;
+            if fs::symlink_metadata(path).is_ok_and(|m| !m.is_dir()) {
+                return Err(libc::EEXIST);
+            }
+            fs::DirBuilder::new().recursive(true).mode(mode.get()).create(path).map_err(errno)?;
+            exact(path, mode.get())?;
+            if let Some(ms) = mtime_ms {
+                utimes_nofollow(path, ms.get())?;
+            }
+        }
+        PutEntry::Symlink { path, target, mtime_ms } => {
+            if target.is_empty() || target.contains('\0') {
+                return Err(libc::EINVAL);
+            }
+            let path = abs(path)?;
+            std::os::unix::fs::symlink(target.as_str(), path).map_err(errno)?;
+            if let Some(ms) = mtime_ms {
+                utimes_nofollow(path, ms.get())?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Opens for writing; a file `create` makes gets `mode` exactly (not masked by the umask).

@@ -13,6 +13,8 @@ pub const MAX_FILE_CHUNK: u32 = 512 * 1024;
 pub const MAX_DIR_PAGE: usize = 1024;
 /// Longest guest path (PATH_MAX).
 pub const MAX_GUEST_PATH: usize = 4096;
+/// Entries one Put may carry (their data together at most `MAX_FILE_CHUNK`).
+pub const MAX_PUT_ENTRIES: usize = 1024;
 
 /// An absolute guest path.
 pub type GuestPath = Text<MAX_GUEST_PATH>;
@@ -65,6 +67,51 @@ pub enum FileRequest {
     Readlink { path: GuestPath },
     /// Sets access and modification time (ms since the epoch) of `path` itself, never following a link.
     Utimes { path: GuestPath, mtime_ms: JsU64 },
+    /// Many small entries of an upload in one request, made in order; the data
+    /// of the `file` entries follows the header, one after the other (their
+    /// sizes add up to the data's length). Stops at the first failure.
+    Put {
+        #[cfg_attr(feature = "schema", schemars(length(max = 1024)))]
+        entries: Vec<PutEntry>,
+    },
+}
+
+/// One entry of a Put. `mode` is applied exactly (no umask), to an existing
+/// file or directory too; `mtimeMs` is set last (on a link itself).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase", deny_unknown_fields)]
+pub enum PutEntry {
+    /// Created or truncated, then its `size` bytes of the data written.
+    File {
+        path: GuestPath,
+        mode: FileMode,
+        size: U32In<0, MAX_FILE_CHUNK>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mtime_ms: Option<JsU64>,
+    },
+    /// mkdir -p (an existing directory is fine).
+    Directory {
+        path: GuestPath,
+        mode: FileMode,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mtime_ms: Option<JsU64>,
+    },
+    /// A symbolic link to `target` (any text, not checked).
+    Symlink {
+        path: GuestPath,
+        target: GuestPath,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mtime_ms: Option<JsU64>,
+    },
+}
+
+impl PutEntry {
+    pub fn path(&self) -> &str {
+        match self {
+            PutEntry::File { path, .. } | PutEntry::Directory { path, .. } | PutEntry::Symlink { path, .. } => path,
+        }
+    }
 }
 
 /// What a directory entry, or a stat, is.
@@ -120,8 +167,14 @@ pub struct FileDirEntry {
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "result", rename_all = "camelCase", rename_all_fields = "camelCase", deny_unknown_fields)]
 pub enum FileReply {
-    /// The operation failed with this errno (`code` is its name, e.g. `ENOENT`).
-    Error { code: Text<32>, errno: I32In<1, 4095> },
+    /// The operation failed with this errno (`code` is its name, e.g. `ENOENT`);
+    /// for a Put, `entry` is the index of the entry that failed.
+    Error {
+        code: Text<32>,
+        errno: I32In<1, 4095>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        entry: Option<U32In<0, 1023>>,
+    },
     /// Read data follows; `eof` when the file ends within the range.
     Data { eof: bool },
     /// Write, mkdir, rm, rename, chmod, symlink succeeded.

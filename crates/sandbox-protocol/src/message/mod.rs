@@ -8,6 +8,7 @@ mod helper;
 mod net;
 mod process;
 mod snapshot;
+mod watch;
 
 pub use block::*;
 pub use boot::*;
@@ -17,3 +18,4 @@ pub use helper::*;
 pub use net::*;
 pub use process::*;
 pub use snapshot::*;
+pub use watch::*;
