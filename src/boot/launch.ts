@@ -10,7 +10,15 @@ import type { ResolvedImage } from "../images/resolve.js";
 import type { SandboxResources } from "../sandbox.js";
 
 /** The guest's side of the network (sandbox-net's defaults). */
-const GUEST_NET = { address: "10.0.2.15", prefixLen: 24, gateway: "10.0.2.2", nameserver: SANDBOX_RESOLVER, mtu: 1500 } as const;
+const GUEST_NET = {
+  address: "10.0.2.15",
+  prefixLen: 24,
+  gateway: "10.0.2.2",
+  nameserver: SANDBOX_RESOLVER,
+  mtu: 1500,
+  // A ULA: the guest side only; flows leave the host from its own (real) IPv6 sockets.
+  ipv6: { address: "fd53:5342::15", prefixLen: 64, gateway: "fd53:5342::2" },
+} as const;
 
 /** virtio-fs tag of mount number `i`. */
 export function mountTag(i: number): string {

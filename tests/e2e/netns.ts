@@ -21,6 +21,11 @@ export const ADDR = {
   api: "203.0.113.20",
   api2: "203.0.113.21",
   api3: "203.0.113.22",
+  // IPv6 (documentation prefix; the guest reaches it only through sandbox-net's v6 sockets).
+  hostSide6: "2001:db8:ffff::1",
+  inetSide6: "2001:db8:ffff::2",
+  tcp6: "2001:db8::10",
+  v6only: "2001:db8::20",
 } as const;
 
 function ip(...args: string[]): void {
@@ -66,6 +71,11 @@ export function createNetns(): Netns {
       ip("-n", inet, "addr", "add", `${a}/32`, "dev", "lo");
     }
     ip("-n", host, "route", "add", "203.0.113.0/24", "via", ADDR.inetSide);
+    // IPv6 without DAD delays (nothing else on the veth), routed like the IPv4 side.
+    ip("-n", host, "addr", "add", `${ADDR.hostSide6}/64`, "dev", `vh${id}`, "nodad");
+    ip("-n", inet, "addr", "add", `${ADDR.inetSide6}/64`, "dev", `vi${id}`, "nodad");
+    for (const a of [ADDR.tcp6, ADDR.v6only]) ip("-n", inet, "addr", "add", `${a}/128`, "dev", "lo");
+    ip("-n", host, "-6", "route", "add", "2001:db8::/48", "via", ADDR.inetSide6);
     ip("-n", host, "route", "add", "10.99.0.0/24", "via", ADDR.inetSide);
   } catch (err) {
     cleanup();
@@ -104,13 +114,19 @@ export const INTERNET = {
     "udp.test": ADDR.udp,
     "private.test": ADDR.privateSvc,
   },
+  /** AAAA records; v6only.test has no A record. */
+  zone6: {
+    "v6only.test": ADDR.v6only,
+  },
   tcpEcho: [
     [ADDR.tcp, 7],
     [ADDR.privateSvc, 7],
+    [ADDR.tcp6, 7],
   ],
   udpEcho: [[ADDR.udp, 7]],
   http: [
     [ADDR.tcp, 80],
     [ADDR.other, 80],
+    [ADDR.v6only, 80],
   ],
 };

@@ -55,8 +55,27 @@ describe("network policy, end to end in network namespaces", () => {
     }
     expect(r.classified.map((c: any) => c.ip)).not.toContain("10.99.0.1");
     expect(r.classified.find((c: any) => c.ip === "203.0.113.10" && c.port === 8)).toMatchObject({ doc: true, pub: false, priv: false });
-    // IPv6 is cleanly unreachable (no address, no route): no bypass.
-    expect(p.tcp_ipv6).toMatch(/^oserror:/);
+    // IPv6: a v6 literal is a policy question like any other (asked with the v6 endpoint, not granted: RST).
+    expect(p.tcp_ipv6).toBe("refused");
+    expect(r.classified.find((c: any) => c.ip === "2001:db8::1" && c.port === 7)).toMatchObject({ doc: true, pub: false, priv: false });
+    // ... and granted, it is spliced over a real IPv6 socket to the v6 echo server.
+    expect(p.tcp6_allowed).toBe("ping-tcp6_allowed");
+    // Protected IPv6 forms (ULA, NAT64 and 6to4 of a private v4, the stack's v6 gateway, the host's own v6
+    // address, v4-mapped private): refused before the policy, the callback never saw them.
+    for (const k of ["tcp6_ula", "tcp6_nat64_private", "tcp6_6to4_private", "tcp6_gateway", "tcp6_host_addr", "tcp6_loopback"]) {
+      expect([k, p[k]]).toEqual([k, "refused"]);
+    }
+    const asked = r.classified.map((c: any) => c.ip);
+    for (const ip of ["fd00::1", "64:ff9b::a63:1", "2002:a63:1::", "fd53:5342::2", "2001:db8:ffff::1", "::1", "10.99.0.1"]) expect(asked).not.toContain(ip);
+    for (const dst of ["[fd00::1]:7", "[64:ff9b::a63:1]:7", "[2002:a63:1::]:7"]) {
+      expect([dst, r.events.some((e: any) => e.type === "stack" && e.kind === "protected" && e.dst === dst)]).toEqual([dst, true]);
+    }
+    // A name with only an AAAA record: attributed from the answer, reached over IPv6 (the server saw a v6 client).
+    expect(r.http.v6only).toMatch(/^hello from 2001:db8::20:80 host=v6only\.test/);
+    const v6Requests = dnsLog.map((l) => JSON.parse(l)).filter((e) => e.http === "v6only.test");
+    expect(v6Requests.length).toBeGreaterThan(0);
+    expect(v6Requests.every((e) => e.family === "IPv6" && e.from === ADDR.hostSide6)).toBe(true);
+    expect(r.classified.find((c: any) => c.ip === "2001:db8::20" && c.port === 80)?.hostnames).toContain("v6only.test");
     // HTTP by trusted hostname: the DNS answer attributes the address; a Host header does not.
     expect(r.http.allowed).toMatch(/^hello from 203\.0\.113\.10:80/);
     expect(r.http.other).toBe("failed");

@@ -7,7 +7,7 @@ use sandbox_protocol::BootStage;
 use sandbox_protocol::GuestNet;
 use std::fs;
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -54,9 +54,62 @@ pub fn configure(n: &GuestNet, hostname: &str) -> Result<(), BootError> {
     s.set_mtu("eth0", n.mtu.get()).map_err(|e| fail(format!("eth0 mtu: {e}")))?;
     s.up("eth0").map_err(|e| fail(format!("bring eth0 up: {e}")))?;
     s.default_route(gw).map_err(|e| fail(format!("default route via {gw}: {e}")))?;
+    if let Some(v6) = &n.ipv6 {
+        configure_v6(v6)?;
+    }
     resolv_conf(ns)?;
     hosts(hostname);
     Ok(())
+}
+
+/// A static IPv6 address and default route on eth0. Duplicate address detection and
+/// router advertisements are turned off first: nothing else is on this link, and a
+/// tentative address would make the first connections fail.
+fn configure_v6(n: &sandbox_protocol::GuestNet6) -> Result<(), BootError> {
+    let parse = |what: &str, v: &str| v.parse::<Ipv6Addr>().map_err(|_| fail(format!("{what} {v:?} is not an IPv6 address")));
+    let addr = parse("ipv6 address", &n.address)?;
+    let gw = parse("ipv6 gateway", &n.gateway)?;
+    let conf = Path::new("/proc/sys/net/ipv6/conf/eth0");
+    if !conf.exists() {
+        // A kernel without IPv6 (some libkrunfw builds): the guest stays IPv4-only.
+        eprintln!("sandbox-init: no IPv6 on eth0 (kernel without CONFIG_IPV6); the guest network is IPv4 only");
+        return Ok(());
+    }
+    // Best effort: without them the address is only tentative for a moment.
+    for (knob, value) in [("accept_dad", "0"), ("accept_ra", "0"), ("autoconf", "0"), ("router_solicitations", "0")] {
+        let _ = fs::write(conf.join(knob), value);
+    }
+    let index = if_index("eth0").map_err(|e| fail(format!("eth0 index: {e}")))?;
+    let s = Sock::new_v6().map_err(|e| fail(format!("socket(AF_INET6): {e}")))?;
+    let mut req = libc::in6_ifreq { ifr6_addr: in6(addr), ifr6_prefixlen: n.prefix_len.get(), ifr6_ifindex: index };
+    s.ioctl(libc::SIOCSIFADDR, &mut req).map_err(|e| fail(format!("eth0 address {addr}/{}: {e}", n.prefix_len.get())))?;
+    let mut rt = Rt6Msg {
+        dst: in6(Ipv6Addr::UNSPECIFIED),
+        src: in6(Ipv6Addr::UNSPECIFIED),
+        gateway: in6(gw),
+        kind: 0,
+        dst_len: 0,
+        src_len: 0,
+        metric: 1,
+        info: 0,
+        flags: (libc::RTF_UP | libc::RTF_GATEWAY) as u32,
+        ifindex: index,
+    };
+    s.ioctl(libc::SIOCADDRT, &mut rt).map_err(|e| fail(format!("IPv6 default route via {gw}: {e}")))
+}
+
+fn in6(a: Ipv6Addr) -> libc::in6_addr {
+    libc::in6_addr { s6_addr: a.octets() }
+}
+
+fn if_index(name: &str) -> io::Result<i32> {
+    let c = std::ffi::CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: `c` is a NUL-terminated string alive for the call.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if i == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    i32::try_from(i).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))
 }
 
 /// The guest's own hostname resolves locally (as on any Linux host), so programs
@@ -118,7 +171,7 @@ fn normalize(p: &Path) -> PathBuf {
     out
 }
 
-/// An AF_INET datagram socket used only for interface ioctls.
+/// An AF_INET (or AF_INET6) datagram socket used only for interface ioctls.
 struct Sock(i32);
 
 #[repr(C)]
@@ -145,6 +198,21 @@ struct RtEntry {
     irtt: libc::c_ushort,
 }
 
+/// `struct in6_rtmsg` of <linux/ipv6_route.h> (libc's has private fields).
+#[repr(C)]
+struct Rt6Msg {
+    dst: libc::in6_addr,
+    src: libc::in6_addr,
+    gateway: libc::in6_addr,
+    kind: u32,
+    dst_len: u16,
+    src_len: u16,
+    metric: u32,
+    info: libc::c_ulong,
+    flags: u32,
+    ifindex: libc::c_int,
+}
+
 fn sockaddr_in(a: Ipv4Addr) -> libc::sockaddr {
     let sin = libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
@@ -158,8 +226,16 @@ fn sockaddr_in(a: Ipv4Addr) -> libc::sockaddr {
 
 impl Sock {
     fn new() -> io::Result<Self> {
+        Self::of(libc::AF_INET)
+    }
+
+    fn new_v6() -> io::Result<Self> {
+        Self::of(libc::AF_INET6)
+    }
+
+    fn of(family: libc::c_int) -> io::Result<Self> {
         // SAFETY: socket(2) takes plain integers; the descriptor is owned by the returned Sock.
-        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        let fd = unsafe { libc::socket(family, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }

@@ -1,7 +1,7 @@
 //! Addresses and limits of one guest network.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +20,12 @@ pub struct NetConfig {
     pub guest_ip: Ipv4Addr,
     /// UDP 53 here is the sandbox resolver.
     pub dns_ip: Ipv4Addr,
+    /// The host side's IPv6 address: the guest's IPv6 default route (answers neighbour
+    /// solicitations). A ULA: never routed, never a destination the policy sees.
+    pub gateway_ip6: Ipv6Addr,
+    /// The only IPv6 source accepted from the guest (init configures it statically).
+    pub guest_ip6: Ipv6Addr,
+    pub prefix_len6: u8,
     /// The guest's MTU; UDP answers that do not fit are dropped (DNS: truncated).
     pub mtu: usize,
     /// Protected ranges opted in by the sandbox definition.
@@ -60,6 +66,9 @@ impl Default for NetConfig {
             prefix_len: 24,
             guest_ip: Ipv4Addr::new(10, 0, 2, 15),
             dns_ip: Ipv4Addr::new(10, 0, 2, 3),
+            gateway_ip6: Ipv6Addr::new(0xfd53, 0x5342, 0, 0, 0, 0, 0, 2),
+            guest_ip6: Ipv6Addr::new(0xfd53, 0x5342, 0, 0, 0, 0, 0, 0x15),
+            prefix_len6: 64,
             mtu: 1500,
             allow_protected: Vec::new(),
             host_addrs: HostAddrs::fixed(Vec::new()),

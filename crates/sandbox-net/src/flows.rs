@@ -100,7 +100,7 @@ pub enum PreDeny {
 /// and never the host itself.
 pub fn pre_check(cfg: &NetConfig, proto: Proto, dst: SocketAddr) -> Option<PreDeny> {
     let ip = dst.ip();
-    let own = ip == IpAddr::V4(cfg.gateway_ip) || ip == IpAddr::V4(cfg.dns_ip);
+    let own = ip == IpAddr::V4(cfg.gateway_ip) || ip == IpAddr::V4(cfg.dns_ip) || ip == IpAddr::V6(cfg.gateway_ip6);
     if own && proto != Proto::Dns {
         return Some(PreDeny::OwnAddress);
     }
@@ -173,6 +173,22 @@ mod tests {
         assert_eq!(pre_check(&cfg, Proto::Udp, sa("10.0.2.3:53")), Some(PreDeny::OwnAddress));
         assert_eq!(pre_check(&cfg, Proto::Tcp, sa("10.0.2.2:22")), Some(PreDeny::OwnAddress));
         assert_eq!(pre_check(&cfg, Proto::Dns, sa("10.0.2.3:53")), None);
+        // IPv6: the gateway is the stack's own; protected ranges as for IPv4.
+        assert_eq!(pre_check(&cfg, Proto::Tcp, sa("[fd53:5342::2]:22")), Some(PreDeny::OwnAddress));
+        assert_eq!(pre_check(&cfg, Proto::Dns, sa("[fd53:5342::2]:53")), None);
+        for (dst, cat) in [
+            ("[::1]:80", Category::Loopback),
+            ("[::]:80", Category::Unspecified),
+            ("[fd00::1]:80", Category::Private),
+            ("[fe80::1]:80", Category::LinkLocal),
+            ("[ff02::1]:80", Category::Multicast),
+            ("[64:ff9b::a00:1]:80", Category::Private),
+            ("[2002:7f00:1::]:80", Category::Loopback),
+            ("[::ffff:169.254.169.254]:80", Category::LinkLocal),
+        ] {
+            assert_eq!(pre_check(&cfg, Proto::Tcp, sa(dst)), Some(PreDeny::Protected(cat)), "{dst}");
+        }
+        assert_eq!(pre_check(&cfg, Proto::Tcp, sa("[2606:4700::1111]:443")), None);
         cfg.allow_protected.push("127.0.0.0/8".parse().unwrap());
         assert_eq!(pre_check(&cfg, Proto::Tcp, sa("127.0.0.1:80")), None);
         assert_eq!(pre_check(&cfg, Proto::Tcp, sa("[::ffff:127.0.0.1]:80")), None);

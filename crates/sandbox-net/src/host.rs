@@ -2,7 +2,7 @@
 //! every producer is bounded by credits, so that channel never holds more than a few
 //! chunks per flow.
 
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +16,8 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::flows::{Decision, PolicyFailure};
 
-pub(crate) type Key = (SocketAddrV4, SocketAddrV4);
+/// (guest, remote) as the guest put them on the wire; both of one family.
+pub(crate) type Key = (SocketAddr, SocketAddr);
 
 /// Largest chunk moved per read; also the unit of flow credit.
 pub(crate) const CHUNK: usize = 16 * 1024;
@@ -118,7 +119,7 @@ pub(crate) enum Internal {
     HostWritable,
     UdpDecided { key: Key, id: u64, result: Result<Decision, PolicyFailure> },
     UdpRecv { key: Key, id: u64, data: Vec<u8> },
-    DnsAnswer { guest: SocketAddrV4, resolver: SocketAddrV4, payload: Vec<u8> },
+    DnsAnswer { guest: SocketAddr, resolver: SocketAddr, payload: Vec<u8> },
 }
 
 pub(crate) type Tx = mpsc::UnboundedSender<Internal>;

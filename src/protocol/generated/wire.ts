@@ -1045,7 +1045,7 @@ export interface GuestMount {
   target: string;
 }
 /**
- * How init configures `eth0` (IPv4 only; the stack does not serve IPv6).
+ * How init configures `eth0`: IPv4, and IPv6 when `ipv6` is present.
  *
  * This interface was referenced by `WireMessages`'s JSON-Schema
  * via the `definition` "GuestNet".
@@ -1053,11 +1053,27 @@ export interface GuestMount {
 export interface GuestNet {
   address: string;
   gateway: string;
+  /**
+   * Static IPv6 (no router advertisements: the address and route are there before
+   * the first process runs, without DAD or SLAAC delays).
+   */
+  ipv6?: GuestNet6 | null;
   mtu: number;
   /**
    * Written to /etc/resolv.conf (through a bind mount from /run).
    */
   nameserver: string;
+  prefixLen: number;
+}
+/**
+ * The guest's IPv6 address and default route (sandbox-net's `guest_ip6`/`gateway_ip6`).
+ *
+ * This interface was referenced by `WireMessages`'s JSON-Schema
+ * via the `definition` "GuestNet6".
+ */
+export interface GuestNet6 {
+  address: string;
+  gateway: string;
   prefixLen: number;
 }
 /**

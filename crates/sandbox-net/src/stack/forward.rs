@@ -79,9 +79,9 @@ impl Engine {
             Stats::bump(&self.stats().flows_denied);
             return;
         };
-        let guest = SocketAddrV4::new(self.cfg.guest_ip, guest_port);
+        let guest = SocketAddr::from((self.cfg.guest_ip, guest_port));
         let Some(local) = self.free_forward_port(guest) else { return };
-        let key = (guest, SocketAddrV4::new(self.cfg.gateway_ip, local));
+        let key = (guest, SocketAddr::from((self.cfg.gateway_ip, local)));
         let mut sock = self.new_socket();
         let remote = (IpAddress::Ipv4(self.cfg.guest_ip), guest_port);
         if sock.connect(self.iface.context(), remote, (IpAddress::Ipv4(self.cfg.gateway_ip), local)).is_err() {
@@ -90,16 +90,16 @@ impl Engine {
         let handle = self.sockets.add(sock);
         let id = self.next_id();
         let active = self.attach(key, id, handle, HostConn { io: HostIo::Tcp(stream), slot });
-        let info = FlowInfo::new(Proto::Tcp, SocketAddr::V4(key.1), SocketAddr::V4(key.0)).with_id(id);
+        let info = FlowInfo::new(Proto::Tcp, key.1, key.0).with_id(id);
         let phase = TcpPhase::Active(Box::new(active));
         self.tcp.insert(key, TcpFlow { id, info, started: Instant::now(), syn: Vec::new(), syn_ack: 0, phase });
     }
 
-    fn free_forward_port(&mut self, guest: SocketAddrV4) -> Option<u16> {
+    fn free_forward_port(&mut self, guest: SocketAddr) -> Option<u16> {
         for _ in 0..(u16::MAX - FIRST_PORT) {
             let p = self.next_forward_port;
             self.next_forward_port = if p == u16::MAX { FIRST_PORT } else { p + 1 };
-            if !self.tcp.contains_key(&(guest, SocketAddrV4::new(self.cfg.gateway_ip, p))) {
+            if !self.tcp.contains_key(&(guest, SocketAddr::from((self.cfg.gateway_ip, p)))) {
                 return Some(p);
             }
         }

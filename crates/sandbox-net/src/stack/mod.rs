@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::io;
-use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -119,6 +119,14 @@ fn validate(c: &NetConfig) -> Result<(), NetError> {
     if c.gateway_ip == c.guest_ip || c.dns_ip == c.guest_ip || c.gateway_ip == c.dns_ip {
         return bad("gateway, resolver and guest addresses must differ");
     }
+    let net6 = addr::Cidr::new(IpAddr::V6(c.gateway_ip6), c.prefix_len6).map_err(|_| NetError::Config("prefix_len6"))?;
+    let unicast6 = |a: std::net::Ipv6Addr| !a.is_multicast() && !a.is_unspecified() && !a.is_loopback() && a.to_ipv4_mapped().is_none();
+    if !(8..=126).contains(&c.prefix_len6) || !net6.contains(IpAddr::V6(c.guest_ip6)) || c.gateway_ip6 == c.guest_ip6 {
+        return bad("guest_ip6 must differ from gateway_ip6 and share its prefix (prefix_len6 8..=126)");
+    }
+    if !unicast6(c.gateway_ip6) || !unicast6(c.guest_ip6) {
+        return bad("gateway_ip6 and guest_ip6 must be unicast IPv6 addresses");
+    }
     let unicast = |m: [u8; 6]| m[0] & 1 == 0 && m != [0; 6];
     if !unicast(c.gateway_mac) || !unicast(c.guest_mac) || c.gateway_mac == c.guest_mac {
         return bad("gateway_mac and guest_mac must be distinct unicast addresses");
@@ -197,6 +205,7 @@ impl Engine {
         iface.update_ip_addrs(|a| {
             let _ = a.push(IpCidr::new(IpAddress::Ipv4(cfg.gateway_ip), cfg.prefix_len));
             let _ = a.push(IpCidr::new(IpAddress::Ipv4(cfg.dns_ip), cfg.prefix_len));
+            let _ = a.push(IpCidr::new(IpAddress::Ipv6(cfg.gateway_ip6), cfg.prefix_len6));
         });
         // smoltcp 0.14 treats every unicast destination as local under AnyIP, which lets
         // a listening socket bound to the flow's destination take the guest's SYN.
@@ -332,7 +341,8 @@ impl Engine {
 
     fn ingest(&mut self, frame: &[u8]) {
         Stats::bump(&self.stats().frames_in);
-        let ingress = match packet::classify(frame, self.mac, self.guest_mac, self.cfg.guest_ip) {
+        let link = packet::Link { our_mac: self.mac, guest_mac: self.guest_mac, guest_ip: self.cfg.guest_ip, guest_ip6: self.cfg.guest_ip6 };
+        let ingress = match packet::classify(frame, &link) {
             Ok(x) => x,
             Err(ParseError::Malformed(what)) => return self.malformed(Malformed::Packet(what)),
             Err(ParseError::Spoofed) => return self.malformed(Malformed::Spoofed),
@@ -342,6 +352,16 @@ impl Engine {
                 // Only our own addresses: AnyIP would otherwise answer ARP for every
                 // address, the guest's own included.
                 if target == self.cfg.gateway_ip || target == self.cfg.dns_ip {
+                    self.device.rx.push_back(frame.to_vec());
+                } else {
+                    Stats::bump(&self.stats().ignored);
+                }
+            }
+            Ingress::Ndp { target, solicit } => {
+                // The guest asking for the gateway, or answering for itself; smoltcp
+                // under AnyIP would otherwise claim any target.
+                let ours = if solicit { target == self.cfg.gateway_ip6 } else { target == self.cfg.guest_ip6 };
+                if ours {
                     self.device.rx.push_back(frame.to_vec());
                 } else {
                     Stats::bump(&self.stats().ignored);

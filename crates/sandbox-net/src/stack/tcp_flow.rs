@@ -73,7 +73,7 @@ impl Engine {
         let id = self.next_id();
         let dns = key.1.port() == 53;
         let proto = if dns { Proto::Dns } else { Proto::Tcp };
-        let mut info = FlowInfo::new(proto, SocketAddr::V4(key.0), SocketAddr::V4(key.1)).with_id(id);
+        let mut info = FlowInfo::new(proto, key.0, key.1).with_id(id);
         info.dns_over_tcp = dns;
         if let Some(why) = flows::pre_check(&self.cfg, proto, info.dst) {
             self.denied_early(info, why);
@@ -143,7 +143,7 @@ impl Engine {
         // listener can see.
         self.poll();
         let mut sock = self.new_socket();
-        let ep = IpListenEndpoint { addr: Some(IpAddress::Ipv4(*key.1.ip())), port: key.1.port() };
+        let ep = IpListenEndpoint { addr: Some(IpAddress::from(key.1.ip())), port: key.1.port() };
         sock.listen(ep).ok()?;
         let handle = self.sockets.add(sock);
         self.device.rx.push_back(syn);

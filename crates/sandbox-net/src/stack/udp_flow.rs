@@ -46,7 +46,7 @@ impl Engine {
             return;
         }
         let id = self.next_id();
-        let info = FlowInfo::new(Proto::Udp, SocketAddr::V4(key.0), SocketAddr::V4(key.1)).with_id(id);
+        let info = FlowInfo::new(Proto::Udp, key.0, key.1).with_id(id);
         if let Some(why) = flows::pre_check(&self.cfg, Proto::Udp, info.dst) {
             self.denied_early(info.clone(), why);
             self.remember_denied(key, info);
@@ -63,7 +63,7 @@ impl Engine {
         self.udp.insert(key, UdpFlow { id, info, last: Instant::now(), phase: UdpPhase::Deciding(vec![payload.to_vec()]) });
     }
 
-    pub(super) fn dns_query(&mut self, src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) {
+    pub(super) fn dns_query(&mut self, src: SocketAddr, dst: SocketAddr, payload: &[u8]) {
         let Some(query) = dns::parse_query(payload) else {
             return self.malformed(Malformed::Packet("dns query"));
         };
@@ -73,7 +73,7 @@ impl Engine {
         let guard = InflightGuard::new(self.dns_inflight.clone());
         let (policy, cfg, sink, tx) = (self.policy.clone(), self.cfg.clone(), self.sink.clone(), self.tx.clone());
         let q: Arc<[u8]> = payload.into();
-        let mut info = FlowInfo::new(Proto::Dns, SocketAddr::V4(src), SocketAddr::V4(dst)).with_id(self.next_id());
+        let mut info = FlowInfo::new(Proto::Dns, src, dst).with_id(self.next_id());
         info.query = Some(q.clone());
         // A query addressed to the host itself is refused before the policy (REFUSED).
         if let Some(why) = flows::pre_check(&self.cfg, Proto::Dns, info.dst) {
@@ -84,8 +84,8 @@ impl Engine {
         tokio::spawn(async move {
             let _guard = guard;
             let answer = resolve(&*policy, &cfg, &sink, info, &q, query).await;
-            // Guest datagrams carry at most MTU - IPv4 - UDP headers; no fragmentation.
-            let answer = if answer.len() > cfg.mtu - 28 { dns::truncated_response(&q, query) } else { answer };
+            // Guest datagrams carry at most MTU - IP - UDP headers; no fragmentation.
+            let answer = if answer.len() > udp_room(cfg.mtu, src) { dns::truncated_response(&q, query) } else { answer };
             let _ = tx.send(Internal::DnsAnswer { guest: src, resolver: dst, payload: answer });
         });
     }
@@ -137,7 +137,7 @@ impl Engine {
         }
         credit.add_permits(1);
         flow.last = Instant::now();
-        if data.len() <= self.cfg.mtu - 28 {
+        if data.len() <= udp_room(self.cfg.mtu, key.0) {
             let f = packet::udp_datagram(self.mac, self.guest_mac, key.1, key.0, &data);
             self.emit_frame(f);
         } else {
@@ -169,4 +169,10 @@ pub(super) async fn resolve(policy: &dyn Policy, cfg: &NetConfig, sink: &EventSi
         Ok(Decision::DnsAnswer(_)) => dns::error_response(q, query, dns::RCODE_SERVFAIL),
         _ => dns::error_response(q, query, dns::RCODE_REFUSED),
     }
+}
+
+/// The largest UDP payload that fits one frame to `guest` (IPv6 headers are 40 bytes,
+/// IPv4's 20; the UDP header 8).
+fn udp_room(mtu: usize, guest: SocketAddr) -> usize {
+    mtu - if guest.is_ipv6() { 48 } else { 28 }
 }

@@ -11,7 +11,7 @@ use sandbox_net::device::QueueDevice;
 use sandbox_net::frames::{encode, FrameDecoder};
 use sandbox_net::{BoxFuture, Decision, FlowInfo, NetConfig, NetEvent, NetStack, Policy, PolicyError, Stats};
 use smoltcp::iface::{Config, Interface, SocketSet};
-use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Address};
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Address, Ipv6Address};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
@@ -36,8 +36,10 @@ impl Guest {
         let mut iface = Interface::new(cfg, &mut dev, smoltcp::time::Instant::from_micros(0));
         iface.update_ip_addrs(|a| {
             a.push(IpCidr::new(IpAddress::v4(10, 0, 2, 15), 24)).unwrap();
+            a.push(IpCidr::new(IpAddress::v6(0xfd53, 0x5342, 0, 0, 0, 0, 0, 0x15), 64)).unwrap();
         });
         iface.routes_mut().add_default_ipv4_route(Ipv4Address::new(10, 0, 2, 2)).unwrap();
+        iface.routes_mut().add_default_ipv6_route(Ipv6Address::new(0xfd53, 0x5342, 0, 0, 0, 0, 0, 2)).unwrap();
         Self { iface, dev, sockets: SocketSet::new(Vec::new()), stream, dec: FrameDecoder::new(), epoch: Instant::now(), buf: vec![0; 1 << 16] }
     }
 

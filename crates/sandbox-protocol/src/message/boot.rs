@@ -120,7 +120,7 @@ pub struct GuestMount {
     pub create_on_root: bool,
 }
 
-/// How init configures `eth0` (IPv4 only; the stack does not serve IPv6).
+/// How init configures `eth0`: IPv4, and IPv6 when `ipv6` is present.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -131,6 +131,20 @@ pub struct GuestNet {
     /// Written to /etc/resolv.conf (through a bind mount from /run).
     pub nameserver: Text<45>,
     pub mtu: U32In<576, 65535>,
+    /// Static IPv6 (no router advertisements: the address and route are there before
+    /// the first process runs, without DAD or SLAAC delays).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<GuestNet6>,
+}
+
+/// The guest's IPv6 address and default route (sandbox-net's `guest_ip6`/`gateway_ip6`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GuestNet6 {
+    pub address: Text<45>,
+    pub prefix_len: U32In<8, 126>,
+    pub gateway: Text<45>,
 }
 
 /// guest → host: the guest accepts processes.
