@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   defineSandbox,
   DirectorySnapshotStore,
-  fs,
+  MemoryBlockStore,
   listSavedSnapshots,
   rootfs,
   SandboxSnapshotError,
@@ -163,10 +163,10 @@ describe("snapshots on a real VM (qemu)", () => {
     }
   });
 
-  it("a lane with an fs.memory mount is refused with a typed error (not yet capturable)", async () => {
-    const withMount = defineSandbox({ rootfs: rootfs.builtIn("debian:12"), resources: { cpus: 1, memoryMiB: 512 } });
+  it("a lane with a rootfs.cow root is refused with a typed error (not yet capturable)", async () => {
+    const cow = defineSandbox({ rootfs: rootfs.cow({ base: rootfs.builtIn("debian:12"), writable: new MemoryBlockStore() }), resources: { cpus: 1, memoryMiB: 512 } });
     const events: LaneEvent[] = [];
-    await using l = await withMount.boot({ mounts: { "/mnt/shared": fs.virtual(fs.memory()) }, idleTimeoutMs: 1000, onEvent: (e) => events.push(e) });
+    await using l = await cow.boot({ idleTimeoutMs: 1000, onEvent: (e) => events.push(e) });
     await expect(l.checkpoint()).rejects.toBeInstanceOf(SandboxSnapshotError);
     // Idle hibernation of such a lane: reported once, and the lane keeps running.
     for (let i = 0; i < 50 && !events.some((e) => e.type === "hibernate-failed"); i++) await new Promise((r) => setTimeout(r, 100));

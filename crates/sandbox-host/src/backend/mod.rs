@@ -2,7 +2,7 @@
 //! block disks), so the guest init and protocol do not care which one runs.
 
 mod block;
-mod fs;
+pub mod fs;
 mod krun_fs;
 mod krun;
 mod qemu;

@@ -54,7 +54,9 @@ const TCG_TB_MIB: u32 = 128;
 /// Builds QEMU's argument list; pure so it can be unit-tested. `fs_sockets`
 /// holds the vhost-user socket of each mount, in mount order.
 pub fn args(l: &Launch, fs_sockets: &[PathBuf]) -> Result<Vec<String>, HostError> {
-    if fs_sockets.len() != l.mounts.len() {
+    // A restore plugs the mounts' devices in once the VM runs (see `snapshot::plug_mounts`).
+    let fs_expected = if l.restore.is_some() { 0 } else { l.mounts.len() };
+    if fs_sockets.len() != fs_expected {
         return Err(HostError::InvalidLaunch(format!("{} mounts but {} virtio-fs sockets", l.mounts.len(), fs_sockets.len())));
     }
     let accel = l.accel.unwrap_or(Accel::Tcg);
@@ -90,7 +92,13 @@ pub fn args(l: &Launch, fs_sockets: &[PathBuf]) -> Result<Vec<String>, HostError
         Some(r) => {
             let ram = crate::snapshot::ram_path(std::path::Path::new(r.dir.as_str()), l.memory_mib.get()).map_err(HostError::InvalidLaunch)?;
             let ram = ram.to_str().filter(|p| !p.contains(',')).ok_or_else(|| HostError::InvalidLaunch(format!("unusable snapshot path {}", ram.display())))?.to_string();
-            a.extend(["-object".into(), format!("memory-backend-file,id=mem,size={}M,mem-path={ram},share=off", l.memory_mib)]);
+            if l.mounts.is_empty() {
+                a.extend(["-object".into(), format!("memory-backend-file,id=mem,size={}M,mem-path={ram},share=off", l.memory_mib)]);
+            } else {
+                // vhost-user devices map guest RAM themselves: it must be shared,
+                // so a restore with mounts gets a memfd filled from the snapshot.
+                a.extend(["-object".into(), format!("memory-backend-file,id=mem,size={}M,mem-path=/proc/self/fd/{},share=on", l.memory_mib, ram_fd(l))]);
+            }
             a.extend(["-incoming".into(), "defer".into()]);
         }
     }
@@ -138,23 +146,39 @@ pub fn args(l: &Launch, fs_sockets: &[PathBuf]) -> Result<Vec<String>, HostError
             format!("virtio-net-pci,netdev=net0,mac={GUEST_MAC},romfile="),
         ]);
     }
+    // Each mount's device sits on a root port of its own, so a checkpoint can
+    // unplug it (QEMU 7.2 cannot migrate vhost-user-fs) and plug it back.
+    for i in 0..l.mounts.len() {
+        a.extend(["-device".into(), format!("pcie-root-port,id={},chassis={}", crate::snapshot::mount_port_id(i), i + 1)]);
+    }
     for (i, (m, sock)) in l.mounts.iter().zip(fs_sockets).enumerate() {
         let path = sock.to_str().filter(|p| !p.contains(',')).ok_or_else(|| HostError::Setup(format!("unusable socket path {}", sock.display())))?;
         a.extend([
             "-chardev".into(),
-            format!("socket,id=vfs{i},path={path}"),
+            format!("socket,id={},path={path}", crate::snapshot::mount_chardev_id(i)),
             "-device".into(),
-            format!("vhost-user-fs-pci,chardev=vfs{i},tag={},queue-size={}", m.tag, sandbox_fs::device::QUEUE_SIZE),
+            format!(
+                "vhost-user-fs-pci,id={},bus={},chardev={},tag={},queue-size={}",
+                crate::snapshot::mount_device_id(i),
+                crate::snapshot::mount_port_id(i),
+                crate::snapshot::mount_chardev_id(i),
+                m.tag,
+                sandbox_fs::device::QUEUE_SIZE
+            ),
         ]);
     }
     Ok(a)
 }
 
 pub fn spawn(l: &Launch, services: &Services, rt: &tokio::runtime::Handle) -> Result<RunningVm, HostError> {
-    let fs_sockets = match &services.files {
-        Some(files) => super::fs::serve_mounts(l, files, &services.diag, rt)?,
-        None => Vec::new(),
+    let mounts = services.files.as_ref().filter(|_| !l.mounts.is_empty()).map(|files| super::fs::MountServer::new(l, files, &services.diag, rt));
+    let fs_sockets = match (&mounts, &l.restore) {
+        (Some(m), None) => (0..l.mounts.len()).map(|i| m.serve(i).map_err(HostError::Setup)).collect::<Result<Vec<_>, _>>()?,
+        _ => Vec::new(),
     };
+    if mounts.is_none() && !l.mounts.is_empty() {
+        return Err(HostError::InvalidLaunch("mounts without a filesystem service".into()));
+    }
     let argv = args(l, &fs_sockets)?;
     let qemu = l.qemu.clone().unwrap_or_else(|| "qemu-system-x86_64".into());
     let (host_end, guest_end) =
@@ -180,7 +204,13 @@ pub fn spawn(l: &Launch, services: &Services, rt: &tokio::runtime::Handle) -> Re
     }
     let (qmp_ours, qmp_theirs) = UnixStream::pair().map_err(|e| HostError::Setup(format!("socketpair for QMP: {e}")))?;
     let ram = match &l.restore {
-        Some(_) => None,
+        Some(_) if l.mounts.is_empty() => None,
+        Some(r) => {
+            let file = ram_memfd(u64::from(l.memory_mib.get()) << 20)?;
+            let src = crate::snapshot::ram_path(std::path::Path::new(r.dir.as_str()), l.memory_mib.get()).map_err(HostError::InvalidLaunch)?;
+            crate::snapshot::fill_ram(&src, &file).map_err(|e| HostError::Setup(format!("loading snapshot RAM {}: {e}", src.display())))?;
+            Some(file)
+        }
         None => Some(ram_memfd(u64::from(l.memory_mib.get()) << 20)?),
     };
     if nbd_ends.len() > MAX_COW_DISKS {
@@ -259,18 +289,20 @@ pub fn spawn(l: &Launch, services: &Services, rt: &tokio::runtime::Handle) -> Re
         Some(dir) => {
             let mut qmp = crate::qmp::Qmp::connect(qmp_ours).map_err(|e| kill_vmm(format!("{e}; console: {}", console.text())))?;
             crate::snapshot::restore(&mut qmp, dir).map_err(|e| kill_vmm(format!("restoring {}: {e}; console: {}", dir.display(), console.text())))?;
+            if let Some(m) = &mounts {
+                crate::snapshot::plug_mounts(&mut qmp, m).map_err(|e| kill_vmm(format!("plugging the mounts into the restored VM: {e}")))?;
+            }
             crate::qmp::LazyQmp::Ready(qmp)
         }
         None => crate::qmp::LazyQmp::Pending(qmp_ours),
     };
-    let refuse = (!l.mounts.is_empty()).then(|| "a lane with mounts cannot be checkpointed yet (QEMU 7.2 cannot migrate vhost-user-fs devices)".to_string());
-    let refuse = refuse.or_else(|| {
+    let refuse = {
         l.disks
             .iter()
             .any(|d| d.cow.as_ref().is_some_and(|c| c.mode == sandbox_protocol::CowMode::Persistent))
             .then(|| "a lane with a cow (store-backed) root cannot be checkpointed yet: use an ephemeral root".to_string())
-    });
-    let capture = crate::snapshot::Capturable { qmp: std::sync::Mutex::new(qmp), ram, disks: disk_handles, refuse };
+    };
+    let capture = crate::snapshot::Capturable { qmp: std::sync::Mutex::new(qmp), ram, disks: disk_handles, refuse, mounts };
     Ok(RunningVm {
         snapshot: Some(std::sync::Arc::new(capture)),
         pid,
