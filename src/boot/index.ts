@@ -214,7 +214,7 @@ export async function bootLane(
         livenessTimeoutMs: plan.livenessTimeoutMs,
         idleTimeoutMs: plan.idleTimeoutMs,
         onEvent: plan.onEvent,
-        snapshots: snapshotRefusal(platform.choice.backend, root, plan.mounts.length, restore !== undefined) ?? {
+        snapshots: snapshotRefusal(platform.choice.backend, root) ?? {
           boot: snapshotBooter(root, resources, policy, internals, plan.hostname, undefined, options.mounts),
           requires: requirements,
           mounts: plan.mounts.map((m) => ({ target: m.target, readOnly: m.mount.readOnly })),
@@ -252,13 +252,9 @@ export function snapshotBooter(
 }
 
 /** Why a lane booted like this cannot be checkpointed, if it cannot. */
-function snapshotRefusal(backend: string, root: RootfsSpec, mounts: number, restored: boolean): { refuse: string } | undefined {
+function snapshotRefusal(backend: string, root: RootfsSpec): { refuse: string } | undefined {
   if (backend !== "qemu") return { refuse: `the ${backend} backend has no snapshots yet (qemu has)` };
   if (root.kind === "cow") return { refuse: "its root is rootfs.cow (a store-backed root); use rootfs.ephemeral or a read-only root" };
-  // A restore with mounts copies the snapshot's RAM into memory of its own (vhost-user needs it shared): that one can be captured.
-  if (restored && mounts === 0) {
-    return { refuse: "it was itself restored from a snapshot (its RAM is a private copy-on-write mapping of that snapshot); checkpoint the original lane" };
-  }
   return undefined;
 }
 

@@ -168,7 +168,8 @@ fn checkpoint(cap: &Capturable, link: &GuestLink, dir: &Path) -> Result<proto::C
     if let Some(why) = &cap.refuse {
         return Err(why.clone());
     }
-    let ram = cap.ram.as_ref().ok_or("a lane restored from a snapshot cannot be checkpointed yet (its RAM is a private mapping of the snapshot): checkpoint the original lane")?;
+    // A fork's RAM is a private mapping of its snapshot (`None`): QEMU puts it in the stream.
+    let ram = cap.ram.as_ref();
     if !dir.is_dir() {
         return Err(format!("snapshot directory {} does not exist", dir.display()));
     }
@@ -208,13 +209,27 @@ fn checkpoint(cap: &Capturable, link: &GuestLink, dir: &Path) -> Result<proto::C
 }
 
 /// With the VM stopped: device state through QEMU, RAM and disks by the helper.
-fn capture(qmp: &mut Qmp, ram: &File, disks: &[(usize, DiskHandle)], dir: &Path) -> Result<(u64, u64), String> {
+///
+/// A fork (RAM privately mapped from its snapshot, `ram` is `None`) is not
+/// skipped by `x-ignore-shared`: its RAM travels in the device-state stream,
+/// and the snapshot's `ram` file is an all-hole file of the right size that
+/// the restore maps and the incoming stream fills.
+fn capture(qmp: &mut Qmp, ram: Option<&File>, disks: &[(usize, DiskHandle)], dir: &Path) -> Result<(u64, u64), String> {
     let state = dir.join(STATE_FILE);
     qmp.execute("migrate-set-capabilities", json!({ "capabilities": [{ "capability": "x-ignore-shared", "state": true }] }))?;
     qmp.execute("migrate-set-parameters", json!({ "max-bandwidth": i64::MAX }))?;
     qmp.execute("migrate", json!({ "uri": format!("exec:cat > {}", qmp::shell_path(&state)?) }))?;
     qmp.wait_migration(MIGRATION_TIMEOUT)?;
-    let ram_bytes = copy_ram(ram, &dir.join(RAM_FILE)).map_err(|e| format!("copying guest RAM into {}: {e}", dir.display()))?;
+    let ram_bytes = match ram {
+        Some(ram) => copy_ram(ram, &dir.join(RAM_FILE)).map_err(|e| format!("copying guest RAM into {}: {e}", dir.display()))?,
+        None => {
+            let summary = qmp.execute("query-memory-size-summary", json!({}))?;
+            let size = summary.get("base-memory").and_then(serde_json::Value::as_u64).ok_or_else(|| format!("QEMU reported no base memory size ({summary})"))?;
+            let holes = File::create(dir.join(RAM_FILE)).and_then(|f| f.set_len(size).and_then(|()| f.sync_all()));
+            holes.map_err(|e| format!("creating the RAM file in {}: {e}", dir.display()))?;
+            std::fs::metadata(&state).map_err(|e| format!("{}: {e}", state.display()))?.len()
+        }
+    };
     let mut disk_bytes = 0;
     for (i, handle) in disks {
         let disk = handle.get().ok_or_else(|| format!("disk {i} is not open yet"))?;
