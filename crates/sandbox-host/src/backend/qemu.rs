@@ -400,7 +400,8 @@ mod tests {
         let socks = [PathBuf::from("/run/x/fs0.sock"), PathBuf::from("/run/x/fs1.sock")];
         let a = args(&l, &socks).unwrap().join(" ");
         assert!(a.contains("-M q35,memory-backend=mem -object memory-backend-file,id=mem,size=512M,mem-path=/proc/self/fd/5,share=on"), "{a}");
-        assert!(a.contains("-chardev socket,id=vfs1,path=/run/x/fs1.sock -device vhost-user-fs-pci,chardev=vfs1,tag=sbxfs1,queue-size=1024"), "{a}");
+        assert!(a.contains("-chardev socket,id=vfs1,path=/run/x/fs1.sock -device vhost-user-fs-pci,id=sbxfs1,bus=sbxrp1,chardev=vfs1,tag=sbxfs1,queue-size=1024"), "{a}");
+        assert!(a.contains("-device pcie-root-port,id=sbxrp0,chassis=1 -device pcie-root-port,id=sbxrp1,chassis=2"), "each device on an unpluggable port: {a}");
         assert!(args(&l, &socks[..1]).is_err(), "one socket per mount");
         assert!(args(&launch(), &[]).unwrap().join(" ").contains("share=on"), "guest RAM is always the helper's shared memfd");
     }
@@ -432,6 +433,22 @@ mod tests {
         let a = args(&l, &[]).unwrap().join(" ");
         assert!(a.contains(&format!("mem-path={}/ram,share=off", dir.display())), "{a}");
         assert!(a.contains("-incoming defer"), "{a}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_restore_with_mounts_gets_shared_ram_and_empty_ports_for_the_devices_it_plugs_later() {
+        let dir = std::env::temp_dir().join(format!("sbx-restore-mounts-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::File::create(dir.join("ram")).unwrap().set_len(512 << 20).unwrap();
+        let mut l = launch();
+        l.mounts = from(json!([{ "tag": "sbxfs0" }]));
+        l.restore = Some(from(json!({ "dir": dir.to_str().unwrap(), "hostname": "h" })));
+        assert!(args(&l, &[PathBuf::from("/run/x/fs0.sock")]).is_err(), "a restore serves no socket at launch");
+        let a = args(&l, &[]).unwrap().join(" ");
+        assert!(a.contains("mem-path=/proc/self/fd/5,share=on"), "vhost-user needs shared RAM: {a}");
+        assert!(a.contains("-device pcie-root-port,id=sbxrp0,chassis=1"), "{a}");
+        assert!(!a.contains("vhost-user-fs-pci") && !a.contains("id=vfs0"), "{a}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
