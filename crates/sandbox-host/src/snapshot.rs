@@ -103,25 +103,37 @@ fn unplug_mounts(qmp: &mut Qmp, count: usize) -> Result<(), String> {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    for i in 0..count {
-        qmp.execute("chardev-remove", json!({ "id": mount_chardev_id(i) }))?;
-    }
     Ok(())
+}
+
+/// Closes the sockets of unplugged devices. QEMU frees a device (and lets go
+/// of its chardev) a moment after it left the tree: retried briefly; one that
+/// stays busy is left open (each plug uses a new chardev id).
+fn close_mount_sockets(qmp: &mut Qmp, ids: &[String]) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    for id in ids {
+        while qmp.execute("chardev-remove", json!({ "id": id })).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
 
 /// Plugs a fresh device in for every mount, each on its root port; the guest
 /// init mounts them again when it gets `Resume`.
 pub fn plug_mounts(qmp: &mut Qmp, mounts: &crate::backend::fs::MountServer) -> Result<(), String> {
+    let old = mounts.chardev_ids();
+    close_mount_sockets(qmp, &old);
     for (i, tag) in mounts.tags().iter().enumerate() {
         let socket = mounts.serve(i)?;
+        let chardev = mounts.next_chardev_id(i);
         let path = socket.to_str().ok_or_else(|| format!("socket path {} is not UTF-8", socket.display()))?;
         qmp.execute(
             "chardev-add",
-            json!({ "id": mount_chardev_id(i), "backend": { "type": "socket", "data": { "addr": { "type": "unix", "data": { "path": path } }, "server": false } } }),
+            json!({ "id": chardev, "backend": { "type": "socket", "data": { "addr": { "type": "unix", "data": { "path": path } }, "server": false } } }),
         )?;
         qmp.execute(
             "device_add",
-            json!({ "driver": "vhost-user-fs-pci", "id": mount_device_id(i), "bus": mount_port_id(i), "chardev": mount_chardev_id(i), "tag": tag, "queue-size": sandbox_fs::device::QUEUE_SIZE }),
+            json!({ "driver": "vhost-user-fs-pci", "id": mount_device_id(i), "bus": mount_port_id(i), "chardev": chardev, "tag": tag, "queue-size": sandbox_fs::device::QUEUE_SIZE }),
         )?;
     }
     Ok(())

@@ -23,11 +23,38 @@ pub struct MountServer {
     files: Arc<Service>,
     diag: Diag,
     rt: tokio::runtime::Handle,
+    /// The QEMU chardev id each mount's device uses now (`None`: none plugged).
+    chardevs: std::sync::Mutex<Vec<Option<String>>>,
+    plugs: std::sync::atomic::AtomicU64,
 }
 
 impl MountServer {
     pub fn new(l: &Launch, files: &Arc<Service>, diag: &Diag, rt: &tokio::runtime::Handle) -> Self {
-        Self { tags: l.mounts.iter().map(|m| m.tag.to_string()).collect(), files: files.clone(), diag: diag.clone(), rt: rt.clone() }
+        // A boot's devices are on the command line with `vfs<i>`; a restore plugs its own later.
+        let booted = |i: usize| l.restore.is_none().then(|| crate::snapshot::mount_chardev_id(i));
+        Self {
+            tags: l.mounts.iter().map(|m| m.tag.to_string()).collect(),
+            files: files.clone(),
+            diag: diag.clone(),
+            rt: rt.clone(),
+            chardevs: std::sync::Mutex::new((0..l.mounts.len()).map(booted).collect()),
+            plugs: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// The chardevs of the devices plugged now (to close once they are unplugged).
+    pub fn chardev_ids(&self) -> Vec<String> {
+        self.chardevs.lock().unwrap_or_else(|p| p.into_inner()).iter().flatten().cloned().collect()
+    }
+
+    /// A chardev id never used before in this VM, recorded as mount `i`'s.
+    pub fn next_chardev_id(&self, i: usize) -> String {
+        let n = self.plugs.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let id = format!("{}p{n}", crate::snapshot::mount_chardev_id(i));
+        if let Some(slot) = self.chardevs.lock().unwrap_or_else(|p| p.into_inner()).get_mut(i) {
+            *slot = Some(id.clone());
+        }
+        id
     }
 
     /// The mounts' virtio-fs tags, in mount order.
