@@ -109,9 +109,6 @@ fn validate(l: &Launch) -> Result<(), HostError> {
     if l.restore.is_some() && l.backend != BackendKind::Qemu {
         return Err(HostError::InvalidLaunch("restoring a snapshot needs the qemu backend".into()));
     }
-    if l.restore.is_some() && !l.mounts.is_empty() {
-        return Err(HostError::InvalidLaunch("a restored lane cannot have mounts yet".into()));
-    }
     for m in &l.mounts {
         if m.tag.is_empty() || m.tag.len() > 36 || !m.tag.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
             return Err(HostError::InvalidLaunch(format!("virtio-fs tag {:?} must be 1-36 characters of [A-Za-z0-9_-]", m.tag)));
