@@ -9,16 +9,18 @@ import { setupMacos } from "./setup-macos.js";
 import { findCatalogImage } from "./images/resolve.js";
 import { buildCommand, imagesCommand, IMAGES_USAGE } from "./cli-images.js";
 import { ArgCursor, UsageError } from "./cli-usage.js";
+import { bootFromSnapshot, snapshotCommand, SNAPSHOT_USAGE } from "./cli-snapshot.js";
+import type { Lane } from "./lane.js";
 
 const USAGE = () => `usage:
-  sandbox run [--image NAME] [--cpus N] [--memory MiB] [--hostname NAME] [--timeout MS] [-- COMMAND [ARGS...]]
+  sandbox run [--image NAME] [--cpus N] [--memory MiB] [--hostname NAME] [--timeout MS] [--from DIR [--id ID]] [-- COMMAND [ARGS...]]
       boots a sandbox and runs COMMAND (default: the image's Entrypoint + Cmd) with this terminal's
       stdin, stdout and stderr (streamed as they come), then prints timings; exits with its exit code
       (127 not found, 126 not executable, 128+N signal N)
   sandbox shell [--image NAME] [--cpus N] [--memory MiB] [--hostname NAME]
       opens an interactive shell in a fresh sandbox; the VM is destroyed when the shell exits
 ${IMAGES_USAGE}
-  sandbox setup-macos
+${SNAPSHOT_USAGE}  sandbox setup-macos
       macOS only: ad-hoc signs the helper with the Hypervisor.framework entitlement
   sandbox doctor
       checks virtualization, QEMU, kernels and images; says which backend is used and how to fix what is missing
@@ -30,10 +32,15 @@ interface RunFlags {
   memory: number;
   hostname: string;
   timeout: number | undefined;
+  /** `--from DIR`: resume a snapshot of that directory store instead of booting. */
+  from: string | undefined;
+  id: string | undefined;
+  /** Whether --hostname was given (a resumed snapshot keeps its own otherwise). */
+  hostnameGiven: boolean;
 }
 
 function parseRun(argv: string[]): { flags: RunFlags; command: string[] } {
-  const flags: RunFlags = { image: "debian:12", cpus: 1, memory: 512, hostname: "sandbox", timeout: undefined };
+  const flags: RunFlags = { image: "debian:12", cpus: 1, memory: 512, hostname: "sandbox", timeout: undefined, from: undefined, id: undefined, hostnameGiven: false };
   const args = new ArgCursor(argv);
   for (let a = args.next(); a !== undefined; a = args.next()) {
     if (a === "--") break;
@@ -50,9 +57,16 @@ function parseRun(argv: string[]): { flags: RunFlags; command: string[] } {
         break;
       case "--hostname":
         flags.hostname = value();
+        flags.hostnameGiven = true;
         break;
       case "--timeout":
         flags.timeout = Number(value());
+        break;
+      case "--from":
+        flags.from = value();
+        break;
+      case "--id":
+        flags.id = value();
         break;
       default:
         if (a.startsWith("-")) throw new UsageError(`unknown option ${a}`);
@@ -74,13 +88,10 @@ function imageCommand(image: string): string[] {
 
 async function run(argv: string[]): Promise<number> {
   const { flags, command: given } = parseRun(argv);
+  if (flags.from !== undefined && given.length === 0) throw new UsageError("run --from needs a command");
   const command = given.length > 0 ? given : imageCommand(flags.image);
-  const sandbox = defineSandbox({
-    rootfs: rootfs.builtIn(flags.image),
-    resources: { cpus: flags.cpus, memoryMiB: flags.memory },
-  });
   const t0 = performance.now();
-  await using lane = await sandbox.boot({ hostname: flags.hostname });
+  await using lane = await bootFor(flags);
   const booted = performance.now();
   const child = lane.spawn(command[0]!, command.slice(1), flags.timeout ? { timeoutMs: flags.timeout } : {});
   const output = Promise.all([pump(child.stdout, process.stdout), pump(child.stderr, process.stderr)]);
@@ -106,6 +117,16 @@ async function run(argv: string[]): Promise<number> {
       `exec ${Math.round(ran - booted)} ms, exit ${code}${timedOut ? " (timed out)" : ""}\n`,
   );
   return code;
+}
+
+/** A fresh sandbox of the flags' image, or a resumed snapshot with `--from`. */
+function bootFor(flags: RunFlags, cwd?: string): Promise<Lane> {
+  if (flags.from !== undefined) return bootFromSnapshot(flags.from, flags.id, flags.hostnameGiven ? flags.hostname : undefined);
+  const sandbox = defineSandbox({
+    rootfs: rootfs.builtIn(flags.image),
+    resources: { cpus: flags.cpus, memoryMiB: flags.memory },
+  });
+  return sandbox.boot({ hostname: flags.hostname, ...(cwd ? { cwd } : {}) });
 }
 
 /** Copies a guest stream to a host one as chunks arrive, waiting for the host side to drain. */
@@ -146,12 +167,8 @@ function forwardStdin(to: WritableStream<Uint8Array>): { stop(): void } {
 async function shell(argv: string[]): Promise<number> {
   const { flags, command } = parseRun(argv);
   if (command.length > 0) throw new UsageError("shell takes no command; use `sandbox run` for that");
-  const sandbox = defineSandbox({
-    rootfs: rootfs.builtIn(flags.image),
-    resources: { cpus: flags.cpus, memoryMiB: flags.memory },
-  });
-  process.stderr.write(`[sandbox] booting ${flags.image}…\n`);
-  await using lane = await sandbox.boot({ hostname: flags.hostname, cwd: "/root" });
+  process.stderr.write(flags.from !== undefined ? `[sandbox] resuming a snapshot of ${flags.from}…\n` : `[sandbox] booting ${flags.image}…\n`);
+  await using lane = await bootFor(flags, "/root");
   const size = () => ({ rows: process.stdout.rows || 24, cols: process.stdout.columns || 80 });
   const term = lane.pty("/bin/sh", ["-c", "if command -v bash >/dev/null; then exec bash -i; else exec sh -i; fi"], {
     size: size(),
@@ -202,6 +219,8 @@ export async function main(argv: string[]): Promise<number> {
         return await imagesCommand(rest);
       case "build":
         return await buildCommand(rest);
+      case "snapshot":
+        return await snapshotCommand(rest);
       case "shell":
         return await shell(rest);
       case "doctor":

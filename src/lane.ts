@@ -33,6 +33,7 @@ import { checkAbsolutePath, checkArgv, checkEnv, checkInteger } from "./validate
 import { SandboxSnapshot, snapshotDir, type CheckpointOptions, type SnapshotBooter } from "./snapshot.js";
 import type { LaneEvent } from "./sandbox.js";
 import type { SnapshotRequirements } from "./snapshot-store.js";
+import { writeSnapshotMounts, type SnapshotMount } from "./snapshot-mounts.js";
 
 /** Facts about a running lane: backend and why it was chosen, image, names, pids, boot timings. */
 export interface LaneInfo {
@@ -173,7 +174,7 @@ export interface LaneOptions {
   /** Silence from the guest after which the lane ends with SandboxUnresponsiveError. */
   livenessTimeoutMs?: number | undefined;
   /** How snapshots of this lane boot, or why it cannot be checkpointed. */
-  snapshots?: { boot: SnapshotBooter; requires: () => Promise<SnapshotRequirements> } | { refuse: string } | undefined;
+  snapshots?: { boot: SnapshotBooter; requires: () => Promise<SnapshotRequirements>; mounts: readonly SnapshotMount[] } | { refuse: string } | undefined;
   /** Auto-hibernate after this long without exec/spawn/pty/lane.fs activity (`boot({ idleTimeoutMs })`). */
   idleTimeoutMs?: number | undefined;
   /** Where the idle hibernation reports (`boot({ onEvent })`). */
@@ -469,7 +470,10 @@ export class Lane implements AsyncDisposable {
    * keep running (the guest pauses for `stats.pausedMs`). Boot the snapshot
    * any number of times (`snapshot.boot()`): each boot is an independent fork.
    * Rejects with SandboxSnapshotError when this lane cannot be captured
-   * (mounts, a `rootfs.cow` root, the krun backend, a lane itself restored).
+   * (a `rootfs.cow` root, the krun backend, a lane restored without mounts).
+   * Mounts are unplugged for the capture and come back at the same paths:
+   * files and working directories a process had open on a mount fail with
+   * ENOTCONN afterwards; paths opened anew work (docs/api.md).
    */
   async checkpoint(options: CheckpointOptions = {}): Promise<SandboxSnapshot> {
     if (this.closed) throw this.#endedWith ?? new LaneClosedError();
@@ -477,6 +481,8 @@ export class Lane implements AsyncDisposable {
     if (!snaps || "refuse" in snaps) throw new SandboxSnapshotError(`this lane cannot be checkpointed: ${snaps?.refuse ?? "its backend has no snapshots"}`);
     const started = performance.now();
     const dir = await snapshotDir(options.dir);
+    // Before the capture: a snapshot whose checkpoint succeeded always says which mounts it needs.
+    if (snaps.mounts.length > 0) await writeSnapshotMounts(dir, snaps.mounts);
     const reply = await this.#conn.request("Checkpoint", { dir }).catch(async (err: unknown) => {
       if (options.dir === undefined) await rm(dir, { recursive: true, force: true });
       throw err;

@@ -108,7 +108,7 @@ export interface BootOptions {
    * Hibernates the lane on its own after this long (ms, ≥ 1000) with no
    * exec/spawn/pty running or started and no `lane.fs` request: `lane.hibernate()`, then a
    * `hibernated` event (`boot({ onEvent })`) carrying the snapshot to wake it
-   * with (`event.snapshot.boot()`). A lane that cannot be checkpointed (mounts,
+   * with (`event.snapshot.boot()`). A lane that cannot be checkpointed (a
    * `rootfs.cow`) gets a `hibernate-failed` event instead and keeps running.
    * Default: never.
    */

@@ -9,6 +9,7 @@ import { join } from "node:path";
 import { mkdirSync } from "node:fs";
 import { basename } from "node:path";
 import type { Lane } from "./lane.js";
+import type { VirtualMount } from "./fs/types.js";
 import { saveSnapshotFiles, type SandboxSnapshotStore, type SnapshotRequirements } from "./snapshot-store.js";
 
 /** Options of `lane.checkpoint`. */
@@ -27,6 +28,13 @@ export interface SnapshotBootOptions {
   signal?: AbortSignal;
   /** Silence from the guest after which the lane ends (as `boot({ livenessTimeoutMs })`). */
   livenessTimeoutMs?: number;
+  /**
+   * The restored lane's mounts, at exactly the guest paths (and read-only
+   * flags) the snapshot was taken with; init mounts them where they were.
+   * Default: the checkpointed lane's mounts (the same host objects) for a
+   * snapshot of this process, none for a loaded one.
+   */
+  mounts?: Record<string, VirtualMount>;
 }
 
 /** What a checkpoint cost. */

@@ -22,6 +22,7 @@ import { configureMessage, launchSpec, networkLaunch } from "./launch.js";
 import { handshake, resumeHandshake } from "./handshake.js";
 import type { SnapshotBootOptions } from "../snapshot.js";
 import { fileSha256, requirementMismatch, type SnapshotRequirements } from "../snapshot-store.js";
+import { matchSnapshotMounts, readSnapshotMounts } from "../snapshot-mounts.js";
 import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 
@@ -66,7 +67,8 @@ export async function bootLane(
 ): Promise<Lane> {
   const started = performance.now();
   const plan = checkBootOptions(options);
-  if (restore && plan.mounts.length > 0) throw new SandboxSnapshotError("a lane restored from a snapshot cannot have mounts yet");
+  // A restored guest's init mounts device i at the snapshot's target i.
+  if (restore) plan.mounts = matchSnapshotMounts(await readSnapshotMounts(restore.dir), plan.mounts);
   plan.signal?.throwIfAborted();
   const platform = resolvePlatform(resources);
   const image = await resolveImage(root.kind === "builtIn" || root.kind === "image" ? root : root.base);
@@ -212,9 +214,10 @@ export async function bootLane(
         livenessTimeoutMs: plan.livenessTimeoutMs,
         idleTimeoutMs: plan.idleTimeoutMs,
         onEvent: plan.onEvent,
-        snapshots: snapshotRefusal(platform.choice.backend, root, plan.mounts.length, restore !== undefined) ?? {
-          boot: snapshotBooter(root, resources, policy, internals, plan.hostname),
+        snapshots: snapshotRefusal(platform.choice.backend, root) ?? {
+          boot: snapshotBooter(root, resources, policy, internals, plan.hostname, undefined, options.mounts),
           requires: requirements,
+          mounts: plan.mounts.map((m) => ({ target: m.target, readOnly: m.mount.readOnly })),
         },
       },
     );
@@ -235,12 +238,13 @@ export function snapshotBooter(
   internals: BootInternals,
   hostname: string,
   requires?: SnapshotRequirements,
+  mounts?: BootOptions["mounts"],
 ) {
   return (dir: string, o: SnapshotBootOptions): Promise<Lane> =>
     bootLane(
       root,
       resources,
-      { hostname: o.hostname ?? hostname, timeoutMs: o.timeoutMs, signal: o.signal, livenessTimeoutMs: o.livenessTimeoutMs },
+      { hostname: o.hostname ?? hostname, timeoutMs: o.timeoutMs, signal: o.signal, livenessTimeoutMs: o.livenessTimeoutMs, mounts: o.mounts ?? mounts },
       policy,
       internals,
       { dir, requires },
@@ -248,11 +252,9 @@ export function snapshotBooter(
 }
 
 /** Why a lane booted like this cannot be checkpointed, if it cannot. */
-function snapshotRefusal(backend: string, root: RootfsSpec, mounts: number, restored: boolean): { refuse: string } | undefined {
+function snapshotRefusal(backend: string, root: RootfsSpec): { refuse: string } | undefined {
   if (backend !== "qemu") return { refuse: `the ${backend} backend has no snapshots yet (qemu has)` };
-  if (mounts > 0) return { refuse: "it has mounts (QEMU 7.2 cannot migrate virtio-fs devices)" };
   if (root.kind === "cow") return { refuse: "its root is rootfs.cow (a store-backed root); use rootfs.ephemeral or a read-only root" };
-  if (restored) return { refuse: "it was itself restored from a snapshot (its RAM is a private mapping of that snapshot); checkpoint the original lane" };
   return undefined;
 }
 

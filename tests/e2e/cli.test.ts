@@ -75,6 +75,34 @@ describe("sandbox CLI (the README's main job)", () => {
     expect(r.stdout).toContain("everything needed is present");
   });
 
+  it("snapshot save / ls / run --from / rm: a snapshot taken from the shell resumes with its files and processes", () => {
+    const store = mkdtempSync(join(tmpdir(), "sandbox-cli-snaps-"));
+    try {
+      const setup = "echo installed > /root/tool && nohup sh -c 'i=0; while :; do i=$((i+1)); echo $i > /run/c; sleep 0.1; done' >/dev/null 2>&1 & sleep 1";
+      const saved = spawnSync(process.execPath, [cli, "snapshot", "save", store, "--id", "base", "--", "sh", "-c", setup], { encoding: "utf8", timeout: 300_000 });
+      expect(saved.stderr).toMatch(/snapshot base saved in .*: paused \d+ ms, RAM [\d.]+ MiB/);
+      expect(saved.stdout.trim()).toBe("base");
+      expect(saved.status).toBe(0);
+      const ls = spawnSync(process.execPath, [cli, "snapshot", "ls", store], { encoding: "utf8" });
+      expect(ls.stdout).toBe("base\n");
+      const script = "cat /root/tool; a=$(cat /run/c); sleep 0.5; b=$(cat /run/c); [ $b -gt $a ] && [ $a -gt 3 ] && echo counting; hostname";
+      const resumed = spawnSync(process.execPath, [cli, "run", "--from", store, "--", "sh", "-c", script], { encoding: "utf8", timeout: 300_000 });
+      expect(resumed.stdout).toBe("installed\ncounting\nsandbox\n");
+      expect(resumed.status).toBe(0);
+      // Each run is a fork: the snapshot is still there and boots again, with another hostname.
+      const again = spawnSync(process.execPath, [cli, "run", "--from", store, "--id", "base", "--hostname", "fork2", "--", "hostname"], { encoding: "utf8", timeout: 300_000 });
+      expect(again.stdout).toBe("fork2\n");
+      const wrongId = spawnSync(process.execPath, [cli, "run", "--from", store, "--id", "nope", "--", "true"], { encoding: "utf8" });
+      expect(wrongId.status).toBe(1);
+      expect(wrongId.stderr).toContain("has no complete snapshot nope (it has base)");
+      const rm = spawnSync(process.execPath, [cli, "snapshot", "rm", store, "base"], { encoding: "utf8" });
+      expect(rm.status).toBe(0);
+      expect(spawnSync(process.execPath, [cli, "snapshot", "ls", store], { encoding: "utf8" }).stdout).toBe("");
+    } finally {
+      rmSync(store, { recursive: true, force: true });
+    }
+  });
+
   it("doctor names a missing artifact and how to restore it", () => {
     const copy = mkdtempSync(join(tmpdir(), "sandbox-artifacts-"));
     try {

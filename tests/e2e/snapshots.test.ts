@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   defineSandbox,
   DirectorySnapshotStore,
-  fs,
+  MemoryBlockStore,
   listSavedSnapshots,
   rootfs,
   SandboxSnapshotError,
@@ -93,6 +93,23 @@ describe("snapshots on a real VM (qemu)", () => {
     expect(await sh(fork, "pgrep -c python3")).toBe("1");
   });
 
+  it("a fork can itself be checkpointed (its RAM travels in the stream); that snapshot boots with the fork's changes", async () => {
+    await using fork = await snap.boot({ hostname: "gen2" });
+    await sh(fork, "echo second > /tmp/gen2 && echo disk2 > /root/gen2");
+    const second = await fork.checkpoint();
+    try {
+      expect(second.stats.ramBytes).toBeGreaterThan(16 << 20);
+      // The fork runs on after its own checkpoint.
+      expect(await sh(fork, "cat /tmp/gen2")).toBe("second");
+      await using grandchild = await second.boot({ hostname: "gen3" });
+      expect(await sh(grandchild, "cat /tmp/note /tmp/gen2 /root/disk-note /root/gen2; hostname")).toBe("hello\nsecond\non-disk\ndisk2\ngen3");
+      const c1 = Number(await sh(grandchild, "cat /run/counter"));
+      expect(Number(await sh(grandchild, "sleep 1; cat /run/counter"))).toBeGreaterThan(c1);
+    } finally {
+      await second.delete();
+    }
+  }, 180_000);
+
   it("10 forks: distinct randomness, private disks", async () => {
     const forks = await Promise.all(Array.from({ length: 10 }, (_, i) => snap.boot({ hostname: `fork-${i}` })));
     try {
@@ -163,10 +180,10 @@ describe("snapshots on a real VM (qemu)", () => {
     }
   });
 
-  it("a lane with an fs.memory mount is refused with a typed error (not yet capturable)", async () => {
-    const withMount = defineSandbox({ rootfs: rootfs.builtIn("debian:12"), resources: { cpus: 1, memoryMiB: 512 } });
+  it("a lane with a rootfs.cow root is refused with a typed error (not yet capturable)", async () => {
+    const cow = defineSandbox({ rootfs: rootfs.cow({ base: rootfs.builtIn("debian:12"), writable: new MemoryBlockStore() }), resources: { cpus: 1, memoryMiB: 512 } });
     const events: LaneEvent[] = [];
-    await using l = await withMount.boot({ mounts: { "/mnt/shared": fs.virtual(fs.memory()) }, idleTimeoutMs: 1000, onEvent: (e) => events.push(e) });
+    await using l = await cow.boot({ idleTimeoutMs: 1000, onEvent: (e) => events.push(e) });
     await expect(l.checkpoint()).rejects.toBeInstanceOf(SandboxSnapshotError);
     // Idle hibernation of such a lane: reported once, and the lane keeps running.
     for (let i = 0; i < 50 && !events.some((e) => e.type === "hibernate-failed"); i++) await new Promise((r) => setTimeout(r, 100));

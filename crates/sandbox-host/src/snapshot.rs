@@ -60,6 +60,83 @@ pub struct Capturable {
     pub disks: Vec<(usize, DiskHandle)>,
     /// Why this VM cannot be checkpointed, if it cannot.
     pub refuse: Option<String>,
+    /// The virtio-fs mounts, unplugged around each capture and plugged back.
+    pub mounts: Option<crate::backend::fs::MountServer>,
+}
+
+/// QEMU id of mount `i`'s PCIe root port: its virtio-fs device sits behind
+/// one so it can be unplugged (devices on the q35 root bus cannot be).
+pub fn mount_port_id(i: usize) -> String {
+    format!("sbxrp{i}")
+}
+
+/// QEMU id of mount `i`'s vhost-user-fs device.
+pub fn mount_device_id(i: usize) -> String {
+    format!("sbxfs{i}")
+}
+
+/// QEMU id of mount `i`'s vhost-user socket.
+pub fn mount_chardev_id(i: usize) -> String {
+    format!("vfs{i}")
+}
+
+/// How long the guest may take to let go of its virtio-fs devices (ACPI eject).
+const UNPLUG_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Unplugs every mount's device (the guest init released the mounts before
+/// it acknowledged `Quiesce`) and closes its socket: QEMU 7.2 refuses to
+/// migrate vhost-user-fs. Waits until QEMU has really removed them.
+fn unplug_mounts(qmp: &mut Qmp, count: usize) -> Result<(), String> {
+    for i in 0..count {
+        qmp.execute("device_del", json!({ "id": mount_device_id(i) }))?;
+    }
+    let deadline = Instant::now() + UNPLUG_TIMEOUT;
+    loop {
+        let devices = qmp.execute("qom-list", json!({ "path": "/machine/peripheral" }))?;
+        let names: Vec<&str> = devices.as_array().map(|a| a.iter().filter_map(|d| d.get("name").and_then(serde_json::Value::as_str)).collect()).unwrap_or_default();
+        let left = (0..count).filter(|i| names.contains(&mount_device_id(*i).as_str())).count();
+        if left == 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the guest did not release {left} virtio-fs device(s) within {} s (hot-unplug needs the guest kernel's ACPI eject)", UNPLUG_TIMEOUT.as_secs()));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}
+
+/// Closes the sockets of unplugged devices. QEMU frees a device (and lets go
+/// of its chardev) a moment after it left the tree: retried briefly; one that
+/// stays busy is left open (each plug uses a new chardev id).
+fn close_mount_sockets(qmp: &mut Qmp, ids: &[String]) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    for id in ids {
+        while qmp.execute("chardev-remove", json!({ "id": id })).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Plugs a fresh device in for every mount, each on its root port; the guest
+/// init mounts them again when it gets `Resume`.
+pub fn plug_mounts(qmp: &mut Qmp, mounts: &crate::backend::fs::MountServer) -> Result<(), String> {
+    let old = mounts.chardev_ids();
+    close_mount_sockets(qmp, &old);
+    for (i, tag) in mounts.tags().iter().enumerate() {
+        let socket = mounts.serve(i)?;
+        let chardev = mounts.next_chardev_id(i);
+        let path = socket.to_str().ok_or_else(|| format!("socket path {} is not UTF-8", socket.display()))?;
+        qmp.execute(
+            "chardev-add",
+            json!({ "id": chardev, "backend": { "type": "socket", "data": { "addr": { "type": "unix", "data": { "path": path } }, "server": false } } }),
+        )?;
+        qmp.execute(
+            "device_add",
+            json!({ "driver": "vhost-user-fs-pci", "id": mount_device_id(i), "bus": mount_port_id(i), "chardev": chardev, "tag": tag, "queue-size": sandbox_fs::device::QUEUE_SIZE }),
+        )?;
+    }
+    Ok(())
 }
 
 /// Serves `Checkpoint` requests, one at a time.
@@ -103,7 +180,8 @@ fn checkpoint(cap: &Capturable, link: &GuestLink, dir: &Path) -> Result<proto::C
     if let Some(why) = &cap.refuse {
         return Err(why.clone());
     }
-    let ram = cap.ram.as_ref().ok_or("a lane restored from a snapshot cannot be checkpointed yet (its RAM is a private mapping of the snapshot): checkpoint the original lane")?;
+    // A fork's RAM is a private mapping of its snapshot (`None`): QEMU puts it in the stream.
+    let ram = cap.ram.as_ref();
     if !dir.is_dir() {
         return Err(format!("snapshot directory {} does not exist", dir.display()));
     }
@@ -118,13 +196,19 @@ fn checkpoint(cap: &Capturable, link: &GuestLink, dir: &Path) -> Result<proto::C
     let outcome = (|| -> Result<(u128, u64, u64), String> {
         quiesced.recv_timeout(GUEST_ANSWER).map_err(|_| format!("the guest did not acknowledge the checkpoint within {} s", GUEST_ANSWER.as_secs()))?;
         let paused = Instant::now();
-        qmp.execute("stop", json!({}))?;
-        let captured = capture(qmp, ram, &cap.disks, dir);
-        // The lane goes on whatever happened to the capture.
+        let mounts = cap.mounts.as_ref().filter(|m| !m.tags().is_empty());
+        let unplugged = mounts.map_or(Ok(()), |m| unplug_mounts(qmp, m.tags().len()));
+        let captured = unplugged.and_then(|()| {
+            qmp.execute("stop", json!({}))?;
+            capture(qmp, ram, &cap.disks, dir)
+        });
+        // The lane goes on whatever happened to the capture, with its mounts back.
         let cont = qmp.execute("cont", json!({}));
+        let plugged = mounts.map_or(Ok(()), |m| plug_mounts(qmp, m));
         let paused_ms = paused.elapsed().as_millis();
         let (ram_bytes, disk_bytes) = captured?;
         cont?;
+        plugged.map_err(|e| format!("the mounts could not be plugged back after the capture: {e}"))?;
         Ok((paused_ms, ram_bytes, disk_bytes))
     })();
     let resume = proto::Resume { restored: false, entropy: Text::truncated(String::new()), realtime_us: ZERO, hostname: None, ca_cert_pem: None };
@@ -137,13 +221,27 @@ fn checkpoint(cap: &Capturable, link: &GuestLink, dir: &Path) -> Result<proto::C
 }
 
 /// With the VM stopped: device state through QEMU, RAM and disks by the helper.
-fn capture(qmp: &mut Qmp, ram: &File, disks: &[(usize, DiskHandle)], dir: &Path) -> Result<(u64, u64), String> {
+///
+/// A fork (RAM privately mapped from its snapshot, `ram` is `None`) is not
+/// skipped by `x-ignore-shared`: its RAM travels in the device-state stream,
+/// and the snapshot's `ram` file is an all-hole file of the right size that
+/// the restore maps and the incoming stream fills.
+fn capture(qmp: &mut Qmp, ram: Option<&File>, disks: &[(usize, DiskHandle)], dir: &Path) -> Result<(u64, u64), String> {
     let state = dir.join(STATE_FILE);
     qmp.execute("migrate-set-capabilities", json!({ "capabilities": [{ "capability": "x-ignore-shared", "state": true }] }))?;
     qmp.execute("migrate-set-parameters", json!({ "max-bandwidth": i64::MAX }))?;
     qmp.execute("migrate", json!({ "uri": format!("exec:cat > {}", qmp::shell_path(&state)?) }))?;
     qmp.wait_migration(MIGRATION_TIMEOUT)?;
-    let ram_bytes = copy_ram(ram, &dir.join(RAM_FILE)).map_err(|e| format!("copying guest RAM into {}: {e}", dir.display()))?;
+    let ram_bytes = match ram {
+        Some(ram) => copy_ram(ram, &dir.join(RAM_FILE)).map_err(|e| format!("copying guest RAM into {}: {e}", dir.display()))?,
+        None => {
+            let summary = qmp.execute("query-memory-size-summary", json!({}))?;
+            let size = summary.get("base-memory").and_then(serde_json::Value::as_u64).ok_or_else(|| format!("QEMU reported no base memory size ({summary})"))?;
+            let holes = File::create(dir.join(RAM_FILE)).and_then(|f| f.set_len(size).and_then(|()| f.sync_all()));
+            holes.map_err(|e| format!("creating the RAM file in {}: {e}", dir.display()))?;
+            std::fs::metadata(&state).map_err(|e| format!("{}: {e}", state.display()))?.len()
+        }
+    };
     let mut disk_bytes = 0;
     for (i, handle) in disks {
         let disk = handle.get().ok_or_else(|| format!("disk {i} is not open yet"))?;
@@ -259,6 +357,25 @@ fn getrandom(buf: &mut [u8]) -> Result<(), String> {
             return Err(format!("getrandom: {}", std::io::Error::last_os_error()));
         }
         filled += n as usize;
+    }
+    Ok(())
+}
+
+/// Copies a snapshot's RAM file into a fresh guest RAM memfd (a restore
+/// with mounts: vhost-user devices need RAM QEMU maps shared), leaving
+/// all-zero chunks as holes.
+pub fn fill_ram(src: &Path, dst: &File) -> std::io::Result<()> {
+    let src = File::open(src)?;
+    let size = src.metadata()?.len();
+    let mut buf = vec![0u8; RAM_CHUNK];
+    let mut off = 0;
+    while off < size {
+        let n = usize::try_from((size - off).min(RAM_CHUNK as u64)).unwrap_or(RAM_CHUNK);
+        src.read_exact_at(&mut buf[..n], off)?;
+        if buf[..n].iter().any(|&b| b != 0) {
+            dst.write_all_at(&buf[..n], off)?;
+        }
+        off += n as u64;
     }
     Ok(())
 }

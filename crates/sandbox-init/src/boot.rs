@@ -82,24 +82,29 @@ pub fn mount_virtual(cfg: &Configure) -> Result<(), BootError> {
             return Err(fail(BootStage::Mounts, format!("mount target {:?} must be an absolute path without '..'", m.target)));
         }
         prepare_target(target, m.create_on_root, &mounted)?;
-        let mut flags = libc::MS_NOSUID | libc::MS_NODEV;
-        if m.read_only {
-            flags |= libc::MS_RDONLY;
-        }
-        // The device may still be probing right after the module load.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match sys::mount(&m.tag, target, "virtiofs", flags, None) {
-                Ok(()) => break,
-                Err(e) if Instant::now() < deadline && matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOENT) | Some(libc::ENODEV)) => {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err(e) => return Err(fail(BootStage::Mounts, format!("mount virtio-fs {} on {}: {e}", m.tag, m.target))),
-            }
-        }
+        mount_virtiofs(m).map_err(|e| fail(BootStage::Mounts, format!("mount virtio-fs {} on {}: {e}", m.tag, m.target)))?;
         mounted.push(target.to_path_buf());
     }
     Ok(())
+}
+
+/// Mounts one virtio-fs device, waiting up to 10 s for its tag to appear
+/// (the device may still be probing after the module load or a hot-plug).
+pub fn mount_virtiofs(m: &sandbox_protocol::GuestMount) -> std::io::Result<()> {
+    let mut flags = libc::MS_NOSUID | libc::MS_NODEV;
+    if m.read_only {
+        flags |= libc::MS_RDONLY;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match sys::mount(&m.tag, Path::new(&m.target), "virtiofs", flags, None) {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() < deadline && matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOENT) | Some(libc::ENODEV)) => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 fn prepare_target(target: &Path, create_on_root: bool, mounted: &[PathBuf]) -> Result<(), BootError> {

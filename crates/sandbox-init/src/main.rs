@@ -95,7 +95,7 @@ fn main() {
     env.extend(cfg.env.clone());
     process::set_default_user(cfg.user.clone());
     let server = match server::Server::new(link.port, link.decoder, env, cfg.cwd.to_string(), containment) {
-        Ok(s) => s,
+        Ok(s) => s.with_mounts(cfg.mounts.clone()),
         Err(e) => console_fatal(&format!("control loop: {e}")),
     };
     if let Err(e) = server.run() {

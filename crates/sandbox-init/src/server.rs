@@ -34,6 +34,8 @@ pub struct Server {
     file_out: Vec<u8>,
     /// `lane.fs.watch` watches, by watch id.
     watches: HashMap<u32, Watch>,
+    /// The virtio-fs mounts, parents first: released around a checkpoint.
+    mounts: Vec<proto::GuestMount>,
 }
 
 /// What the loop should do after handling input.
@@ -62,7 +64,14 @@ impl Server {
             out: Vec::with_capacity(READ_CHUNK + 64),
             file_out: Vec::new(),
             watches: HashMap::new(),
+            mounts: Vec::new(),
         })
+    }
+
+    /// The virtio-fs mounts init made at boot (released around checkpoints).
+    pub fn with_mounts(mut self, mounts: Vec<proto::GuestMount>) -> Self {
+        self.mounts = mounts;
+        self
     }
 
     fn send<M: Message>(&mut self, channel: u32, msg: &M) -> io::Result<()> {
@@ -464,7 +473,18 @@ const DETACHED_CHANNELS: u32 = 0x8000_0000;
 impl Server {
     /// Acknowledges a `Quiesce`, then writes nothing until `Resume` arrives
     /// (the host captures the VM meanwhile). A restored guest wakes up here.
+    ///
+    /// QEMU cannot capture virtio-fs devices: the mounts are detached first
+    /// (lazily: descriptors and working directories inside them stay valid
+    /// handles but fail with ENOTCONN once the host unplugs the device) and
+    /// mounted anew at the same paths once the host plugged the devices back.
     fn quiesce(&mut self) -> io::Result<Flow> {
+        let mut warnings = Vec::new();
+        for m in self.mounts.iter().rev() {
+            if let Err(e) = crate::sys::umount(std::path::Path::new(&m.target), libc::MNT_DETACH) {
+                warnings.push(format!("releasing mount {} for the checkpoint: {e}", m.target));
+            }
+        }
         self.port.write_all(&proto::encode_raw(Kind::Quiesced, 0, &[]))?;
         let mut buf = vec![0u8; 64 * 1024];
         let frame = loop {
@@ -490,7 +510,11 @@ impl Server {
             _ => return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{} while quiesced", frame.kind.name()))),
         }
         let resume: proto::Resume = proto::decode(&frame.payload).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-        let mut warnings = Vec::new();
+        for m in &self.mounts {
+            if let Err(e) = crate::boot::mount_virtiofs(m) {
+                warnings.push(format!("mount {} is gone after the checkpoint: mounting virtio-fs {} again failed: {e}", m.target, m.tag));
+            }
+        }
         if resume.restored {
             warnings = crate::resume::apply(&resume);
             if let Some(h) = &resume.hostname {

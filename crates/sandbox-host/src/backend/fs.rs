@@ -16,33 +16,73 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// The socket of each mount's device, in mount order (empty without mounts).
-/// Device tasks run on `rt`, the relay's runtime.
-pub fn serve_mounts(l: &Launch, files: &Arc<Service>, diag: &Diag, rt: &tokio::runtime::Handle) -> Result<Vec<PathBuf>, HostError> {
-    if l.mounts.is_empty() {
-        return Ok(Vec::new());
-    }
-    let dir = private_dir()?;
-    let mut sockets = Vec::with_capacity(l.mounts.len());
-    for (i, mount) in (0u32..).zip(&l.mounts) {
-        let d = diag.clone();
-        let tag = mount.tag.to_string();
-        let report = move |e: String| d.error(sandbox_protocol::DiagnosticSource::Fs, format!("virtio-fs device of mount {tag}: {e}"));
-        let served = device::serve(&dir, &format!("fs{i}"), NodeFs::new(files.clone(), i), CachePolicy::default(), rt.clone(), report)
-            .map_err(|e| HostError::Setup(format!("virtio-fs device for mount {i}: {e}")))?;
-        sockets.push(served.socket);
-    }
-    let cleanup = dir.clone();
-    // Sockets disappear once QEMU connected; the directory goes when empty.
-    std::thread::spawn(move || {
-        for _ in 0..600 {
-            if std::fs::remove_dir(&cleanup).is_ok() {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
+/// Starts a fresh vhost-user-fs device for a mount: at boot, and again each
+/// time a checkpoint unplugged the old one (QEMU 7.2 cannot migrate them).
+pub struct MountServer {
+    tags: Vec<String>,
+    files: Arc<Service>,
+    diag: Diag,
+    rt: tokio::runtime::Handle,
+    /// The QEMU chardev id each mount's device uses now (`None`: none plugged).
+    chardevs: std::sync::Mutex<Vec<Option<String>>>,
+    plugs: std::sync::atomic::AtomicU64,
+}
+
+impl MountServer {
+    pub fn new(l: &Launch, files: &Arc<Service>, diag: &Diag, rt: &tokio::runtime::Handle) -> Self {
+        // A boot's devices are on the command line with `vfs<i>`; a restore plugs its own later.
+        let booted = |i: usize| l.restore.is_none().then(|| crate::snapshot::mount_chardev_id(i));
+        Self {
+            tags: l.mounts.iter().map(|m| m.tag.to_string()).collect(),
+            files: files.clone(),
+            diag: diag.clone(),
+            rt: rt.clone(),
+            chardevs: std::sync::Mutex::new((0..l.mounts.len()).map(booted).collect()),
+            plugs: std::sync::atomic::AtomicU64::new(0),
         }
-    });
-    Ok(sockets)
+    }
+
+    /// The chardevs of the devices plugged now (to close once they are unplugged).
+    pub fn chardev_ids(&self) -> Vec<String> {
+        self.chardevs.lock().unwrap_or_else(|p| p.into_inner()).iter().flatten().cloned().collect()
+    }
+
+    /// A chardev id never used before in this VM, recorded as mount `i`'s.
+    pub fn next_chardev_id(&self, i: usize) -> String {
+        let n = self.plugs.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let id = format!("{}p{n}", crate::snapshot::mount_chardev_id(i));
+        if let Some(slot) = self.chardevs.lock().unwrap_or_else(|p| p.into_inner()).get_mut(i) {
+            *slot = Some(id.clone());
+        }
+        id
+    }
+
+    /// The mounts' virtio-fs tags, in mount order.
+    pub fn tags(&self) -> &[String] {
+        &self.tags
+    }
+
+    /// A new device for mount `i`, listening for QEMU on the returned socket
+    /// in a directory of its own that only this helper can enter.
+    pub fn serve(&self, i: usize) -> Result<PathBuf, String> {
+        let tag = self.tags.get(i).ok_or_else(|| format!("there is no mount {i}"))?.clone();
+        let index = u32::try_from(i).map_err(|_| format!("mount index {i}"))?;
+        let dir = private_dir().map_err(|e| e.to_string())?;
+        let d = self.diag.clone();
+        let report = move |e: String| d.error(sandbox_protocol::DiagnosticSource::Fs, format!("virtio-fs device of mount {tag}: {e}"));
+        let served = device::serve(&dir, &format!("fs{i}"), NodeFs::new(self.files.clone(), index), CachePolicy::default(), self.rt.clone(), report)
+            .map_err(|e| format!("virtio-fs device for mount {i}: {e}"))?;
+        // The socket disappears once QEMU connected; the directory goes when empty.
+        std::thread::spawn(move || {
+            for _ in 0..600 {
+                if std::fs::remove_dir(&dir).is_ok() {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        });
+        Ok(served.socket)
+    }
 }
 
 fn private_dir() -> Result<PathBuf, HostError> {

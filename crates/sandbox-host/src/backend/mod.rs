@@ -2,7 +2,7 @@
 //! block disks), so the guest init and protocol do not care which one runs.
 
 mod block;
-mod fs;
+pub mod fs;
 mod krun_fs;
 mod krun;
 mod qemu;
@@ -108,9 +108,6 @@ fn validate(l: &Launch) -> Result<(), HostError> {
     }
     if l.restore.is_some() && l.backend != BackendKind::Qemu {
         return Err(HostError::InvalidLaunch("restoring a snapshot needs the qemu backend".into()));
-    }
-    if l.restore.is_some() && !l.mounts.is_empty() {
-        return Err(HostError::InvalidLaunch("a restored lane cannot have mounts yet".into()));
     }
     for m in &l.mounts {
         if m.tag.is_empty() || m.tag.len() > 36 || !m.tag.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {

@@ -54,7 +54,9 @@ const TCG_TB_MIB: u32 = 128;
 /// Builds QEMU's argument list; pure so it can be unit-tested. `fs_sockets`
 /// holds the vhost-user socket of each mount, in mount order.
 pub fn args(l: &Launch, fs_sockets: &[PathBuf]) -> Result<Vec<String>, HostError> {
-    if fs_sockets.len() != l.mounts.len() {
+    // A restore plugs the mounts' devices in once the VM runs (see `snapshot::plug_mounts`).
+    let fs_expected = if l.restore.is_some() { 0 } else { l.mounts.len() };
+    if fs_sockets.len() != fs_expected {
         return Err(HostError::InvalidLaunch(format!("{} mounts but {} virtio-fs sockets", l.mounts.len(), fs_sockets.len())));
     }
     let accel = l.accel.unwrap_or(Accel::Tcg);
@@ -90,7 +92,13 @@ pub fn args(l: &Launch, fs_sockets: &[PathBuf]) -> Result<Vec<String>, HostError
         Some(r) => {
             let ram = crate::snapshot::ram_path(std::path::Path::new(r.dir.as_str()), l.memory_mib.get()).map_err(HostError::InvalidLaunch)?;
             let ram = ram.to_str().filter(|p| !p.contains(',')).ok_or_else(|| HostError::InvalidLaunch(format!("unusable snapshot path {}", ram.display())))?.to_string();
-            a.extend(["-object".into(), format!("memory-backend-file,id=mem,size={}M,mem-path={ram},share=off", l.memory_mib)]);
+            if l.mounts.is_empty() {
+                a.extend(["-object".into(), format!("memory-backend-file,id=mem,size={}M,mem-path={ram},share=off", l.memory_mib)]);
+            } else {
+                // vhost-user devices map guest RAM themselves: it must be shared,
+                // so a restore with mounts gets a memfd filled from the snapshot.
+                a.extend(["-object".into(), format!("memory-backend-file,id=mem,size={}M,mem-path=/proc/self/fd/{},share=on", l.memory_mib, ram_fd(l))]);
+            }
             a.extend(["-incoming".into(), "defer".into()]);
         }
     }
@@ -138,23 +146,39 @@ pub fn args(l: &Launch, fs_sockets: &[PathBuf]) -> Result<Vec<String>, HostError
             format!("virtio-net-pci,netdev=net0,mac={GUEST_MAC},romfile="),
         ]);
     }
+    // Each mount's device sits on a root port of its own, so a checkpoint can
+    // unplug it (QEMU 7.2 cannot migrate vhost-user-fs) and plug it back.
+    for i in 0..l.mounts.len() {
+        a.extend(["-device".into(), format!("pcie-root-port,id={},chassis={}", crate::snapshot::mount_port_id(i), i + 1)]);
+    }
     for (i, (m, sock)) in l.mounts.iter().zip(fs_sockets).enumerate() {
         let path = sock.to_str().filter(|p| !p.contains(',')).ok_or_else(|| HostError::Setup(format!("unusable socket path {}", sock.display())))?;
         a.extend([
             "-chardev".into(),
-            format!("socket,id=vfs{i},path={path}"),
+            format!("socket,id={},path={path}", crate::snapshot::mount_chardev_id(i)),
             "-device".into(),
-            format!("vhost-user-fs-pci,chardev=vfs{i},tag={},queue-size={}", m.tag, sandbox_fs::device::QUEUE_SIZE),
+            format!(
+                "vhost-user-fs-pci,id={},bus={},chardev={},tag={},queue-size={}",
+                crate::snapshot::mount_device_id(i),
+                crate::snapshot::mount_port_id(i),
+                crate::snapshot::mount_chardev_id(i),
+                m.tag,
+                sandbox_fs::device::QUEUE_SIZE
+            ),
         ]);
     }
     Ok(a)
 }
 
 pub fn spawn(l: &Launch, services: &Services, rt: &tokio::runtime::Handle) -> Result<RunningVm, HostError> {
-    let fs_sockets = match &services.files {
-        Some(files) => super::fs::serve_mounts(l, files, &services.diag, rt)?,
-        None => Vec::new(),
+    let mounts = services.files.as_ref().filter(|_| !l.mounts.is_empty()).map(|files| super::fs::MountServer::new(l, files, &services.diag, rt));
+    let fs_sockets = match (&mounts, &l.restore) {
+        (Some(m), None) => (0..l.mounts.len()).map(|i| m.serve(i).map_err(HostError::Setup)).collect::<Result<Vec<_>, _>>()?,
+        _ => Vec::new(),
     };
+    if mounts.is_none() && !l.mounts.is_empty() {
+        return Err(HostError::InvalidLaunch("mounts without a filesystem service".into()));
+    }
     let argv = args(l, &fs_sockets)?;
     let qemu = l.qemu.clone().unwrap_or_else(|| "qemu-system-x86_64".into());
     let (host_end, guest_end) =
@@ -180,7 +204,13 @@ pub fn spawn(l: &Launch, services: &Services, rt: &tokio::runtime::Handle) -> Re
     }
     let (qmp_ours, qmp_theirs) = UnixStream::pair().map_err(|e| HostError::Setup(format!("socketpair for QMP: {e}")))?;
     let ram = match &l.restore {
-        Some(_) => None,
+        Some(_) if l.mounts.is_empty() => None,
+        Some(r) => {
+            let file = ram_memfd(u64::from(l.memory_mib.get()) << 20)?;
+            let src = crate::snapshot::ram_path(std::path::Path::new(r.dir.as_str()), l.memory_mib.get()).map_err(HostError::InvalidLaunch)?;
+            crate::snapshot::fill_ram(&src, &file).map_err(|e| HostError::Setup(format!("loading snapshot RAM {}: {e}", src.display())))?;
+            Some(file)
+        }
         None => Some(ram_memfd(u64::from(l.memory_mib.get()) << 20)?),
     };
     if nbd_ends.len() > MAX_COW_DISKS {
@@ -259,18 +289,20 @@ pub fn spawn(l: &Launch, services: &Services, rt: &tokio::runtime::Handle) -> Re
         Some(dir) => {
             let mut qmp = crate::qmp::Qmp::connect(qmp_ours).map_err(|e| kill_vmm(format!("{e}; console: {}", console.text())))?;
             crate::snapshot::restore(&mut qmp, dir).map_err(|e| kill_vmm(format!("restoring {}: {e}; console: {}", dir.display(), console.text())))?;
+            if let Some(m) = &mounts {
+                crate::snapshot::plug_mounts(&mut qmp, m).map_err(|e| kill_vmm(format!("plugging the mounts into the restored VM: {e}")))?;
+            }
             crate::qmp::LazyQmp::Ready(qmp)
         }
         None => crate::qmp::LazyQmp::Pending(qmp_ours),
     };
-    let refuse = (!l.mounts.is_empty()).then(|| "a lane with mounts cannot be checkpointed yet (QEMU 7.2 cannot migrate vhost-user-fs devices)".to_string());
-    let refuse = refuse.or_else(|| {
+    let refuse = {
         l.disks
             .iter()
             .any(|d| d.cow.as_ref().is_some_and(|c| c.mode == sandbox_protocol::CowMode::Persistent))
             .then(|| "a lane with a cow (store-backed) root cannot be checkpointed yet: use an ephemeral root".to_string())
-    });
-    let capture = crate::snapshot::Capturable { qmp: std::sync::Mutex::new(qmp), ram, disks: disk_handles, refuse };
+    };
+    let capture = crate::snapshot::Capturable { qmp: std::sync::Mutex::new(qmp), ram, disks: disk_handles, refuse, mounts };
     Ok(RunningVm {
         snapshot: Some(std::sync::Arc::new(capture)),
         pid,
@@ -368,7 +400,8 @@ mod tests {
         let socks = [PathBuf::from("/run/x/fs0.sock"), PathBuf::from("/run/x/fs1.sock")];
         let a = args(&l, &socks).unwrap().join(" ");
         assert!(a.contains("-M q35,memory-backend=mem -object memory-backend-file,id=mem,size=512M,mem-path=/proc/self/fd/5,share=on"), "{a}");
-        assert!(a.contains("-chardev socket,id=vfs1,path=/run/x/fs1.sock -device vhost-user-fs-pci,chardev=vfs1,tag=sbxfs1,queue-size=1024"), "{a}");
+        assert!(a.contains("-chardev socket,id=vfs1,path=/run/x/fs1.sock -device vhost-user-fs-pci,id=sbxfs1,bus=sbxrp1,chardev=vfs1,tag=sbxfs1,queue-size=1024"), "{a}");
+        assert!(a.contains("-device pcie-root-port,id=sbxrp0,chassis=1 -device pcie-root-port,id=sbxrp1,chassis=2"), "each device on an unpluggable port: {a}");
         assert!(args(&l, &socks[..1]).is_err(), "one socket per mount");
         assert!(args(&launch(), &[]).unwrap().join(" ").contains("share=on"), "guest RAM is always the helper's shared memfd");
     }
@@ -400,6 +433,22 @@ mod tests {
         let a = args(&l, &[]).unwrap().join(" ");
         assert!(a.contains(&format!("mem-path={}/ram,share=off", dir.display())), "{a}");
         assert!(a.contains("-incoming defer"), "{a}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_restore_with_mounts_gets_shared_ram_and_empty_ports_for_the_devices_it_plugs_later() {
+        let dir = std::env::temp_dir().join(format!("sbx-restore-mounts-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::File::create(dir.join("ram")).unwrap().set_len(512 << 20).unwrap();
+        let mut l = launch();
+        l.mounts = from(json!([{ "tag": "sbxfs0" }]));
+        l.restore = Some(from(json!({ "dir": dir.to_str().unwrap(), "hostname": "h" })));
+        assert!(args(&l, &[PathBuf::from("/run/x/fs0.sock")]).is_err(), "a restore serves no socket at launch");
+        let a = args(&l, &[]).unwrap().join(" ");
+        assert!(a.contains("mem-path=/proc/self/fd/5,share=on"), "vhost-user needs shared RAM: {a}");
+        assert!(a.contains("-device pcie-root-port,id=sbxrp0,chassis=1"), "{a}");
+        assert!(!a.contains("vhost-user-fs-pci") && !a.contains("id=vfs0"), "{a}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
