@@ -247,7 +247,7 @@ pub fn validate(launch: &KrunLaunch) -> Result<(), KrunError> {
 }
 
 /// The complete kernel command line libkrun will build for `launch`, with the
-/// boot timestamp at its widest. Mirrors msb_krun 0.1.32: the default
+/// boot timestamp at its widest. Mirrors msb_krun 0.1.42: the default
 /// parameters, the extras, `MSB_KRUN_KERNEL_CMDLINE` from the environment (a
 /// libkrun debugging hook), `root=` and `init=`, the (empty) `KRUN_*`
 /// variables and the `--` separator.
