@@ -469,7 +469,8 @@ export class Lane implements AsyncDisposable {
    * keep running (the guest pauses for `stats.pausedMs`). Boot the snapshot
    * any number of times (`snapshot.boot()`): each boot is an independent fork.
    * Rejects with SandboxSnapshotError when this lane cannot be captured
-   * (mounts, a `rootfs.cow` root, the krun backend, a lane itself restored).
+   * (qemu: mounts, a `rootfs.cow` root, a lane itself restored; krun: a
+   * network policy, mounts, a writable root).
    */
   async checkpoint(options: CheckpointOptions = {}): Promise<SandboxSnapshot> {
     if (this.closed) throw this.#endedWith ?? new LaneClosedError();
