@@ -207,7 +207,7 @@ mod tests {
             let _ = child.read(&mut buf);
             let _ = child.write_all(b"{\"pausedMs\": \"soon\"}\n");
             // Then more than a line may hold, without a newline, and hang up.
-            let _ = child.write_all(&vec![b'x'; (MAX_LINE + 10) as usize]);
+            let _ = child.write_all(&[b'x'; 64 * 1024 + 10]);
         });
         let cap = KrunCapture::new(helper, None);
         let e = cap.pause_capture_resume(Path::new("/x")).unwrap_err();
