@@ -470,10 +470,10 @@ export class Lane implements AsyncDisposable {
    * keep running (the guest pauses for `stats.pausedMs`). Boot the snapshot
    * any number of times (`snapshot.boot()`): each boot is an independent fork.
    * Rejects with SandboxSnapshotError when this lane cannot be captured
-   * (a `rootfs.cow` root, the krun backend, a lane restored without mounts).
-   * Mounts are unplugged for the capture and come back at the same paths:
-   * files and working directories a process had open on a mount fail with
-   * ENOTCONN afterwards; paths opened anew work (docs/api.md).
+   * (qemu: a `rootfs.cow` root; krun: a network policy, mounts, a writable
+   * root). On qemu, mounts are unplugged for the capture and come back at the
+   * same paths: files and working directories a process had open on a mount
+   * fail with ENOTCONN afterwards; paths opened anew work (docs/api.md).
    */
   async checkpoint(options: CheckpointOptions = {}): Promise<SandboxSnapshot> {
     if (this.closed) throw this.#endedWith ?? new LaneClosedError();

@@ -39,6 +39,7 @@ const VERSION: string = (() => {
   return "unknown";
 })();
 import { checkBootOptions } from "./options.js";
+import { krunSnapshotRefusal, snapshotBootFiles } from "./krun-snapshots.js";
 import { resolvePlatform } from "./platform.js";
 import { attachStore } from "./store.js";
 
@@ -79,8 +80,8 @@ export async function bootLane(
     version: VERSION,
     backend: platform.choice.backend,
     imageSha256: image.sha256,
-    kernelSha256: await fileSha256(platform.artifacts.qemuKernel),
-    initrdSha256: await fileSha256(platform.artifacts.qemuInitrd),
+    kernelSha256: await fileSha256(snapshotBootFiles(platform.choice.backend, platform.artifacts).kernel),
+    initrdSha256: await fileSha256(snapshotBootFiles(platform.choice.backend, platform.artifacts).initrd),
     memoryMiB: resources.memoryMiB,
     cpus: resources.cpus,
   });
@@ -214,7 +215,7 @@ export async function bootLane(
         livenessTimeoutMs: plan.livenessTimeoutMs,
         idleTimeoutMs: plan.idleTimeoutMs,
         onEvent: plan.onEvent,
-        snapshots: snapshotRefusal(platform.choice.backend, root) ?? {
+        snapshots: snapshotRefusal(platform.choice.backend, root, plan.mounts.length, policy !== undefined) ?? {
           boot: snapshotBooter(root, resources, policy, internals, plan.hostname, undefined, options.mounts),
           requires: requirements,
           mounts: plan.mounts.map((m) => ({ target: m.target, readOnly: m.mount.readOnly })),
@@ -252,8 +253,10 @@ export function snapshotBooter(
 }
 
 /** Why a lane booted like this cannot be checkpointed, if it cannot. */
-function snapshotRefusal(backend: string, root: RootfsSpec): { refuse: string } | undefined {
-  if (backend !== "qemu") return { refuse: `the ${backend} backend has no snapshots yet (qemu has)` };
+function snapshotRefusal(backend: string, root: RootfsSpec, mounts: number, network: boolean): { refuse: string } | undefined {
+  // A restored krun lane reads its RAM through libkrun, so it can be checkpointed again.
+  if (backend === "krun") return krunSnapshotRefusal(root, mounts, network);
+  if (backend !== "qemu") return { refuse: `the ${backend} backend has no snapshots` };
   if (root.kind === "cow") return { refuse: "its root is rootfs.cow (a store-backed root); use rootfs.ephemeral or a read-only root" };
   return undefined;
 }

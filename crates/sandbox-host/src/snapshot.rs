@@ -1,5 +1,8 @@
-//! Checkpoint and restore of a QEMU VM.
+//! Checkpoint and restore of a VM. The guest-side protocol (quiesce, capture,
+//! resume) is the same on both backends; what a backend captures is behind
+//! [`Capture`]: [`Capturable`] here for QEMU, `backend::krun_snap` for krun.
 //!
+//! QEMU:
 //! Guest RAM is a memfd the helper creates and QEMU maps shared
 //! (`memory-backend-file`, `share=on`), so a checkpoint migrates only device
 //! state (`x-ignore-shared`) while the helper copies the RAM itself, sparse,
@@ -50,6 +53,15 @@ pub fn blocks_file(disk: usize) -> String {
 
 /// A copy-on-write disk's overlay, set once its NBD thread opened it.
 pub type DiskHandle = Arc<OnceLock<CowDisk>>;
+
+/// What a backend does for a checkpoint once the guest is quiesced.
+pub trait Capture: Send + Sync {
+    /// Why this VM cannot be checkpointed, if it cannot (asked before the guest is quiesced).
+    fn refusal(&self) -> Option<String>;
+    /// Pauses the VM, writes its state into `dir` and lets it run again, even
+    /// when the capture failed. Returns (ms paused, RAM bytes, disk bytes written).
+    fn pause_capture_resume(&self, dir: &Path) -> Result<(u128, u64, u64), String>;
+}
 
 /// What a running QEMU VM offers for checkpoints.
 pub struct Capturable {
@@ -141,14 +153,14 @@ pub fn plug_mounts(qmp: &mut Qmp, mounts: &crate::backend::fs::MountServer) -> R
 
 /// Serves `Checkpoint` requests, one at a time.
 pub struct Checkpointer {
-    cap: Arc<Capturable>,
+    cap: Arc<dyn Capture>,
     link: Arc<GuestLink>,
     tx: NodeTx,
     busy: Arc<AtomicBool>,
 }
 
 impl Checkpointer {
-    pub fn new(cap: Arc<Capturable>, link: Arc<GuestLink>, tx: NodeTx) -> Self {
+    pub fn new(cap: Arc<dyn Capture>, link: Arc<GuestLink>, tx: NodeTx) -> Self {
         Self { cap, link, tx, busy: Arc::new(AtomicBool::new(false)) }
     }
 }
@@ -162,7 +174,7 @@ impl NodeRequestHandler for Checkpointer {
                 Err(e) => Err(format!("bad Checkpoint request: {e}")),
                 Ok(_) if busy.swap(true, Ordering::AcqRel) => Err("a checkpoint of this lane is already being taken".into()),
                 Ok(req) => {
-                    let r = checkpoint(&cap, &link, Path::new(req.dir.as_str()));
+                    let r = checkpoint(cap.as_ref(), &link, Path::new(req.dir.as_str()));
                     busy.store(false, Ordering::Release);
                     r
                 }
@@ -176,17 +188,13 @@ impl NodeRequestHandler for Checkpointer {
     }
 }
 
-fn checkpoint(cap: &Capturable, link: &GuestLink, dir: &Path) -> Result<proto::Checkpointed, String> {
-    if let Some(why) = &cap.refuse {
-        return Err(why.clone());
+fn checkpoint(cap: &dyn Capture, link: &GuestLink, dir: &Path) -> Result<proto::Checkpointed, String> {
+    if let Some(why) = cap.refusal() {
+        return Err(why);
     }
-    // A fork's RAM is a private mapping of its snapshot (`None`): QEMU puts it in the stream.
-    let ram = cap.ram.as_ref();
     if !dir.is_dir() {
         return Err(format!("snapshot directory {} does not exist", dir.display()));
     }
-    let mut monitor = cap.qmp.lock().unwrap_or_else(|p| p.into_inner());
-    let qmp = monitor.get()?;
     // Quiesce: everything Node sent so far reaches the guest, the rest waits.
     let quiesced = link.expect_quiesced();
     let (release, hold) = tokio::sync::oneshot::channel();
@@ -195,12 +203,33 @@ fn checkpoint(cap: &Capturable, link: &GuestLink, dir: &Path) -> Result<proto::C
     let resumed = link.expect_resumed();
     let outcome = (|| -> Result<(u128, u64, u64), String> {
         quiesced.recv_timeout(GUEST_ANSWER).map_err(|_| format!("the guest did not acknowledge the checkpoint within {} s", GUEST_ANSWER.as_secs()))?;
+        cap.pause_capture_resume(dir)
+    })();
+    let resume = proto::Resume { restored: false, entropy: Text::truncated(String::new()), realtime_us: ZERO, hostname: None, ca_cert_pem: None };
+    let _ = release.send(proto::encode(0, &resume));
+    let (paused_ms, ram_bytes, disk_bytes) = outcome?;
+    resumed.recv_timeout(GUEST_ANSWER).map_err(|_| format!("the guest did not resume within {} s of the checkpoint", GUEST_ANSWER.as_secs()))?;
+    // Milliseconds and byte counts of one VM stay far below 2^53.
+    let js = |v: u128| JsU64::new(u64::try_from(v).unwrap_or(u64::MAX).min(proto::JS_SAFE_MAX)).expect("clamped to the range");
+    Ok(proto::Checkpointed::Done { paused_ms: js(paused_ms), ram_bytes: js(ram_bytes.into()), disk_bytes: js(disk_bytes.into()) })
+}
+
+impl Capture for Capturable {
+    fn refusal(&self) -> Option<String> {
+        self.refuse.clone()
+    }
+
+    fn pause_capture_resume(&self, dir: &Path) -> Result<(u128, u64, u64), String> {
+        // A fork's RAM is a private mapping of its snapshot (`None`): QEMU puts it in the stream.
+        let ram = self.ram.as_ref();
+        let mut monitor = self.qmp.lock().unwrap_or_else(|p| p.into_inner());
+        let qmp = monitor.get()?;
         let paused = Instant::now();
-        let mounts = cap.mounts.as_ref().filter(|m| !m.tags().is_empty());
+        let mounts = self.mounts.as_ref().filter(|m| !m.tags().is_empty());
         let unplugged = mounts.map_or(Ok(()), |m| unplug_mounts(qmp, m.tags().len()));
         let captured = unplugged.and_then(|()| {
             qmp.execute("stop", json!({}))?;
-            capture(qmp, ram, &cap.disks, dir)
+            capture(qmp, ram, &self.disks, dir)
         });
         // The lane goes on whatever happened to the capture, with its mounts back.
         let cont = qmp.execute("cont", json!({}));
@@ -210,14 +239,7 @@ fn checkpoint(cap: &Capturable, link: &GuestLink, dir: &Path) -> Result<proto::C
         cont?;
         plugged.map_err(|e| format!("the mounts could not be plugged back after the capture: {e}"))?;
         Ok((paused_ms, ram_bytes, disk_bytes))
-    })();
-    let resume = proto::Resume { restored: false, entropy: Text::truncated(String::new()), realtime_us: ZERO, hostname: None, ca_cert_pem: None };
-    let _ = release.send(proto::encode(0, &resume));
-    let (paused_ms, ram_bytes, disk_bytes) = outcome?;
-    resumed.recv_timeout(GUEST_ANSWER).map_err(|_| format!("the guest did not resume within {} s of the checkpoint", GUEST_ANSWER.as_secs()))?;
-    // Milliseconds and byte counts of one VM stay far below 2^53.
-    let js = |v: u128| JsU64::new(u64::try_from(v).unwrap_or(u64::MAX).min(proto::JS_SAFE_MAX)).expect("clamped to the range");
-    Ok(proto::Checkpointed::Done { paused_ms: js(paused_ms), ram_bytes: js(ram_bytes.into()), disk_bytes: js(disk_bytes.into()) })
+    }
 }
 
 /// With the VM stopped: device state through QEMU, RAM and disks by the helper.

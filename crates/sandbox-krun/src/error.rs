@@ -65,6 +65,11 @@ pub enum KrunError {
     #[error("the krun backend is not available on this platform: {0}")]
     Unsupported(String),
 
+    /// A snapshot cannot be taken or restored: missing, truncated or corrupt
+    /// files, or a snapshot that does not fit this VM.
+    #[error("krun snapshot: {0}")]
+    Snapshot(String),
+
     /// libkrun (msb_krun) rejected the configuration or failed to start the VM.
     #[error("libkrun: {0}")]
     Vmm(#[source] msb_krun::Error),

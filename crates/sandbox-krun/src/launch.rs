@@ -34,6 +34,7 @@ use std::path::{Component, Path, PathBuf};
 use msb_krun::{DiskImageFormat, Vm, VmBuilder};
 
 use crate::error::KrunError;
+use crate::snapshot::{KrunRestore, LoadedSnapshot};
 
 /// Most vCPUs libkrun accepts (`MAX_SUPPORTED_VCPUS` of the pinned msb_krun_vmm).
 pub const MAX_CPUS: u8 = msb_krun_vmm::vmm_config::machine_config::MAX_SUPPORTED_VCPUS;
@@ -115,6 +116,9 @@ pub struct KrunLaunch {
     pub console_log: Option<PathBuf>,
     /// Filesystems served in-process as virtio-fs devices (see [`crate::fs::KrunFs`]).
     pub fs_mounts: Vec<KrunFsMount>,
+    /// Resume from this snapshot instead of booting: the devices above must be
+    /// the ones the snapshot was taken with (see [`crate::snapshot`]).
+    pub restore: Option<KrunRestore>,
 }
 
 /// One virtio-fs device answered by a custom filesystem (libkrun's `DynFileSystem` hook).
@@ -176,6 +180,8 @@ pub struct KrunPlan {
 pub struct PreparedVm {
     plan: KrunPlan,
     builder: VmBuilder,
+    /// The snapshot to resume from, read and checked.
+    snapshot: Option<LoadedSnapshot>,
     // Kept open until the VM is built and entered: libkrun duplicates the
     // port's fd only when the VM starts.
     control_fd: OwnedFd,
@@ -247,7 +253,7 @@ pub fn validate(launch: &KrunLaunch) -> Result<(), KrunError> {
 }
 
 /// The complete kernel command line libkrun will build for `launch`, with the
-/// boot timestamp at its widest. Mirrors msb_krun 0.1.32: the default
+/// boot timestamp at its widest. Mirrors msb_krun 0.1.42: the default
 /// parameters, the extras, `MSB_KRUN_KERNEL_CMDLINE` from the environment (a
 /// libkrun debugging hook), `root=` and `init=`, the (empty) `KRUN_*`
 /// variables and the `--` separator.
@@ -275,6 +281,12 @@ pub fn kernel_cmdline_preview(launch: &KrunLaunch) -> String {
 pub fn prepare(launch: KrunLaunch) -> Result<PreparedVm, KrunError> {
     validate(&launch)?;
     let plan = plan_for(&launch);
+    // Read before anything is opened: a broken snapshot fails here, typed.
+    let snapshot = launch
+        .restore
+        .as_ref()
+        .map(|r| crate::snapshot::load(r, launch.memory_mib, launch.cpus))
+        .transpose()?;
     let KrunLaunch {
         control_port,
         net_fd,
@@ -285,6 +297,7 @@ pub fn prepare(launch: KrunLaunch) -> Result<PreparedVm, KrunError> {
     Ok(PreparedVm {
         plan,
         builder,
+        snapshot,
         control_fd: control_port.fd,
     })
 }
@@ -302,11 +315,19 @@ impl PreparedVm {
         &self.plan
     }
 
+    /// Whether the VM resumes from a snapshot instead of booting.
+    pub fn restores(&self) -> bool {
+        self.snapshot.is_some()
+    }
+
     /// Runs libkrun's own configuration checks and creates its devices (opens
     /// the disk images, takes the network socket). Does not touch KVM and does
     /// not load libkrunfw.
     pub fn build(self) -> Result<BuiltVm, KrunError> {
-        let vm = self.builder.build()?;
+        let mut vm = self.builder.build()?;
+        if let Some(snapshot) = self.snapshot {
+            snapshot.apply(&mut vm);
+        }
         Ok(BuiltVm {
             vm,
             control_fd: self.control_fd,
@@ -315,6 +336,12 @@ impl PreparedVm {
 }
 
 impl BuiltVm {
+    /// The handle a checkpoint pauses and captures the VM through; take it
+    /// before [`enter`](Self::enter), which never returns.
+    pub fn control(&self) -> msb_krun::VmControl {
+        self.vm.control_handle()
+    }
+
     /// Loads libkrunfw, creates the KVM VM and runs it. Never returns on
     /// success; on failure before the guest starts, returns the error.
     pub fn enter(self) -> Result<Infallible, KrunError> {

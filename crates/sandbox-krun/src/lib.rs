@@ -10,6 +10,8 @@
 //!   ([`validate`]), its translation into an `msb_krun::VmBuilder`
 //!   ([`prepare`] / [`KrunPlan`]) and [`enter`], which hands the calling
 //!   process over to the VMM (it never returns on success).
+//! * [`snapshot`]: checkpoint ([`snapshot::checkpoint`], on a running VM's
+//!   `VmControl`) and restore ([`KrunLaunch::restore`]) of a VM.
 //! * [`KrunError`]: every failure, as a value; nothing here panics on user
 //!   input.
 //!
@@ -25,6 +27,7 @@ pub mod fs;
 pub mod error;
 pub mod launch;
 pub mod probe;
+pub mod snapshot;
 
 pub use error::KrunError;
 pub use launch::{
@@ -32,6 +35,7 @@ pub use launch::{
     KrunFsMount, KrunLaunch, KrunPlan, PlannedDisk, PreparedVm, DISK_ID_MAX_LEN, KERNEL_CMDLINE_MAX, MAX_CPUS,
     MAX_DISKS, MAX_MEMORY_MIB, MIN_MEMORY_MIB,
 };
+pub use snapshot::{checkpoint, CheckpointStats, KrunRestore, MemoryRestore};
 pub use probe::{
     evaluate, probe_host, read_host_facts, CpuInfoFacts, HostFacts, HostOs, KrunProbe,
     KvmDeviceState,

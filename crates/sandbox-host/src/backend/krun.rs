@@ -62,6 +62,7 @@ fn translate(l: &Launch, control: OwnedFd, net: Option<OwnedFd>) -> Result<KrunL
         kernel_cmdline_extra: l.cmdline.iter().map(|a| a.to_string()).collect(),
         console_log: None,
         fs_mounts: Vec::new(),
+        restore: super::krun_snap::krun_restore(l),
     };
     Ok(launch)
 }
@@ -84,6 +85,8 @@ pub fn spawn(l: &Launch, services: &Services, router: &mut Router, rt: &tokio::r
         None => (None, None),
     };
     let launch = to_krun(l, OwnedFd::from(guest_end), net_vmm)?;
+    // Checkpoints: the helper asks the child, which holds libkrun's VmControl.
+    let (snap_host, snap_vmm) = UnixStream::pair().map_err(|e| HostError::Setup(format!("socketpair for checkpoints: {e}")))?;
     // The child's stderr (libkrun's and our own messages) becomes console tail and diagnostics.
     let (err_rx, err_tx) = std::io::pipe().map_err(|e| HostError::Setup(format!("pipe for the VMM's stderr: {e}")))?;
     let faults = services.faults.clone();
@@ -97,6 +100,7 @@ pub fn spawn(l: &Launch, services: &Services, router: &mut Router, rt: &tokio::r
         drop(host_end);
         drop(net_host);
         drop(fs_host);
+        drop(snap_host);
         drop(err_rx);
         // SAFETY: prctl and dup2 have no memory effects; err_tx is an open pipe end we own.
         unsafe {
@@ -119,7 +123,7 @@ pub fn spawn(l: &Launch, services: &Services, router: &mut Router, rt: &tokio::r
                 unsafe { libc::_exit(1) };
             }
         };
-        let err = match sandbox_krun::enter(launch) {
+        let err = match enter_serving_checkpoints(launch, snap_vmm) {
             Ok(never) => match never {},
             Err(e) => e,
         };
@@ -128,6 +132,7 @@ pub fn spawn(l: &Launch, services: &Services, router: &mut Router, rt: &tokio::r
         unsafe { libc::_exit(1) };
     }
     drop(launch);
+    drop(snap_vmm);
     drop(fs_vmm);
     drop(err_tx);
     if let Some(sock) = fs_host {
@@ -146,8 +151,9 @@ pub fn spawn(l: &Launch, services: &Services, router: &mut Router, rt: &tokio::r
             diag.warn(DiagnosticSource::Vmm, String::from_utf8_lossy(&buf[..n]).trim_end().to_string());
         }
     });
+    let capture = super::krun_snap::KrunCapture::new(snap_host, super::krun_snap::refusal(l));
     Ok(RunningVm {
-        snapshot: None,
+        snapshot: Some(std::sync::Arc::new(capture)),
         pid,
         wait: Box::new(move || {
             let mut status = 0;
@@ -167,6 +173,23 @@ pub fn spawn(l: &Launch, services: &Services, router: &mut Router, rt: &tokio::r
         console,
         accel: if cfg!(target_os = "macos") { Accel::Hvf } else { Accel::Kvm },
     })
+}
+
+/// In the VMM child: builds the VM (restoring it when asked), serves the
+/// helper's checkpoint requests on `snap` from a thread, and enters the VM.
+fn enter_serving_checkpoints(launch: KrunLaunch, snap: UnixStream) -> Result<std::convert::Infallible, sandbox_krun::KrunError> {
+    let built = sandbox_krun::prepare(launch)?.build()?;
+    let control = built.control();
+    std::thread::Builder::new()
+        .name("krun-checkpoint".into())
+        .spawn(move || {
+            super::krun_snap::serve(snap, |dir| {
+                let stats = sandbox_krun::checkpoint(&control, dir).map_err(|e| e.to_string())?;
+                Ok((u64::try_from(stats.paused.as_millis()).unwrap_or(u64::MAX), stats.ram_bytes))
+            })
+        })
+        .map_err(|e| sandbox_krun::KrunError::Snapshot(format!("starting the checkpoint thread: {e}")))?;
+    built.enter()
 }
 
 #[cfg(test)]

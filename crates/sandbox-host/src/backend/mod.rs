@@ -5,6 +5,7 @@ mod block;
 pub mod fs;
 mod krun_fs;
 mod krun;
+mod krun_snap;
 mod qemu;
 
 use crate::console::ConsoleTail;
@@ -31,8 +32,8 @@ pub struct RunningVm {
     pub net: Option<UnixStream>,
     pub console: ConsoleTail,
     pub accel: Accel,
-    /// What a checkpoint needs (qemu only).
-    pub snapshot: Option<Arc<crate::snapshot::Capturable>>,
+    /// What a checkpoint asks of the backend.
+    pub snapshot: Option<Arc<dyn crate::snapshot::Capture>>,
 }
 
 /// The helper's services a backend wires its devices to.
@@ -106,8 +107,10 @@ fn validate(l: &Launch) -> Result<(), HostError> {
     if l.mounts.len() > qemu::MAX_MOUNTS {
         return Err(HostError::InvalidLaunch(format!("at most {} virtual filesystem mounts", qemu::MAX_MOUNTS)));
     }
-    if l.restore.is_some() && l.backend != BackendKind::Qemu {
-        return Err(HostError::InvalidLaunch("restoring a snapshot needs the qemu backend".into()));
+    if l.backend == BackendKind::Krun {
+        if let Some(why) = krun_snap::restore_refusal(l) {
+            return Err(HostError::InvalidLaunch(why));
+        }
     }
     for m in &l.mounts {
         if m.tag.is_empty() || m.tag.len() > 36 || !m.tag.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {

@@ -73,6 +73,7 @@ fn fixture() -> Fixture {
         kernel_cmdline_extra: vec!["loglevel=4".into()],
         console_log: None,
         fs_mounts: Vec::new(),
+        restore: None,
     };
     Fixture {
         scratch,
@@ -430,4 +431,38 @@ fn custom_filesystem_tags_are_checked() {
         f.launch.fs_mounts = tags.iter().map(|t| KrunFsMount { tag: t.to_string(), fs: Box::new(NoFs) }).collect();
         assert!(matches!(validate(&f.launch), Err(KrunError::FsTag(_))), "{tags:?}");
     }
+}
+
+#[test]
+fn a_restore_reads_the_snapshot_before_anything_is_built() {
+    let mut f = fixture();
+    let snap = f.scratch.path("snap");
+    fs::create_dir(&snap).unwrap();
+    f.launch.restore = Some(KrunRestore { dir: snap.clone(), memory: Default::default() });
+    match prepare(f.launch) {
+        Err(KrunError::Snapshot(e)) => assert!(e.contains("ram"), "{e}"),
+        Err(e) => panic!("not a snapshot error: {e}"),
+        Ok(_) => panic!("an empty snapshot directory was accepted"),
+    }
+}
+
+#[test]
+fn a_boot_is_not_a_restore() {
+    let f = fixture();
+    assert!(!prepare(f.launch).unwrap().restores());
+}
+
+#[test]
+fn checkpoints_of_a_vm_that_is_not_running_are_typed_errors() {
+    let mut f = fixture();
+    f.launch.net_fd = None;
+    let built = prepare(f.launch).unwrap().build().unwrap();
+    let control = built.control();
+    let missing = f.scratch.path("no-such-dir");
+    assert!(matches!(crate::checkpoint(&control, &missing), Err(KrunError::Snapshot(e)) if e.contains("does not exist")));
+    let dir = f.scratch.path("snap");
+    fs::create_dir(&dir).unwrap();
+    // Before `enter()` there is no VMM to pause: libkrun says so, nothing is written.
+    assert!(matches!(crate::checkpoint(&control, &dir), Err(KrunError::Vmm(_))));
+    assert_eq!(fs::read_dir(&dir).unwrap().count(), 0);
 }
