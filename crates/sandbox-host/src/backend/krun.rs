@@ -37,6 +37,13 @@ fn translate(l: &Launch, control: OwnedFd, net: Option<OwnedFd>) -> Result<KrunL
         .iter()
         .enumerate()
         .map(|(i, d)| {
+            // libkrun opens the file itself: a copy-on-write root given to it as
+            // is would have the guest write straight into the base image.
+            if d.cow.is_some() {
+                return Err(HostError::InvalidLaunch(
+                    "the krun backend cannot serve a copy-on-write root (rootfs.ephemeral / rootfs.cow) yet: use a read-only root, or backend \"qemu\"".into(),
+                ));
+            }
             Ok(KrunDisk {
                 id: format!("disk{i}"),
                 path: PathBuf::from(&d.path),
@@ -216,6 +223,18 @@ mod tests {
         let (_a, b) = UnixStream::pair().unwrap();
         let err = to_krun(&launch(None, "/x.qcow2", false), OwnedFd::from(b), None).err().unwrap().to_string();
         assert!(err.contains("libkrunfw"), "{err}");
+    }
+
+    #[test]
+    fn copy_on_write_roots_are_refused_not_opened_writable() {
+        let dir = std::env::temp_dir();
+        let fw = dir.join("libkrunfw.so.5").display().to_string();
+        let mut l = launch(Some(fw), &dir.join("root.qcow2").display().to_string(), false);
+        l.disks[0].read_only = false;
+        l.disks[0].cow = Some(serde_json::from_value(json!({ "mode": "ephemeral", "blockSize": 65536, "maxDirtyBytes": 1048576 })).unwrap());
+        let (_c, ctl) = UnixStream::pair().unwrap();
+        let err = translate(&l, OwnedFd::from(ctl), None).unwrap_err().to_string();
+        assert!(err.contains("copy-on-write"), "{err}");
     }
 
     #[test]
