@@ -2,40 +2,23 @@
  * The object-storage example (examples/s3-block-store) against a real
  * S3-compatible server (s3rver) on loopback, booting real cow lanes.
  */
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { CreateBucketCommand, ListObjectsV2Command, S3Client } from "@aws-sdk/client-s3";
-import S3rver from "s3rver";
+import { ListObjectsV2Command, type S3Client } from "@aws-sdk/client-s3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { startLocalS3, type LocalS3 } from "./local-s3.js";
 import { S3BlockStore } from "../../examples/s3-block-store/s3-block-store.js";
 import { BlockStoreBaseMismatchError, defineSandbox, listBuiltInImages, rootfs } from "../../src/index.js";
 
 const BUCKET = "agent-rootfs-overlays";
-let server: S3rver;
+let s3: LocalS3 | undefined;
 let client: S3Client;
-let dir: string;
 
 beforeAll(async () => {
-  dir = mkdtempSync(join(tmpdir(), "sandbox-s3rver-"));
-  server = new S3rver({ address: "127.0.0.1", port: 0, directory: dir, silent: true });
-  const { port } = await server.run();
-  client = new S3Client({
-    endpoint: `http://127.0.0.1:${port}`,
-    region: "us-east-1",
-    forcePathStyle: true,
-    credentials: { accessKeyId: "S3RVER", secretAccessKey: "S3RVER" },
-    // s3rver predates the SDK's default CRC checksums on every request.
-    requestChecksumCalculation: "WHEN_REQUIRED",
-    responseChecksumValidation: "WHEN_REQUIRED",
-  });
-  await client.send(new CreateBucketCommand({ Bucket: BUCKET }));
+  s3 = await startLocalS3(BUCKET);
+  client = s3.client;
 });
 
 afterAll(async () => {
-  client?.destroy();
-  await server?.close();
-  rmSync(dir, { recursive: true, force: true });
+  await s3?.stop();
 });
 
 const store = (keyPrefix: string) => new S3BlockStore({ client, bucket: BUCKET, keyPrefix });

@@ -8,38 +8,24 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { CreateBucketCommand, ListObjectsV2Command, S3Client } from "@aws-sdk/client-s3";
-import S3rver from "s3rver";
+import { ListObjectsV2Command, type S3Client } from "@aws-sdk/client-s3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { startLocalS3, type LocalS3 } from "./local-s3.js";
 import { S3SnapshotStore } from "../../examples/s3-snapshot-store/s3-snapshot-store.js";
 import { defineSandbox, listSavedSnapshots, rootfs, SandboxSnapshotError } from "../../src/index.js";
 
 const BUCKET = "lane-snapshots";
-let server: S3rver;
+let s3: LocalS3 | undefined;
 let client: S3Client;
 let endpoint: string;
-let dir: string;
 
 beforeAll(async () => {
-  dir = mkdtempSync(join(tmpdir(), "sandbox-s3rver-snap-"));
-  server = new S3rver({ address: "127.0.0.1", port: 0, directory: dir, silent: true });
-  const { port } = await server.run();
-  endpoint = `http://127.0.0.1:${port}`;
-  client = new S3Client({
-    endpoint,
-    region: "us-east-1",
-    forcePathStyle: true,
-    credentials: { accessKeyId: "S3RVER", secretAccessKey: "S3RVER" },
-    requestChecksumCalculation: "WHEN_REQUIRED",
-    responseChecksumValidation: "WHEN_REQUIRED",
-  });
-  await client.send(new CreateBucketCommand({ Bucket: BUCKET }));
+  s3 = await startLocalS3(BUCKET);
+  ({ client, endpoint } = s3);
 });
 
 afterAll(async () => {
-  client?.destroy();
-  await server?.close();
-  rmSync(dir, { recursive: true, force: true });
+  await s3?.stop();
 });
 
 function loadInOtherProcess(id: string, snapshotDir: string) {
