@@ -61,8 +61,13 @@ async function readShape(store: DirectorySnapshotStore, id: string): Promise<San
   } catch {
     throw new SandboxSnapshotError(`snapshot ${id} was not taken by \`sandbox snapshot save\` (it has no ${CLI_FILE}); boot it from JavaScript with the sandbox definition it was taken with`);
   }
-  const v = JSON.parse(Buffer.concat(chunks).toString("utf8")) as Partial<SandboxShape>;
-  if (typeof v.image !== "string" || typeof v.cpus !== "number" || typeof v.memory !== "number") throw new SandboxSnapshotError(`snapshot ${id}'s ${CLI_FILE} is corrupt`);
+  let v: Partial<SandboxShape> | null;
+  try {
+    v = JSON.parse(Buffer.concat(chunks).toString("utf8")) as Partial<SandboxShape> | null;
+  } catch {
+    v = null;
+  }
+  if (typeof v?.image !== "string" || typeof v.cpus !== "number" || typeof v.memory !== "number") throw new SandboxSnapshotError(`snapshot ${id}'s ${CLI_FILE} is corrupt`);
   return { image: v.image, cpus: v.cpus, memory: v.memory };
 }
 
