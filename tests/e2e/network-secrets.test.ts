@@ -102,7 +102,7 @@ describe("secrets and middleware credentials stay secret, end to end", () => {
   it("scrubs every secret and middleware value from what the guest receives (echo, x-echo-*, gzip, chunks, redirect); TRACE refused", () => {
     const placeholder = r.secretEnv!.stdout;
     // The upstream did echo them (the test would see a leak)...
-    for (const path of ["/echo", "/echo-gzip", "/echo-chunks", "/redirect"]) {
+    for (const path of ["/echo", "/echo-h2", "/echo-gzip", "/echo-chunks", "/redirect"]) {
       expect([path, requests().filter((q) => q.path === path).length]).toEqual([path, path === "/echo-gzip" ? 2 : 1]);
     }
     // ...and not one byte the guest got carries a real value.
@@ -115,6 +115,11 @@ describe("secrets and middleware credentials stay secret, end to end", () => {
     }
     expect(r.echo!.stdout.toLowerCase()).toContain(`x-echo-x-api-key: ${placeholder}`);
     expect(r.echo!.stdout.toLowerCase()).toContain("x-echo-authorization: [redacted]");
+    // Over HTTP/2 the same scrubbing holds (headers and body).
+    expect([r.echoH2!.exitCode, r.echoH2!.stdout.split("\r\n")[0]!.trim()]).toEqual([0, "HTTP/2 200"]);
+    expect(r.echoH2!.stdout.toLowerCase()).toContain(`x-echo-x-api-key: ${placeholder}`);
+    expect(r.echoH2!.stdout.toLowerCase()).toContain("x-echo-authorization: [redacted]");
+    expect(r.echoH2!.stdout).toContain('"authorization":"[redacted]"');
     // The gzip body reached the guest decoded (scanned), without its Content-Encoding.
     expect(r.echoGzip!.stdout.toLowerCase()).not.toContain("content-encoding");
     expect(r.echoGzip!.stdout).toContain('"authorization":"[redacted]"');
@@ -124,6 +129,7 @@ describe("secrets and middleware credentials stay secret, end to end", () => {
     expect(r.redirect!.stdout).toMatch(/^location: https:\/\/api\.test\/next\?auth=/im);
     // TRACE never left the host.
     expect(r.trace!.stdout.split("\r\n")[0]).toBe("HTTP/1.1 405 Method Not Allowed");
+    expect(r.traceH2!.stdout.split("\r\n")[0]!.trim()).toBe("HTTP/2 405");
     expect(requests().filter((q) => q.method === "TRACE")).toEqual([]);
     expect(events.some((e) => e.type === "http.denied" && e.reason === "method-refused")).toBe(true);
   });

@@ -158,8 +158,12 @@ describe("flow churn in network namespaces", () => {
     expect(last.max).toBeGreaterThan(0);
     expect(last.max).toBeLessThanOrEqual(256);
     expect(last.open).toBe(0);
+    // The guest's view at the end of the hold: at most maxFlows connections open. (Over
+    // the whole burst a few more may have completed their handshake: a half-open flow
+    // evicted while the guest's ACK was in flight is connected, then reset, in the guest.)
     expect(r.burst.connected).toBeGreaterThan(0);
-    expect(r.burst.connected).toBeLessThanOrEqual(256);
+    expect(r.burst.open).toBeGreaterThan(0);
+    expect(r.burst.open).toBeLessThanOrEqual(256);
     // Connects reach it no faster than the limit: per second at most burst + rate, in
     // total at most burst + rate per second of the burst (a second of slack).
     const { perSecond, burst } = r.limits;
