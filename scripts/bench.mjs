@@ -22,6 +22,8 @@
 //    restore-to-first-exec vs cold boot-to-first-exec, checkpoint time, PSS of 10 forks.
 //  - lane.fs (scripts/bench/files.mjs; BENCH_FILES=0 skips it): readFile of a
 //    100 MB guest file vs exec("cat") and spawn("cat") of it, alternating.
+//  - concurrent spawns (scripts/bench/spawns.mjs; BENCH_SPAWNS_ROW=0 skips it): 100
+//    spawns of `echo start; sleep 1; echo end` vs 100 concurrent exec("true").
 //  - image import (scripts/bench/images.mjs; BENCH_IMAGES=0 skips it): a ~300 MiB
 //    image from a local registry through importImage vs `skopeo copy` of the
 //    same image to a directory, alternating in the same run.
@@ -267,6 +269,11 @@ const result = {
 if (process.env.BENCH_FILES !== "0") {
   const { benchFiles } = await import(join(root, "scripts/bench/files.mjs"));
   result.laneFs = await benchFiles({ image: IMAGE, log });
+}
+if (process.env.BENCH_SPAWNS_ROW !== "0") {
+  const api = await import(join(root, "dist/src/index.js"));
+  const { concurrentSpawns } = await import(join(root, "scripts/bench/spawns.mjs"));
+  result.concurrentSpawns = await concurrentSpawns(api);
 }
 if (process.env.BENCH_FS !== "0") {
   const { benchFs } = await import(join(root, "scripts/bench/fs.mjs"));

@@ -36,6 +36,9 @@ pub struct Server {
     watches: HashMap<u32, Watch>,
     /// The virtio-fs mounts, parents first: released around a checkpoint.
     mounts: Vec<proto::GuestMount>,
+    /// Frames may still wait in the decoder: dispatching stopped after a Start so
+    /// that the pipes of the processes already running are read first.
+    backlog: bool,
 }
 
 /// What the loop should do after handling input.
@@ -65,6 +68,7 @@ impl Server {
             file_out: Vec::new(),
             watches: HashMap::new(),
             mounts: Vec::new(),
+            backlog: false,
         })
     }
 
@@ -112,7 +116,7 @@ impl Server {
                 fds.push(pollfd(w.fd(), libc::POLLIN));
                 owners.push((id, WATCH_FD));
             }
-            let timeout = self.next_timeout_ms();
+            let timeout = if self.backlog { 0 } else { self.next_timeout_ms() };
             // SAFETY: `fds` is a live, exclusively borrowed array of exactly `fds.len()` pollfds.
             let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
             if rc < 0 {
@@ -150,6 +154,11 @@ impl Server {
                 self.drain_sigchld();
                 self.reap(&mut buf)?;
             }
+            if self.backlog {
+                if let Flow::Shutdown = self.dispatch_buffered()? {
+                    return Ok(());
+                }
+            }
             if fds[0].revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
                 let n = match self.port.read(&mut buf) {
                     Ok(n) => n,
@@ -168,7 +177,12 @@ impl Server {
         }
     }
 
+    /// Dispatches the frames the decoder holds, up to and including one Start:
+    /// starting a process blocks this loop until it has exec'd (tens of ms under
+    /// TCG), so a burst of Starts is interleaved with reading the output of the
+    /// processes already started instead of holding all of it back.
     fn dispatch_buffered(&mut self) -> io::Result<Flow> {
+        self.backlog = false;
         loop {
             let frame = match self.decoder.next_frame() {
                 Ok(Some(f)) => f,
@@ -178,8 +192,13 @@ impl Server {
                     return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
                 }
             };
+            let start = frame.kind == Kind::Start;
             if let Flow::Shutdown = self.dispatch(frame)? {
                 return Ok(Flow::Shutdown);
+            }
+            if start {
+                self.backlog = true;
+                return Ok(Flow::Continue);
             }
         }
     }
