@@ -3,6 +3,7 @@
 
 mod block;
 pub mod fs;
+mod kernel_stub;
 mod krun_fs;
 mod krun;
 mod krun_snap;

@@ -37,6 +37,17 @@ fn ram_fd(l: &Launch) -> i32 {
     qmp_fd(l) + 1
 }
 
+/// Whether QEMU gets the helper's RAM memfd: always, except for a restore
+/// without mounts (that maps the snapshot's RAM file itself).
+fn has_ram_memfd(l: &Launch) -> bool {
+    !(l.restore.is_some() && l.mounts.is_empty())
+}
+
+/// A restore's stub kernel follows the RAM memfd (see `kernel_stub`).
+fn kernel_stub_fd(l: &Launch) -> i32 {
+    ram_fd(l) + i32::from(has_ram_memfd(l))
+}
+
 /// virtio-fs devices per VM.
 pub const MAX_MOUNTS: usize = 16;
 
@@ -108,7 +119,9 @@ pub fn args(l: &Launch, fs_sockets: &[PathBuf]) -> Result<Vec<String>, HostError
     a.push(if accel == Accel::Tcg { format!("tcg,thread=multi,tb-size={TCG_TB_MIB}") } else { "kvm".into() });
     a.extend(["-cpu".into(), if accel == Accel::Kvm { "host".into() } else { TCG_CPU.into() }]);
     a.extend(["-smp".into(), l.cpus.to_string(), "-m".into(), l.memory_mib.to_string()]);
-    a.extend(["-kernel".into(), l.kernel.clone(), "-initrd".into(), initrd.to_string()]);
+    // A restore needs the same devices and ROMs, not the kernel's bytes (see kernel_stub).
+    let kernel = if l.restore.is_some() { format!("/proc/self/fd/{}", kernel_stub_fd(l)) } else { l.kernel.clone() };
+    a.extend(["-kernel".into(), kernel, "-initrd".into(), initrd.to_string()]);
     a.extend(["-append".into(), cmdline.join(" ")]);
     a.extend(["-serial".into(), "stdio".into()]);
     a.extend(["-device".into(), "virtio-serial-pci,max_ports=2".into()]);
@@ -203,8 +216,12 @@ pub fn spawn(l: &Launch, services: &Services, rt: &tokio::runtime::Handle) -> Re
         }
     }
     let (qmp_ours, qmp_theirs) = UnixStream::pair().map_err(|e| HostError::Setup(format!("socketpair for QMP: {e}")))?;
+    let kernel_stub = match &l.restore {
+        Some(_) => Some(super::kernel_stub::restore_kernel(std::path::Path::new(&l.kernel))?),
+        None => None,
+    };
     let ram = match &l.restore {
-        Some(_) if l.mounts.is_empty() => None,
+        Some(_) if !has_ram_memfd(l) => None,
         Some(r) => {
             let file = ram_memfd(u64::from(l.memory_mib.get()) << 20)?;
             let src = crate::snapshot::ram_path(std::path::Path::new(r.dir.as_str()), l.memory_mib.get()).map_err(HostError::InvalidLaunch)?;
@@ -225,10 +242,13 @@ pub fn spawn(l: &Launch, services: &Services, rt: &tokio::runtime::Handle) -> Re
     if let Some((_, vmm_end)) = &net {
         nbd_fds.push(vmm_end.as_raw_fd());
     }
-    // Then QMP and the RAM memfd (see `qmp_fd`, `ram_fd`).
+    // Then QMP, the RAM memfd and a restore's kernel stub (see `qmp_fd`, `ram_fd`, `kernel_stub_fd`).
     nbd_fds.push(qmp_theirs.as_raw_fd());
     if let Some(ram) = &ram {
         nbd_fds.push(ram.as_raw_fd());
+    }
+    if let Some(stub) = &kernel_stub {
+        nbd_fds.push(stub.as_raw_fd());
     }
     let mut cmd = Command::new(&qemu);
     cmd.args(&argv).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -242,7 +262,7 @@ pub fn spawn(l: &Launch, services: &Services, rt: &tokio::runtime::Handle) -> Re
             // clobbers a descriptor that is still to be moved.
             // No allocation here: other helper threads (NBD servers) exist, so
             // after fork only async-signal-safe work is allowed.
-            let mut sources = [-1i32; 4 + MAX_COW_DISKS];
+            let mut sources = [-1i32; 5 + MAX_COW_DISKS];
             sources[0] = guest_fd;
             sources[1..=nbd_fds.len()].copy_from_slice(&nbd_fds);
             let sources = &mut sources[..=nbd_fds.len()];
@@ -433,6 +453,8 @@ mod tests {
         let a = args(&l, &[]).unwrap().join(" ");
         assert!(a.contains(&format!("mem-path={}/ram,share=off", dir.display())), "{a}");
         assert!(a.contains("-incoming defer"), "{a}");
+        // QMP is fd 4 and there is no RAM memfd: the kernel stub comes right after QMP.
+        assert!(a.contains("-kernel /proc/self/fd/5 -initrd /k/initrd"), "a restore gets the kernel stub: {a}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -447,6 +469,7 @@ mod tests {
         assert!(args(&l, &[PathBuf::from("/run/x/fs0.sock")]).is_err(), "a restore serves no socket at launch");
         let a = args(&l, &[]).unwrap().join(" ");
         assert!(a.contains("mem-path=/proc/self/fd/5,share=on"), "vhost-user needs shared RAM: {a}");
+        assert!(a.contains("-kernel /proc/self/fd/6 "), "the kernel stub follows the RAM memfd: {a}");
         assert!(a.contains("-device pcie-root-port,id=sbxrp0,chassis=1"), "{a}");
         assert!(!a.contains("vhost-user-fs-pci") && !a.contains("id=vfs0"), "{a}");
         std::fs::remove_dir_all(&dir).unwrap();
