@@ -9,6 +9,7 @@ import { join } from "node:path";
 import { mkdirSync } from "node:fs";
 import { basename } from "node:path";
 import type { Lane } from "./lane.js";
+import type { LaneEvent } from "./sandbox.js";
 import type { VirtualMount } from "./fs/types.js";
 import { saveSnapshotFiles, type SandboxSnapshotStore, type SnapshotRequirements } from "./snapshot-store.js";
 
@@ -35,6 +36,11 @@ export interface SnapshotBootOptions {
    * snapshot of this process, none for a loaded one.
    */
   mounts?: Record<string, VirtualMount>;
+  /**
+   * The restored lane's events (as `boot({ onEvent })`): among them the
+   * guest's warnings from the restore, e.g. a mount that did not come back.
+   */
+  onEvent?: (event: LaneEvent) => void;
 }
 
 /** What a checkpoint cost. */

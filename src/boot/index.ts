@@ -245,7 +245,7 @@ export function snapshotBooter(
     bootLane(
       root,
       resources,
-      { hostname: o.hostname ?? hostname, timeoutMs: o.timeoutMs, signal: o.signal, livenessTimeoutMs: o.livenessTimeoutMs, mounts: o.mounts ?? mounts },
+      { hostname: o.hostname ?? hostname, timeoutMs: o.timeoutMs, signal: o.signal, livenessTimeoutMs: o.livenessTimeoutMs, mounts: o.mounts ?? mounts, onEvent: o.onEvent },
       policy,
       internals,
       { dir, requires },

@@ -4,7 +4,7 @@
  * plugs a fresh one back; a restore plugs the devices its boot options give.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { defineSandbox, fs, rootfs, SandboxSnapshotError, type Lane, type SandboxSnapshot } from "../../src/index.js";
+import { defineSandbox, fs, rootfs, SandboxSnapshotError, type Lane, type LaneEvent, type SandboxSnapshot } from "../../src/index.js";
 import type { MemoryFileSystem } from "../../src/fs/memory.js";
 
 const sandbox = defineSandbox({
@@ -83,6 +83,35 @@ describe("mounts across checkpoint/restore (qemu)", () => {
     const none = await snap.boot({ mounts: {} }).catch((err: unknown) => err);
     expect(none).toBeInstanceOf(SandboxSnapshotError);
     expect(Date.now() - started).toBeLessThan(5000);
+  });
+
+  it("several mounts, one nested in another, come back in order after a restore, each with its own filesystem", async () => {
+    const [outer, inner, third] = [fs.memory(), fs.memory(), fs.memory()];
+    outer.mkdirSync("/inner");
+    await using multi = await sandbox.boot({ mounts: { "/mnt/outer": fs.virtual(outer), "/mnt/outer/inner": fs.virtual(inner), "/srv/third": fs.virtual(third) } });
+    await sh(multi, "echo o > /mnt/outer/o && echo i > /mnt/outer/inner/i && echo t > /srv/third/t");
+    const multiSnap = await multi.checkpoint();
+    try {
+      // The checkpointed lane has all three back.
+      await sh(multi, "echo o2 > /mnt/outer/o2 && echo i2 > /mnt/outer/inner/i2 && echo t2 > /srv/third/t2");
+      expect([outer.readFileSync("/o2", "utf8"), inner.readFileSync("/i2", "utf8"), third.readFileSync("/t2", "utf8")]).toEqual(["o2\n", "i2\n", "t2\n"]);
+      // A restore with three fresh filesystems: each guest path reaches its own.
+      const [o, i, t] = [fs.memory(), fs.memory(), fs.memory()];
+      o.mkdirSync("/inner");
+      o.writeFileSync("/which", "outer\n");
+      i.writeFileSync("/which", "inner\n");
+      t.writeFileSync("/which", "third\n");
+      const warnings: string[] = [];
+      const onEvent = (e: LaneEvent) => void (e.type === "diagnostic" && warnings.push(e.message));
+      await using fork = await multiSnap.boot({ mounts: { "/mnt/outer": fs.virtual(o), "/mnt/outer/inner": fs.virtual(i), "/srv/third": fs.virtual(t) }, onEvent });
+      expect(warnings).toEqual([]);
+      expect(await sh(fork, "cat /mnt/outer/which /mnt/outer/inner/which /srv/third/which")).toBe("outer\ninner\nthird");
+      expect(await sh(fork, "grep -c virtiofs /proc/mounts")).toBe("3");
+      await sh(fork, "echo w > /mnt/outer/inner/w");
+      expect([i.existsSync("/w"), o.existsSync("/inner/w"), inner.existsSync("/w")]).toEqual([true, false, false]);
+    } finally {
+      await multiSnap.delete();
+    }
   });
 
   it("a fork with mounts can itself be checkpointed, and its snapshot boots", async () => {

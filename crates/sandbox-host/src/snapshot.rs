@@ -94,6 +94,9 @@ pub fn mount_chardev_id(i: usize) -> String {
 
 /// How long the guest may take to let go of its virtio-fs devices (ACPI eject).
 const UNPLUG_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the guest's PCIe hotplug driver ignores a slot after powering it
+/// off (Linux pciehp: 1 s, then pending presence changes are dropped), plus margin.
+const SLOT_SETTLE: Duration = Duration::from_millis(1500);
 
 /// Unplugs every mount's device (the guest init released the mounts before
 /// it acknowledged `Quiesce`) and closes its socket: QEMU 7.2 refuses to
@@ -108,6 +111,11 @@ fn unplug_mounts(qmp: &mut Qmp, count: usize) -> Result<(), String> {
         let names: Vec<&str> = devices.as_array().map(|a| a.iter().filter_map(|d| d.get("name").and_then(serde_json::Value::as_str)).collect()).unwrap_or_default();
         let left = (0..count).filter(|i| names.contains(&mount_device_id(*i).as_str())).count();
         if left == 0 {
+            // QEMU drops a device when the guest powers its slot off, but the
+            // guest's pciehp then sleeps 1 s and discards the presence changes
+            // that arrived meanwhile: a device plugged back in that window (right
+            // after the capture, or in a fork of it) would never be enabled.
+            std::thread::sleep(SLOT_SETTLE);
             break;
         }
         if Instant::now() > deadline {

@@ -535,7 +535,8 @@ impl Server {
             }
         }
         if resume.restored {
-            warnings = crate::resume::apply(&resume);
+            // Added to, not replaced: a mount that did not come back must be reported.
+            warnings.extend(crate::resume::apply(&resume));
             if let Some(h) = &resume.hostname {
                 self.base_env.insert("HOSTNAME".into(), h.to_string());
             }
