@@ -143,6 +143,11 @@ pub struct CowSpec {
 pub struct FsMount {
     /// virtio-fs tag (≤ 36 bytes of `[A-Za-z0-9_-]`) the guest mounts by.
     pub tag: Text<36>,
+    /// Benchmarks only (qemu): attach this existing vhost-user-fs socket (e.g.
+    /// the C `virtiofsd` as a same-run reference) instead of the helper's own
+    /// device. Such a VM cannot be checkpointed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_socket: Option<String>,
 }
 
 /// The helper's side of the guest network.
