@@ -16,7 +16,8 @@
 // BENCH_FS_FILES (default 1000), BENCH_FS_MB (default 100), BENCH_IMAGE,
 // BENCH_FS_ONLY=mounts (just the virtiofsd comparison), BENCH_FS_RUNS (runs
 // of the mounts section, median, default 1), BENCH_FS_REPO_FILES (default
-// 2000), VIRTIOFSD (default /usr/lib/qemu/virtiofsd).
+// 2000), VIRTIOFSD (default /usr/lib/qemu/virtiofsd), BENCH_FS_ATTR_MS (the
+// mounts' `attributeCacheMs`, default 1000 = virtiofsd's cache=auto; 0: never cached).
 import { spawn } from "node:child_process";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { join, dirname } from "node:path";
@@ -109,65 +110,65 @@ function timed(inner) {
 }
 
 // The mounts section's guest side: every row timed in the guest, printed as JSON.
+// Each phase runs on every mount back to back (order rotated per phase), so a
+// change of host load hits all of them alike.
 const ROWS = String.raw`
 import json, os, subprocess, sys, time
-base, files, mb, src = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+files, mb, src = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+bases = dict(a.split("=", 1) for a in sys.argv[4:])
 git = ["git", "-c", "safe.directory=*", "-c", "core.fsync=none"]
-out = {}
-def timed(name, fn):
-    t = time.perf_counter()
-    fn()
-    out[name] = time.perf_counter() - t
-d = f"{base}/small"
-os.makedirs(d)
+out = {k: {} for k in bases}
 payload = b"x" * 512
-def create():
+chunk = b"\xa5" * (1 << 20)
+def create(b):
+    os.makedirs(f"{b}/small")
     for i in range(files):
-        fd = os.open(f"{d}/f{i}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(f"{b}/small/f{i}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.write(fd, payload)
         os.close(fd)
-def stat():
+def stat(b):
     for i in range(files):
-        os.lstat(f"{d}/f{i}")
-def read():
+        os.lstat(f"{b}/small/f{i}")
+def read(b):
     for i in range(files):
-        fd = os.open(f"{d}/f{i}", os.O_RDONLY)
+        fd = os.open(f"{b}/small/f{i}", os.O_RDONLY)
         assert os.read(fd, 4096) == payload
         os.close(fd)
-def readdir():
+def readdir(b):
     for _ in range(10):
-        assert len(os.listdir(d)) == files
-def unlink():
+        assert len(os.listdir(f"{b}/small")) == files
+def unlink(b):
     for i in range(files):
-        os.unlink(f"{d}/f{i}")
-timed("create", create)
-timed("stat", stat)
-timed("read", read)
-timed("readdir", readdir)
-timed("unlink", unlink)
-clone = f"{base}/clone"
-timed("gitClone", lambda: subprocess.run(git + ["clone", "-q", "--no-local", src, clone], check=True))
-subprocess.run(git + ["-C", clone, "status", "--porcelain"], check=True, capture_output=True)
-timed("gitStatus", lambda: subprocess.run(git + ["-C", clone, "status", "--porcelain"], check=True, capture_output=True))
-chunk = b"\xa5" * (1 << 20)
-def write():
-    fd = os.open(f"{base}/big", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.unlink(f"{b}/small/f{i}")
+def clone(b):
+    subprocess.run(git + ["clone", "-q", "--no-local", src, f"{b}/clone"], check=True)
+def status(b):
+    subprocess.run(git + ["-C", f"{b}/clone", "status", "--porcelain"], check=True, capture_output=True)
+def write(b):
+    fd = os.open(f"{b}/big", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     for _ in range(mb):
         os.write(fd, chunk)
     os.close(fd)
-def readbig():
-    fd = os.open(f"{base}/big", os.O_RDONLY)
+def readbig(b):
+    fd = os.open(f"{b}/big", os.O_RDONLY)
     n = 0
     while True:
-        b = os.read(fd, 1 << 20)
-        if not b:
+        r = os.read(fd, 1 << 20)
+        if not r:
             break
-        n += len(b)
+        n += len(r)
     os.close(fd)
     assert n == mb << 20, n
-timed("write", write)
-timed("readBig", readbig)
-os.unlink(f"{base}/big")
+    os.unlink(f"{b}/big")
+phases = [("create", create), ("stat", stat), ("read", read), ("readdir", readdir), ("unlink", unlink),
+          ("gitClone", clone), (None, status), ("gitStatus", status), ("write", write), ("readBig", readbig)]
+names = list(bases)
+for n, (row, fn) in enumerate(phases):
+    for k in names[n % len(names):] + names[:n % len(names)]:
+        t = time.perf_counter()
+        fn(bases[k])
+        if row:
+            out[k][row] = time.perf_counter() - t
 print(json.dumps(out))
 `;
 
@@ -217,6 +218,7 @@ export async function benchMounts({ image = process.env.BENCH_IMAGE ?? "debian:1
   const RUNS = Number(process.env.BENCH_FS_RUNS ?? 1);
   const REPO_FILES = Number(process.env.BENCH_FS_REPO_FILES ?? 2000);
   const bin = process.env.VIRTIOFSD ?? "/usr/lib/qemu/virtiofsd";
+  const ATTR_MS = Number(process.env.BENCH_FS_ATTR_MS ?? 1000);
   const shm = existsSync("/dev/shm") ? "/dev/shm" : undefined;
   if (!shm) throw new Error("the mounts bench needs a host tmpfs at /dev/shm");
   const hostDir = mkdtempSync(join(shm, "sbx-bench-hostdir-"));
@@ -229,7 +231,8 @@ export async function benchMounts({ image = process.env.BENCH_IMAGE ?? "debian:1
   let lane;
   try {
     // The virtiofsd mount is a placeholder on our side; its device is swapped for the external socket.
-    const mounts = { [targets.hostDir]: fs.virtual(fs.hostDir(hostDir)), [targets.memory]: fs.virtual(fs.memory()), [targets.virtiofsd]: fs.virtual(fs.memory()) };
+    const opts = { attributeCacheMs: ATTR_MS };
+    const mounts = { [targets.hostDir]: fs.virtual(fs.hostDir(hostDir), opts), [targets.memory]: fs.virtual(fs.memory(), opts), [targets.virtiofsd]: fs.virtual(fs.memory()) };
     lane = await bootLane(definition.rootfs, definition.resources, { mounts }, undefined, {
       transformLaunch: (l) => {
         // Mounts of equal depth keep their order: the last one is virtiofsd's.
@@ -248,12 +251,11 @@ export async function benchMounts({ image = process.env.BENCH_IMAGE ?? "debian:1
     await py(MAKE_REPO, ["/tmp/src-repo", String(REPO_FILES)]);
     const runs = Object.fromEntries(kinds.map((k) => [k, []]));
     for (let i = 0; i < RUNS; i++) {
-      for (const k of kinds) {
-        log(`mounts run ${i + 1}/${RUNS}: ${k}`);
-        const t = performance.now();
-        runs[k].push(JSON.parse(await py(ROWS, [`${targets[k]}/run-${i}`, String(FILES), String(MB), "/tmp/src-repo"])));
-        log(`  ${k}: ${round((performance.now() - t) / 1000)} s`);
-      }
+      log(`mounts run ${i + 1}/${RUNS}: ${kinds.join(", ")}, interleaved phase by phase`);
+      const t = performance.now();
+      const got = JSON.parse(await py(ROWS, [String(FILES), String(MB), "/tmp/src-repo", ...kinds.map((k) => `${k}=${targets[k]}/run-${i}`)]));
+      for (const k of kinds) runs[k].push(got[k]);
+      log(`  ${round((performance.now() - t) / 1000)} s`);
     }
     const rows = ["create", "stat", "read", "readdir", "unlink", "gitClone", "gitStatus", "write", "readBig"];
     const seconds = Object.fromEntries(kinds.map((k) => [k, Object.fromEntries(rows.map((r) => [r, median(runs[k].map((x) => x[r]))]))]));
@@ -265,6 +267,7 @@ export async function benchMounts({ image = process.env.BENCH_IMAGE ?? "debian:1
     const ms = (s) => s * 1000;
     return {
       reference: `${bin} -o cache=auto on a host tmpfs`,
+      attributeCacheMs: ATTR_MS,
       files: FILES,
       repoFiles: REPO_FILES,
       megabytes: MB,
