@@ -4,9 +4,22 @@
 // FUSE request (guest fstat on a mount vs on tmpfs) with the share spent in
 // the JavaScript filesystem, and boot time with and without a mount.
 //
+// Its `mounts` section compares `fs.hostDir` (on a host tmpfs directory) and
+// `fs.memory` with the C virtiofsd shipped with QEMU serving a host tmpfs
+// directory, all three mounted in one VM: small-file create / stat / read /
+// readdir / unlink, `git clone` of a ~2,000-file repository into the mount,
+// `git status` in the clone, 100 MB sequential write / read (guest-timed);
+// each ratio is virtiofsd's time over the mount's (≥ 1: faster than virtiofsd).
+//
 // Standalone: `node scripts/bench/fs.mjs` prints JSON; scripts/bench.mjs
 // includes it as `virtualFs`. Env: BENCH_FS_BOOTS (default 4),
-// BENCH_FS_FILES (default 1000), BENCH_FS_MB (default 100), BENCH_IMAGE.
+// BENCH_FS_FILES (default 1000), BENCH_FS_MB (default 100), BENCH_IMAGE,
+// BENCH_FS_ONLY=mounts (just the virtiofsd comparison), BENCH_FS_RUNS (runs
+// of the mounts section, median, default 1), BENCH_FS_REPO_FILES (default
+// 2000), VIRTIOFSD (default /usr/lib/qemu/virtiofsd), BENCH_FS_ATTR_MS (the
+// mounts' `attributeCacheMs`, default 1000 = virtiofsd's cache=auto; 0: never cached).
+import { spawn } from "node:child_process";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -96,7 +109,191 @@ function timed(inner) {
   return { fs: fsObj, acc };
 }
 
+// The mounts section's guest side: every row timed in the guest, printed as JSON.
+// Each phase runs on every mount back to back (order rotated per phase), so a
+// change of host load hits all of them alike.
+const ROWS = String.raw`
+import json, os, subprocess, sys, time
+files, mb, src = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+bases = dict(a.split("=", 1) for a in sys.argv[4:])
+git = ["git", "-c", "safe.directory=*", "-c", "core.fsync=none"]
+out = {k: {} for k in bases}
+payload = b"x" * 512
+chunk = b"\xa5" * (1 << 20)
+def create(b):
+    os.makedirs(f"{b}/small")
+    for i in range(files):
+        fd = os.open(f"{b}/small/f{i}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.write(fd, payload)
+        os.close(fd)
+def stat(b):
+    for i in range(files):
+        os.lstat(f"{b}/small/f{i}")
+def read(b):
+    for i in range(files):
+        fd = os.open(f"{b}/small/f{i}", os.O_RDONLY)
+        assert os.read(fd, 4096) == payload
+        os.close(fd)
+def readdir(b):
+    for _ in range(10):
+        assert len(os.listdir(f"{b}/small")) == files
+def unlink(b):
+    for i in range(files):
+        os.unlink(f"{b}/small/f{i}")
+def clone(b):
+    subprocess.run(git + ["clone", "-q", "--no-local", src, f"{b}/clone"], check=True)
+def status(b):
+    subprocess.run(git + ["-C", f"{b}/clone", "status", "--porcelain"], check=True, capture_output=True)
+def write(b):
+    fd = os.open(f"{b}/big", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    for _ in range(mb):
+        os.write(fd, chunk)
+    os.close(fd)
+def readbig(b):
+    fd = os.open(f"{b}/big", os.O_RDONLY)
+    n = 0
+    while True:
+        r = os.read(fd, 1 << 20)
+        if not r:
+            break
+        n += len(r)
+    os.close(fd)
+    assert n == mb << 20, n
+    os.unlink(f"{b}/big")
+phases = [("create", create), ("stat", stat), ("read", read), ("readdir", readdir), ("unlink", unlink),
+          ("gitClone", clone), (None, status), ("gitStatus", status), ("write", write), ("readBig", readbig)]
+names = list(bases)
+for n, (row, fn) in enumerate(phases):
+    for k in names[n % len(names):] + names[:n % len(names)]:
+        t = time.perf_counter()
+        fn(bases[k])
+        if row:
+            out[k][row] = time.perf_counter() - t
+print(json.dumps(out))
+`;
+
+// A source repository of ~`files` files in 100 directories, built in the guest's tmpfs.
+const MAKE_REPO = String.raw`
+import os, subprocess, sys
+src, files = sys.argv[1], int(sys.argv[2])
+for i in range(files):
+    p = f"{src}/d{i % 100}/sub{i % 7}"
+    os.makedirs(p, exist_ok=True)
+    with open(f"{p}/file{i}.txt", "w") as f:
+        f.write(("line %d of file %d\n" % (i, i)) * (1 + i % 60))
+g = ["git", "-C", src, "-c", "user.name=bench", "-c", "user.email=bench@example.invalid"]
+subprocess.run(["git", "init", "-q", src], check=True)
+subprocess.run(g + ["add", "-A"], check=True)
+subprocess.run(g + ["commit", "-q", "-m", "bench"], check=True)
+`;
+
+/** Starts the C virtiofsd on `dir`; resolves once its socket is there. */
+async function startVirtiofsd(bin, dir, socket) {
+  const child = spawn(bin, [`--socket-path=${socket}`, "-o", `source=${dir}`, "-o", "cache=auto", "-o", "sandbox=chroot", "-o", "log_level=err"], { stdio: ["ignore", "ignore", "pipe"] });
+  let stderr = "";
+  child.stderr.on("data", (b) => (stderr += b));
+  const exited = new Promise((resolve) => child.once("exit", resolve));
+  for (let i = 0; i < 500 && !existsSync(socket); i++) {
+    if (child.exitCode !== null) break;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  if (!existsSync(socket)) {
+    child.kill("SIGKILL");
+    throw new Error(`virtiofsd did not listen on ${socket}: ${stderr}`);
+  }
+  return {
+    stop: async () => {
+      if (child.exitCode === null) child.kill("SIGTERM");
+      await exited;
+    },
+  };
+}
+
+/** fs.hostDir, fs.memory and the C virtiofsd as mounts of one VM, each row against virtiofsd. */
+export async function benchMounts({ image = process.env.BENCH_IMAGE ?? "debian:12", log = (m) => process.stderr.write(`[bench:fs] ${m}\n`) } = {}) {
+  const { defineSandbox, fs, rootfs } = await import(join(root, "dist/src/index.js"));
+  const { bootLane } = await import(join(root, "dist/src/sandbox.js"));
+  const FILES = Number(process.env.BENCH_FS_FILES ?? 1000);
+  const MB = Number(process.env.BENCH_FS_MB ?? 100);
+  const RUNS = Number(process.env.BENCH_FS_RUNS ?? 1);
+  const REPO_FILES = Number(process.env.BENCH_FS_REPO_FILES ?? 2000);
+  const bin = process.env.VIRTIOFSD ?? "/usr/lib/qemu/virtiofsd";
+  const ATTR_MS = Number(process.env.BENCH_FS_ATTR_MS ?? 1000);
+  const shm = existsSync("/dev/shm") ? "/dev/shm" : undefined;
+  if (!shm) throw new Error("the mounts bench needs a host tmpfs at /dev/shm");
+  const hostDir = mkdtempSync(join(shm, "sbx-bench-hostdir-"));
+  const vfsdDir = mkdtempSync(join(shm, "sbx-bench-virtiofsd-"));
+  const socket = join(mkdtempSync(join(shm, "sbx-bench-sock-")), "virtiofsd.sock");
+  const { definition } = defineSandbox({ rootfs: rootfs.builtIn(image), resources: { cpus: 1, memoryMiB: 1024, backend: "qemu" } });
+  const kinds = ["hostDir", "memory", "virtiofsd"];
+  const targets = { hostDir: "/tmp/m-hostdir", memory: "/tmp/m-memory", virtiofsd: "/tmp/m-virtiofsd" };
+  const vfsd = await startVirtiofsd(bin, vfsdDir, socket);
+  let lane;
+  try {
+    // The virtiofsd mount is a placeholder on our side; its device is swapped for the external socket.
+    const opts = { attributeCacheMs: ATTR_MS };
+    const mounts = { [targets.hostDir]: fs.virtual(fs.hostDir(hostDir), opts), [targets.memory]: fs.virtual(fs.memory(), opts), [targets.virtiofsd]: fs.virtual(fs.memory()) };
+    lane = await bootLane(definition.rootfs, definition.resources, { mounts }, undefined, {
+      transformLaunch: (l) => {
+        // Mounts of equal depth keep their order: the last one is virtiofsd's.
+        if (l.mounts.length !== 3) throw new Error(`expected 3 mounts, got ${l.mounts.length}`);
+        return { ...l, mounts: l.mounts.map((m, i) => (i === 2 ? { ...m, externalSocket: socket } : m)) };
+      },
+    });
+    const py = async (script, args) => {
+      const r = await lane.exec("python3", ["-c", script, ...args], { timeoutMs: 1_800_000, env: { HOME: "/tmp" } });
+      if (r.exitCode !== 0) throw new Error(`guest benchmark failed: ${r.stderr}`);
+      return r.stdout;
+    };
+    const probe = await lane.exec("sh", ["-c", `grep -c ' ${targets.virtiofsd} virtiofs ' /proc/mounts`]);
+    if (probe.stdout.trim() !== "1") throw new Error(`virtiofsd mount missing in the guest: ${probe.stdout}${probe.stderr}`);
+    log(`mounts: building a ${REPO_FILES}-file git repository in the guest's tmpfs`);
+    await py(MAKE_REPO, ["/tmp/src-repo", String(REPO_FILES)]);
+    const runs = Object.fromEntries(kinds.map((k) => [k, []]));
+    for (let i = 0; i < RUNS; i++) {
+      log(`mounts run ${i + 1}/${RUNS}: ${kinds.join(", ")}, interleaved phase by phase`);
+      const t = performance.now();
+      const got = JSON.parse(await py(ROWS, [String(FILES), String(MB), "/tmp/src-repo", ...kinds.map((k) => `${k}=${targets[k]}/run-${i}`)]));
+      for (const k of kinds) runs[k].push(got[k]);
+      log(`  ${round((performance.now() - t) / 1000)} s`);
+    }
+    const rows = ["create", "stat", "read", "readdir", "unlink", "gitClone", "gitStatus", "write", "readBig"];
+    const seconds = Object.fromEntries(kinds.map((k) => [k, Object.fromEntries(rows.map((r) => [r, median(runs[k].map((x) => x[r]))]))]));
+    const row = (r, unit, value) => {
+      const v = Object.fromEntries(kinds.map((k) => [k, round(value(seconds[k][r]))]));
+      return { unit, ...v, hostDirRatio: round(seconds.virtiofsd[r] / seconds.hostDir[r]), memoryRatio: round(seconds.virtiofsd[r] / seconds.memory[r]) };
+    };
+    const ops = (n) => (s) => n / s;
+    const ms = (s) => s * 1000;
+    return {
+      reference: `${bin} -o cache=auto on a host tmpfs`,
+      attributeCacheMs: ATTR_MS,
+      files: FILES,
+      repoFiles: REPO_FILES,
+      megabytes: MB,
+      runs: RUNS,
+      rows: {
+        create: row("create", "ops/s", ops(FILES)),
+        stat: row("stat", "ops/s", ops(FILES)),
+        read: row("read", "ops/s", ops(FILES)),
+        readdir: row("readdir", "listings/s", ops(10)),
+        unlink: row("unlink", "ops/s", ops(FILES)),
+        gitClone: row("gitClone", "ms", ms),
+        gitStatus: row("gitStatus", "ms", ms),
+        seqWrite: row("write", "MB/s", ops(MB)),
+        seqRead: row("readBig", "MB/s", ops(MB)),
+      },
+    };
+  } finally {
+    await lane?.close();
+    await vfsd.stop();
+    for (const d of [hostDir, vfsdDir, dirname(socket)]) rmSync(d, { recursive: true, force: true });
+  }
+}
+
 export async function benchFs({ image = process.env.BENCH_IMAGE ?? "debian:12", log = (m) => process.stderr.write(`[bench:fs] ${m}\n`) } = {}) {
+  const mounts = await benchMounts({ image, log });
+  if (process.env.BENCH_FS_ONLY === "mounts") return { image, mounts };
   const { defineSandbox, fs, rootfs } = await import(join(root, "dist/src/index.js"));
   const BOOTS = Number(process.env.BENCH_FS_BOOTS ?? 4);
   const FILES = Number(process.env.BENCH_FS_FILES ?? 1000);
@@ -148,6 +345,7 @@ export async function benchFs({ image = process.env.BENCH_IMAGE ?? "debian:12", 
   const rttUs = ((m.fstat - t.fstat) / STATS) * 1e6;
   return {
     image,
+    mounts,
     bootToFirstExecMs: { withoutMount: round(median(plain)), withMount: round(median(mounted)), ratio: round(median(mounted) / median(plain)), boots: BOOTS },
     smallFiles: {
       files: FILES,

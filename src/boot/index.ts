@@ -156,7 +156,7 @@ export async function bootLane(
       resources,
       platform.choice,
       root,
-      plan.mounts.length,
+      plan.mounts.map((m) => m.mount),
       policy && intercept ? networkLaunch(policy, intercept.socketPath) : undefined,
     );
     const launched0 = internals.transformLaunch ? internals.transformLaunch(spec) : spec;

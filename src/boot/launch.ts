@@ -69,7 +69,7 @@ export function launchSpec(
   resources: Required<SandboxResources>,
   choice: BackendChoice,
   root: RootfsSpec = rootfsApi.builtIn(image.name),
-  mountCount = 0,
+  mounts: number | readonly { attributeCacheMs?: number }[] = 0,
   network?: NetLaunch,
 ): Launch {
   return {
@@ -85,7 +85,10 @@ export function launchSpec(
     qemu: choice.backend === "qemu" ? findQemu() : undefined,
     accel: choice.backend === "qemu" ? choice.accel : undefined,
     network,
-    mounts: Array.from({ length: mountCount }, (_, i) => ({ tag: mountTag(i) })),
+    mounts: (typeof mounts === "number" ? Array.from({ length: mounts }, () => ({})) : mounts).map((m: { attributeCacheMs?: number }, i) => ({
+      tag: mountTag(i),
+      ...(m.attributeCacheMs ? { attrCacheMs: m.attributeCacheMs } : {}),
+    })),
   };
 }
 

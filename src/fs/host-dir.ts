@@ -9,20 +9,23 @@
  *   is stored as text and resolved by the *guest* kernel, inside the guest;
  * - before each path operation every directory on the way from the root is
  *   lstat-ed and must be a real directory (not a symlink);
- * - all path operations of one adapter run one at a time, so the check and
- *   the use cannot be interleaved with a guest rename that swaps a directory
- *   for a symlink. Reads and writes on open handles are not serialised (the
- *   descriptor is already resolved).
+ * - every path operation, checks included, is one synchronous step, so the
+ *   check and the use cannot be interleaved with a guest rename that swaps a
+ *   directory for a symlink. Reads and writes on open handles are not
+ *   serialised (the descriptor is already resolved).
  * Limit: another *host* process changing the tree under the root at the same
  * moment is outside this model (as for any path-based tool).
  */
+import * as nfs from "node:fs";
 import { constants, realpathSync, statSync } from "node:fs";
-import * as fsp from "node:fs/promises";
 import { SandboxConfigError } from "../errors.js";
 import { fsError } from "./errno.js";
 import { readOnly as readOnlyView } from "./read-only.js";
 import type { SandboxFileHandle, SandboxFileStats, SandboxFileSystem } from "./types.js";
 import { asFileSystem } from "./virtual.js";
+
+/** Reads and writes up to this size run as synchronous calls; larger ones on libuv's pool. */
+export const HOST_DIR_SYNC_IO_BYTES = 64 * 1024;
 
 /** Options of `fs.hostDir`. */
 export interface HostDirOptions {
@@ -43,28 +46,38 @@ export function hostDir(root: string, options: HostDirOptions = {}): SandboxFile
   return options.readOnly ? readOnlyView(fs, asFileSystem) : fs;
 }
 
+/**
+ * Path operations are synchronous system calls (see docs/decisions.md, "Issue 19:
+ * mounts"): each FUSE request would otherwise cross libuv's thread pool once per
+ * call (2–4 calls per request with the confinement checks), and on a busy host
+ * those hops cost more than the calls. Being synchronous also makes each check
+ * and its use one uninterruptible step of the event loop, so no queue is needed.
+ */
 class HostDirFileSystem implements SandboxFileSystem {
   readonly #root: string;
-  #queue: Promise<unknown> = Promise.resolve();
 
   constructor(root: string) {
     this.#root = root;
   }
 
-  /** Runs `fn` after every earlier path operation finished, with `path` checked and mapped to the host. */
-  #run<T>(path: string, fn: (host: string) => Promise<T>): Promise<T> {
-    const result = this.#queue.then(async () => fn(await this.#resolve(path)));
-    this.#queue = result.catch(() => {});
-    return result;
+  /** Runs `fn` on `path` checked and mapped to the host, as one synchronous step. */
+  #run<T>(path: string, fn: (host: string) => T): Promise<T> {
+    try {
+      return Promise.resolve(fn(this.#resolve(path)));
+    } catch (err) {
+      return Promise.reject(err);
+    }
   }
 
-  #run2<T>(a: string, b: string, fn: (ha: string, hb: string) => Promise<T>): Promise<T> {
-    const result = this.#queue.then(async () => fn(await this.#resolve(a), await this.#resolve(b)));
-    this.#queue = result.catch(() => {});
-    return result;
+  #run2<T>(a: string, b: string, fn: (ha: string, hb: string) => T): Promise<T> {
+    try {
+      return Promise.resolve(fn(this.#resolve(a), this.#resolve(b)));
+    } catch (err) {
+      return Promise.reject(err);
+    }
   }
 
-  async #resolve(path: string): Promise<string> {
+  #resolve(path: string): string {
     if (typeof path !== "string" || !path.startsWith("/")) throw fsError("EINVAL", `not an absolute path: ${String(path)}`);
     const parts = path.split("/").filter((p) => p !== "");
     for (const p of parts) {
@@ -73,7 +86,7 @@ class HostDirFileSystem implements SandboxFileSystem {
     let at = this.#root;
     for (const p of parts.slice(0, -1)) {
       at = `${at}/${p}`;
-      const st = await fsp.lstat(at);
+      const st = nfs.lstatSync(at);
       if (st.isSymbolicLink()) throw fsError("ELOOP", `${path}: a directory on the way is a symbolic link`);
       if (!st.isDirectory()) throw fsError("ENOTDIR", `${path}: not a directory on the way`);
     }
@@ -81,13 +94,13 @@ class HostDirFileSystem implements SandboxFileSystem {
   }
 
   lstat(path: string): Promise<SandboxFileStats> {
-    return this.#run(path, (h) => fsp.lstat(h));
+    return this.#run(path, (h) => nfs.lstatSync(h));
   }
 
   readdir(path: string): Promise<string[]> {
-    return this.#run(path, async (h) => {
-      if ((await fsp.lstat(h)).isSymbolicLink()) throw fsError("ENOTDIR", `${path} is a symbolic link`);
-      return fsp.readdir(h);
+    return this.#run(path, (h) => {
+      if (nfs.lstatSync(h).isSymbolicLink()) throw fsError("ENOTDIR", `${path} is a symbolic link`);
+      return nfs.readdirSync(h);
     });
   }
 
@@ -97,54 +110,44 @@ class HostDirFileSystem implements SandboxFileSystem {
     if (flags & 0o100) f |= constants.O_CREAT;
     if (flags & 0o200) f |= constants.O_EXCL;
     f |= constants.O_NOFOLLOW;
-    return this.#run(path, async (h) => {
-      const handle = await fsp.open(h, f, mode);
-      return {
-        read: (b, o, l, p) => handle.read(b, o, l, p),
-        write: (b, o, l, p) => handle.write(b, o, l, p),
-        stat: () => handle.stat(),
-        truncate: (len) => handle.truncate(len),
-        sync: () => handle.sync(),
-        close: () => handle.close(),
-      };
-    });
+    return this.#run(path, (h) => fdHandle(nfs.openSync(h, f, mode)));
   }
 
   mkdir(path: string, mode?: number): Promise<unknown> {
-    return this.#run(path, (h) => fsp.mkdir(h, { mode }));
+    return this.#run(path, (h) => nfs.mkdirSync(h, { mode }));
   }
   rmdir(path: string): Promise<void> {
-    return this.#run(path, (h) => fsp.rmdir(h));
+    return this.#run(path, (h) => nfs.rmdirSync(h));
   }
   unlink(path: string): Promise<void> {
-    return this.#run(path, (h) => fsp.unlink(h));
+    return this.#run(path, (h) => nfs.unlinkSync(h));
   }
   rename(from: string, to: string): Promise<void> {
-    return this.#run2(from, to, (a, b) => fsp.rename(a, b));
+    return this.#run2(from, to, (a, b) => nfs.renameSync(a, b));
   }
   symlink(target: string, path: string): Promise<void> {
-    return this.#run(path, (h) => fsp.symlink(target, h));
+    return this.#run(path, (h) => nfs.symlinkSync(target, h));
   }
   readlink(path: string): Promise<string> {
-    return this.#run(path, (h) => fsp.readlink(h));
+    return this.#run(path, (h) => nfs.readlinkSync(h));
   }
   link(existing: string, path: string): Promise<void> {
     // link(2) does not follow a symlink at `existing`.
-    return this.#run2(existing, path, (a, b) => fsp.link(a, b));
+    return this.#run2(existing, path, (a, b) => nfs.linkSync(a, b));
   }
   chmod(path: string, mode: number): Promise<void> {
-    return this.#run(path, async (h) => {
-      if ((await fsp.lstat(h)).isSymbolicLink()) throw fsError("EOPNOTSUPP", "symbolic links have no mode of their own");
-      await fsp.chmod(h, mode);
+    return this.#run(path, (h) => {
+      if (nfs.lstatSync(h).isSymbolicLink()) throw fsError("EOPNOTSUPP", "symbolic links have no mode of their own");
+      nfs.chmodSync(h, mode);
     });
   }
   truncate(path: string, length: number): Promise<void> {
-    return this.#run(path, async (h) => {
-      const handle = await fsp.open(h, constants.O_WRONLY | constants.O_NOFOLLOW);
+    return this.#run(path, (h) => {
+      const fd = nfs.openSync(h, constants.O_WRONLY | constants.O_NOFOLLOW);
       try {
-        await handle.truncate(length);
+        nfs.ftruncateSync(fd, length);
       } finally {
-        await handle.close();
+        nfs.closeSync(fd);
       }
     });
   }
@@ -152,6 +155,50 @@ class HostDirFileSystem implements SandboxFileSystem {
     return this.lutimes(path, atime, mtime);
   }
   lutimes(path: string, atime: number, mtime: number): Promise<void> {
-    return this.#run(path, (h) => fsp.lutimes(h, atime, mtime));
+    return this.#run(path, (h) => nfs.lutimesSync(h, atime, mtime));
   }
+}
+
+/** Wraps `fn` so a throw becomes a rejected promise. */
+function settle<T>(fn: () => T): Promise<T> {
+  try {
+    return Promise.resolve(fn());
+  } catch (err) {
+    return Promise.reject(err);
+  }
+}
+
+/** An open host file: small reads and writes synchronous, large ones, fsync and close on libuv's pool. */
+function fdHandle(fd: number): SandboxFileHandle {
+  let closed = false;
+  const check = () => {
+    if (closed) throw fsError("EBADF", "file is closed");
+  };
+  // Calls on the pool still running: close waits for them, so the descriptor number
+  // is never reused under one of them.
+  let pending: Promise<unknown> = Promise.resolve();
+  const cb = <T>(run: (done: (err: NodeJS.ErrnoException | null, v: T) => void) => void) => {
+    const p = new Promise<T>((resolve, reject) => run((err, v) => (err ? reject(err) : resolve(v))));
+    const prev = pending;
+    pending = Promise.allSettled([prev, p]);
+    return p;
+  };
+  return {
+    read: (b, o, l, p) =>
+      l <= HOST_DIR_SYNC_IO_BYTES
+        ? settle(() => (check(), { bytesRead: nfs.readSync(fd, b, o, l, p) }))
+        : settle(check).then(() => cb<number>((d) => nfs.read(fd, b, o, l, p, d)).then((bytesRead) => ({ bytesRead }))),
+    write: (b, o, l, p) =>
+      l <= HOST_DIR_SYNC_IO_BYTES
+        ? settle(() => (check(), { bytesWritten: nfs.writeSync(fd, b, o, l, p) }))
+        : settle(check).then(() => cb<number>((d) => nfs.write(fd, b, o, l, p, d)).then((bytesWritten) => ({ bytesWritten }))),
+    stat: () => settle(() => (check(), nfs.fstatSync(fd))),
+    truncate: (len) => settle(() => (check(), nfs.ftruncateSync(fd, len))),
+    sync: () => settle(check).then(() => cb<void>((d) => nfs.fsync(fd, d))),
+    close: () => {
+      if (closed) return Promise.resolve();
+      closed = true;
+      return pending.then(() => new Promise<void>((resolve, reject) => nfs.close(fd, (err) => (err ? reject(err) : resolve()))));
+    },
+  };
 }

@@ -143,9 +143,7 @@ export class MountServer {
         const path = childPath(this.nodes.path(op.parent), op.name);
         const mode = op.mode & 0o7777;
         await fs.mkdir(path, mode);
-        await this.#mode(path, mode);
-        await this.#own(path, req);
-        return entry(path);
+        return { reply: { result: "entry", ...(await this.#settle(path, mode, req)) } };
       }
       case "unlink":
       case "rmdir": {
@@ -174,9 +172,7 @@ export class MountServer {
         const mode = op.mode & 0o7777;
         const handle = await fs.open(path, O.CREAT | (op.flags & O.EXCL) | (op.flags & O.ACCMODE), mode);
         try {
-          await this.#mode(path, mode);
-          await this.#own(path, req);
-          const e = await this.#entry(path);
+          const e = await this.#settle(path, mode, req);
           return { reply: { result: "created", ...e, fh: this.#addFile(handle, e.node) } };
         } catch (err) {
           await handle.close().catch(() => {});
@@ -304,6 +300,21 @@ export class MountServer {
     const f = fh === undefined ? undefined : this.#files.get(fh);
     if (!f) throw fsError("EBADF", `no open file ${fh}`);
     return f;
+  }
+
+  /**
+   * A new file or directory gets exactly `mode` and the caller as owner (as
+   * {@link #mode} and {@link #own}), and its entry: one lstat when nothing needs changing.
+   */
+  async #settle(path: string, mode: number, req: FsRequest): Promise<{ node: number; attr: WireAttr }> {
+    const st = await this.fs.lstat(path);
+    const wrongMode = (st.mode & 0o7777) !== mode && (st.mode & S_IFMT) !== S_IFLNK;
+    const lchown = this.fs.lchown?.bind(this.fs);
+    const wrongOwner = lchown !== undefined && req.uid !== undefined && req.gid !== undefined && (st.uid !== req.uid || st.gid !== req.gid);
+    if (!wrongMode && !wrongOwner) return { node: this.nodes.lookup(path), attr: wireAttr(st) };
+    if (wrongMode) await this.fs.chmod(path, mode);
+    if (wrongOwner) await lchown(path, req.uid, req.gid);
+    return this.#entry(path);
   }
 
   /** Sets exactly `mode` (the guest already applied its umask; host-side creation may not honour it). */

@@ -72,6 +72,8 @@ export interface VirtualMount {
   readonly fs: SandboxFileSystem;
   /** Mounted read-only in the guest (writes fail with EROFS before reaching the filesystem). */
   readonly readOnly: boolean;
+  /** How long the guest may keep file attributes (see `VirtualOptions.attributeCacheMs`); 0: never. */
+  readonly attributeCacheMs: number;
 }
 
 /**

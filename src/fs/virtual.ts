@@ -9,6 +9,15 @@ const REQUIRED = ["lstat", "readdir", "open", "mkdir", "rmdir", "unlink", "renam
 export interface VirtualOptions {
   /** Mount read-only in the guest: writes fail with EROFS there. Default: true for `fs.readOnly(...)` filesystems, else false. */
   readOnly?: boolean;
+  /**
+   * How long (ms, 0–60000) the guest kernel may keep a file's size, mode and
+   * times before asking again. Default 0: a host change is seen by the next
+   * guest `stat`. With N > 0, stat-based tools (`git status`, `make`) run
+   * several times faster, but a change made around the guest — by the host or
+   * another lane — can take up to N ms to show in `stat`; file contents are
+   * still read fresh at every open. The C virtiofsd's `cache=auto` is 1000.
+   */
+  attributeCacheMs?: number;
 }
 
 /**
@@ -19,7 +28,11 @@ export function virtual(fs: FileSystemSource, options: VirtualOptions = {}): Vir
   const impl = asFileSystem(fs);
   const readOnly = options.readOnly ?? isReadOnly(impl);
   if (typeof readOnly !== "boolean") throw new SandboxConfigError("fs.virtual(fs, { readOnly }) must be a boolean");
-  return Object.freeze({ kind: "virtual" as const, fs: impl, readOnly });
+  const attributeCacheMs = options.attributeCacheMs ?? 0;
+  if (!Number.isInteger(attributeCacheMs) || attributeCacheMs < 0 || attributeCacheMs > 60_000) {
+    throw new SandboxConfigError(`fs.virtual(fs, { attributeCacheMs }) must be an integer from 0 to 60000, got ${String(attributeCacheMs)}`);
+  }
+  return Object.freeze({ kind: "virtual" as const, fs: impl, readOnly, attributeCacheMs });
 }
 
 export function asFileSystem(fs: unknown): SandboxFileSystem {

@@ -178,6 +178,13 @@ describe("fs.virtual / fs.readOnly", () => {
     expect(() => fs.memory({ files: { "relative.txt": "x" } })).toThrow(SandboxConfigError);
   });
 
+  it("takes an attribute cache time of 0-60000 ms, default 0 (never cached)", () => {
+    const vol = fs.memory();
+    expect(fs.virtual(vol).attributeCacheMs).toBe(0);
+    expect(fs.virtual(vol, { attributeCacheMs: 1000 }).attributeCacheMs).toBe(1000);
+    for (const bad of [-1, 60_001, 1.5, "1000"]) expect(() => fs.virtual(vol, { attributeCacheMs: bad as never })).toThrow(SandboxConfigError);
+  });
+
   it("refuses every change with EROFS and still reads", async () => {
     const vol = fs.memory({ files: { "/a": "a" } });
     const ro = fs.readOnly(vol);

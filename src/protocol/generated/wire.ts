@@ -1415,6 +1415,17 @@ export interface CowSpec {
  */
 export interface FsMount {
   /**
+   * How long the guest kernel may keep a file's attributes (size, mode, times)
+   * before asking again; absent: never cached (see docs/decisions.md, "Issue 19: mounts").
+   */
+  attrCacheMs?: number | null;
+  /**
+   * Benchmarks only (qemu): attach this existing vhost-user-fs socket (e.g.
+   * the C `virtiofsd` as a same-run reference) instead of the helper's own
+   * device. Such a VM cannot be checkpointed.
+   */
+  externalSocket?: string | null;
+  /**
    * virtio-fs tag (≤ 36 bytes of `[A-Za-z0-9_-]`) the guest mounts by.
    */
   tag: string;

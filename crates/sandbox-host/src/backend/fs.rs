@@ -20,6 +20,8 @@ use std::sync::Arc;
 /// time a checkpoint unplugged the old one (QEMU 7.2 cannot migrate them).
 pub struct MountServer {
     tags: Vec<String>,
+    /// Each mount's cache policy (its attribute timeout comes from the Launch).
+    policies: Vec<CachePolicy>,
     files: Arc<Service>,
     diag: Diag,
     rt: tokio::runtime::Handle,
@@ -34,6 +36,7 @@ impl MountServer {
         let booted = |i: usize| l.restore.is_none().then(|| crate::snapshot::mount_chardev_id(i));
         Self {
             tags: l.mounts.iter().map(|m| m.tag.to_string()).collect(),
+            policies: l.mounts.iter().map(policy).collect(),
             files: files.clone(),
             diag: diag.clone(),
             rt: rt.clone(),
@@ -70,7 +73,7 @@ impl MountServer {
         let dir = private_dir().map_err(|e| e.to_string())?;
         let d = self.diag.clone();
         let report = move |e: String| d.error(sandbox_protocol::DiagnosticSource::Fs, format!("virtio-fs device of mount {tag}: {e}"));
-        let served = device::serve(&dir, &format!("fs{i}"), NodeFs::new(self.files.clone(), index), CachePolicy::default(), self.rt.clone(), report)
+        let served = device::serve(&dir, &format!("fs{i}"), NodeFs::new(self.files.clone(), index), self.policies.get(i).copied().unwrap_or_default(), self.rt.clone(), report)
             .map_err(|e| format!("virtio-fs device for mount {i}: {e}"))?;
         // The socket disappears once QEMU connected; the directory goes when empty.
         std::thread::spawn(move || {
@@ -85,6 +88,15 @@ impl MountServer {
     }
 }
 
+/// The default policy, with file attributes kept as long as the mount allows.
+fn policy(m: &sandbox_protocol::FsMount) -> CachePolicy {
+    let mut p = CachePolicy::default();
+    if let Some(ms) = m.attr_cache_ms {
+        p.attr_timeout = std::time::Duration::from_millis(u64::from(ms.get()));
+    }
+    p
+}
+
 fn private_dir() -> Result<PathBuf, HostError> {
     let base = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from).filter(|p| p.is_dir()).unwrap_or_else(std::env::temp_dir);
     let mut seed = [0u8; 8];
@@ -96,4 +108,21 @@ fn private_dir() -> Result<PathBuf, HostError> {
         .create(&dir)
         .map_err(|e| HostError::Setup(format!("private socket directory {}: {e}", dir.display())))?;
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn file_attributes_are_cached_only_as_long_as_the_mount_allows() {
+        let m: sandbox_protocol::FsMount = serde_json::from_value(serde_json::json!({ "tag": "t" })).unwrap();
+        assert_eq!(policy(&m).attr_timeout, Duration::ZERO, "default: never cached");
+        let m: sandbox_protocol::FsMount = serde_json::from_value(serde_json::json!({ "tag": "t", "attrCacheMs": 1500 })).unwrap();
+        let p = policy(&m);
+        assert_eq!(p.attr_timeout, Duration::from_millis(1500));
+        assert_eq!(p.entry_timeout, CachePolicy::default().entry_timeout);
+        assert!(serde_json::from_value::<sandbox_protocol::FsMount>(serde_json::json!({ "tag": "t", "attrCacheMs": 60001 })).is_err());
+    }
 }

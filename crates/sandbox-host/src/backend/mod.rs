@@ -117,6 +117,14 @@ fn validate(l: &Launch) -> Result<(), HostError> {
         if m.tag.is_empty() || m.tag.len() > 36 || !m.tag.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
             return Err(HostError::InvalidLaunch(format!("virtio-fs tag {:?} must be 1-36 characters of [A-Za-z0-9_-]", m.tag)));
         }
+        if let Some(sock) = &m.external_socket {
+            if l.backend != BackendKind::Qemu || l.restore.is_some() {
+                return Err(HostError::InvalidLaunch("an external virtio-fs socket needs the qemu backend and a fresh boot".into()));
+            }
+            if sock.contains(',') {
+                return Err(HostError::InvalidLaunch(format!("external virtio-fs socket {sock:?} contains a comma")));
+            }
+        }
     }
     Ok(())
 }

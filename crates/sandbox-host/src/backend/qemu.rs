@@ -186,7 +186,16 @@ pub fn args(l: &Launch, fs_sockets: &[PathBuf]) -> Result<Vec<String>, HostError
 pub fn spawn(l: &Launch, services: &Services, rt: &tokio::runtime::Handle) -> Result<RunningVm, HostError> {
     let mounts = services.files.as_ref().filter(|_| !l.mounts.is_empty()).map(|files| super::fs::MountServer::new(l, files, &services.diag, rt));
     let fs_sockets = match (&mounts, &l.restore) {
-        (Some(m), None) => (0..l.mounts.len()).map(|i| m.serve(i).map_err(HostError::Setup)).collect::<Result<Vec<_>, _>>()?,
+        (Some(m), None) => l
+            .mounts
+            .iter()
+            .enumerate()
+            .map(|(i, mount)| match &mount.external_socket {
+                // Bench-only reference (e.g. the C virtiofsd): QEMU connects to it directly.
+                Some(path) => Ok(PathBuf::from(path)),
+                None => m.serve(i).map_err(HostError::Setup),
+            })
+            .collect::<Result<Vec<_>, _>>()?,
         _ => Vec::new(),
     };
     if mounts.is_none() && !l.mounts.is_empty() {
@@ -321,6 +330,7 @@ pub fn spawn(l: &Launch, services: &Services, rt: &tokio::runtime::Handle) -> Re
             .iter()
             .any(|d| d.cow.as_ref().is_some_and(|c| c.mode == sandbox_protocol::CowMode::Persistent))
             .then(|| "a lane with a cow (store-backed) root cannot be checkpointed yet: use an ephemeral root".to_string())
+            .or_else(|| l.mounts.iter().any(|m| m.external_socket.is_some()).then(|| "a lane with an external virtio-fs socket cannot be checkpointed".to_string()))
     };
     let capture = crate::snapshot::Capturable { qmp: std::sync::Mutex::new(qmp), ram, disks: disk_handles, refuse, mounts };
     Ok(RunningVm {
@@ -487,6 +497,18 @@ mod tests {
         l.backend = sandbox_protocol::BackendKind::Qemu;
         l.mounts = (0..=MAX_MOUNTS).map(|i| from(json!({ "tag": format!("t{i}") }))).collect();
         assert!(super::super::validate(&l).is_err());
+    }
+
+    #[test]
+    fn an_external_virtio_fs_socket_is_qemu_only_and_on_fresh_boots() {
+        let mut l = launch();
+        l.mounts = from(json!([{ "tag": "sandbox-fs-0", "externalSocket": "/run/vfsd.sock" }]));
+        assert!(super::super::validate(&l).is_ok());
+        l.backend = sandbox_protocol::BackendKind::Krun;
+        assert!(super::super::validate(&l).is_err(), "krun has no vhost-user");
+        l.backend = sandbox_protocol::BackendKind::Qemu;
+        l.mounts = from(json!([{ "tag": "sandbox-fs-0", "externalSocket": "/run/a,b.sock" }]));
+        assert!(super::super::validate(&l).is_err(), "a comma would end QEMU's chardev option");
     }
 
     #[test]

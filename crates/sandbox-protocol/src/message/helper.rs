@@ -143,6 +143,15 @@ pub struct CowSpec {
 pub struct FsMount {
     /// virtio-fs tag (≤ 36 bytes of `[A-Za-z0-9_-]`) the guest mounts by.
     pub tag: Text<36>,
+    /// How long the guest kernel may keep a file's attributes (size, mode, times)
+    /// before asking again; absent: never cached (see docs/decisions.md, "Issue 19: mounts").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attr_cache_ms: Option<U32In<1, 60000>>,
+    /// Benchmarks only (qemu): attach this existing vhost-user-fs socket (e.g.
+    /// the C `virtiofsd` as a same-run reference) instead of the helper's own
+    /// device. Such a VM cannot be checkpointed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_socket: Option<String>,
 }
 
 /// The helper's side of the guest network.
