@@ -46,10 +46,12 @@ pub fn stub_of(image: &[u8]) -> Result<&[u8], String> {
 /// A memfd holding the stub of `kernel`, for QEMU to open as `/proc/self/fd/N`.
 pub fn restore_kernel(kernel: &Path) -> Result<File, HostError> {
     let setup_err = |what: &str, e: &dyn std::fmt::Display| HostError::Setup(format!("{what} {}: {e}", kernel.display()));
-    // The header and the kept payload are all this reads, whatever the kernel's size.
-    let mut head = Vec::with_capacity(64 * 1024);
+    // The header and the kept payload are all this reads, whatever the kernel's size
+    // (setup_sects is one byte: the setup code is at most 256 sectors).
+    const HEAD_MAX: usize = 256 * 512 + PAYLOAD_KEPT;
+    let mut head = Vec::with_capacity(HEAD_MAX);
     File::open(kernel)
-        .and_then(|f| f.take(64 * 1024).read_to_end(&mut head))
+        .and_then(|f| f.take(HEAD_MAX as u64).read_to_end(&mut head))
         .map_err(|e| setup_err("reading the kernel", &e))?;
     let stub = stub_of(&head).map_err(|e| setup_err("kernel", &e))?;
     // SAFETY: the name is a NUL-terminated literal; the new descriptor is owned below.
