@@ -31,10 +31,30 @@ const median = (xs) => {
   return s[Math.floor(s.length / 2)];
 };
 
+// One 100 MB sequential write and read-back, shared by both guest scripts.
+const BIG_FILE_PY = String.raw`
+chunk = b"\xa5" * (1 << 20)
+def write_big(path, mb):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    for _ in range(mb):
+        os.write(fd, chunk)
+    os.close(fd)
+def read_big(path, mb):
+    fd = os.open(path, os.O_RDONLY)
+    n = 0
+    while True:
+        r = os.read(fd, 1 << 20)
+        if not r:
+            break
+        n += len(r)
+    os.close(fd)
+    assert n == mb << 20, n
+`;
+
 // Guest-side timing: nothing here depends on host wall clock or helper overhead outside the measured loop.
 const GUEST = String.raw`
 import os, sys, time
-base, files, mb, stats = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+${BIG_FILE_PY}base, files, mb, stats = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 os.makedirs(base, exist_ok=True)
 payload = b"x" * 512
 t = time.perf_counter()
@@ -49,24 +69,12 @@ for i in range(files):
     assert os.read(fd, 4096) == payload
     os.close(fd)
 readback = time.perf_counter() - t
-chunk = b"\xa5" * (1 << 20)
 t = time.perf_counter()
-fd = os.open(f"{base}/big", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-for _ in range(mb):
-    os.write(fd, chunk)
-os.close(fd)
+write_big(f"{base}/big", mb)
 write = time.perf_counter() - t
 t = time.perf_counter()
-fd = os.open(f"{base}/big", os.O_RDONLY)
-n = 0
-while True:
-    b = os.read(fd, 1 << 20)
-    if not b:
-        break
-    n += len(b)
-os.close(fd)
+read_big(f"{base}/big", mb)
 read = time.perf_counter() - t
-assert n == mb << 20, n
 fd = os.open(f"{base}/f0", os.O_RDONLY)
 t = time.perf_counter()
 for _ in range(stats):
@@ -114,12 +122,11 @@ function timed(inner) {
 // change of host load hits all of them alike.
 const ROWS = String.raw`
 import json, os, subprocess, sys, time
-files, mb, src = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+${BIG_FILE_PY}files, mb, src = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 bases = dict(a.split("=", 1) for a in sys.argv[4:])
 git = ["git", "-c", "safe.directory=*", "-c", "core.fsync=none"]
 out = {k: {} for k in bases}
 payload = b"x" * 512
-chunk = b"\xa5" * (1 << 20)
 def create(b):
     os.makedirs(f"{b}/small")
     for i in range(files):
@@ -145,20 +152,9 @@ def clone(b):
 def status(b):
     subprocess.run(git + ["-C", f"{b}/clone", "status", "--porcelain"], check=True, capture_output=True)
 def write(b):
-    fd = os.open(f"{b}/big", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    for _ in range(mb):
-        os.write(fd, chunk)
-    os.close(fd)
+    write_big(f"{b}/big", mb)
 def readbig(b):
-    fd = os.open(f"{b}/big", os.O_RDONLY)
-    n = 0
-    while True:
-        r = os.read(fd, 1 << 20)
-        if not r:
-            break
-        n += len(r)
-    os.close(fd)
-    assert n == mb << 20, n
+    read_big(f"{b}/big", mb)
     os.unlink(f"{b}/big")
 phases = [("create", create), ("stat", stat), ("read", read), ("readdir", readdir), ("unlink", unlink),
           ("gitClone", clone), (None, status), ("gitStatus", status), ("write", write), ("readBig", readbig)]
