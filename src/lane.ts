@@ -466,11 +466,13 @@ export class Lane implements AsyncDisposable {
 
   /**
    * Captures the running lane — guest memory, CPU and device state, the
-   * ephemeral root's changes — into a snapshot; the lane and its processes
+   * root disk at that instant — into a snapshot; the lane and its processes
    * keep running (the guest pauses for `stats.pausedMs`). Boot the snapshot
    * any number of times (`snapshot.boot()`): each boot is an independent fork.
-   * Rejects with SandboxSnapshotError when this lane cannot be captured
-   * (qemu: a `rootfs.cow` root; krun: a network policy, mounts, a writable
+   * A `rootfs.cow` root's store is pinned: until the snapshot holds every
+   * block the store held, the lane's writes stay in memory (a write past
+   * `maxDirtyBytes`, or a sync, waits). Rejects with SandboxSnapshotError when
+   * this lane cannot be captured (krun: a network policy, mounts, a writable
    * root). On qemu, mounts are unplugged for the capture and come back at the
    * same paths: files and working directories a process had open on a mount
    * fail with ENOTCONN afterwards; paths opened anew work (docs/api.md).

@@ -39,6 +39,8 @@ export interface SnapshotRequirements {
   initrdSha256: string;
   memoryMiB: number;
   cpus: number;
+  /** Whether the root disk was writable (its changes are in the snapshot) or read-only. */
+  rootDisk: "writable" | "read-only";
 }
 
 /** `manifest.json` of a saved snapshot. */

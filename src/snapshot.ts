@@ -1,6 +1,6 @@
 /**
  * Snapshots of running lanes: `lane.checkpoint()` captures guest memory,
- * device state and the ephemeral root's changes into a directory while the
+ * device state and the root disk's changes into a directory while the
  * lane keeps running; `snapshot.boot()` resumes a new lane — a fork — from it.
  */
 import { mkdtemp, rm } from "node:fs/promises";
@@ -23,6 +23,14 @@ export interface CheckpointOptions {
 export interface SnapshotBootOptions {
   /** The restored guest's hostname. Default: the checkpointed lane's. */
   hostname?: string;
+  /**
+   * The fork's own dirty-bytes budget for root-disk writes (as
+   * `rootfs.ephemeral({ maxDirtyBytes })`), on top of the snapshot's changes,
+   * which are read from the snapshot's files. Default: the checkpointed
+   * root's `maxDirtyBytes`. A fork's root is always ephemeral: the writes of a
+   * fork of a `rootfs.cow` lane never reach that lane's store.
+   */
+  maxDirtyBytes?: number;
   /** How long the restore may take. Default 60 s. */
   timeoutMs?: number;
   /** Abort the restore. */
@@ -49,7 +57,7 @@ export interface SnapshotStats {
   pausedMs: number;
   /** Guest RAM bytes written (all-zero MiB chunks are skipped). */
   ramBytes: number;
-  /** Root-disk bytes the lane had changed, captured. */
+  /** Root-disk bytes captured: an ephemeral root's changes, or a `rootfs.cow` root's stored and unwritten blocks. */
   diskBytes: number;
   /** Host wall time of the whole `checkpoint()` call, ms. */
   totalMs: number;

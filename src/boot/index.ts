@@ -4,7 +4,7 @@
  * store, start the helper, serve its requests (block store, filesystems,
  * network), build the Launch and Configure messages, run the handshake.
  */
-import { SandboxBootError, SandboxSnapshotError } from "../errors.js";
+import { SandboxBootError, SandboxConfigError, SandboxSnapshotError } from "../errors.js";
 import { HelperConnection } from "../helper-connection.js";
 import { Lane } from "../lane.js";
 import { BlockStoreFailures, serveBlockStore } from "../rootfs/block-store.js";
@@ -14,7 +14,7 @@ import { interceptHandler, InterceptServer } from "../network/intercept-server.j
 import { startInterception, type BootInterception } from "../network/http/interception.js";
 import type { NetworkPolicy } from "../network/policy.js";
 import type { Launch } from "../protocol/contract.js";
-import type { RootfsSpec } from "../rootfs.js";
+import { rootfs as rootfsApi, type RootfsSpec } from "../rootfs.js";
 import { resolveImage } from "../images/resolve.js";
 import { checkAbsolutePath } from "../validate.js";
 import type { BootOptions, SandboxResources } from "../sandbox.js";
@@ -84,6 +84,7 @@ export async function bootLane(
     initrdSha256: await fileSha256(snapshotBootFiles(platform.choice.backend, platform.artifacts).initrd),
     memoryMiB: resources.memoryMiB,
     cpus: resources.cpus,
+    rootDisk: root.kind === "ephemeral" || root.kind === "cow" ? "writable" : "read-only",
   });
   if (restore?.requires) {
     const why = requirementMismatch(restore.requires, await requirements());
@@ -241,9 +242,9 @@ export function snapshotBooter(
   requires?: SnapshotRequirements,
   mounts?: BootOptions["mounts"],
 ) {
-  return (dir: string, o: SnapshotBootOptions): Promise<Lane> =>
+  return async (dir: string, o: SnapshotBootOptions): Promise<Lane> =>
     bootLane(
-      root,
+      forkRoot(root, o.maxDirtyBytes),
       resources,
       { hostname: o.hostname ?? hostname, timeoutMs: o.timeoutMs, signal: o.signal, livenessTimeoutMs: o.livenessTimeoutMs, mounts: o.mounts ?? mounts, onEvent: o.onEvent },
       policy,
@@ -252,12 +253,25 @@ export function snapshotBooter(
     );
 }
 
+/**
+ * The root a fork boots with: a writable root becomes an ephemeral one over
+ * the same base, under which the helper reads the snapshot's saved blocks.
+ * A `rootfs.cow` root's store stays the checkpointed lane's alone: a fork's
+ * writes never reach it (docs/decisions.md).
+ */
+function forkRoot(root: RootfsSpec, maxDirtyBytes: number | undefined): RootfsSpec {
+  if (root.kind !== "ephemeral" && root.kind !== "cow") {
+    if (maxDirtyBytes !== undefined) throw new SandboxConfigError("snapshot.boot({ maxDirtyBytes }) needs a snapshot of a lane with a writable root (rootfs.ephemeral or rootfs.cow)");
+    return root;
+  }
+  return rootfsApi.ephemeral({ base: root.base, maxDirtyBytes: maxDirtyBytes ?? root.maxDirtyBytes });
+}
+
 /** Why a lane booted like this cannot be checkpointed, if it cannot. */
 function snapshotRefusal(backend: string, root: RootfsSpec, mounts: number, network: boolean): { refuse: string } | undefined {
   // A restored krun lane reads its RAM through libkrun, so it can be checkpointed again.
   if (backend === "krun") return krunSnapshotRefusal(root, mounts, network);
   if (backend !== "qemu") return { refuse: `the ${backend} backend has no snapshots` };
-  if (root.kind === "cow") return { refuse: "its root is rootfs.cow (a store-backed root); use rootfs.ephemeral or a read-only root" };
   return undefined;
 }
 

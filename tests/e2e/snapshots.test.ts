@@ -180,17 +180,63 @@ describe("snapshots on a real VM (qemu)", () => {
     }
   });
 
-  it("a lane with a rootfs.cow root is refused with a typed error (not yet capturable)", async () => {
-    const cow = defineSandbox({ rootfs: rootfs.cow({ base: rootfs.builtIn("debian:12"), writable: new MemoryBlockStore() }), resources: { cpus: 1, memoryMiB: 512 } });
+  it("a rootfs.cow lane: the snapshot pins the store's state; later writes of the lane and a fork's writes never change it", async () => {
+    const store = new MemoryBlockStore();
+    const cow = defineSandbox({ rootfs: rootfs.cow({ base: rootfs.builtIn("debian:12"), writable: store }), resources: { cpus: 1, memoryMiB: 512 } });
+    const hash = "sha256sum /root/big | cut -d' ' -f1";
+    let atCheckpoint = "";
+    let pinned: SandboxSnapshot | undefined;
+    try {
+      {
+        await using l = await cow.boot();
+        // 8 MiB that reach the store (sync), and a change still unwritten at the checkpoint.
+        await sh(l, "head -c 8388608 /dev/urandom > /root/big && echo v1 > /root/a && sync && echo unsynced > /root/b");
+        atCheckpoint = await sh(l, hash);
+        pinned = await l.checkpoint();
+        expect(pinned.stats.diskBytes).toBeGreaterThanOrEqual(8 << 20);
+        // The lane runs on and overwrites everything; its store changes, the snapshot must not.
+        await sh(l, "head -c 8388608 /dev/urandom > /root/big && echo v2 > /root/a && sync");
+        expect(await sh(l, hash)).not.toBe(atCheckpoint);
+      }
+      const drop = "sync; echo 3 > /proc/sys/vm/drop_caches";
+      for (const name of ["cow-fork-1", "cow-fork-2"]) {
+        await using fork = await pinned!.boot({ hostname: name });
+        // Page cache dropped: the bytes come from the fork's disk, i.e. the snapshot.
+        expect(await sh(fork, `${drop}; ${hash}; cat /root/a /root/b`)).toBe(`${atCheckpoint}\nv1\nunsynced`);
+        expect(await sh(fork, "ls /root/from-fork-1 2>/dev/null; true")).toBe("");
+        await sh(fork, "echo mine > /root/from-fork-1 && sync");
+      }
+      // The store has the lane's last state, none of the forks' writes.
+      await using again = await cow.boot();
+      expect(await sh(again, "cat /root/a; ls /root/from-fork-1 2>/dev/null; true")).toBe("v2");
+    } finally {
+      await pinned?.delete();
+    }
+  }, 300_000);
+
+  it("a checkpoint whose store cannot be read fails typed; idle hibernation reports it once and the lane keeps running", async () => {
+    const store = new MemoryBlockStore();
+    const cow = defineSandbox({ rootfs: rootfs.cow({ base: rootfs.builtIn("debian:12"), writable: store }), resources: { cpus: 1, memoryMiB: 512 } });
+    {
+      await using first = await cow.boot();
+      await sh(first, "head -c 4194304 /dev/urandom > /root/cold && sync");
+    }
+    // A second lane on the same store never reads /root/cold: only the store holds those blocks.
+    const read = store.read.bind(store);
+    let failing = false;
+    store.read = (range, context) => (failing ? Promise.reject(new Error("store offline")) : read(range, context));
     const events: LaneEvent[] = [];
     await using l = await cow.boot({ idleTimeoutMs: 1000, onEvent: (e) => events.push(e) });
-    await expect(l.checkpoint()).rejects.toBeInstanceOf(SandboxSnapshotError);
-    // Idle hibernation of such a lane: reported once, and the lane keeps running.
+    failing = true;
+    const err = await l.checkpoint().catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(SandboxSnapshotError);
+    expect(String(err)).toContain("store offline");
     for (let i = 0; i < 50 && !events.some((e) => e.type === "hibernate-failed"); i++) await new Promise((r) => setTimeout(r, 100));
     const failed = events.find((e) => e.type === "hibernate-failed");
     expect(failed?.type === "hibernate-failed" && failed.error).toBeInstanceOf(SandboxSnapshotError);
-    expect(await sh(l, "echo alive")).toBe("alive");
-  });
+    failing = false;
+    expect(await sh(l, "echo alive > /root/after && sync && cat /root/after")).toBe("alive");
+  }, 180_000);
 
   it("kill -9 of Node during checkpoint(): no helper or QEMU left, the half-written snapshot is never valid", async () => {
     const parent = mkdtempSync(join(tmpdir(), "sbx-snapkill-"));

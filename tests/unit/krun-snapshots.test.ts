@@ -27,7 +27,7 @@ describe("krun snapshots (Node side)", () => {
   });
 
   it("a krun snapshot is refused by a qemu runtime (and back) before booting", () => {
-    const krun: SnapshotRequirements = { version: "0.1.0", backend: "krun", imageSha256: "a", kernelSha256: "fw", initrdSha256: "init", memoryMiB: 512, cpus: 1 };
+    const krun: SnapshotRequirements = { version: "0.1.0", backend: "krun", imageSha256: "a", kernelSha256: "fw", initrdSha256: "init", memoryMiB: 512, cpus: 1, rootDisk: "writable" };
     const qemu = { ...krun, backend: "qemu", kernelSha256: "vmlinuz", initrdSha256: "initrd" };
     expect(requirementMismatch(krun, qemu)).toBe('it was taken with backend "krun", this runtime has "qemu"');
     expect(requirementMismatch(qemu, krun)).toMatch(/backend "qemu"/);

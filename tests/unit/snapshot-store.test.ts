@@ -13,7 +13,7 @@ const tmp = () => {
 };
 afterEach(() => dirs.splice(0).forEach((d) => rmSync(d, { recursive: true, force: true })));
 
-const requires: SnapshotRequirements = { version: "0.1.0", backend: "qemu", imageSha256: "a", kernelSha256: "k", initrdSha256: "i", memoryMiB: 512, cpus: 1 };
+const requires: SnapshotRequirements = { version: "0.1.0", backend: "qemu", imageSha256: "a", kernelSha256: "k", initrdSha256: "i", memoryMiB: 512, cpus: 1, rootDisk: "writable" };
 
 describe("snapshot stores", () => {
   it("saves files then the manifest, lists only complete saves, verifies on fetch", async () => {

@@ -33,6 +33,10 @@ impl<V> Fifo<V> {
         self.map.len()
     }
 
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u64, &V)> {
+        self.map.iter().map(|(&k, v)| (k, v))
+    }
+
     pub(crate) fn remove(&mut self, key: u64) -> Option<V> {
         // The stale key stays in `order`; evict_oldest skips it.
         self.map.remove(&key)

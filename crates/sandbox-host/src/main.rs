@@ -13,6 +13,7 @@ mod backend;
 mod block_store;
 mod console;
 mod diag;
+mod disk_capture;
 mod error;
 mod faults;
 mod fs_bridge;

@@ -15,16 +15,17 @@
 //! boundary, which is where a restored guest resumes when it gets `Resume`.
 //!
 //! A snapshot directory holds `state` (QEMU's device state), `ram` and one
-//! `disk<i>.blocks` per ephemeral copy-on-write disk.
+//! `disk<i>.blocks` per copy-on-write disk (`disk_capture.rs`): an ephemeral
+//! root's changes, or a `rootfs.cow` root's stored and dirty blocks.
 
 use crate::link::NodeTx;
 use crate::qmp::{self, LazyQmp, Qmp};
 use crate::relay::{GuestLink, GuestOut, NodeRequestHandler};
-use sandbox_block::{CowDisk, SavedBlock};
+use crate::disk_capture::{CaptureDisk, PinnedDisk};
+use sandbox_block::CowDisk;
 use sandbox_protocol::{self as proto, JsU64, Text};
 use serde_json::json;
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,7 +36,6 @@ use std::time::{Duration, Instant};
 const GUEST_ANSWER: Duration = Duration::from_secs(10);
 /// Device state is a few MiB; a migration that takes longer is broken.
 const MIGRATION_TIMEOUT: Duration = Duration::from_secs(60);
-const BLOCKS_MAGIC: &[u8; 8] = b"SBXBLK01";
 /// RAM is copied in chunks this big; all-zero chunks stay holes.
 const RAM_CHUNK: usize = 1 << 20;
 
@@ -61,6 +61,11 @@ pub trait Capture: Send + Sync {
     /// Pauses the VM, writes its state into `dir` and lets it run again, even
     /// when the capture failed. Returns (ms paused, RAM bytes, disk bytes written).
     fn pause_capture_resume(&self, dir: &Path) -> Result<(u128, u64, u64), String>;
+    /// After a capture, once the guest runs again (called whatever happened):
+    /// writes what could wait for that into `dir`; returns the disk bytes written.
+    fn finish(&self, _dir: &Path) -> Result<u64, String> {
+        Ok(0)
+    }
 }
 
 /// What a running QEMU VM offers for checkpoints.
@@ -68,8 +73,10 @@ pub struct Capturable {
     pub qmp: Mutex<LazyQmp>,
     /// The guest RAM memfd; `None` for a restored VM (its RAM is private).
     pub ram: Option<File>,
-    /// (disk index, overlay) of every ephemeral copy-on-write disk.
-    pub disks: Vec<(usize, DiskHandle)>,
+    /// Every copy-on-write disk.
+    pub disks: Vec<CaptureDisk>,
+    /// The disks pinned by the last capture, until `finish` writes them out.
+    pub pinned: Mutex<Vec<PinnedDisk>>,
     /// Why this VM cannot be checkpointed, if it cannot.
     pub refuse: Option<String>,
     /// The virtio-fs mounts, unplugged around each capture and plugged back.
@@ -215,8 +222,14 @@ fn checkpoint(cap: &dyn Capture, link: &GuestLink, dir: &Path) -> Result<proto::
     })();
     let resume = proto::Resume { restored: false, entropy: Text::truncated(String::new()), realtime_us: ZERO, hostname: None, ca_cert_pem: None };
     let _ = release.send(proto::encode(0, &resume));
-    let (paused_ms, ram_bytes, disk_bytes) = outcome?;
-    resumed.recv_timeout(GUEST_ANSWER).map_err(|_| format!("the guest did not resume within {} s of the checkpoint", GUEST_ANSWER.as_secs()))?;
+    let resumed = outcome.and_then(|captured| {
+        resumed.recv_timeout(GUEST_ANSWER).map_err(|_| format!("the guest did not resume within {} s of the checkpoint", GUEST_ANSWER.as_secs()))?;
+        Ok(captured)
+    });
+    // Always: a capture may hold disks pinned (their write-back waits for it).
+    let finished = cap.finish(dir);
+    let (paused_ms, ram_bytes, disk_bytes) = resumed?;
+    let disk_bytes = disk_bytes + finished?;
     // Milliseconds and byte counts of one VM stay far below 2^53.
     let js = |v: u128| JsU64::new(u64::try_from(v).unwrap_or(u64::MAX).min(proto::JS_SAFE_MAX)).expect("clamped to the range");
     Ok(proto::Checkpointed::Done { paused_ms: js(paused_ms), ram_bytes: js(ram_bytes.into()), disk_bytes: js(disk_bytes.into()) })
@@ -237,26 +250,33 @@ impl Capture for Capturable {
         let unplugged = mounts.map_or(Ok(()), |m| unplug_mounts(qmp, m.tags().len()));
         let captured = unplugged.and_then(|()| {
             qmp.execute("stop", json!({}))?;
-            capture(qmp, ram, &self.disks, dir)
+            let ram_bytes = capture(qmp, ram, dir)?;
+            *self.pinned.lock().unwrap_or_else(|p| p.into_inner()) = crate::disk_capture::pin_all(&self.disks)?;
+            Ok(ram_bytes)
         });
         // The lane goes on whatever happened to the capture, with its mounts back.
         let cont = qmp.execute("cont", json!({}));
         let plugged = mounts.map_or(Ok(()), |m| plug_mounts(qmp, m));
         let paused_ms = paused.elapsed().as_millis();
-        let (ram_bytes, disk_bytes) = captured?;
+        let ram_bytes = captured?;
         cont?;
         plugged.map_err(|e| format!("the mounts could not be plugged back after the capture: {e}"))?;
-        Ok((paused_ms, ram_bytes, disk_bytes))
+        Ok((paused_ms, ram_bytes, 0))
+    }
+
+    fn finish(&self, dir: &Path) -> Result<u64, String> {
+        let pinned = std::mem::take(&mut *self.pinned.lock().unwrap_or_else(|p| p.into_inner()));
+        crate::disk_capture::save_all(pinned, dir)
     }
 }
 
-/// With the VM stopped: device state through QEMU, RAM and disks by the helper.
+/// With the VM stopped: device state through QEMU, RAM by the helper; returns the RAM bytes.
 ///
 /// A fork (RAM privately mapped from its snapshot, `ram` is `None`) is not
 /// skipped by `x-ignore-shared`: its RAM travels in the device-state stream,
 /// and the snapshot's `ram` file is an all-hole file of the right size that
 /// the restore maps and the incoming stream fills.
-fn capture(qmp: &mut Qmp, ram: Option<&File>, disks: &[(usize, DiskHandle)], dir: &Path) -> Result<(u64, u64), String> {
+fn capture(qmp: &mut Qmp, ram: Option<&File>, dir: &Path) -> Result<u64, String> {
     let state = dir.join(STATE_FILE);
     qmp.execute("migrate-set-capabilities", json!({ "capabilities": [{ "capability": "x-ignore-shared", "state": true }] }))?;
     qmp.execute("migrate-set-parameters", json!({ "max-bandwidth": i64::MAX }))?;
@@ -272,13 +292,7 @@ fn capture(qmp: &mut Qmp, ram: Option<&File>, disks: &[(usize, DiskHandle)], dir
             std::fs::metadata(&state).map_err(|e| format!("{}: {e}", state.display()))?.len()
         }
     };
-    let mut disk_bytes = 0;
-    for (i, handle) in disks {
-        let disk = handle.get().ok_or_else(|| format!("disk {i} is not open yet"))?;
-        let blocks = disk.export_changes().map_err(|e| e.to_string())?;
-        disk_bytes += write_blocks(&dir.join(blocks_file(*i)), disk.block_size(), &blocks).map_err(|e| format!("saving disk {i}: {e}"))?;
-    }
-    Ok((ram_bytes, disk_bytes))
+    Ok(ram_bytes)
 }
 
 /// Copies RAM leaving all-zero chunks as holes; returns the bytes written.
@@ -300,50 +314,6 @@ fn copy_ram(src: &File, dst: &Path) -> std::io::Result<u64> {
     }
     out.sync_all()?;
     Ok(written)
-}
-
-fn write_blocks(path: &Path, block_size: u64, blocks: &[SavedBlock]) -> std::io::Result<u64> {
-    let mut w = BufWriter::new(File::create(path)?);
-    w.write_all(BLOCKS_MAGIC)?;
-    w.write_all(&block_size.to_be_bytes())?;
-    w.write_all(&(blocks.len() as u64).to_be_bytes())?;
-    for (idx, data) in blocks {
-        w.write_all(&idx.to_be_bytes())?;
-        w.write_all(data)?;
-    }
-    w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-    Ok(blocks.len() as u64 * block_size)
-}
-
-/// Reads a `disk<i>.blocks` file, checking every length against the file's.
-pub fn read_blocks(path: &Path, block_size: u64) -> Result<Vec<SavedBlock>, String> {
-    let bad = |why: &str| format!("snapshot disk file {} is corrupt: {why}", path.display());
-    let f = File::open(path).map_err(|e| format!("cannot open snapshot disk file {}: {e}", path.display()))?;
-    let len = f.metadata().map_err(|e| e.to_string())?.len();
-    let mut r = BufReader::new(f);
-    let mut head = [0u8; 24];
-    r.read_exact(&mut head).map_err(|_| bad("shorter than its header"))?;
-    if &head[..8] != BLOCKS_MAGIC {
-        return Err(bad("wrong magic"));
-    }
-    let bs = u64::from_be_bytes(head[8..16].try_into().unwrap_or_default());
-    let count = u64::from_be_bytes(head[16..24].try_into().unwrap_or_default());
-    if bs != block_size {
-        return Err(bad(&format!("block size {bs}, the disk's is {block_size}")));
-    }
-    if count.checked_mul(8 + bs).and_then(|b| b.checked_add(24)) != Some(len) {
-        return Err(bad(&format!("{count} blocks do not match its {len} bytes (truncated?)")));
-    }
-    let bs_usize = usize::try_from(bs).map_err(|_| bad("block size"))?;
-    let mut out = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
-    for _ in 0..count {
-        let mut idx = [0u8; 8];
-        r.read_exact(&mut idx).map_err(|_| bad("truncated"))?;
-        let mut data = vec![0u8; bs_usize].into_boxed_slice();
-        r.read_exact(&mut data).map_err(|_| bad("truncated"))?;
-        out.push((u64::from_be_bytes(idx), data));
-    }
-    Ok(out)
 }
 
 /// Loads device state into a QEMU started with `-incoming defer` and waits
@@ -423,21 +393,6 @@ pub fn ram_path(dir: &Path, memory_mib: u32) -> Result<PathBuf, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn blocks_round_trip_and_truncation_is_caught() {
-        let dir = std::env::temp_dir().join(format!("sbx-blocks-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join("d.blocks");
-        let blocks = vec![(3u64, vec![7u8; 4096].into_boxed_slice()), (9, vec![1u8; 4096].into_boxed_slice())];
-        assert_eq!(write_blocks(&p, 4096, &blocks).unwrap(), 8192);
-        assert_eq!(read_blocks(&p, 4096).unwrap(), blocks);
-        assert!(read_blocks(&p, 8192).unwrap_err().contains("block size"));
-        let f = File::options().write(true).open(&p).unwrap();
-        f.set_len(24 + 4096).unwrap();
-        assert!(read_blocks(&p, 4096).unwrap_err().contains("truncated"));
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
 
     #[test]
     fn ram_copy_keeps_holes() {

@@ -17,6 +17,7 @@
 
 mod fetch;
 mod mem_store;
+mod pin;
 mod state;
 mod store;
 #[cfg(test)]
@@ -28,6 +29,7 @@ mod writeback;
 mod writeback_tests;
 
 pub use mem_store::{MemBlockStore, StoreOp};
+pub use pin::Pinned;
 pub use store::{BlockStore, StoreError, StoreFailure};
 
 use std::collections::{HashMap, HashSet};
@@ -262,41 +264,10 @@ impl CowDisk {
         self.inner.lock().stats(self.inner.bs)
     }
 
-    /// Every block changed since the disk was opened, with its contents, in
-    /// block order: an ephemeral disk's whole difference from its base.
-    /// Consistent only while no request is in flight (a paused VM).
-    pub fn export_changes(&self) -> Result<Vec<SavedBlock>, DiskError> {
-        if self.inner.store.is_some() {
-            return Err(DiskError::Config("only an ephemeral overlay can be exported from memory".into()));
-        }
-        let st = self.inner.lock();
-        let mut out: Vec<SavedBlock> = st.dirty.iter().map(|(&i, d)| (i, d.data.clone())).collect();
-        out.sort_unstable_by_key(|(i, _)| *i);
-        Ok(out)
-    }
-
-    /// Installs blocks an `export_changes` produced as this (new, ephemeral)
-    /// disk's changes. Every block is checked: index within the disk, full size.
-    pub fn preload(&self, blocks: Vec<SavedBlock>) -> Result<(), DiskError> {
-        if self.inner.store.is_some() {
-            return Err(DiskError::Config("only an ephemeral overlay can be preloaded".into()));
-        }
-        let nblocks = self.inner.size.div_ceil(self.inner.bs);
-        let mut st = self.inner.lock();
-        if blocks.len() > st.budget() {
-            return Err(DiskError::Config(format!(
-                "{} saved blocks exceed the disk's budget of {} blocks: boot with a larger maxDirtyBytes",
-                blocks.len(),
-                st.budget()
-            )));
-        }
-        for (idx, data) in blocks {
-            if idx >= nblocks || data.len() as u64 != self.inner.bs {
-                return Err(DiskError::Config(format!("saved block {idx} ({} bytes) does not fit this disk", data.len())));
-            }
-            st.install(idx, data);
-        }
-        Ok(())
+    /// The tokio runtime write-back runs on (persistent mode), where the
+    /// store reads of [`Pinned::read_stored`] belong.
+    pub fn runtime(&self) -> Option<&Handle> {
+        self.inner.runtime.as_ref()
     }
 }
 

@@ -51,6 +51,9 @@ pub(super) struct WriteBack {
     /// `failures` when a batch last succeeded: while it lags, background
     /// write-back pauses (only urgent write-back retries the store).
     pub recovered: u64,
+    /// Snapshot pins alive: while any is, no write-back starts, so the
+    /// store keeps the state a checkpoint is copying (see `pin.rs`).
+    pub held: usize,
     pub last_failure: Option<StoreFailure>,
     /// The first failure no flush has reported yet.
     pub unreported: Option<StoreFailure>,

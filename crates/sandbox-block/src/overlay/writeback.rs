@@ -39,6 +39,9 @@ impl State {
     /// than in a loop.
     pub fn take_batches(&mut self, limits: Limits) -> Vec<Batch> {
         let mut out = Vec::new();
+        if self.wb.held > 0 {
+            return out;
+        }
         while self.wb.batches < limits.max_batches && !self.order.is_empty() {
             if self.wb.urgent == 0 && !self.background_batch_due(limits) {
                 break;

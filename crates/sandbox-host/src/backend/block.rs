@@ -6,21 +6,20 @@
 use super::Services;
 use crate::block_store::NodeStore;
 use crate::error::HostError;
-use sandbox_block::{nbd, BaseImage, CowConfig, CowDisk, CowMode, Qcow2Base, RawBase};
+use sandbox_block::{nbd, BaseImage, CowConfig, CowDisk, CowMode, Qcow2Base, RawBase, SavedLayer};
 use sandbox_protocol::{self as proto, DiagnosticSource, Disk, DiskFormat};
 use crate::snapshot::DiskHandle;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
-/// Blocks a restored ephemeral disk starts with (a snapshot's changes).
-pub type Preload = Vec<sandbox_block::SavedBlock>;
-
 /// Opens the base image, starts the NBD server and returns the VMM's end of
 /// the connection. The server ends when the VMM closes its end.
 /// A `persistent` disk keeps its dirty blocks in Node's block store.
-/// Returns once the overlay is open (with `preload` installed) or failed.
-pub fn serve_cow(disk: &Disk, services: &Services, preload: Option<Preload>) -> Result<(UnixStream, DiskHandle), HostError> {
+/// `saved`: a snapshot's `disk<i>.blocks`, read (lazily) between the base
+/// image and the overlay of a restored, ephemeral disk.
+/// An ephemeral disk returns once its overlay is open or failed.
+pub fn serve_cow(disk: &Disk, services: &Services, saved: Option<&Path>) -> Result<(UnixStream, DiskHandle, Option<Arc<SavedLayer>>), HostError> {
     let Some(cow) = disk.cow.clone() else {
         return Err(HostError::InvalidLaunch("serve_cow called for a disk without cow".into()));
     };
@@ -28,6 +27,17 @@ pub fn serve_cow(disk: &Disk, services: &Services, preload: Option<Preload>) -> 
     let base: Arc<dyn BaseImage> = match disk.format {
         DiskFormat::Qcow2 => Arc::new(Qcow2Base::open(path, disk.path.clone()).map_err(|e| base_err(disk, e))?),
         DiskFormat::Raw => Arc::new(RawBase::open(path, disk.path.clone()).map_err(|e| base_err(disk, e))?),
+    };
+    let layer = match saved {
+        Some(_) if cow.mode == proto::CowMode::Persistent => {
+            return Err(HostError::InvalidLaunch("a disk restored from a snapshot is ephemeral, not persistent".into()));
+        }
+        Some(file) => Some(Arc::new(SavedLayer::open(file, u64::from(cow.block_size.get()), base.clone()).map_err(|e| HostError::InvalidLaunch(e.to_string()))?)),
+        None => None,
+    };
+    let base: Arc<dyn BaseImage> = match &layer {
+        Some(layer) => layer.clone(),
+        None => base,
     };
     let (ours, vmm_end) = UnixStream::pair().map_err(|e| HostError::Setup(format!("socketpair for NBD: {e}")))?;
     ours.set_nonblocking(true).map_err(|e| HostError::Setup(format!("nonblocking NBD socket: {e}")))?;
@@ -62,12 +72,6 @@ pub fn serve_cow(disk: &Disk, services: &Services, preload: Option<Preload>) -> 
                         return;
                     }
                 };
-                if let Some(blocks) = preload {
-                    if let Err(e) = disk.preload(blocks) {
-                        let _ = ready_tx.send(Err(format!("restoring the snapshot's disk: {e}")));
-                        return;
-                    }
-                }
                 let _ = opened.set(disk.clone());
                 let _ = ready_tx.send(Ok(()));
                 let stream = match tokio::net::UnixStream::from_std(ours) {
@@ -84,10 +88,10 @@ pub fn serve_cow(disk: &Disk, services: &Services, preload: Option<Preload>) -> 
     // A persistent overlay lists Node's store as it opens, which needs the
     // relay running: only an ephemeral one is waited for.
     if cow.mode == proto::CowMode::Persistent {
-        return Ok((vmm_end, handle));
+        return Ok((vmm_end, handle, layer));
     }
     match ready.recv() {
-        Ok(Ok(())) => Ok((vmm_end, handle)),
+        Ok(Ok(())) => Ok((vmm_end, handle, layer)),
         Ok(Err(message)) => Err(HostError::Launch { backend: "qemu", message }),
         Err(_) => Err(HostError::Setup("the NBD thread ended before opening its disk".into())),
     }

@@ -210,19 +210,13 @@ pub fn spawn(l: &Launch, services: &Services, rt: &tokio::runtime::Handle) -> Re
     let mut nbd_ends = Vec::new();
     let mut disk_handles = Vec::new();
     for (i, d) in l.disks.iter().enumerate() {
-        let Some(cow) = &d.cow else { continue };
-        let preload = match &restore_dir {
-            Some(dir) if cow.mode == sandbox_protocol::CowMode::Ephemeral => {
-                let file = dir.join(crate::snapshot::blocks_file(i));
-                Some(if file.exists() { crate::snapshot::read_blocks(&file, u64::from(cow.block_size.get())).map_err(HostError::InvalidLaunch)? } else { Vec::new() })
-            }
-            _ => None,
-        };
-        let (end, handle) = super::block::serve_cow(d, services, preload)?;
-        nbd_ends.push(end);
-        if cow.mode == sandbox_protocol::CowMode::Ephemeral {
-            disk_handles.push((i, handle));
+        if d.cow.is_none() {
+            continue;
         }
+        let saved = restore_dir.as_ref().map(|dir| dir.join(crate::snapshot::blocks_file(i))).filter(|f| f.exists());
+        let (end, handle, layer) = super::block::serve_cow(d, services, saved.as_deref())?;
+        nbd_ends.push(end);
+        disk_handles.push(crate::disk_capture::CaptureDisk { index: i, handle, layer });
     }
     let (qmp_ours, qmp_theirs) = UnixStream::pair().map_err(|e| HostError::Setup(format!("socketpair for QMP: {e}")))?;
     let kernel_stub = match &l.restore {
@@ -325,14 +319,8 @@ pub fn spawn(l: &Launch, services: &Services, rt: &tokio::runtime::Handle) -> Re
         }
         None => crate::qmp::LazyQmp::Pending(qmp_ours),
     };
-    let refuse = {
-        l.disks
-            .iter()
-            .any(|d| d.cow.as_ref().is_some_and(|c| c.mode == sandbox_protocol::CowMode::Persistent))
-            .then(|| "a lane with a cow (store-backed) root cannot be checkpointed yet: use an ephemeral root".to_string())
-            .or_else(|| l.mounts.iter().any(|m| m.external_socket.is_some()).then(|| "a lane with an external virtio-fs socket cannot be checkpointed".to_string()))
-    };
-    let capture = crate::snapshot::Capturable { qmp: std::sync::Mutex::new(qmp), ram, disks: disk_handles, refuse, mounts };
+    let refuse = l.mounts.iter().any(|m| m.external_socket.is_some()).then(|| "a lane with an external virtio-fs socket cannot be checkpointed".to_string());
+    let capture = crate::snapshot::Capturable { qmp: std::sync::Mutex::new(qmp), ram, disks: disk_handles, pinned: std::sync::Mutex::default(), refuse, mounts };
     Ok(RunningVm {
         snapshot: Some(std::sync::Arc::new(capture)),
         pid,
