@@ -62,8 +62,9 @@ pub trait Capture: Send + Sync {
     /// when the capture failed. Returns (ms paused, RAM bytes, disk bytes written).
     fn pause_capture_resume(&self, dir: &Path) -> Result<(u128, u64, u64), String>;
     /// After a capture, once the guest runs again (called whatever happened):
-    /// writes what could wait for that into `dir`; returns the disk bytes written.
-    fn finish(&self, _dir: &Path) -> Result<u64, String> {
+    /// writes what could wait for that into `dir` (`None`: the checkpoint
+    /// failed, only let go of it); returns the disk bytes written.
+    fn finish(&self, _dir: Option<&Path>) -> Result<u64, String> {
         Ok(0)
     }
 }
@@ -227,7 +228,7 @@ fn checkpoint(cap: &dyn Capture, link: &GuestLink, dir: &Path) -> Result<proto::
         Ok(captured)
     });
     // Always: a capture may hold disks pinned (their write-back waits for it).
-    let finished = cap.finish(dir);
+    let finished = cap.finish(resumed.is_ok().then_some(dir));
     let (paused_ms, ram_bytes, disk_bytes) = resumed?;
     let disk_bytes = disk_bytes + finished?;
     // Milliseconds and byte counts of one VM stay far below 2^53.
@@ -264,9 +265,10 @@ impl Capture for Capturable {
         Ok((paused_ms, ram_bytes, 0))
     }
 
-    fn finish(&self, dir: &Path) -> Result<u64, String> {
+    fn finish(&self, dir: Option<&Path>) -> Result<u64, String> {
         let pinned = std::mem::take(&mut *self.pinned.lock().unwrap_or_else(|p| p.into_inner()));
-        crate::disk_capture::save_all(pinned, dir)
+        // Dropping a pin releases the disk's write-back.
+        dir.map_or(Ok(0), |dir| crate::disk_capture::save_all(pinned, dir))
     }
 }
 
