@@ -124,11 +124,14 @@ export class BlockStoreFailures {
   }
 }
 
+/** What a failed store call did to the lane, for messages: a guest I/O error, or a failed checkpoint. */
+export type StoreCallEffect = "the guest saw an I/O error" | "the checkpoint failed";
+
 /** A store's rejection as a BlockStoreError naming the call (a BlockStoreError thrown by the store passes through). */
-export function storeCallError(op: BlockStoreOp, what: string, cause: unknown): BlockStoreError {
+export function storeCallError(op: BlockStoreOp, what: string, cause: unknown, effect: StoreCallEffect = "the guest saw an I/O error"): BlockStoreError {
   if (cause instanceof BlockStoreError) return cause;
   const why = describeThrown(cause);
-  return new BlockStoreError(op, `the writable block store's ${what} failed: ${why}; the guest saw an I/O error`, { cause });
+  return new BlockStoreError(op, `the writable block store's ${what} failed: ${why}; ${effect}`, { cause });
 }
 
 /** One retry of a failed store call, as the lane reports it (`boot({ onEvent })`). */
@@ -154,12 +157,13 @@ export async function callStore<T>(
   policy: StoreRetryPolicy,
   onRetry: ((event: StoreRetryEvent) => void) | undefined,
   fn: () => Promise<T>,
+  effect?: StoreCallEffect,
 ): Promise<T> {
   const deadline = performance.now() + timeoutMs;
   let delay = policy.initialDelayMs;
   for (let attempt = 1; ; attempt++) {
     try {
-      return await withStoreDeadline(op, what, Math.max(1, deadline - performance.now()), fn, timeoutMs);
+      return await withStoreDeadline(op, what, Math.max(1, deadline - performance.now()), fn, timeoutMs, effect);
     } catch (err) {
       const error = err as BlockStoreError;
       const wait = Math.min(delay, policy.maxDelayMs);
@@ -179,7 +183,14 @@ export async function callStore<T>(
 }
 
 /** Calls `fn` with a deadline: past it, rejects with a timed-out BlockStoreError. */
-export async function withStoreDeadline<T>(op: BlockStoreOp, what: string, timeoutMs: number, fn: () => Promise<T>, namedTimeoutMs = timeoutMs): Promise<T> {
+export async function withStoreDeadline<T>(
+  op: BlockStoreOp,
+  what: string,
+  timeoutMs: number,
+  fn: () => Promise<T>,
+  namedTimeoutMs = timeoutMs,
+  effect: StoreCallEffect = "the guest saw an I/O error",
+): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   const deadline = new Promise<never>((_, reject) => {
     timer = setTimeout(
@@ -187,7 +198,7 @@ export async function withStoreDeadline<T>(op: BlockStoreOp, what: string, timeo
         reject(
           new BlockStoreError(
             op,
-            `the writable block store's ${what} did not settle within ${namedTimeoutMs} ms; the guest saw an I/O error. ` +
+            `the writable block store's ${what} did not settle within ${namedTimeoutMs} ms; ${effect}. ` +
               "Make the store answer faster or raise rootfs.cow({ storeTimeoutMs })",
             { timedOut: true },
           ),
@@ -198,7 +209,7 @@ export async function withStoreDeadline<T>(op: BlockStoreOp, what: string, timeo
   try {
     return await Promise.race([Promise.resolve().then(fn), deadline]);
   } catch (err) {
-    throw storeCallError(op, what, err);
+    throw storeCallError(op, what, err, effect);
   } finally {
     clearTimeout(timer);
   }
@@ -302,17 +313,21 @@ export function serveBlockStore(
 
   const failed = (id: number, error: string) => conn.sendFramed("BlockReply", id, { status: "failed", error: error.slice(0, 4096) });
   conn.serve("BlockRequest", {
-    handle: (req, bytes, id) =>
-      callStore(req.op, describe(req), options.timeoutMs, retry, options.onRetry, () => handle(req, bytes)).then(
+    handle: (req, bytes, id) => {
+      // A checkpoint copying the store: its failure fails the checkpoint, not the lane.
+      const forSnapshot = req.op === "read" && req.snapshot === true;
+      const effect = forSnapshot ? "the checkpoint failed" : "the guest saw an I/O error";
+      return callStore(req.op, describe(req), options.timeoutMs, retry, options.onRetry, () => handle(req, bytes), effect).then(
         (replies) => {
           options.failures.lastProgressAt = performance.now();
           replies.forEach(([header, blocks]) => conn.sendFramed("BlockReply", id, header, blocks));
         },
         (err: BlockStoreError) => {
-          options.failures.report(err);
+          if (!forSnapshot) options.failures.report(err);
           failed(id, err.message);
         },
-      ),
+      );
+    },
     malformed: (id, reason) => {
       options.failures.report(new BlockStoreError("request", `the helper sent a block request that could not be read (${reason}); the guest saw an I/O error`));
       failed(id, reason);

@@ -161,6 +161,21 @@ describe("serveBlockStore", () => {
     expect(conn.closed).toBe(false);
   });
 
+  it("a checkpoint's failed store read fails the checkpoint only: no lane failure is reported", async () => {
+    const store = new MemoryBlockStore();
+    store.read = async () => {
+      throw new Error("store offline");
+    };
+    const failures = new BlockStoreFailures();
+    const { helper } = await served(store, { timeoutMs: 5000, failures });
+    const read = await helper.call("BlockRequest", "BlockReply", 8, { op: "read", start: 32, count: 2, snapshot: true });
+    expect(read.header).toMatchObject({ status: "failed", error: expect.stringMatching(/read\(blocks 32\+2\) failed: store offline; the checkpoint failed$/) });
+    expect(failures.count).toBe(0);
+    const guest = await helper.call("BlockRequest", "BlockReply", 9, { op: "read", start: 32, count: 2 });
+    expect(guest.header).toMatchObject({ status: "failed", error: expect.stringMatching(/the guest saw an I\/O error$/) });
+    expect(failures.count).toBe(1);
+  });
+
   it("fails a call that misses its deadline, and drops the late answer", async () => {
     const store = new MemoryBlockStore();
     let release!: () => void;

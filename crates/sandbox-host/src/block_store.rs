@@ -66,6 +66,32 @@ impl NodeStore {
             StoreError(format!("{op}: {why}"))
         })
     }
+
+    /// One `Read` call; `snapshot` marks a checkpoint's copy of the store.
+    async fn read_blocks(&self, first_block: u64, count: u64, snapshot: bool) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let bs = self.block_size as usize;
+        let Some(n) = u32::try_from(count).ok().and_then(proto::U32In::new) else {
+            return Err(StoreError(format!("read of {count} blocks at once is more than one request may ask")));
+        };
+        let mut acc: Vec<(u64, Vec<u8>)> = Vec::new();
+        let req = BlockRequest::Read { start: index(first_block), count: n, snapshot };
+        self.call(req, &[], |blocks, more, data| {
+            if data.len() != blocks.len().saturating_mul(bs) {
+                return Err(format!("the reply has {} bytes for {} blocks of {bs}", data.len(), blocks.len()));
+            }
+            if acc.len() + blocks.len() > n.get() as usize {
+                return Err("the reply has more blocks than requested".into());
+            }
+            for (&idx, bytes) in blocks.iter().zip(data.chunks_exact(bs)) {
+                if idx < first_block || idx - first_block >= count {
+                    return Err(format!("the reply has block {idx}, outside the requested {first_block}+{count}"));
+                }
+                acc.push((idx, bytes.to_vec()));
+            }
+            Ok(if more { Step::More } else { Step::Done(std::mem::take(&mut acc)) })
+        })
+        .await
+    }
 }
 
 fn index(i: u64) -> JsU64 {
@@ -94,28 +120,11 @@ impl BlockStore for NodeStore {
     }
 
     async fn read(&self, first_block: u64, count: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        let bs = self.block_size as usize;
-        let Some(n) = u32::try_from(count).ok().and_then(proto::U32In::new) else {
-            return Err(StoreError(format!("read of {count} blocks at once is more than one request may ask")));
-        };
-        let mut acc: Vec<(u64, Vec<u8>)> = Vec::new();
-        let req = BlockRequest::Read { start: index(first_block), count: n };
-        self.call(req, &[], |blocks, more, data| {
-            if data.len() != blocks.len().saturating_mul(bs) {
-                return Err(format!("the reply has {} bytes for {} blocks of {bs}", data.len(), blocks.len()));
-            }
-            if acc.len() + blocks.len() > n.get() as usize {
-                return Err("the reply has more blocks than requested".into());
-            }
-            for (&idx, bytes) in blocks.iter().zip(data.chunks_exact(bs)) {
-                if idx < first_block || idx - first_block >= count {
-                    return Err(format!("the reply has block {idx}, outside the requested {first_block}+{count}"));
-                }
-                acc.push((idx, bytes.to_vec()));
-            }
-            Ok(if more { Step::More } else { Step::Done(std::mem::take(&mut acc)) })
-        })
-        .await
+        self.read_blocks(first_block, count, false).await
+    }
+
+    async fn read_for_snapshot(&self, first_block: u64, count: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        self.read_blocks(first_block, count, true).await
     }
 
     async fn write(&self, blocks: Vec<(u64, Vec<u8>)>) -> Result<(), StoreError> {

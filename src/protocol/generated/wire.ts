@@ -380,6 +380,11 @@ export type BlockRequest =
   | {
       count: number;
       op: "read";
+      /**
+       * A checkpoint copying the store, not a guest read: a failure fails
+       * the checkpoint and is no I/O error of the lane.
+       */
+      snapshot?: boolean;
       start: number;
     }
   | {

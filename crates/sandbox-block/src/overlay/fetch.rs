@@ -153,7 +153,7 @@ impl Owned {
             count,
             armed: true,
         };
-        let result = inner.store_read(fetch.first, count).await;
+        let result = inner.store_read(fetch.first, count, false).await;
         let result = result.map(|blocks| {
             Arc::new(Fetched {
                 first: fetch.first,

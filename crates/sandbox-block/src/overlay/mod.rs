@@ -314,15 +314,13 @@ impl Inner {
 
     /// One store read, its answer checked: the store is trusted less than
     /// our own state.
-    async fn store_read(&self, first: u64, count: u64) -> Result<Vec<Option<Box<[u8]>>>, StoreFailure> {
+    async fn store_read(&self, first: u64, count: u64, for_snapshot: bool) -> Result<Vec<Option<Box<[u8]>>>, StoreFailure> {
         let mut out: Vec<Option<Box<[u8]>>> = (0..count).map(|_| None).collect();
         let Some(store) = &self.store else {
             return Ok(out);
         };
-        let chunks = store
-            .read(first, count)
-            .await
-            .map_err(|error| StoreFailure::Read { first, count, error })?;
+        let chunks = if for_snapshot { store.read_for_snapshot(first, count).await } else { store.read(first, count).await };
+        let chunks = chunks.map_err(|error| StoreFailure::Read { first, count, error })?;
         for (block, data) in chunks {
             let Some(slot) = block
                 .checked_sub(first)

@@ -47,7 +47,7 @@ impl Pinned {
     /// Reads pinned store blocks `first..first + count` (all of them listed
     /// in `stored`): the store's bytes as they were at the pin.
     pub async fn read_stored(&self, first: u64, count: u64) -> Result<Vec<SavedBlock>, DiskError> {
-        let blocks = self.inner.store_read(first, count).await.map_err(DiskError::Store)?;
+        let blocks = self.inner.store_read(first, count, true).await.map_err(DiskError::Store)?;
         let mut out = Vec::with_capacity(blocks.len());
         for (idx, block) in (first..).zip(blocks) {
             let data = block.ok_or(DiskError::Store(super::StoreFailure::Missing(idx)))?;

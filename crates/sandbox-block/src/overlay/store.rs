@@ -24,6 +24,11 @@ pub trait BlockStore: Send + Sync {
     /// The stored blocks within `first_block .. first_block + count`
     /// (blocks the store does not hold are simply absent).
     async fn read(&self, first_block: u64, count: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
+    /// [`BlockStore::read`] on behalf of a checkpoint copying the store: the
+    /// guest sees nothing of its failure, so a store may report it apart.
+    async fn read_for_snapshot(&self, first_block: u64, count: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        self.read(first_block, count).await
+    }
     /// Store whole blocks. The store owns the buffers from then on.
     async fn write(&self, blocks: Vec<(u64, Vec<u8>)>) -> Result<(), StoreError>;
     /// Make every block whose write resolved before this call durable.

@@ -17,7 +17,14 @@ pub enum BlockRequest {
     /// Every block index the store holds.
     List,
     /// The stored blocks within `start .. start + count`.
-    Read { start: JsU64, count: U32In<1, 4096> },
+    Read {
+        start: JsU64,
+        count: U32In<1, 4096>,
+        /// A checkpoint copying the store, not a guest read: a failure fails
+        /// the checkpoint and is no I/O error of the lane.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        snapshot: bool,
+    },
     /// Store these blocks (their bytes follow the header).
     Write {
         #[cfg_attr(feature = "schema", schemars(length(min = 1, max = 4096)))]
