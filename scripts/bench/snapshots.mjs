@@ -2,6 +2,8 @@
 //  - restore-to-first-exec (snapshot.boot() until exec("true") resolves) p50
 //    vs cold boot-to-first-exec p50 (target ≤ 0.15×);
 //  - checkpoint time (whole call, and the guest's pause) of a 512 MiB guest;
+//  - the same for a rootfs.cow lane whose store holds 64 MiB the capture
+//    copies after the guest resumed, and that fork's restore-to-first-exec;
 //  - 10 forks alive at once: total PSS of their VMMs + helpers vs one cold
 //    lane's (target ≤ 2×);
 //  - 10 concurrent restores: time until all answered exec("true").
@@ -33,7 +35,7 @@ function pss(pid) {
 const lanePss = (lane) => pss(lane.info.vmmPid) + pss(lane.info.helperPid);
 
 export async function benchSnapshots({ image = process.env.BENCH_IMAGE ?? "debian:12", log = () => {} } = {}) {
-  const { defineSandbox, rootfs } = await import(join(root, "dist/src/index.js"));
+  const { defineSandbox, rootfs, MemoryBlockStore } = await import(join(root, "dist/src/index.js"));
   const boots = Number(process.env.BENCH_SNAP_BOOTS ?? 3);
   const restores = Number(process.env.BENCH_SNAP_RESTORES ?? 5);
   const forks = Number(process.env.BENCH_SNAP_FORKS ?? 10);
@@ -61,6 +63,9 @@ export async function benchSnapshots({ image = process.env.BENCH_IMAGE ?? "debia
   const checkpointMs = performance.now() - t0;
   await lane.close();
   log(`snapshots: checkpoint ${round(checkpointMs)} ms (paused ${snap.stats.pausedMs} ms, ${snap.stats.ramBytes >> 20} MiB RAM)`);
+
+  const cow = await benchCowCheckpoint(defineSandbox, rootfs, MemoryBlockStore, image);
+  log(`snapshots: rootfs.cow checkpoint ${cow.totalMs} ms (paused ${cow.pausedMs} ms, disk ${cow.diskBytes >> 20} MiB), its fork's first exec ${cow.restoreToFirstExecMs} ms`);
 
   const restored = [];
   for (let i = 0; i < restores; i++) {
@@ -95,6 +100,7 @@ export async function benchSnapshots({ image = process.env.BENCH_IMAGE ?? "debia
     restoreRatioMax: 0.15,
     restoreOk: ratio <= 0.15,
     checkpoint512MiB: { totalMs: round(checkpointMs), pausedMs: snap.stats.pausedMs, ramBytes: snap.stats.ramBytes, diskBytes: snap.stats.diskBytes },
+    cowCheckpoint512MiB: cow,
     forks: {
       count: forks,
       concurrentRestoreToAllExecMs: round(concurrentMs),
@@ -105,6 +111,38 @@ export async function benchSnapshots({ image = process.env.BENCH_IMAGE ?? "debia
       pssOk: forksPss / coldPss <= 2,
     },
   };
+}
+
+/**
+ * A rootfs.cow lane: 64 MiB in its store (written, synced, caches dropped so
+ * only the store has them) and 64 MiB in guest memory; the checkpoint pins the
+ * store and copies it after the guest resumed.
+ */
+async function benchCowCheckpoint(defineSandbox, rootfs, MemoryBlockStore, image) {
+  const sandbox = defineSandbox({
+    rootfs: rootfs.cow({ base: rootfs.builtIn(image), writable: new MemoryBlockStore() }),
+    resources: { cpus: 1, memoryMiB: 512 },
+  });
+  const lane = await sandbox.boot();
+  try {
+    await lane.exec("sh", ["-c", "head -c 64M /dev/urandom > /root/stored && sync && echo 3 > /proc/sys/vm/drop_caches"]);
+    await lane.exec("sh", ["-c", "head -c 64M /dev/urandom > /dev/shm/fill"]);
+    const t = performance.now();
+    const snap = await lane.checkpoint();
+    const totalMs = performance.now() - t;
+    try {
+      const r = performance.now();
+      const fork = await snap.boot();
+      await fork.exec("true");
+      const restoreMs = performance.now() - r;
+      await fork.close();
+      return { totalMs: round(totalMs), pausedMs: snap.stats.pausedMs, diskBytes: snap.stats.diskBytes, restoreToFirstExecMs: round(restoreMs) };
+    } finally {
+      await snap.delete();
+    }
+  } finally {
+    await lane.close();
+  }
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) {
