@@ -20,6 +20,7 @@ export type {
   SandboxFileSystem,
   SandboxFileHandle,
   SandboxFileStats,
+  SandboxDirEntry,
   VirtualMount,
   FileSystemSource,
   MemoryFileSystem,

@@ -17,4 +17,15 @@ export interface NativeAddon {
    * @param stderrFd where the helper's stderr goes, or -1 for /dev/null.
    */
   spawnHelper(helper: string, args: string[], stderrFd: number): HelperHandle;
+  /**
+   * Lists a directory (a final symbolic link is not followed): names, inode
+   * numbers and `S_IFMT` bits from one `getdents` sweep. `null` on any failure.
+   */
+  listDirectory(path: string): DirListing | null;
+}
+
+export interface DirListing {
+  names: string[];
+  inos: Float64Array;
+  modes: Uint32Array;
 }

@@ -1,4 +1,4 @@
-/** Loads the napi addon that spawns and supervises helper processes. */
+/** Loads the napi addon that spawns and supervises helper processes (and lists host directories). */
 import { createRequire } from "node:module";
 import type { Artifacts } from "./artifacts.js";
 import { SandboxArtifactError } from "./errors.js";
@@ -14,5 +14,10 @@ export function loadNative(a: Artifacts): NativeAddon {
   } catch (err) {
     throw new SandboxArtifactError(`cannot load the native addon ${a.addon}: ${(err as Error).message}`);
   }
+  return addon;
+}
+
+/** The addon if a lane already loaded it: optional fast paths use it, never load it. */
+export function loadedNative(): NativeAddon | undefined {
   return addon;
 }

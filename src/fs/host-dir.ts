@@ -19,9 +19,10 @@
 import * as nfs from "node:fs";
 import { constants, realpathSync, statSync } from "node:fs";
 import { SandboxConfigError } from "../errors.js";
+import { loadedNative } from "../native.js";
 import { fsError } from "./errno.js";
 import { readOnly as readOnlyView } from "./read-only.js";
-import type { SandboxFileHandle, SandboxFileStats, SandboxFileSystem } from "./types.js";
+import type { SandboxDirEntry, SandboxFileHandle, SandboxFileStats, SandboxFileSystem } from "./types.js";
 import { asFileSystem } from "./virtual.js";
 
 /** Reads and writes up to this size run as synchronous calls; larger ones on libuv's pool. */
@@ -53,6 +54,11 @@ export function hostDir(root: string, options: HostDirOptions = {}): SandboxFile
  * those hops cost more than the calls. Being synchronous also makes each check
  * and its use one uninterruptible step of the event loop, so no queue is needed.
  */
+function listNames(path: string, host: string): string[] {
+  if (nfs.lstatSync(host).isSymbolicLink()) throw fsError("ENOTDIR", `${path} is a symbolic link`);
+  return nfs.readdirSync(host);
+}
+
 class HostDirFileSystem implements SandboxFileSystem {
   readonly #root: string;
 
@@ -98,9 +104,20 @@ class HostDirFileSystem implements SandboxFileSystem {
   }
 
   readdir(path: string): Promise<string[]> {
+    return this.#run(path, (h) => listNames(path, h));
+  }
+
+  /** One getdents sweep through the addon once a lane loaded it; else an lstat per entry. */
+  listDirectory(path: string): Promise<SandboxDirEntry[]> {
     return this.#run(path, (h) => {
-      if (nfs.lstatSync(h).isSymbolicLink()) throw fsError("ENOTDIR", `${path} is a symbolic link`);
-      return nfs.readdirSync(h);
+      const listing = loadedNative()?.listDirectory(h);
+      if (listing) return listing.names.map((name, i) => ({ name, ino: listing.inos[i]!, mode: listing.modes[i]! }));
+      const out: SandboxDirEntry[] = [];
+      for (const name of listNames(path, h)) {
+        const st = nfs.lstatSync(`${h}/${name}`, { throwIfNoEntry: false });
+        if (st) out.push({ name, ino: st.ino, mode: st.mode }); // else removed meanwhile
+      }
+      return out;
     });
   }
 

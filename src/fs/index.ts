@@ -22,7 +22,7 @@ export const fs = Object.freeze({
   hostDir,
 });
 
-export type { SandboxFileSystem, SandboxFileHandle, SandboxFileStats, VirtualMount, FileSystemSource } from "./types.js";
+export type { SandboxFileSystem, SandboxFileHandle, SandboxFileStats, SandboxDirEntry, VirtualMount, FileSystemSource } from "./types.js";
 export type { MemoryFileSystem, MemoryFileSystemOptions } from "./memory.js";
 export type { VirtualOptions } from "./virtual.js";
 export type { HostDirOptions } from "./host-dir.js";

@@ -2,6 +2,8 @@
 import { Buffer } from "node:buffer";
 import { createFsFromVolume, Volume, type IFs } from "memfs";
 import { SandboxConfigError } from "../errors.js";
+import { fsError } from "./errno.js";
+import type { SandboxDirEntry } from "./types.js";
 
 /** A memfs filesystem: the full `node:fs`-style API (`readFileSync`, `promises`…) over memory. */
 export type MemoryFileSystem = IFs;
@@ -47,5 +49,38 @@ export function memory(options: MemoryFileSystemOptions = {}): MemoryFileSystem 
     json[path] = content instanceof Uint8Array ? Buffer.from(content) : content;
   }
   vol.fromJSON(json, "/");
-  return createFsFromVolume(vol);
+  const fs = createFsFromVolume(vol);
+  const lister = memfsLister(vol);
+  if (lister) Object.defineProperty(fs, LIST_DIRECTORY, { value: lister });
+  return fs;
+}
+
+/** Where `fs.memory()` keeps its `listDirectory` (see `asFileSystem`). */
+export const LIST_DIRECTORY = Symbol("sandbox.listDirectory");
+
+interface MemfsLink {
+  children: Map<string, MemfsLink | undefined>;
+  getNode(): { ino: number; mode: number; isDirectory(): boolean };
+}
+
+/**
+ * Lists a directory from memfs' own tree: its public `readdir` has no inode
+ * numbers, and an lstat per entry is most of a guest readdir's cost. Uses
+ * internals of the exactly pinned memfs; without them mounts lstat each entry.
+ */
+function memfsLister(vol: Volume): ((path: string) => SandboxDirEntry[]) | undefined {
+  const core = (vol as unknown as { _core?: { getResolvedLinkOrThrow?: (path: string, syscall: string) => MemfsLink } })._core;
+  const resolve = core?.getResolvedLinkOrThrow?.bind(core);
+  if (!resolve) return undefined;
+  return (path) => {
+    const link = resolve(path, "scandir");
+    if (!link.getNode().isDirectory()) throw fsError("ENOTDIR", `${path} is not a directory`);
+    const out: SandboxDirEntry[] = [];
+    for (const [name, child] of link.children) {
+      if (!child || name === "." || name === "..") continue;
+      const node = child.getNode();
+      out.push({ name, ino: node.ino, mode: node.mode });
+    }
+    return out;
+  };
 }

@@ -17,6 +17,7 @@ export function readOnly(inner: FileSystemSource, asFs: (x: unknown) => SandboxF
     [READ_ONLY]: true,
     lstat: (p) => fs.lstat(p),
     readdir: (p) => fs.readdir(p),
+    ...(fs.listDirectory ? { listDirectory: (p: string) => fs.listDirectory!(p) } : {}),
     readlink: (p) => fs.readlink(p),
     async open(p, flags, mode) {
       if ((flags & O.ACCMODE) !== 0 || (flags & (O.CREAT | O.TRUNC | O.APPEND)) !== 0) {

@@ -59,6 +59,8 @@ interface OpenFile {
 interface OpenDir {
   path: string;
   names: string[];
+  /** Inode and type of `names[i]` from `listDirectory` ("." and ".." are still lstat-ed); absent: lstat each. */
+  listed?: { ino: number | bigint; mode: number }[];
 }
 
 /** One mount's state for one lane: node ids, open files and directories. */
@@ -214,9 +216,16 @@ export class MountServer {
       }
       case "opendir": {
         const path = this.nodes.path(op.node);
-        const names = await fs.readdir(path);
         const fh = this.#nextFh++;
-        this.#dirs.set(fh, { path, names: [".", "..", ...names.map(String)] });
+        if (fs.listDirectory) {
+          // A snapshot of the directory at opendir, as getdents may give (POSIX leaves later changes unspecified).
+          const entries = await fs.listDirectory(path);
+          const listed = [{ ino: 0, mode: S_IFDIR }, { ino: 0, mode: S_IFDIR }, ...entries.map((e) => ({ ino: e.ino, mode: e.mode }))];
+          this.#dirs.set(fh, { path, names: [".", "..", ...entries.map((e) => String(e.name))], listed });
+        } else {
+          const names = await fs.readdir(path);
+          this.#dirs.set(fh, { path, names: [".", "..", ...names.map(String)] });
+        }
         return { reply: { result: "open", fh } };
       }
       case "readdir":
@@ -367,16 +376,23 @@ export class MountServer {
     // Each entry takes at least 32 bytes of the guest's buffer.
     const max = Math.max(1, Math.floor(op.size / 32));
     const names = dir.names.slice(start, start + max);
-    const stats = await Promise.all(
-      names.map(async (name) => {
-        try {
-          const p = name === "." ? dir.path : name === ".." ? parentOf(dir.path) : childPath(dir.path, name);
-          return await this.fs.lstat(p);
-        } catch {
-          return undefined; // removed since opendir: skip it
-        }
-      }),
-    );
+    const lstat = async (name: string) => {
+      try {
+        const p = name === "." ? dir.path : name === ".." ? parentOf(dir.path) : childPath(dir.path, name);
+        return await this.fs.lstat(p);
+      } catch {
+        return undefined; // removed since opendir: skip it
+      }
+    };
+    const listed = dir.listed;
+    let stats: ({ ino: number | bigint; mode: number } | undefined)[];
+    if (listed) {
+      stats = listed.slice(start, start + names.length);
+      // Only "." and ".." (the first two offsets) are looked up.
+      for (let i = 0; i < Math.min(names.length, 2 - start); i++) stats[i] = await lstat(names[i]!);
+    } else {
+      stats = await Promise.all(names.map(lstat));
+    }
     const out: DirEntry[] = [];
     // Keep the JSON answer far below the frame limit whatever size the guest asked for.
     let budget = READDIR_JSON_BUDGET;

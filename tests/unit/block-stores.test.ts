@@ -6,6 +6,7 @@ import { DirectoryBlockStore, MemoryBlockStore, rootfs, SandboxConfigError } fro
 import { BlockStoreFailures, serveBlockStore } from "../../src/rootfs/block-store.js";
 import { BlockStoreError } from "../../src/errors.js";
 import { connectFakeHelper } from "./fake-helper.js";
+import { MAX_PAYLOAD } from "../../src/protocol/frames.js";
 
 const BS = 65536;
 const ctx = { base: "ab".repeat(32) };
@@ -124,7 +125,8 @@ describe("serveBlockStore", () => {
     const parts = [first, second].map((f) => decodeFramed("BlockReply", f.payload));
     expect(parts.map((p) => (p.header as { more: boolean }).more)).toEqual([true, false]);
     expect(parts.flatMap((p) => (p.header as { blocks: number[] }).blocks)).toHaveLength(22);
-    expect(parts[0]!.bytes.length).toBe(15 * BS);
+    // As many blocks as fit a frame with 64 KiB left for the header.
+    expect(parts[0]!.bytes.length).toBe(Math.floor((MAX_PAYLOAD - 64 * 1024) / BS) * BS);
     expect((await helper.call("BlockRequest", "BlockReply", 3, { op: "list" })).header).toEqual({
       status: "ok",
       blocks: [0, 1, ...Array.from({ length: 20 }, (_, i) => 10 + i)],

@@ -7,6 +7,8 @@ import { ERRNO, errnoOf, fsError } from "../../src/fs/errno.js";
 import { NodeTable, ROOT_ID } from "../../src/fs/nodes.js";
 import { MountServer, O, type FsRequest } from "../../src/fs/server.js";
 import { fs, SandboxConfigError, type SandboxFileSystem } from "../../src/index.js";
+import { resolveArtifacts } from "../../src/artifacts.js";
+import { loadedNative, loadNative } from "../../src/native.js";
 
 describe("errno mapping", () => {
   it("maps every errno name a JavaScript filesystem throws to its Linux number", () => {
@@ -167,10 +169,90 @@ describe("MountServer over memfs", () => {
   });
 });
 
+/** Every entry of one directory listing through `server`: name → [ino, d_type]. */
+async function listing(target: SandboxFileSystem, dir: string): Promise<Record<string, [number, number]>> {
+  const { call } = driver(target);
+  const d = await call("lookup", { parent: ROOT_ID, name: dir });
+  const { fh } = await call("opendir", { node: d.node as number });
+  const out: Record<string, [number, number]> = {};
+  for (let offset = 0; ; ) {
+    const page = (await call("readdir", { node: d.node as number, fh: fh as number, offset, size: 4096 })).entries as { name: string; ino: number; type: number; off: number }[];
+    if (page.length === 0) break;
+    for (const e of page) out[e.name] = [e.ino, e.type];
+    offset = page.at(-1)!.off;
+  }
+  await call("releasedir", { fh: fh as number });
+  return out;
+}
+
+describe("directory listings without an lstat per entry", () => {
+  const expectLikeLstat = async (target: SandboxFileSystem) => {
+    expect(typeof target.listDirectory).toBe("function");
+    const listed = await listing(target, "d");
+    // The same filesystem without listDirectory: the lstat-per-entry path.
+    const unlisted = Object.fromEntries(
+      ["lstat", "readdir", "open", "mkdir", "rmdir", "unlink", "rename", "symlink", "readlink", "link", "chmod", "truncate", "utimes"].map((k) => [k, (target as unknown as Record<string, (...a: unknown[]) => unknown>)[k]!.bind(target)]),
+    );
+    const lstated = await listing(unlisted as unknown as SandboxFileSystem, "d");
+    expect(listed).toEqual(lstated);
+    expect(Object.keys(listed).sort()).toEqual([".", "..", ...Array.from({ length: 300 }, (_, i) => `f${i}`), "link", "sub"].sort());
+    expect(listed.sub![1]).toBe(4);
+    expect(listed.link![1]).toBe(10);
+    expect(listed.f7![1]).toBe(8);
+    expect(new Set(Object.values(listed).map(([ino]) => ino)).size).toBe(Object.keys(listed).length);
+  };
+
+  it("fs.memory lists from memfs' tree", async () => {
+    const files: Record<string, string | null> = Object.fromEntries(Array.from({ length: 300 }, (_, i) => [`/d/f${i}`, `${i}`]));
+    files["/d/sub"] = null;
+    const mem = fs.memory({ files });
+    mem.symlinkSync("f1", "/d/link");
+    await expectLikeLstat(fs.virtual(mem).fs);
+    await expect(fs.virtual(mem).fs.listDirectory!("/d/f1")).rejects.toMatchObject({ code: "ENOTDIR" });
+    await expect(fs.virtual(mem).fs.listDirectory!("/missing")).rejects.toMatchObject({ code: "ENOENT" });
+  });
+
+  const hostTree = () => {
+    const root = mkdtempSync(join(tmpdir(), "sbx-list-"));
+    mkdirSync(join(root, "d", "sub"), { recursive: true });
+    for (let i = 0; i < 300; i++) writeFileSync(join(root, "d", `f${i}`), `${i}`);
+    symlinkSync("f1", join(root, "d", "link"));
+    symlinkSync("d", join(root, "alias"));
+    return root;
+  };
+
+  it("fs.hostDir lists with an lstat per entry before the addon is loaded", async () => {
+    expect(loadedNative()).toBeUndefined();
+    const root = hostTree();
+    try {
+      await expectLikeLstat(fs.hostDir(root));
+      await expect(fs.hostDir(root).listDirectory!("/alias")).rejects.toMatchObject({ code: "ENOTDIR" });
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+
+  it("fs.hostDir lists through the addon's getdents sweep, never through a final symlink", async () => {
+    const addon = loadNative(resolveArtifacts());
+    const root = hostTree();
+    try {
+      expect(addon.listDirectory(join(root, "alias"))).toBeNull();
+      expect(addon.listDirectory(join(root, "missing"))).toBeNull();
+      expect(addon.listDirectory(join(root, "d"))!.names.length).toBe(302);
+      await expectLikeLstat(fs.hostDir(root));
+      await expect(fs.hostDir(root).listDirectory!("/alias")).rejects.toMatchObject({ code: "ENOTDIR" });
+      await expect(fs.hostDir(root).listDirectory!("/missing")).rejects.toMatchObject({ code: "ENOENT" });
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+});
+
 describe("fs.virtual / fs.readOnly", () => {
   it("accepts memfs volumes and SandboxFileSystem objects, rejects the rest with a typed error", () => {
     const vol = fs.memory();
-    expect(fs.virtual(vol).fs).toBe(vol.promises);
+    // fs.memory's promises API, plus its directory listing.
+    expect(Object.getPrototypeOf(fs.virtual(vol).fs)).toBe(vol.promises);
     expect(fs.virtual(vol).readOnly).toBe(false);
     expect(fs.virtual(fs.readOnly(vol)).readOnly).toBe(true);
     expect(() => fs.virtual({} as never)).toThrow(SandboxConfigError);

@@ -18,6 +18,8 @@ use std::time::Duration;
 pub const FS_DEADLINE: Duration = Duration::from_secs(30);
 /// Operations in flight across all mounts (each virtqueue holds at most 1024).
 const MAX_IN_FLIGHT: usize = 4096;
+// A full-size READ reply or WRITE request, with its JSON header, is one frame.
+const _: () = assert!(sandbox_fs::MAX_WRITE as usize + 64 * 1024 <= proto::MAX_PAYLOAD);
 
 pub fn spec() -> ServiceSpec {
     ServiceSpec {

@@ -4,8 +4,12 @@
 //! end as a plain descriptor it wraps in a `net.Socket`. The helper asks for
 //! SIGKILL when this process dies (PR_SET_PDEATHSIG, armed here between fork
 //! and exec on the main thread, so it fires only when the process exits) and
-//! also exits on EOF of the socket, so no VM outlives Node.
+//! also exits on EOF of the socket, so no VM outlives Node. It also lists
+//! directories for `fs.hostDir` mounts (`dir_listing`).
 
+mod dir_listing;
+
+pub use dir_listing::{list_directory, DirListing};
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 use std::os::fd::{AsRawFd, IntoRawFd};

@@ -4,7 +4,9 @@ use crate::Kind;
 pub const HEADER_LEN: usize = 9;
 /// Largest payload accepted from a peer. Bigger frames end the connection:
 /// the guest is untrusted and must not make the host allocate without bound.
-pub const MAX_PAYLOAD: usize = 1 << 20;
+/// 1 MiB of data plus 64 KiB for a header, so a mount's 1 MiB READ or WRITE
+/// (`sandbox_fs::MAX_WRITE`) crosses to Node in one frame.
+pub const MAX_PAYLOAD: usize = (1 << 20) + (64 << 10);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
@@ -40,7 +42,7 @@ impl Frame {
 /// that place the payload after it themselves (no copy of the payload).
 pub fn encode_header(kind: Kind, channel: u32, payload_len: usize) -> [u8; HEADER_LEN] {
     let mut h = [0u8; HEADER_LEN];
-    // Payloads are at most MAX_PAYLOAD (1 MiB), far below u32::MAX.
+    // Payloads are at most MAX_PAYLOAD (1 MiB + 64 KiB), far below u32::MAX.
     let len = u32::try_from(payload_len + 5).unwrap_or(u32::MAX);
     h[..4].copy_from_slice(&len.to_be_bytes());
     h[4] = kind as u8;

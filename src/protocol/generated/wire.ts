@@ -14,7 +14,7 @@ export const WIRE = {
   maxDirPage: 1024,
   maxFileChunk: 524288,
   maxGuestPath: 4096,
-  maxPayload: 1048576,
+  maxPayload: 1114112,
   maxPutEntries: 1024,
   maxWatchBatch: 256,
   maxWatchQueue: 65536,
