@@ -57,7 +57,8 @@ const round = (x) => Math.round(x * 100) / 100;
 
 // --- floor: same QEMU argv and kernel, trivial init ---
 const artifacts = resolveArtifacts();
-const resources = { cpus: 1, memoryMiB: 512, backend: "auto" };
+// bootLane takes resources as defineSandbox completes them (limits included).
+const { resources } = defineSandbox({ resources: { cpus: 1, memoryMiB: 512, backend: "auto" } }).definition;
 const choice = chooseBackend("auto", artifacts.helper);
 const image = findImage(IMAGE);
 const work = mkdtempSync(join(tmpdir(), "sandbox-bench-"));
@@ -97,8 +98,14 @@ if (choice.backend === "qemu") {
   const args = JSON.parse(
     execFileSync(artifacts.helper, ["--qemu-args"], { input: JSON.stringify({ ...spec, initrd: floorCpio }) }).toString(),
   );
-  // Same devices; the control port's socket becomes a null chardev (nothing listens in the floor).
-  floorArgs = args.map((a) => (a.startsWith("socket,id=ctl,") ? "null,id=ctl" : a));
+  // Same devices; the chardevs on the helper's descriptors (control port, QMP)
+  // become null chardevs: nothing listens in the floor.
+  // Guest RAM on the helper's memfd becomes a memfd QEMU makes itself.
+  floorArgs = args.map((a) =>
+    a
+      .replace(/^socket,id=([\w-]+),fd=\d+$/, "null,id=$1")
+      .replace(/^memory-backend-file,(id=\w+,size=\d+M),mem-path=\/proc\/self\/fd\/\d+,share=on$/, "memory-backend-memfd,$1,share=on"),
+  );
 }
 
 function floorBoot() {
@@ -115,7 +122,9 @@ function floorBoot() {
         p.kill("SIGKILL");
       }
     });
-    p.on("exit", () => done || reject(new Error(`floor VM exited without the marker: ${out.slice(-500)}`)));
+    let err = "";
+    p.stderr.on("data", (d) => (err += d));
+    p.on("exit", () => done || reject(new Error(`floor VM exited without the marker: ${out.slice(-500)} ${err.slice(-500)}`)));
   });
 }
 const spec = () => launchSpec(artifacts, image, resources, choice);
@@ -223,6 +232,8 @@ log("network: TCP echo through an accepted flow, connect latency, policy decisio
 const { benchNetwork } = await import(join(root, "scripts/bench/network.mjs"));
 const networkResult = await benchNetwork({ image: IMAGE, log });
 
+const stdoutToCeiling = (c) =>
+  stats(throughput).p50 / stats(ddFloor).p50 / (stats(c.portMiBs).p50 / stats(c.nullMiBs).p50);
 const boot = stats(ours);
 const floorStats = floor.length ? stats(floor) : null;
 const execStats = stats(rtt);
@@ -251,6 +262,13 @@ const result = {
     virtioPortDiscardMiBs: portCeiling ? stats(portCeiling.portMiBs) : null,
     sameVmDdToDevNullMiBs: portCeiling ? stats(portCeiling.nullMiBs) : null,
     virtioPortRatio: portCeiling ? round(stats(portCeiling.portMiBs).p50 / stats(portCeiling.nullMiBs).p50) : null,
+    // The stdout row against the ceiling (issue 19's target): each side is first
+    // taken relative to the dd floor of its own VM, so the two VMs compare.
+    stdoutToPortCeiling: portCeiling ? round(stdoutToCeiling(portCeiling)) : null,
+    pipeToPortMiBs: portCeiling ? stats(portCeiling.pipeToPortMiBs) : null,
+    // The same for a pipe moved into the port inside the guest: the bound of a
+    // pipe-based stdout, where only the host's part is left to win.
+    pipeToPortOfCeiling: portCeiling ? round(stats(portCeiling.pipeToPortMiBs).p50 / stats(portCeiling.portMiBs).p50) : null,
   },
   spawnToReadyMs: stats(spawnReady),
   peakRssMiB: { helperPlusVmm: round(peak), helper: round(helperPeak), perBoot: stats(rss) },
@@ -264,6 +282,8 @@ const result = {
     execOk: execStats.p50 / guestStats.p50 <= 1.5,
     throughputRatioMin: 0.5,
     throughputOk: stats(throughput).p50 / stats(ddFloor).p50 >= 0.5,
+    stdoutToPortCeilingMin: 0.6,
+    stdoutToPortCeilingOk: portCeiling ? stdoutToCeiling(portCeiling) >= 0.6 : null,
   },
 };
 if (process.env.BENCH_FILES !== "0") {

@@ -5,12 +5,13 @@
 //    trivial policy, vs a host loopback connect;
 //  - policy callback overhead per flow: Node-side time from the helper's
 //    question to the verdict (the `elapsedMs` of decision events).
-// The echo server listens on one of the host's own non-loopback IPv4 addresses
-// (the guest's 127.0.0.1 is its own loopback), opted in with allowProtected; the
-// floor connects to the same server from the host.
+// The echo server runs in a network namespace of its own behind a veth pair (the
+// host's own addresses are refused to the guest whatever the policy says, and the
+// guest's 127.0.0.1 is its own loopback), opted in with allowProtected; the floor
+// connects to the same server from the host over the same veth. Needs root (ip netns).
 // Usage: node scripts/bench/network.mjs  (or through bench.mjs)
-import { createServer, connect } from "node:net";
-import { networkInterfaces } from "node:os";
+import { execFileSync, spawn } from "node:child_process";
+import { connect } from "node:net";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -48,11 +49,43 @@ out["connectMs"] = lat
 print(json.dumps(out))
 `;
 
-function hostAddress() {
-  for (const list of Object.values(networkInterfaces())) {
-    for (const a of list ?? []) if (a.family === "IPv4" && !a.internal) return a.address;
+const ECHO_SERVER = String.raw`
+const s = require("node:net").createServer((c) => { c.setNoDelay(true); c.pipe(c); c.on("error", () => {}); });
+s.listen(0, process.argv[1], () => console.log(s.address().port));
+`;
+
+/** A namespace with an echo server on `address`; `close` removes both. */
+async function echoNamespace() {
+  const ns = `sbxbench${process.pid}`;
+  const [hostIf, nsIf] = [`sbxb${process.pid}h`.slice(-15), `sbxb${process.pid}n`.slice(-15)];
+  const [hostIp, address] = ["10.231.77.1", "10.231.77.2"];
+  const ip = (...a) => execFileSync("ip", a, { stdio: ["ignore", "ignore", "pipe"] });
+  ip("netns", "add", ns);
+  try {
+    ip("link", "add", hostIf, "type", "veth", "peer", "name", nsIf);
+    ip("link", "set", nsIf, "netns", ns);
+    ip("addr", "add", `${hostIp}/30`, "dev", hostIf);
+    ip("link", "set", hostIf, "up");
+    ip("netns", "exec", ns, "ip", "addr", "add", `${address}/30`, "dev", nsIf);
+    ip("netns", "exec", ns, "ip", "link", "set", nsIf, "up");
+    ip("netns", "exec", ns, "ip", "link", "set", "lo", "up");
+    const server = spawn("ip", ["netns", "exec", ns, process.execPath, "-e", ECHO_SERVER, address], { stdio: ["ignore", "pipe", "inherit"] });
+    const port = await new Promise((resolve, reject) => {
+      server.stdout.once("data", (d) => resolve(Number(String(d).trim())));
+      server.once("exit", (code) => reject(new Error(`the echo server in ${ns} exited (${code})`)));
+    });
+    return {
+      address,
+      port,
+      close: () => {
+        server.kill("SIGKILL");
+        execFileSync("ip", ["netns", "del", ns]);
+      },
+    };
+  } catch (e) {
+    execFileSync("ip", ["netns", "del", ns]);
+    throw e;
   }
-  throw new Error("the network bench needs a non-loopback IPv4 address on the host");
 }
 
 // The same client against an echo server inside the guest (its loopback): what
@@ -114,14 +147,9 @@ export async function benchNetwork({ image = "debian:12", log = () => {} } = {})
   const { defineSandbox, network, rootfs } = await import(join(root, "dist/src/index.js"));
   const MIB = Number(process.env.BENCH_NET_MIB ?? 64);
   const CONNS = Number(process.env.BENCH_NET_CONNS ?? 50);
-  const echo = createServer((s) => {
-    s.setNoDelay(true);
-    s.pipe(s);
-    s.on("error", () => {});
-  });
-  const host = hostAddress();
-  await new Promise((r) => echo.listen(0, host, r));
-  const port = echo.address().port;
+  if (process.getuid?.() !== 0) return { skipped: "needs root: the echo server runs in a network namespace (ip netns)" };
+  const echo = await echoNamespace();
+  const { address: host, port } = echo;
   const decisions = [];
   const policy = network.policy((conn) => void conn.matchTcp(`${host}:${port}`)?.accept(), {
     allowProtected: [`${host}/32`],

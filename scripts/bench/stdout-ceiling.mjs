@@ -8,7 +8,10 @@
 //  - virtio port: `dd` straight into a virtio-serial port whose host end is
 //    /dev/null (a second virtio-serial device added through a SANDBOX_QEMU
 //    wrapper, bench only): the ceiling of any design built on virtio-serial,
-//    since it has one guest copy and no host consumer at all.
+//    since it has one guest copy and no host consumer at all;
+//  - pipe to port: `dd | dd of=<port>` in that VM, the guest side of any design
+//    where the process writes a pipe and init moves it to the port (three
+//    copies), still with no host consumer.
 import { chmodSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 
@@ -72,11 +75,15 @@ export async function virtioPortCeiling({ defineSandbox, rootfs, image, resource
     if (!port) throw new Error(`the bench.discard port did not appear in the guest: ${find.stderr}`);
     const portMiBs = [];
     const nullMiBs = [];
+    const pipeToPortMiBs = [];
     for (let i = 0; i < rounds; i++) {
       portMiBs.push(await timed(lane, mib, `${dd(mib)} of=${port}`));
       nullMiBs.push(await timed(lane, mib, `${dd(mib)} of=/dev/null`));
+      // What init does with a process's pipe, with nobody on the host: read up
+      // to 256 KiB, write it to the port.
+      pipeToPortMiBs.push(await timed(lane, mib, `${dd(mib)} | dd bs=256K of=${port} status=none`));
     }
-    return { portMiBs, nullMiBs };
+    return { portMiBs, nullMiBs, pipeToPortMiBs };
   } finally {
     await lane.close();
   }

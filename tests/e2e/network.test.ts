@@ -102,6 +102,10 @@ describe("network policy, end to end in network namespaces", () => {
       expect([dst, r.events.some((e: any) => e.type === "decision" && e.dst === dst)]).toEqual([dst, false]);
       expect([dst, r.events.some((e: any) => e.type === "stack" && e.dst === dst)]).toEqual([dst, true]);
     }
+    // The refusal says so, without pointing at allowProtected (it cannot open the host).
+    const refusal = r.events.find((e: any) => e.type === "stack" && e.dst === "198.51.100.1:7");
+    expect(refusal.message).toMatch(/own address, which no policy can open/);
+    expect(refusal.message).not.toMatch(/allowProtected/);
   }, 600_000);
 
   it("a policy that only allows DNS leaks nothing else", async () => {

@@ -274,11 +274,19 @@ fn audit_of(ev: &NetEvent) -> Option<NetAudit> {
     };
     Some(match ev {
         NetEvent::DeniedProtected { flow: f, category } => {
-            let what = match category {
-                Some(c) => format!("{c:?} address").to_lowercase(),
-                None => "the sandbox's or the host's own address".into(),
+            let message = match category {
+                Some(c) => format!(
+                    "denied before the policy: {} is a {} address; opt the range in with allowProtected",
+                    f.dst.ip(),
+                    format!("{c:?}").to_lowercase()
+                ),
+                // No option opens these (docs/security-model.md): saying allowProtected would mislead.
+                None => format!(
+                    "denied before the policy: {} is the sandbox's or the host's own address, which no policy can open; reach host services through a host on another address, or the guest's through forwardPort",
+                    f.dst.ip()
+                ),
             };
-            flow(AuditKind::Protected, f, format!("denied before the policy: {} is a {what}; opt the range in with allowProtected", f.dst.ip()))
+            flow(AuditKind::Protected, f, message)
         }
         NetEvent::PolicyFailed { flow: f, failure } => flow(AuditKind::PolicyFailed, f, format!("denied: {failure:?}")),
         NetEvent::FlowLimit { flow: f } => flow(AuditKind::FlowLimit, f, "denied: the sandbox's concurrent flow limit is reached".into()),
