@@ -22,6 +22,13 @@ export interface NativeAddon {
    * numbers and `S_IFMT` bits from one `getdents` sweep. `null` on any failure.
    */
   listDirectory(path: string): DirListing | null;
+  /**
+   * Linux: `lstat` of `name` in `dir` (of `dir` itself when `name` is ""),
+   * following no symbolic link anywhere (openat2 RESOLVE_NO_SYMLINKS).
+   * `[dev, ino, mode, nlink, uid, gid, rdev, size, blocks, atimeMs, mtimeMs,
+   * ctimeMs]`, or `[errno]`. Absent on other systems.
+   */
+  lstatNoSymlinks?(dir: string, name: string): Float64Array;
 }
 
 export interface DirListing {

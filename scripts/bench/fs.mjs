@@ -15,7 +15,7 @@
 // includes it as `virtualFs`. Env: BENCH_FS_BOOTS (default 4),
 // BENCH_FS_FILES (default 1000), BENCH_FS_MB (default 100), BENCH_IMAGE,
 // BENCH_FS_ONLY=mounts (just the virtiofsd comparison), BENCH_FS_RUNS (runs
-// of the mounts section, median, default 1), BENCH_FS_REPO_FILES (default
+// of the mounts section, median, default 3: single runs swing ±0.1 here), BENCH_FS_REPO_FILES (default
 // 2000), VIRTIOFSD (default /usr/lib/qemu/virtiofsd), BENCH_FS_ATTR_MS (the
 // mounts' `attributeCacheMs`, default 1000 = virtiofsd's cache=auto; 0: never cached).
 import { spawn } from "node:child_process";
@@ -211,7 +211,7 @@ export async function benchMounts({ image = process.env.BENCH_IMAGE ?? "debian:1
   const { bootLane } = await import(join(root, "dist/src/sandbox.js"));
   const FILES = Number(process.env.BENCH_FS_FILES ?? 1000);
   const MB = Number(process.env.BENCH_FS_MB ?? 100);
-  const RUNS = Number(process.env.BENCH_FS_RUNS ?? 1);
+  const RUNS = Number(process.env.BENCH_FS_RUNS ?? 3);
   const REPO_FILES = Number(process.env.BENCH_FS_REPO_FILES ?? 2000);
   const bin = process.env.VIRTIOFSD ?? "/usr/lib/qemu/virtiofsd";
   const ATTR_MS = Number(process.env.BENCH_FS_ATTR_MS ?? 1000);

@@ -7,8 +7,9 @@
  * - the host never follows a symbolic link: lstat instead of stat, O_NOFOLLOW
  *   on every open, lutimes, no chown at all; a guest symlink (even to "/")
  *   is stored as text and resolved by the *guest* kernel, inside the guest;
- * - before each path operation every directory on the way from the root is
- *   lstat-ed and must be a real directory (not a symlink);
+ * - before each path operation every directory on the way from the root must
+ *   be a real directory (not a symlink): one openat2(RESOLVE_NO_SYMLINKS) walk
+ *   through the addon once a lane loaded it, else an lstat of each;
  * - every path operation, checks included, is one synchronous step, so the
  *   check and the use cannot be interleaved with a guest rename that swaps a
  *   directory for a symlink. Reads and writes on open handles are not
@@ -20,7 +21,7 @@ import * as nfs from "node:fs";
 import { constants, realpathSync, statSync } from "node:fs";
 import { SandboxConfigError } from "../errors.js";
 import { loadedNative } from "../native.js";
-import { fsError } from "./errno.js";
+import { ERRNO, fsError } from "./errno.js";
 import { readOnly as readOnlyView } from "./read-only.js";
 import type { SandboxDirEntry, SandboxFileHandle, SandboxFileStats, SandboxFileSystem } from "./types.js";
 import { asFileSystem } from "./virtual.js";
@@ -84,13 +85,21 @@ class HostDirFileSystem implements SandboxFileSystem {
   }
 
   #resolve(path: string): string {
-    if (typeof path !== "string" || !path.startsWith("/")) throw fsError("EINVAL", `not an absolute path: ${String(path)}`);
-    const parts = path.split("/").filter((p) => p !== "");
-    for (const p of parts) {
-      if (p === "." || p === ".." || p.includes("\0")) throw fsError("EINVAL", `path component ${JSON.stringify(p)} is not allowed`);
-    }
+    const parts = components(path);
     let at = this.#root;
-    for (const p of parts.slice(0, -1)) {
+    const dirs = parts.slice(0, -1);
+    const native = nativeLstat();
+    if (native && dirs.length > 0) {
+      // One openat2 walk checks every directory on the way.
+      at = `${at}/${dirs.join("/")}`;
+      const r = native(at, "");
+      if (r.length > 1 || !nativeMissing(r[0]!)) {
+        if (r.length === 1) throw failure(r[0]!, path, "a directory on the way");
+        return `${at}/${parts[parts.length - 1]}`;
+      }
+      at = this.#root;
+    }
+    for (const p of dirs) {
       at = `${at}/${p}`;
       const st = nfs.lstatSync(at);
       if (st.isSymbolicLink()) throw fsError("ELOOP", `${path}: a directory on the way is a symbolic link`);
@@ -100,6 +109,18 @@ class HostDirFileSystem implements SandboxFileSystem {
   }
 
   lstat(path: string): Promise<SandboxFileStats> {
+    const native = nativeLstat();
+    if (native) {
+      try {
+        const parts = components(path);
+        const dir = parts.length > 1 ? `${this.#root}/${parts.slice(0, -1).join("/")}` : this.#root;
+        const r = native(dir, parts.length ? parts[parts.length - 1]! : "");
+        if (r.length > 1) return Promise.resolve(statsOf(r));
+        if (!nativeMissing(r[0]!)) throw failure(r[0]!, path, "lstat");
+      } catch (err) {
+        return Promise.reject(err);
+      }
+    }
     return this.#run(path, (h) => nfs.lstatSync(h));
   }
 
@@ -174,6 +195,50 @@ class HostDirFileSystem implements SandboxFileSystem {
   lutimes(path: string, atime: number, mtime: number): Promise<void> {
     return this.#run(path, (h) => nfs.lutimesSync(h, atime, mtime));
   }
+}
+
+/** A guest path's components; "", ".", ".." and NUL are refused before any host call. */
+function components(path: string): string[] {
+  if (typeof path !== "string" || !path.startsWith("/")) throw fsError("EINVAL", `not an absolute path: ${String(path)}`);
+  const parts = path.split("/").filter((p) => p !== "");
+  for (const p of parts) {
+    if (p === "." || p === ".." || p.includes("\0")) throw fsError("EINVAL", `path component ${JSON.stringify(p)} is not allowed`);
+  }
+  return parts;
+}
+
+/** Set once the kernel turned `openat2` down: Node's calls from then on. */
+let openat2Missing = false;
+
+/**
+ * The addon's `lstat` that follows no symbolic link anywhere on the path
+ * (openat2 RESOLVE_NO_SYMLINKS: the kernel checks every directory in the same
+ * walk), once a lane loaded the addon; one call instead of an `lstatSync` and a
+ * `Stats` object per directory on the way.
+ */
+function nativeLstat(): ((dir: string, name: string) => Float64Array) | undefined {
+  if (openat2Missing) return undefined;
+  return loadedNative()?.lstatNoSymlinks;
+}
+
+/** Whether the addon's answer says "no openat2 here" (old kernel, seccomp); remembers it. */
+function nativeMissing(errno: number): boolean {
+  if (errno !== ERRNO.ENOSYS && errno !== ERRNO.EPERM) return false;
+  openat2Missing = true;
+  return true;
+}
+
+const CODE_OF = new Map(Object.entries(ERRNO).map(([code, n]) => [n, code]));
+
+function failure(errno: number, path: string, what: string): Error {
+  const code = CODE_OF.get(errno) ?? "EIO";
+  const why = code === "ELOOP" ? "a symbolic link on the way (never followed)" : code === "ENOTDIR" ? "not a directory on the way" : `errno ${errno}`;
+  return fsError(code, `${path}: ${what}: ${why}`);
+}
+
+/** The addon's `[dev, ino, mode, nlink, uid, gid, rdev, size, blocks, atimeMs, mtimeMs, ctimeMs]`. */
+function statsOf(r: Float64Array): SandboxFileStats {
+  return { ino: r[1]!, mode: r[2]!, nlink: r[3]!, uid: r[4]!, gid: r[5]!, rdev: r[6]!, size: r[7]!, blocks: r[8]!, atimeMs: r[9]!, mtimeMs: r[10]!, ctimeMs: r[11]! };
 }
 
 /** Wraps `fn` so a throw becomes a rejected promise. */

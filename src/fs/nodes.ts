@@ -19,6 +19,13 @@ export const ROOT_ID = 1;
 export class NodeTable {
   readonly #byId = new Map<number, NodeRecord>([[ROOT_ID, { path: "/", refs: Infinity }]]);
   readonly #byPath = new Map<string, number>([["/", ROOT_ID]]);
+  /**
+   * Paths → the paths directly below them that hold an id or have such paths
+   * below (a tree over the table), so unlink, rmdir and rename touch only the
+   * subtree they change, not every id the kernel holds (thousands after a
+   * `git clone`). Holds no path nothing is under.
+   */
+  readonly #children = new Map<string, Set<string>>();
   #next = ROOT_ID + 1;
 
   get size(): number {
@@ -48,7 +55,7 @@ export class NodeTable {
     }
     const id = this.#next++;
     this.#byId.set(id, { path, refs: 1 });
-    this.#byPath.set(path, id);
+    this.#place(path, id);
     return id;
   }
 
@@ -59,7 +66,7 @@ export class NodeTable {
     rec.refs -= count;
     if (rec.refs <= 0) {
       this.#byId.delete(id);
-      if (rec.path !== null && this.#byPath.get(rec.path) === id) this.#byPath.delete(rec.path);
+      if (rec.path !== null && this.#byPath.get(rec.path) === id) this.#unplace(rec.path);
     }
   }
 
@@ -67,7 +74,7 @@ export class NodeTable {
   detach(path: string): void {
     for (const p of this.#under(path)) {
       const id = this.#byPath.get(p)!;
-      this.#byPath.delete(p);
+      this.#unplace(p);
       const rec = this.#byId.get(id);
       if (rec) rec.path = null;
     }
@@ -77,23 +84,56 @@ export class NodeTable {
   rename(from: string, to: string): void {
     if (from === to) return;
     this.detach(to);
-    const moved = this.#under(from);
-    for (const p of moved) {
-      const id = this.#byPath.get(p)!;
-      this.#byPath.delete(p);
+    const moved = this.#under(from).map((p) => [p, this.#byPath.get(p)!] as const);
+    for (const [p] of moved) this.#unplace(p);
+    for (const [p, id] of moved) {
       const next = to + p.slice(from.length);
-      this.#byPath.set(next, id);
+      this.#place(next, id);
       const rec = this.#byId.get(id);
       if (rec) rec.path = next;
     }
   }
 
+  /** `path` and every path below it that holds an id. */
   #under(path: string): string[] {
-    const prefix = path === "/" ? "/" : `${path}/`;
     const out: string[] = [];
-    for (const p of this.#byPath.keys()) if (p === path || p.startsWith(prefix)) out.push(p);
+    const walk = (p: string) => {
+      if (this.#byPath.has(p)) out.push(p);
+      for (const c of this.#children.get(p) ?? []) walk(c);
+    };
+    walk(path);
     return out;
   }
+
+  #place(path: string, id: number): void {
+    this.#byPath.set(path, id);
+    for (let p = path; p !== "/"; ) {
+      const parent = parentOf(p);
+      let set = this.#children.get(parent);
+      if (!set) this.#children.set(parent, (set = new Set()));
+      if (set.has(p)) return; // the rest of the way up is linked already
+      set.add(p);
+      p = parent;
+    }
+  }
+
+  #unplace(path: string): void {
+    this.#byPath.delete(path);
+    // Unlink each path that now has neither an id nor anything below it, upwards.
+    for (let p = path; p !== "/" && !this.#byPath.has(p) && !this.#children.has(p); ) {
+      const parent = parentOf(p);
+      const set = this.#children.get(parent);
+      set?.delete(p);
+      if (set && set.size > 0) return;
+      this.#children.delete(parent);
+      p = parent;
+    }
+  }
+}
+
+function parentOf(path: string): string {
+  const i = path.lastIndexOf("/");
+  return i <= 0 ? "/" : path.slice(0, i);
 }
 
 /** `parent/name` for a single validated component. */

@@ -460,6 +460,42 @@ export function wireAttr(st: SandboxFileStats): WireAttr {
 }
 
 /**
+ * Requests in flight, so one sweep a second can say which passed the helper's
+ * deadline (it answered EIO): a timer per request cost more than many requests.
+ */
+class SlowRequests {
+  readonly #inFlight = new Map<number, { mount: number; op: string; since: number }>();
+  #sweep: ReturnType<typeof setInterval> | undefined;
+
+  constructor(private readonly warn: (message: string) => void) {}
+
+  start(id: number, mount: number, op: string): void {
+    this.#inFlight.set(id, { mount, op, since: performance.now() });
+    if (this.#sweep) return;
+    this.#sweep = setInterval(() => this.#check(), 1000);
+    this.#sweep.unref();
+  }
+
+  end(id: number): void {
+    this.#inFlight.delete(id);
+  }
+
+  #check(): void {
+    if (this.#inFlight.size === 0) {
+      clearInterval(this.#sweep);
+      this.#sweep = undefined;
+      return;
+    }
+    const late = performance.now() - FS_DEADLINE_MS;
+    for (const [id, r] of this.#inFlight) {
+      if (r.since > late) continue;
+      this.#inFlight.delete(id); // said once
+      this.warn(`mount ${r.mount}: filesystem ${r.op} has not answered within ${FS_DEADLINE_MS / 1000} s; the guest got EIO`);
+    }
+  }
+}
+
+/**
  * Serves the helper's FsRequests for one lane from `mounts` (index = mount
  * number in the Launch spec) until the connection ends, then closes every
  * handle the guest left open.
@@ -471,16 +507,15 @@ export function serveFileSystems(conn: HelperConnection, mounts: readonly Sandbo
     if (warnings++ < MAX_WARNINGS) process.emitWarning(message, { code: "SANDBOX_FS" });
   };
   const servers = mounts.map((fs, i) => new MountServer(fs, (m) => warn(`mount ${i}: ${m}`)));
+  const slow = new SlowRequests(warn);
   const eio = (id: number) => conn.sendFramed("FsReply", id, { result: "error", errno: ERRNO.EIO! });
   conn.serve("FsRequest", {
     handle: async (req, bytes, id) => {
       const server = servers[req.mount];
       if (!server) return void eio(id);
-      // The helper answers EIO after its deadline; say so when the filesystem is that slow.
-      const slow = setTimeout(() => warn(`mount ${req.mount}: filesystem ${req.call.op} has not answered within ${FS_DEADLINE_MS / 1000} s; the guest got EIO`), FS_DEADLINE_MS);
-      slow.unref();
+      slow.start(id, req.mount, req.call.op);
       const answer = await server.handle(req, bytes);
-      clearTimeout(slow);
+      slow.end(id);
       if (DEBUG) console.error("sandbox fs:", JSON.stringify(req), "→", JSON.stringify(answer.reply), answer.bytes?.length ?? "");
       try {
         conn.sendFramed("FsReply", id, answer.reply, answer.bytes ? [answer.bytes] : []);

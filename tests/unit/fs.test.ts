@@ -2,10 +2,11 @@ import { createHash } from "node:crypto";
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { ERRNO, errnoOf, fsError } from "../../src/fs/errno.js";
 import { NodeTable, ROOT_ID } from "../../src/fs/nodes.js";
-import { MountServer, O, type FsRequest } from "../../src/fs/server.js";
+import { MountServer, O, serveFileSystems, type FsRequest } from "../../src/fs/server.js";
+import { connectFakeHelper } from "./fake-helper.js";
 import { fs, SandboxConfigError, type SandboxFileSystem } from "../../src/index.js";
 import { resolveArtifacts } from "../../src/artifacts.js";
 import { loadedNative, loadNative } from "../../src/native.js";
@@ -66,6 +67,83 @@ describe("node table", () => {
     t.forget(ROOT_ID, 100);
     expect(t.path(ROOT_ID)).toBe("/");
     expect(t.size).toBe(2);
+  });
+});
+
+describe("node table against a plain scan of every path", () => {
+  /** The table as it was before its tree index: every change scans all paths. */
+  class ScanTable {
+    readonly byPath = new Map<string, number>([["/", ROOT_ID]]);
+    readonly paths = new Map<number, string | null>([[ROOT_ID, "/"]]);
+    under(path: string) {
+      const prefix = path === "/" ? "/" : `${path}/`;
+      return [...this.byPath.keys()].filter((p) => p === path || p.startsWith(prefix));
+    }
+    add(path: string, id: number) {
+      if (!this.byPath.has(path)) {
+        this.byPath.set(path, id);
+        this.paths.set(id, path);
+      }
+    }
+    forget(id: number) {
+      const p = this.paths.get(id);
+      this.paths.delete(id);
+      if (p != null && this.byPath.get(p) === id) this.byPath.delete(p);
+    }
+    detach(path: string) {
+      for (const p of this.under(path)) {
+        this.paths.set(this.byPath.get(p)!, null);
+        this.byPath.delete(p);
+      }
+    }
+    rename(from: string, to: string) {
+      if (from === to) return;
+      this.detach(to);
+      for (const p of this.under(from)) {
+        const id = this.byPath.get(p)!;
+        this.byPath.delete(p);
+        this.byPath.set(to + p.slice(from.length), id);
+        this.paths.set(id, to + p.slice(from.length));
+      }
+    }
+  }
+
+  it("agrees on every id's path through random lookups, forgets, unlinks and renames", () => {
+    let seed = 7;
+    const rand = (n: number) => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) % n);
+    const names = ["a", "b", "c", "d"];
+    const randomPath = () => "/" + Array.from({ length: 1 + rand(4) }, () => names[rand(names.length)]).join("/");
+    const t = new NodeTable();
+    const ref = new ScanTable();
+    const ids = new Set<number>();
+    for (let step = 0; step < 20_000; step++) {
+      const r = rand(10);
+      const p = randomPath();
+      if (r < 5) {
+        const id = t.lookup(p);
+        ids.add(id);
+        ref.add(p, id);
+      } else if (r < 7 && ids.size > 0) {
+        const id = [...ids][rand(ids.size)]!;
+        t.forget(id, Infinity);
+        ref.forget(id);
+        ids.delete(id);
+      } else if (r < 8) {
+        t.detach(p);
+        ref.detach(p);
+      } else {
+        const to = randomPath();
+        if (to.startsWith(`${p}/`) || p.startsWith(`${to}/`)) continue; // the kernel refuses these
+        t.rename(p, to);
+        ref.rename(p, to);
+      }
+    }
+    for (const id of ids) {
+      const want = ref.paths.get(id);
+      if (want === null) expect(t.isDetached(id)).toBe(true);
+      else expect(t.path(id)).toBe(want);
+    }
+    expect(t.size).toBe(ids.size + 1);
   });
 });
 
@@ -221,6 +299,37 @@ describe("directory listings without an lstat per entry", () => {
     return root;
   };
 
+  /** What fs.hostDir answers for lstat and path checks; the same before and after the addon is loaded. */
+  const probeHostDir = async (root: string) => {
+    const h = fs.hostDir(root);
+    const paths = ["/", "/d", "/d/f1", "/d/link", "/alias", "/alias/f1", "/d/f1/x", "/missing", "/d/missing", "/d/sub"];
+    const out: Record<string, unknown> = {};
+    for (const p of paths) {
+      out[`lstat ${p}`] = await h.lstat(p).then(
+        // Directory times move with the probe's own mkdirs.
+        (st) => ({ ino: Number(st.ino), mode: st.mode, size: Number(st.size), nlink: st.nlink, uid: st.uid, mtimeMs: st.mode & 0o040000 ? 0 : st.mtimeMs }),
+        (err: { code: string }) => err.code,
+      );
+      out[`mkdir ${p}/new`] = await h.mkdir(`${p === "/" ? "" : p}/new`).then(
+        () => (rmSync(join(root, p, "new"), { recursive: true }), "made"),
+        (err: { code: string }) => err.code,
+      );
+    }
+    return out;
+  };
+  let portable: Record<string, unknown> | undefined;
+  let probedRoot: string | undefined;
+
+  it("fs.hostDir answers lstat and path checks with Node's calls before the addon is loaded", async () => {
+    expect(loadedNative()).toBeUndefined();
+    probedRoot = hostTree();
+    portable = await probeHostDir(probedRoot);
+    expect(portable["lstat /alias/f1"]).toBe("ELOOP");
+    expect(portable["lstat /d/f1/x"]).toBe("ENOTDIR");
+    expect(portable["mkdir /alias/new"]).toBe("ELOOP");
+    expect(portable["mkdir /d/new"]).toBe("made");
+  });
+
   it("fs.hostDir lists with an lstat per entry before the addon is loaded", async () => {
     expect(loadedNative()).toBeUndefined();
     const root = hostTree();
@@ -244,6 +353,16 @@ describe("directory listings without an lstat per entry", () => {
       await expect(fs.hostDir(root).listDirectory!("/missing")).rejects.toMatchObject({ code: "ENOENT" });
     } finally {
       rmSync(root, { recursive: true, force: true });
+    }
+  });
+  it("fs.hostDir's lstat and path checks through the addon's openat2 answer exactly as Node's calls did", async () => {
+    expect(loadedNative()?.lstatNoSymlinks).toBeTypeOf("function");
+    try {
+      expect(await probeHostDir(probedRoot!)).toEqual(portable);
+      // Through a symlinked directory the kernel refuses the whole walk.
+      expect(loadedNative()!.lstatNoSymlinks!(join(probedRoot!, "alias"), "f1")).toEqual(new Float64Array([40]));
+    } finally {
+      rmSync(probedRoot!, { recursive: true, force: true });
     }
   });
 });
@@ -359,5 +478,35 @@ describe("fs.hostDir confinement", () => {
     await expect(h.mkdir("/x")).rejects.toMatchObject({ code: "EROFS" });
     expect(fs.virtual(h).readOnly).toBe(true);
     expect(() => fs.hostDir(join(base, "missing"))).toThrow(SandboxConfigError);
+  });
+});
+
+describe("serving a lane's mounts", () => {
+  it("warns once, through one sweep, of an operation still unanswered at the helper's deadline", async () => {
+    const link = await connectFakeHelper();
+    const warnings: string[] = [];
+    const onWarning = (w: Error & { code?: string }) => {
+      if (w.code === "SANDBOX_FS") warnings.push(w.message);
+    };
+    process.on("warning", onWarning);
+    vi.useFakeTimers({ toFake: ["setInterval", "clearInterval", "performance"] });
+    try {
+      const hanging = { ...fs.virtual(fs.memory()).fs, lstat: () => new Promise<never>(() => {}) } as SandboxFileSystem;
+      serveFileSystems(link.conn, [hanging]);
+      link.helper.framed("FsRequest", 7, { mount: 0, uid: 0, gid: 0, pid: 1, call: { op: "lookup", parent: 1, name: "x" } });
+      const answered = link.helper.call("FsRequest", "FsReply", 8, { mount: 0, uid: 0, gid: 0, pid: 1, call: { op: "statfs", node: 1 } });
+      expect((await answered).header).toMatchObject({ result: "statfs" });
+      vi.advanceTimersByTime(29_000);
+      await new Promise((r) => setImmediate(r));
+      expect(warnings).toEqual([]);
+      vi.advanceTimersByTime(3_000);
+      vi.advanceTimersByTime(10_000);
+      await new Promise((r) => setImmediate(r));
+      expect(warnings).toEqual(["mount 0: filesystem lookup has not answered within 30 s; the guest got EIO"]);
+    } finally {
+      vi.useRealTimers();
+      process.off("warning", onWarning);
+      link.close();
+    }
   });
 });

@@ -5,7 +5,7 @@
 //! completions in any order).
 
 use crate::backend::FsBackend;
-use crate::session::{error_reply, CachePolicy, Session, MAX_WRITE};
+use crate::session::{error_reply, CachePolicy, Prepared, Session, MAX_WRITE};
 use crate::Errno;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -66,6 +66,7 @@ impl<B: FsBackend> FsDevice<B> {
                 Err(e) => return Err(io::Error::other(format!("virtqueue: {e}"))),
             }
         };
+        let mut answered = false;
         for chain in chains {
             let head = chain.head_index();
             let mut request = Vec::new();
@@ -85,19 +86,33 @@ impl<B: FsBackend> FsDevice<B> {
                     }
                 }
             }
+            if bad {
+                let written = write_reply(&mem, &out, &garbage_reply(&request));
+                answered |= vring.add_used(head, written as u32).is_ok();
+                continue;
+            }
+            // FORGET, INIT and unsupported operations are answered on this thread:
+            // no hop to the runtime for what needs no backend call.
+            let call = match self.0.session.prepare(&request) {
+                Prepared::Answered(reply) => {
+                    let written = reply.map_or(0, |bytes| write_reply(&mem, &out, &bytes));
+                    answered |= vring.add_used(head, written as u32).is_ok();
+                    continue;
+                }
+                Prepared::Call(call) => call,
+            };
             let session = self.0.session.clone();
             let vring = vring.clone();
             let mem = mem.clone();
             self.0.rt.spawn(async move {
-                let reply = if bad { Some(garbage_reply(&request)) } else { session.handle(&request).await };
-                let written = match reply {
-                    Some(bytes) => write_reply(&mem, &out, &bytes),
-                    None => 0,
-                };
+                let written = write_reply(&mem, &out, &session.call(call).await);
                 if vring.add_used(head, written as u32).is_ok() {
                     let _ = vring.signal_used_queue();
                 }
             });
+        }
+        if answered {
+            let _ = vring.signal_used_queue();
         }
         Ok(())
     }

@@ -14,7 +14,7 @@ pub mod device;
 pub mod session;
 
 pub use backend::{Attr, Caller, DirEntry, Entry, Errno, FsBackend, Op, Reply, SetAttr, Statfs, Time};
-pub use session::{CachePolicy, Session, MAX_WRITE};
+pub use session::{BackendCall, CachePolicy, Prepared, Session, MAX_WRITE};
 
 #[cfg(test)]
 mod tests;

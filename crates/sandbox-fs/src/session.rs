@@ -65,6 +65,21 @@ pub enum Decoded {
     Garbage,
 }
 
+/// A request after [`Session::prepare`].
+pub enum Prepared {
+    /// Answered without the backend: the reply, or `None` for none.
+    Answered(Option<Vec<u8>>),
+    /// Needs the backend.
+    Call(BackendCall),
+}
+
+/// One operation for the backend, with what its reply needs.
+pub struct BackendCall {
+    unique: u64,
+    caller: Caller,
+    op: Op,
+}
+
 pub enum Kind {
     Init { major: u32, minor: u32, max_readahead: u32, flags: u32 },
     Destroy,
@@ -84,8 +99,18 @@ impl<B: FsBackend> Session<B> {
 
     /// Handles one request; `None` means the request takes no reply.
     pub async fn handle(&self, req: &[u8]) -> Option<Vec<u8>> {
+        match self.prepare(req) {
+            Prepared::Answered(reply) => reply,
+            Prepared::Call(call) => Some(self.call(call).await),
+        }
+    }
+
+    /// Answers what needs no backend call at once (INIT, FORGET, unsupported
+    /// operations, malformed requests), so the device can answer those on its
+    /// own thread; the rest is a [`BackendCall`] for [`Session::call`].
+    pub fn prepare(&self, req: &[u8]) -> Prepared {
         let unique_hint = peek_unique(req);
-        match decode(req) {
+        Prepared::Answered(match decode(req) {
             Decoded::NoReply => None,
             Decoded::Garbage => unique_hint.map(|u| error_reply(u, Errno::EINVAL)),
             Decoded::Call { unique, caller, kind } => Some(match kind {
@@ -100,23 +125,29 @@ impl<B: FsBackend> Session<B> {
                     for (node, n) in items {
                         self.backend.forget(node, n);
                     }
-                    return None;
+                    return Prepared::Answered(None);
                 }
                 Kind::Backend(op) => {
                     if !self.initialized.load(Ordering::Acquire) {
-                        return Some(error_reply(unique, Errno::EIO));
-                    }
-                    let limit = match &op {
-                        Op::Read { size, .. } | Op::Readdir { size, .. } => Some(*size),
-                        _ => None,
-                    };
-                    let result = self.backend.call(caller, op).await;
-                    match result {
-                        Ok(reply) => self.encode(unique, reply, limit),
-                        Err(e) => error_reply(unique, e.sanitized()),
+                        error_reply(unique, Errno::EIO)
+                    } else {
+                        return Prepared::Call(BackendCall { unique, caller, op });
                     }
                 }
             }),
+        })
+    }
+
+    /// Makes the backend call and encodes its reply.
+    pub async fn call(&self, call: BackendCall) -> Vec<u8> {
+        let BackendCall { unique, caller, op } = call;
+        let limit = match &op {
+            Op::Read { size, .. } | Op::Readdir { size, .. } => Some(*size),
+            _ => None,
+        };
+        match self.backend.call(caller, op).await {
+            Ok(reply) => self.encode(unique, reply, limit),
+            Err(e) => error_reply(unique, e.sanitized()),
         }
     }
 

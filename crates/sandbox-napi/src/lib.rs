@@ -5,10 +5,15 @@
 //! SIGKILL when this process dies (PR_SET_PDEATHSIG, armed here between fork
 //! and exec on the main thread, so it fires only when the process exits) and
 //! also exits on EOF of the socket, so no VM outlives Node. It also lists
-//! directories for `fs.hostDir` mounts (`dir_listing`).
+//! directories (`dir_listing`) and stats paths without following any symbolic
+//! link on the way (`confined_stat`, Linux) for `fs.hostDir` mounts.
 
+#[cfg(target_os = "linux")]
+mod confined_stat;
 mod dir_listing;
 
+#[cfg(target_os = "linux")]
+pub use confined_stat::lstat_no_symlinks;
 pub use dir_listing::{list_directory, DirListing};
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
