@@ -86,19 +86,16 @@ class HostDirFileSystem implements SandboxFileSystem {
 
   #resolve(path: string): string {
     const parts = components(path);
-    let at = this.#root;
     const dirs = parts.slice(0, -1);
     const native = nativeLstat();
     if (native && dirs.length > 0) {
       // One openat2 walk checks every directory on the way.
-      at = `${at}/${dirs.join("/")}`;
-      const r = native(at, "");
-      if (r.length > 1 || !nativeMissing(r[0]!)) {
-        if (r.length === 1) throw failure(r[0]!, path, "a directory on the way");
-        return `${at}/${parts[parts.length - 1]}`;
-      }
-      at = this.#root;
+      const dir = `${this.#root}/${dirs.join("/")}`;
+      const r = native(dir, "");
+      if (r.length > 1) return `${dir}/${parts[parts.length - 1]}`;
+      if (!nativeMissing(r[0]!)) throw failure(r[0]!, path, "a directory on the way");
     }
+    let at = this.#root;
     for (const p of dirs) {
       at = `${at}/${p}`;
       const st = nfs.lstatSync(at);
