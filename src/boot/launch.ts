@@ -2,6 +2,8 @@
 import type { Artifacts } from "../artifacts.js";
 import { findQemu, type BackendChoice } from "../backend.js";
 import { SandboxArtifactError } from "../errors.js";
+import { helperServedDir } from "../fs/host-dir.js";
+import type { SandboxFileSystem } from "../fs/types.js";
 import type { Configure, Disk, Launch, NetLaunch } from "../protocol/contract.js";
 import { COW_BLOCK_SIZE, rootfs as rootfsApi, type RootfsSpec } from "../rootfs.js";
 import { helperDeadlineMs, SANDBOX_RESOLVER } from "../network/bridge.js";
@@ -69,7 +71,7 @@ export function launchSpec(
   resources: Required<SandboxResources>,
   choice: BackendChoice,
   root: RootfsSpec = rootfsApi.builtIn(image.name),
-  mounts: number | readonly { attributeCacheMs?: number }[] = 0,
+  mounts: number | readonly { attributeCacheMs?: number; readOnly?: boolean; fs?: SandboxFileSystem }[] = 0,
   network?: NetLaunch,
 ): Launch {
   return {
@@ -85,10 +87,14 @@ export function launchSpec(
     qemu: choice.backend === "qemu" ? findQemu() : undefined,
     accel: choice.backend === "qemu" ? choice.accel : undefined,
     network,
-    mounts: (typeof mounts === "number" ? Array.from({ length: mounts }, () => ({})) : mounts).map((m: { attributeCacheMs?: number }, i) => ({
-      tag: mountTag(i),
-      ...(m.attributeCacheMs ? { attrCacheMs: m.attributeCacheMs } : {}),
-    })),
+    mounts: (typeof mounts === "number" ? Array.from({ length: mounts }, () => ({})) : mounts).map((m: { attributeCacheMs?: number; readOnly?: boolean; fs?: SandboxFileSystem }, i) => {
+      const dir = m.fs ? helperServedDir(m.fs) : undefined;
+      return {
+        tag: mountTag(i),
+        ...(m.attributeCacheMs ? { attrCacheMs: m.attributeCacheMs } : {}),
+        ...(dir ? { hostDir: { path: dir.path, readOnly: dir.readOnly || m.readOnly === true } } : {}),
+      };
+    }),
   };
 }
 

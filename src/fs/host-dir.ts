@@ -45,7 +45,31 @@ export function hostDir(root: string, options: HostDirOptions = {}): SandboxFile
     throw new SandboxConfigError(`fs.hostDir(${JSON.stringify(root)}): ${(err as Error).message}; pass an existing directory`);
   }
   const fs = new HostDirFileSystem(real);
-  return options.readOnly ? readOnlyView(fs, asFileSystem) : fs;
+  const served = options.readOnly ? readOnlyView(fs, asFileSystem) : fs;
+  SERVED_BY_HELPER.set(served, { path: real, readOnly: options.readOnly === true });
+  return served;
+}
+
+/**
+ * `fs.hostDir` filesystems the helper can serve itself, without a request
+ * reaching Node (see docs/decisions.md, "Issue 19: `fs.hostDir` in the helper").
+ * The JavaScript implementation above stays for every other use: `lane.fs`,
+ * wrappers of it, and hosts without `openat2`.
+ */
+const SERVED_BY_HELPER = new WeakMap<SandboxFileSystem, { path: string; readOnly: boolean }>();
+
+/**
+ * The directory for the helper to serve when `fs` is an `fs.hostDir(...)` and this
+ * host confines paths with `openat2` (Linux 5.6+, not refused by seccomp); else undefined.
+ */
+export function helperServedDir(fs: SandboxFileSystem): { path: string; readOnly: boolean } | undefined {
+  const dir = SERVED_BY_HELPER.get(fs);
+  const probe = nativeLstat();
+  if (!dir || !probe) return undefined;
+  const r = probe(dir.path, "");
+  if (r.length > 1) return dir;
+  nativeMissing(r[0]!);
+  return undefined;
 }
 
 /**

@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statfsSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -307,6 +307,10 @@ describe("host directory adapter", () => {
     expect(readFileSync(join(root, "posix/h1")).length).toBeGreaterThan(0);
     const chown = await lane.exec("sh", ["-c", "chown 1:1 /workspace/posix/h1 2>&1 | sed 's/.*: //'"]);
     expect(chown.stdout).toBe("Operation not permitted\n");
+    // Served by the helper itself: the guest's statfs is the host directory's own.
+    const df = await lane.exec("stat", ["-f", "-c", "%b %S", "/workspace"]);
+    const host = statfsSync(root);
+    expect(df.stdout).toBe(`${host.blocks} ${host.bsize}\n`);
   });
 
   it("resists escapes: '..', symlinks to / and outside, and a rename race across two lanes", async () => {

@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
@@ -10,6 +10,10 @@ import { connectFakeHelper } from "./fake-helper.js";
 import { fs, SandboxConfigError, type SandboxFileSystem } from "../../src/index.js";
 import { resolveArtifacts } from "../../src/artifacts.js";
 import { loadedNative, loadNative } from "../../src/native.js";
+import { helperServedDir } from "../../src/fs/host-dir.js";
+import { launchSpec } from "../../src/boot/launch.js";
+
+const RESOURCES = { cpus: 1, memoryMiB: 512, diskMiB: 0 } as never;
 
 describe("errno mapping", () => {
   it("maps every errno name a JavaScript filesystem throws to its Linux number", () => {
@@ -363,6 +367,29 @@ describe("directory listings without an lstat per entry", () => {
       expect(loadedNative()!.lstatNoSymlinks!(join(probedRoot!, "alias"), "f1")).toEqual(new Float64Array([40]));
     } finally {
       rmSync(probedRoot!, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("fs.hostDir served by the helper", () => {
+  it("goes into the Launch as the resolved directory only for fs.hostDir objects themselves", () => {
+    loadNative(resolveArtifacts());
+    const base = mkdtempSync(join(tmpdir(), "sandbox-served-"));
+    try {
+      mkdirSync(join(base, "real"));
+      symlinkSync("real", join(base, "alias"));
+      const rw = fs.hostDir(join(base, "alias"));
+      const ro = fs.hostDir(join(base, "real"), { readOnly: true });
+      const methods = ["lstat", "readdir", "open", "mkdir", "rmdir", "unlink", "rename", "symlink", "readlink", "link", "chmod", "truncate", "utimes"] as const;
+      const call = rw as unknown as Record<string, (...a: unknown[]) => unknown>;
+      const wrapped = Object.fromEntries(methods.map((m) => [m, (...a: unknown[]) => call[m]!(...a)])) as unknown as SandboxFileSystem;
+      const mounts = [fs.virtual(rw), fs.virtual(ro), fs.virtual(rw, { readOnly: true }), fs.virtual(wrapped), fs.virtual(fs.memory())];
+      const spec = launchSpec(resolveArtifacts(), { name: "debian:12", path: "/x", format: "raw" } as never, RESOURCES, { backend: "qemu", accel: "tcg" } as never, undefined, mounts);
+      const real = realpathSync(join(base, "real"));
+      expect(spec.mounts.map((m) => m.hostDir)).toEqual([{ path: real, readOnly: false }, { path: real, readOnly: true }, { path: real, readOnly: true }, undefined, undefined]);
+      expect(helperServedDir(wrapped)).toBeUndefined();
+    } finally {
+      rmSync(base, { recursive: true, force: true });
     }
   });
 });

@@ -66,6 +66,13 @@ pub enum Reply {
 #[async_trait]
 pub trait FsBackend: Send + Sync + 'static {
     async fn call(&self, caller: Caller, op: Op) -> Result<Reply, Errno>;
+    /// Answers at once on the caller's thread, for a backend whose calls are
+    /// plain system calls (the helper's own host directory): the device then
+    /// answers on its own thread, with no hop to the runtime. `Err(op)` gives
+    /// the operation back for [`FsBackend::call`].
+    fn call_now(&self, _caller: Caller, op: Op) -> Result<Result<Reply, Errno>, Op> {
+        Err(op)
+    }
     /// The kernel dropped `count` references to `node`; no answer is expected.
     fn forget(&self, node: u64, count: u64);
 }

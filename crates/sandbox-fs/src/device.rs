@@ -99,7 +99,15 @@ impl<B: FsBackend> FsDevice<B> {
                     answered |= vring.add_used(head, written as u32).is_ok();
                     continue;
                 }
-                Prepared::Call(call) => call,
+                Prepared::Call(call) => match self.0.session.call_now(call) {
+                    // A backend of plain system calls answers here, on the device thread.
+                    Ok(reply) => {
+                        let written = write_reply(&mem, &out, &reply);
+                        answered |= vring.add_used(head, written as u32).is_ok();
+                        continue;
+                    }
+                    Err(call) => call,
+                },
             };
             let session = self.0.session.clone();
             let vring = vring.clone();

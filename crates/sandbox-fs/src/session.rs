@@ -141,11 +141,24 @@ impl<B: FsBackend> Session<B> {
     /// Makes the backend call and encodes its reply.
     pub async fn call(&self, call: BackendCall) -> Vec<u8> {
         let BackendCall { unique, caller, op } = call;
-        let limit = match &op {
-            Op::Read { size, .. } | Op::Readdir { size, .. } => Some(*size),
-            _ => None,
-        };
-        match self.backend.call(caller, op).await {
+        let limit = reply_limit(&op);
+        let result = self.backend.call(caller, op).await;
+        self.finish(unique, result, limit)
+    }
+
+    /// The reply at once when the backend answers on this thread
+    /// ([`FsBackend::call_now`]); else the call back, for [`Session::call`].
+    pub fn call_now(&self, call: BackendCall) -> Result<Vec<u8>, BackendCall> {
+        let BackendCall { unique, caller, op } = call;
+        let limit = reply_limit(&op);
+        match self.backend.call_now(caller, op) {
+            Ok(result) => Ok(self.finish(unique, result, limit)),
+            Err(op) => Err(BackendCall { unique, caller, op }),
+        }
+    }
+
+    fn finish(&self, unique: u64, result: Result<Reply, Errno>, limit: Option<u32>) -> Vec<u8> {
+        match result {
             Ok(reply) => self.encode(unique, reply, limit),
             Err(e) => error_reply(unique, e.sanitized()),
         }
@@ -222,6 +235,14 @@ impl<B: FsBackend> Session<B> {
         let (as_, ans) = split(self.cache.attr_timeout_for(e.attr.mode));
         w.u64(e.node).u64(0).u64(es).u64(as_).u32(ens).u32(ans);
         attr(w, &e.attr);
+    }
+}
+
+/// The guest's buffer size for the operations whose reply it bounds.
+fn reply_limit(op: &Op) -> Option<u32> {
+    match op {
+        Op::Read { size, .. } | Op::Readdir { size, .. } => Some(*size),
+        _ => None,
     }
 }
 

@@ -39,7 +39,11 @@ impl<B: FsBackend> KrunFs<B> {
 
     fn call(&self, ctx: &Context, op: Op) -> io::Result<Reply> {
         let caller = Caller { uid: ctx.uid as u32, gid: ctx.gid as u32, pid: ctx.pid as u32 };
-        self.rt.block_on(self.backend.call(caller, op)).map_err(|e| io::Error::from_raw_os_error(e.sanitized().0))
+        let result = match self.backend.call_now(caller, op) {
+            Ok(now) => now,
+            Err(op) => self.rt.block_on(self.backend.call(caller, op)),
+        };
+        result.map_err(|e| io::Error::from_raw_os_error(e.sanitized().0))
     }
 
     fn entry(&self, ctx: &Context, op: Op) -> io::Result<KrunEntry> {

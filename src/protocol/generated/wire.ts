@@ -1431,9 +1431,30 @@ export interface FsMount {
    */
   externalSocket?: string | null;
   /**
+   * `fs.hostDir` served by the helper itself (Linux with openat2): this
+   * mount's requests never reach Node.
+   */
+  hostDir?: HostDirMount | null;
+  /**
    * virtio-fs tag (≤ 36 bytes of `[A-Za-z0-9_-]`) the guest mounts by.
    */
   tag: string;
+}
+/**
+ * A host directory the helper serves to the guest (see `sandbox_fs::host_dir`).
+ *
+ * This interface was referenced by `WireMessages`'s JSON-Schema
+ * via the `definition` "HostDirMount".
+ */
+export interface HostDirMount {
+  /**
+   * Absolute path, symbolic links already resolved by Node.
+   */
+  path: string;
+  /**
+   * Refuse every change with EROFS.
+   */
+  readOnly: boolean;
 }
 /**
  * The helper's side of the guest network.

@@ -1,5 +1,6 @@
 //! Starts one vhost-user-fs device per mount, each answering from Node's
-//! JavaScript filesystem through the [`FsBridge`].
+//! JavaScript filesystem through the [`FsBridge`], or, for an `fs.hostDir`,
+//! from the host directory itself ([`HostDir`]).
 //!
 //! QEMU connects to each device over a Unix socket in a directory only this
 //! helper can enter (0700, random name); every device removes its socket as
@@ -10,8 +11,9 @@ use crate::error::HostError;
 use crate::fs_bridge::NodeFs;
 use crate::service::Service;
 use sandbox_fs::device;
+use sandbox_fs::host_dir::HostDir;
 use sandbox_fs::CachePolicy;
-use sandbox_protocol::Launch;
+use sandbox_protocol::{HostDirMount, Launch};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,6 +24,8 @@ pub struct MountServer {
     tags: Vec<String>,
     /// Each mount's cache policy (its attribute timeout comes from the Launch).
     policies: Vec<CachePolicy>,
+    /// The host directory the helper serves itself, per mount (`None`: Node's filesystem).
+    host_dirs: Vec<Option<HostDirMount>>,
     files: Arc<Service>,
     diag: Diag,
     rt: tokio::runtime::Handle,
@@ -37,6 +41,7 @@ impl MountServer {
         Self {
             tags: l.mounts.iter().map(|m| m.tag.to_string()).collect(),
             policies: l.mounts.iter().map(policy).collect(),
+            host_dirs: l.mounts.iter().map(|m| m.host_dir.clone()).collect(),
             files: files.clone(),
             diag: diag.clone(),
             rt: rt.clone(),
@@ -73,8 +78,17 @@ impl MountServer {
         let dir = private_dir().map_err(|e| e.to_string())?;
         let d = self.diag.clone();
         let report = move |e: String| d.error(sandbox_protocol::DiagnosticSource::Fs, format!("virtio-fs device of mount {tag}: {e}"));
-        let served = device::serve(&dir, &format!("fs{i}"), NodeFs::new(self.files.clone(), index), self.policies.get(i).copied().unwrap_or_default(), self.rt.clone(), report)
-            .map_err(|e| format!("virtio-fs device for mount {i}: {e}"))?;
+        let policy = self.policies.get(i).copied().unwrap_or_default();
+        let name = format!("fs{i}");
+        let served = match self.host_dirs.get(i).cloned().flatten() {
+            // Served here, on the device thread: no request of this mount reaches Node.
+            Some(h) => {
+                let backend = Arc::new(HostDir::open(&h.path, h.read_only).map_err(|e| format!("mount {i}: {e}"))?);
+                device::serve(&dir, &name, backend, policy, self.rt.clone(), report)
+            }
+            None => device::serve(&dir, &name, NodeFs::new(self.files.clone(), index), policy, self.rt.clone(), report),
+        }
+        .map_err(|e| format!("virtio-fs device for mount {i}: {e}"))?;
         // The socket disappears once QEMU connected; the directory goes when empty.
         std::thread::spawn(move || {
             for _ in 0..600 {
@@ -89,7 +103,7 @@ impl MountServer {
 }
 
 /// The default policy, with file attributes kept as long as the mount allows.
-fn policy(m: &sandbox_protocol::FsMount) -> CachePolicy {
+pub(crate) fn policy(m: &sandbox_protocol::FsMount) -> CachePolicy {
     let mut p = CachePolicy::default();
     if let Some(ms) = m.attr_cache_ms {
         p.attr_timeout = std::time::Duration::from_millis(u64::from(ms.get()));

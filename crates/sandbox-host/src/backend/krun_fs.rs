@@ -17,7 +17,7 @@ use crate::service::{ReplySink, Router, Service};
 use sandbox_fs::CachePolicy;
 use sandbox_krun::fs::KrunFs;
 use sandbox_krun::KrunFsMount;
-use sandbox_protocol::{self as proto, DiagnosticSource, FrameDecoder, Kind, Launch};
+use sandbox_protocol::{self as proto, DiagnosticSource, FrameDecoder, HostDirMount, Kind, Launch};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -33,14 +33,28 @@ const FROM_CHILD: [Kind; 3] = [Kind::FsRequest, Kind::FsForget, Kind::Diagnostic
 /// `sock` to the parent. The runtime must outlive the VM (it never returns anyway).
 pub fn child_mounts(l: &Launch, sock: StdUnixStream, faults: Option<Arc<Faults>>) -> Result<(tokio::runtime::Runtime, Vec<KrunFsMount>), HostError> {
     let (rt, service) = child_service(sock, faults)?;
-    let mounts = (0u32..)
-        .zip(&l.mounts)
-        .map(|(i, m)| KrunFsMount {
-            tag: m.tag.to_string(),
-            fs: Box::new(KrunFs::new(NodeFs::new(service.clone(), i), rt.handle().clone(), CachePolicy::default())),
-        })
-        .collect();
+    let mut mounts = Vec::with_capacity(l.mounts.len());
+    for (i, m) in (0u32..).zip(&l.mounts) {
+        let policy = super::fs::policy(m);
+        let tag = m.tag.to_string();
+        mounts.push(match &m.host_dir {
+            Some(h) => host_dir(tag, h, rt.handle().clone(), policy)?,
+            None => KrunFsMount { tag, fs: Box::new(KrunFs::new(NodeFs::new(service.clone(), i), rt.handle().clone(), policy)) },
+        });
+    }
     Ok((rt, mounts))
+}
+
+/// A host directory served in the VMM child itself: no request reaches Node.
+#[cfg(target_os = "linux")]
+fn host_dir(tag: String, h: &HostDirMount, rt: tokio::runtime::Handle, policy: CachePolicy) -> Result<KrunFsMount, HostError> {
+    let dir = sandbox_fs::host_dir::HostDir::open(&h.path, h.read_only).map_err(|e| HostError::Setup(e.to_string()))?;
+    Ok(KrunFsMount { tag, fs: Box::new(KrunFs::new(Arc::new(dir), rt, policy)) })
+}
+
+#[cfg(not(target_os = "linux"))]
+fn host_dir(_tag: String, h: &HostDirMount, _rt: tokio::runtime::Handle, _policy: CachePolicy) -> Result<KrunFsMount, HostError> {
+    Err(HostError::Setup(format!("host directory {}: the helper serves host directories on Linux only", &*h.path)))
 }
 
 /// The child's filesystem service, its frames pumped over `sock` by the returned runtime.

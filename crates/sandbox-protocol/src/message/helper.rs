@@ -152,6 +152,21 @@ pub struct FsMount {
     /// device. Such a VM cannot be checkpointed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_socket: Option<String>,
+    /// `fs.hostDir` served by the helper itself (Linux with openat2): this
+    /// mount's requests never reach Node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_dir: Option<HostDirMount>,
+}
+
+/// A host directory the helper serves to the guest (see `sandbox_fs::host_dir`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HostDirMount {
+    /// Absolute path, symbolic links already resolved by Node.
+    pub path: Text<4096>,
+    /// Refuse every change with EROFS.
+    pub read_only: bool,
 }
 
 /// The helper's side of the guest network.
