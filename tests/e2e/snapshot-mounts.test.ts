@@ -3,6 +3,9 @@
  * vhost-user-fs, so a checkpoint unplugs each mount's device, captures, and
  * plugs a fresh one back; a restore plugs the devices its boot options give.
  */
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { defineSandbox, fs, rootfs, SandboxSnapshotError, type Lane, type LaneEvent, type SandboxSnapshot } from "../../src/index.js";
 import type { MemoryFileSystem } from "../../src/fs/memory.js";
@@ -86,7 +89,13 @@ describe("mounts across checkpoint/restore (qemu)", () => {
   });
 
   it("several mounts, one nested in another, come back in order after a restore, each with its own filesystem", async () => {
-    const [outer, inner, third] = [fs.memory(), fs.memory(), fs.memory()];
+    const [outer, inner] = [fs.memory(), fs.memory()];
+    // The third is a host directory, which the helper serves itself: its device comes back too.
+    const hostDirs = mkdtempSync(join(tmpdir(), "sandbox-snap-hostdir-"));
+    const [thirdDir, tDir] = [join(hostDirs, "third"), join(hostDirs, "t")];
+    mkdirSync(thirdDir);
+    mkdirSync(tDir);
+    const third = fs.hostDir(thirdDir);
     outer.mkdirSync("/inner");
     await using multi = await sandbox.boot({ mounts: { "/mnt/outer": fs.virtual(outer), "/mnt/outer/inner": fs.virtual(inner), "/srv/third": fs.virtual(third) } });
     await sh(multi, "echo o > /mnt/outer/o && echo i > /mnt/outer/inner/i && echo t > /srv/third/t");
@@ -94,13 +103,13 @@ describe("mounts across checkpoint/restore (qemu)", () => {
     try {
       // The checkpointed lane has all three back.
       await sh(multi, "echo o2 > /mnt/outer/o2 && echo i2 > /mnt/outer/inner/i2 && echo t2 > /srv/third/t2");
-      expect([outer.readFileSync("/o2", "utf8"), inner.readFileSync("/i2", "utf8"), third.readFileSync("/t2", "utf8")]).toEqual(["o2\n", "i2\n", "t2\n"]);
+      expect([outer.readFileSync("/o2", "utf8"), inner.readFileSync("/i2", "utf8"), readFileSync(join(thirdDir, "t2"), "utf8")]).toEqual(["o2\n", "i2\n", "t2\n"]);
       // A restore with three fresh filesystems: each guest path reaches its own.
-      const [o, i, t] = [fs.memory(), fs.memory(), fs.memory()];
+      const [o, i, t] = [fs.memory(), fs.memory(), fs.hostDir(tDir)];
       o.mkdirSync("/inner");
       o.writeFileSync("/which", "outer\n");
       i.writeFileSync("/which", "inner\n");
-      t.writeFileSync("/which", "third\n");
+      writeFileSync(join(tDir, "which"), "third\n");
       const warnings: string[] = [];
       const onEvent = (e: LaneEvent) => void (e.type === "diagnostic" && warnings.push(e.message));
       await using fork = await multiSnap.boot({ mounts: { "/mnt/outer": fs.virtual(o), "/mnt/outer/inner": fs.virtual(i), "/srv/third": fs.virtual(t) }, onEvent });
@@ -109,8 +118,11 @@ describe("mounts across checkpoint/restore (qemu)", () => {
       expect(await sh(fork, "grep -c virtiofs /proc/mounts")).toBe("3");
       await sh(fork, "echo w > /mnt/outer/inner/w");
       expect([i.existsSync("/w"), o.existsSync("/inner/w"), inner.existsSync("/w")]).toEqual([true, false, false]);
+      await sh(fork, "echo t3 > /srv/third/t3");
+      expect([existsSync(join(tDir, "t3")), existsSync(join(thirdDir, "t3"))]).toEqual([true, false]);
     } finally {
       await multiSnap.delete();
+      rmSync(hostDirs, { recursive: true, force: true });
     }
   });
 

@@ -53,3 +53,26 @@ fn child_calls_reach_node_through_the_parent_and_answers_come_back() {
     }
     assert_eq!(err.unwrap_err(), Errno(2));
 }
+
+/// A host directory mount is served in the VMM child itself; a directory that
+/// cannot be opened fails the launch with the path in the message.
+#[test]
+fn host_directory_mounts_are_served_in_the_child_and_bad_ones_fail_the_launch() {
+    let dir = std::env::temp_dir().join(format!("sandbox-krun-hostdir-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let launch = |path: &str| -> Launch {
+        serde_json::from_value(serde_json::json!({
+            "backend": "krun", "cpus": 1, "memoryMib": 256, "kernel": "/k", "cmdline": [], "disks": [],
+            "mounts": [{ "tag": "sandbox-fs-0" }, { "tag": "sandbox-fs-1", "hostDir": { "path": path, "readOnly": false } }],
+        }))
+        .unwrap()
+    };
+    let (_, child_end) = StdUnixStream::pair().unwrap();
+    let (_rt, mounts) = child_mounts(&launch(dir.to_str().unwrap()), child_end, None).unwrap();
+    assert_eq!(mounts.iter().map(|m| m.tag.as_str()).collect::<Vec<_>>(), ["sandbox-fs-0", "sandbox-fs-1"]);
+    let (_, child_end) = StdUnixStream::pair().unwrap();
+    let missing = dir.join("missing");
+    let err = child_mounts(&launch(missing.to_str().unwrap()), child_end, None).err().expect("a missing directory fails");
+    assert!(err.to_string().contains(missing.to_str().unwrap()), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
