@@ -72,7 +72,7 @@ fn host_directory_mounts_are_served_in_the_child_and_bad_ones_fail_the_launch() 
     assert_eq!(mounts.iter().map(|m| m.tag.as_str()).collect::<Vec<_>>(), ["sandbox-fs-0", "sandbox-fs-1"]);
     let (_, child_end) = StdUnixStream::pair().unwrap();
     let missing = dir.join("missing");
-    let err = child_mounts(&launch(missing.to_str().unwrap()), child_end, None).err().expect("a missing directory fails");
+    let err = child_mounts(&launch(missing.to_str().unwrap()), child_end, None).expect_err("a missing directory fails");
     assert!(err.to_string().contains(missing.to_str().unwrap()), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
