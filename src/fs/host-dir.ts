@@ -53,8 +53,8 @@ export function hostDir(root: string, options: HostDirOptions = {}): SandboxFile
 /**
  * `fs.hostDir` filesystems the helper can serve itself, without a request
  * reaching Node (see docs/decisions.md, "Issue 19: `fs.hostDir` in the helper").
- * The JavaScript implementation above stays for every other use: `lane.fs`,
- * wrappers of it, and hosts without `openat2`.
+ * The JavaScript implementation above stays for every other use: direct calls,
+ * objects wrapping it, and hosts without `openat2`.
  */
 const SERVED_BY_HELPER = new WeakMap<SandboxFileSystem, { path: string; readOnly: boolean }>();
 
