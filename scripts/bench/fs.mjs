@@ -10,6 +10,8 @@
 // readdir / unlink, `git clone` of a ~2,000-file repository into the mount,
 // `git status` in the clone, 100 MB sequential write / read (guest-timed);
 // each ratio is virtiofsd's time over the mount's (≥ 1: faster than virtiofsd).
+// A fourth mount, `jsFloor` (see floorFileSystem), runs the small-file rows as
+// the ceiling of any mount served from Node here.
 //
 // Standalone: `node scripts/bench/fs.mjs` prints JSON; scripts/bench.mjs
 // includes it as `virtualFs`. Env: BENCH_FS_BOOTS (default 4),
@@ -87,6 +89,75 @@ for i in range(files):
 print(create, readback, write, read, fstat)
 `;
 
+/**
+ * The least a JavaScript filesystem can do for the small-file rows: names in
+ * a Map, one shared payload, answers built without any filesystem library.
+ * Its row is the ceiling of any mount served from Node on this machine (every
+ * request still crosses the helper, the socket and the mount server), so
+ * `fs.memory`'s share of it tells the transport's cost from memfs' own.
+ */
+function floorFileSystem() {
+  const S_IFDIR = 0o040000;
+  const S_IFREG = 0o100000;
+  const nodes = new Map([["/", { ino: 1, mode: S_IFDIR | 0o755, size: 0 }]]);
+  let ino = 1;
+  const err = (code) => Object.assign(new Error(code), { code });
+  const ENOENT = err("ENOENT");
+  const EEXIST = err("EEXIST");
+  const stats = (n) => ({ ino: n.ino, size: n.size, mode: n.mode, nlink: 1, uid: 0, gid: 0, atimeMs: 0, mtimeMs: 0, ctimeMs: 0 });
+  const get = (path) => nodes.get(path) ?? Promise.reject(ENOENT);
+  const children = (dir) => [...nodes.keys()].filter((p) => p !== dir && p.slice(0, p.lastIndexOf("/") || 1) === dir);
+  const handle = (n) => ({
+    read: async (buf, offset, length, position) => {
+      const bytesRead = Math.max(0, Math.min(length, n.size - position));
+      buf.fill(0x78, offset, offset + bytesRead);
+      return { bytesRead };
+    },
+    write: async (_buf, _offset, length, position) => {
+      n.size = Math.max(n.size, position + length);
+      return { bytesWritten: length };
+    },
+    stat: async () => stats(n),
+    truncate: async (length) => void (n.size = length),
+    close: async () => {},
+  });
+  const ok = async () => {};
+  return {
+    lstat: async (path) => stats(await get(path)),
+    readdir: async (path) => children(path).map((p) => p.slice(p.lastIndexOf("/") + 1)),
+    listDirectory: async (path) => children(path).map((p) => ({ name: p.slice(p.lastIndexOf("/") + 1), ino: nodes.get(p).ino, mode: nodes.get(p).mode })),
+    open: async (path, flags, mode = 0o644) => {
+      let n = nodes.get(path);
+      if (!n) {
+        if (!(flags & 0o100)) throw ENOENT;
+        n = { ino: ++ino, mode: S_IFREG | (mode & 0o7777), size: 0 };
+        nodes.set(path, n);
+      }
+      return handle(n);
+    },
+    mkdir: async (path, mode = 0o755) => {
+      if (nodes.has(path)) throw EEXIST;
+      nodes.set(path, { ino: ++ino, mode: S_IFDIR | (mode & 0o7777), size: 0 });
+    },
+    rmdir: async (path) => {
+      if (!nodes.delete(path)) throw ENOENT;
+    },
+    unlink: async (path) => {
+      if (!nodes.delete(path)) throw ENOENT;
+    },
+    chmod: async (path, mode) => {
+      const n = await get(path);
+      n.mode = (n.mode & ~0o7777) | (mode & 0o7777);
+    },
+    rename: ok,
+    symlink: ok,
+    readlink: async () => Promise.reject(ENOENT),
+    link: ok,
+    truncate: async (path, length) => void ((await get(path)).size = length),
+    utimes: ok,
+  };
+}
+
 /** Wraps a SandboxFileSystem so the time spent inside its calls is counted. */
 function timed(inner) {
   const acc = { calls: 0, ms: 0 };
@@ -159,8 +230,11 @@ def readbig(b):
 phases = [("create", create), ("stat", stat), ("read", read), ("readdir", readdir), ("unlink", unlink),
           ("gitClone", clone), (None, status), ("gitStatus", status), ("write", write), ("readBig", readbig)]
 names = list(bases)
+small = {"create", "stat", "read", "readdir", "unlink"}
 for n, (row, fn) in enumerate(phases):
     for k in names[n % len(names):] + names[:n % len(names)]:
+        if k == "jsFloor" and row not in small:
+            continue
         t = time.perf_counter()
         fn(bases[k])
         if row:
@@ -221,19 +295,24 @@ export async function benchMounts({ image = process.env.BENCH_IMAGE ?? "debian:1
   const vfsdDir = mkdtempSync(join(shm, "sbx-bench-virtiofsd-"));
   const socket = join(mkdtempSync(join(shm, "sbx-bench-sock-")), "virtiofsd.sock");
   const { definition } = defineSandbox({ rootfs: rootfs.builtIn(image), resources: { cpus: 1, memoryMiB: 1024, backend: "qemu" } });
-  const kinds = ["hostDir", "memory", "virtiofsd"];
-  const targets = { hostDir: "/tmp/m-hostdir", memory: "/tmp/m-memory", virtiofsd: "/tmp/m-virtiofsd" };
+  const kinds = ["hostDir", "memory", "jsFloor", "virtiofsd"];
+  const targets = { hostDir: "/tmp/m-hostdir", memory: "/tmp/m-memory", jsFloor: "/tmp/m-jsfloor", virtiofsd: "/tmp/m-virtiofsd" };
   const vfsd = await startVirtiofsd(bin, vfsdDir, socket);
   let lane;
   try {
     // The virtiofsd mount is a placeholder on our side; its device is swapped for the external socket.
     const opts = { attributeCacheMs: ATTR_MS };
-    const mounts = { [targets.hostDir]: fs.virtual(fs.hostDir(hostDir), opts), [targets.memory]: fs.virtual(fs.memory(), opts), [targets.virtiofsd]: fs.virtual(fs.memory()) };
+    const mounts = {
+      [targets.hostDir]: fs.virtual(fs.hostDir(hostDir), opts),
+      [targets.memory]: fs.virtual(fs.memory(), opts),
+      [targets.jsFloor]: fs.virtual(floorFileSystem(), opts),
+      [targets.virtiofsd]: fs.virtual(fs.memory()),
+    };
     lane = await bootLane(definition.rootfs, definition.resources, { mounts }, undefined, {
       transformLaunch: (l) => {
         // Mounts of equal depth keep their order: the last one is virtiofsd's.
-        if (l.mounts.length !== 3) throw new Error(`expected 3 mounts, got ${l.mounts.length}`);
-        return { ...l, mounts: l.mounts.map((m, i) => (i === 2 ? { ...m, externalSocket: socket } : m)) };
+        if (l.mounts.length !== kinds.length) throw new Error(`expected ${kinds.length} mounts, got ${l.mounts.length}`);
+        return { ...l, mounts: l.mounts.map((m, i) => (i === kinds.length - 1 ? { ...m, externalSocket: socket } : m)) };
       },
     });
     const py = async (script, args) => {
@@ -256,13 +335,18 @@ export async function benchMounts({ image = process.env.BENCH_IMAGE ?? "debian:1
     const rows = ["create", "stat", "read", "readdir", "unlink", "gitClone", "gitStatus", "write", "readBig"];
     const seconds = Object.fromEntries(kinds.map((k) => [k, Object.fromEntries(rows.map((r) => [r, median(runs[k].map((x) => x[r]))]))]));
     const row = (r, unit, value) => {
-      const v = Object.fromEntries(kinds.map((k) => [k, round(value(seconds[k][r]))]));
-      return { unit, ...v, hostDirRatio: round(seconds.virtiofsd[r] / seconds.hostDir[r]), memoryRatio: round(seconds.virtiofsd[r] / seconds.memory[r]) };
+      const measured = kinds.filter((k) => seconds[k][r] !== undefined);
+      const v = Object.fromEntries(measured.map((k) => [k, round(value(seconds[k][r]))]));
+      const ratios = { hostDirRatio: round(seconds.virtiofsd[r] / seconds.hostDir[r]), memoryRatio: round(seconds.virtiofsd[r] / seconds.memory[r]) };
+      // The small-file rows also have the JavaScript floor: its ratio, and fs.memory's share of it.
+      if (seconds.jsFloor[r] !== undefined) Object.assign(ratios, { jsFloorRatio: round(seconds.virtiofsd[r] / seconds.jsFloor[r]), memoryOfFloor: round(seconds.jsFloor[r] / seconds.memory[r]) });
+      return { unit, ...v, ...ratios };
     };
     const ops = (n) => (s) => n / s;
     const ms = (s) => s * 1000;
     return {
       reference: `${bin} -o cache=auto on a host tmpfs`,
+      floor: "jsFloor: the least a JavaScript filesystem can do (names in a Map), the ceiling of any Node-served mount here",
       attributeCacheMs: ATTR_MS,
       files: FILES,
       repoFiles: REPO_FILES,

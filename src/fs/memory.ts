@@ -3,7 +3,8 @@ import { Buffer } from "node:buffer";
 import { createFsFromVolume, Volume, type IFs } from "memfs";
 import { SandboxConfigError } from "../errors.js";
 import { fsError } from "./errno.js";
-import type { SandboxDirEntry } from "./types.js";
+import { directMemoryFileSystem } from "./memory-direct.js";
+import type { SandboxDirEntry, SandboxFileSystem } from "./types.js";
 
 /** A memfs filesystem: the full `node:fs`-style API (`readFileSync`, `promises`…) over memory. */
 export type MemoryFileSystem = IFs;
@@ -50,13 +51,17 @@ export function memory(options: MemoryFileSystemOptions = {}): MemoryFileSystem 
   }
   vol.fromJSON(json, "/");
   const fs = createFsFromVolume(vol);
-  const lister = memfsLister(vol);
-  if (lister) Object.defineProperty(fs, LIST_DIRECTORY, { value: lister });
+  Object.defineProperty(fs, MOUNTED_AS, { value: directMemoryFileSystem(fs, memfsLister(vol)) });
   return fs;
 }
 
-/** Where `fs.memory()` keeps its `listDirectory` (see `asFileSystem`). */
-export const LIST_DIRECTORY = Symbol("sandbox.listDirectory");
+/** Where `fs.memory()` keeps the filesystem its mounts are served from (see `asFileSystem`). */
+export const MOUNTED_AS = Symbol("sandbox.mountedAs");
+
+/** The filesystem a mount of `fs.memory()` result `source` is served from; undefined for anything else. */
+export function mountedAs(source: object): SandboxFileSystem | undefined {
+  return (source as { [MOUNTED_AS]?: SandboxFileSystem })[MOUNTED_AS];
+}
 
 interface MemfsLink {
   children: Map<string, MemfsLink | undefined>;

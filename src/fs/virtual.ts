@@ -1,8 +1,8 @@
 /** `fs.virtual(...)`: adapts a JavaScript filesystem into a guest mount. */
 import { SandboxConfigError } from "../errors.js";
 import { isReadOnly } from "./read-only.js";
-import { LIST_DIRECTORY } from "./memory.js";
-import type { FileSystemSource, SandboxDirEntry, SandboxFileSystem, VirtualMount } from "./types.js";
+import { mountedAs } from "./memory.js";
+import type { FileSystemSource, SandboxFileSystem, VirtualMount } from "./types.js";
 
 const REQUIRED = ["lstat", "readdir", "open", "mkdir", "rmdir", "unlink", "rename", "symlink", "readlink", "link", "chmod", "truncate", "utimes"] as const;
 
@@ -49,14 +49,8 @@ export function asFileSystem(fs: unknown): SandboxFileSystem {
       `fs.virtual(fs): the object is not a compatible filesystem (missing ${missing.join(", ")}); pass fs.memory(...), a memfs volume or a SandboxFileSystem`,
     );
   }
-  const list = (fs as { [LIST_DIRECTORY]?: (path: string) => SandboxDirEntry[] })[LIST_DIRECTORY];
-  if (list && candidate !== fs) {
-    // fs.memory(): its promises API plus a listing from memfs' tree.
-    const withList: SandboxFileSystem = Object.create(candidate as object);
-    withList.listDirectory = async (path) => list(path);
-    return withList;
-  }
-  return candidate as SandboxFileSystem;
+  // fs.memory(): its synchronous calls plus a listing from memfs' tree (see memory-direct.ts).
+  return mountedAs(fs) ?? (candidate as SandboxFileSystem);
 }
 
 function hasMethods(o: object): boolean {

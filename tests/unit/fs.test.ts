@@ -3,6 +3,7 @@ import { mkdirSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
+import { Volume } from "memfs";
 import { ERRNO, errnoOf, fsError } from "../../src/fs/errno.js";
 import { NodeTable, ROOT_ID } from "../../src/fs/nodes.js";
 import { MountServer, O, serveFileSystems, type FsRequest } from "../../src/fs/server.js";
@@ -395,10 +396,34 @@ describe("fs.hostDir served by the helper", () => {
 });
 
 describe("fs.virtual / fs.readOnly", () => {
-  it("accepts memfs volumes and SandboxFileSystem objects, rejects the rest with a typed error", () => {
+  it("accepts memfs volumes and SandboxFileSystem objects, rejects the rest with a typed error", async () => {
     const vol = fs.memory();
-    // fs.memory's promises API, plus its directory listing.
-    expect(Object.getPrototypeOf(fs.virtual(vol).fs)).toBe(vol.promises);
+    // fs.memory() is served through the volume's own synchronous calls, with its directory listing.
+    const served = fs.virtual(vol).fs;
+    const h = await served.open("/new", O.CREAT | 1, 0o640);
+    expect(await h.write(Buffer.from("hi"), 0, 2, 0)).toEqual({ bytesWritten: 2 });
+    await h.close();
+    expect(vol.readFileSync("/new", "utf8")).toBe("hi");
+    expect((await served.lstat("/new")).mode & 0o777).toBe(0o640);
+    expect(await served.listDirectory!("/")).toEqual([expect.objectContaining({ name: "new" })]);
+    await expect(served.lstat("/missing")).rejects.toMatchObject({ code: "ENOENT" });
+    await expect(served.mkdir("/new")).rejects.toMatchObject({ code: "EEXIST" });
+    expect(Error.stackTraceLimit).toBeGreaterThan(0);
+    // Its lstat reads memfs' tree and answers exactly as memfs' lstat, symbolic links on the way included.
+    vol.mkdirSync("/a/b", { recursive: true });
+    vol.writeFileSync("/a/b/f", "12345");
+    vol.symlinkSync("/a", "/ln");
+    const keys = ["ino", "size", "mode", "nlink", "uid", "gid", "rdev", "blocks", "atimeMs", "mtimeMs", "ctimeMs"] as const;
+    for (const p of ["/", "/a", "/a/b", "/a/b/f", "/ln", "/ln/b/f", "/a/../a/b/f"]) {
+      const got = await served.lstat(p);
+      const want = vol.lstatSync(p)!;
+      for (const k of keys) expect([p, k, got[k]]).toEqual([p, k, want[k]]);
+    }
+    await expect(served.lstat("/a/b/f/x")).rejects.toMatchObject({ code: "ENOTDIR" });
+    for (const p of ["/a/nope", "/nope/deeper", "/ln/nope"]) await expect(served.lstat(p)).rejects.toMatchObject({ code: "ENOENT" });
+    // Any other memfs volume: its promises API.
+    const other = new Volume();
+    expect(fs.virtual(other).fs).toBe(other.promises);
     expect(fs.virtual(vol).readOnly).toBe(false);
     expect(fs.virtual(fs.readOnly(vol)).readOnly).toBe(true);
     expect(() => fs.virtual({} as never)).toThrow(SandboxConfigError);
