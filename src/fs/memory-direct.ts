@@ -67,8 +67,8 @@ interface MemfsLink {
  * a symbolic link or a file on the way) goes to memfs' own `lstatSync`. Uses internals of the
  * exactly pinned memfs, as `memfsLister` does; without them, `lstatSync`.
  */
-function treeLstat(vol: IFs): (path: string) => SandboxFileStats {
-  const root = (vol as unknown as { _core?: { root?: MemfsLink } })._core?.root;
+function treeLstat(vol: IFs, volume: object): (path: string) => SandboxFileStats {
+  const root = (volume as { _core?: { root?: MemfsLink } })._core?.root;
   const slow = (path: string) => vol.lstatSync(path) as SandboxFileStats;
   if (!root || !(root.children instanceof Map) || typeof root.getNode !== "function") return slow;
   return (path) => {
@@ -101,9 +101,13 @@ function treeLstat(vol: IFs): (path: string) => SandboxFileStats {
   };
 }
 
-/** `vol` (an `fs.memory()` volume) as a mount's filesystem, with `list` as its `listDirectory`. */
-export function directMemoryFileSystem(vol: IFs, list: ((path: string) => SandboxDirEntry[]) | undefined): SandboxFileSystem {
-  const lstat = treeLstat(vol);
+/**
+ * `vol` (an `fs.memory()` filesystem) as a mount's filesystem, with `list` as
+ * its `listDirectory`; `volume` is the memfs `Volume` behind it, whose tree
+ * `lstat` reads (the filesystem object only has the volume's bound methods).
+ */
+export function directMemoryFileSystem(vol: IFs, volume: object, list: ((path: string) => SandboxDirEntry[]) | undefined): SandboxFileSystem {
+  const lstat = treeLstat(vol, volume);
   const direct: SandboxFileSystem = {
     lstat: (path) => now(() => lstat(path)),
     readdir: (path) => now(() => vol.readdirSync(path).map(String)),

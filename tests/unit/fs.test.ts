@@ -421,6 +421,17 @@ describe("fs.virtual / fs.readOnly", () => {
     }
     await expect(served.lstat("/a/b/f/x")).rejects.toMatchObject({ code: "ENOTDIR" });
     for (const p of ["/a/nope", "/nope/deeper", "/ln/nope"]) await expect(served.lstat(p)).rejects.toMatchObject({ code: "ENOENT" });
+    // The tree answers plain paths itself; memfs' lstatSync only sees the unusual ones.
+    const slow: string[] = [];
+    const lstatSync = vol.lstatSync;
+    vol.lstatSync = ((p: string) => (slow.push(p), lstatSync(p))) as typeof vol.lstatSync;
+    try {
+      for (const p of ["/", "/a", "/a/b/f", "/ln", "/ln/b/f", "/a/../a/b/f"]) await served.lstat(p);
+      await expect(served.lstat("/a/nope")).rejects.toMatchObject({ code: "ENOENT" });
+    } finally {
+      vol.lstatSync = lstatSync;
+    }
+    expect(slow).toEqual(["/ln/b/f", "/a/../a/b/f"]);
     // Any other memfs volume: its promises API.
     const other = new Volume();
     expect(fs.virtual(other).fs).toBe(other.promises);
